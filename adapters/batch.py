@@ -1,0 +1,289 @@
+"""The canonical input every backend adapts from: packed (THD) queries against a paged K/V cache.
+
+`BatchSpec` is the host-side description (per-sequence lengths, page size, heads, dtype, seed);
+`PagedBatch` holds the tensors made from it by `make_batch`. A tiny grammar writes a batch as a
+short string, e.g. ``"8q1c3000_8q9-2000c0-7000"``: groups joined by ``_``, each
+``{count}q{q_len}c{context}`` where ``q_len`` is the number of new (query) tokens of each sequence and
+``context`` the tokens already in the cache before them, so ``kv_len = context + q_len``. A length
+is an integer, an integer with ``k`` (x1024), or a range ``lo-hi`` drawn uniformly from the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SequenceKind = Literal["decode", "prefill"]
+BatchKind = Literal["decode", "prefill", "mixed"]
+
+NULL_PAGE = 0
+"""Page id 0 is never owned by a sequence: it is zero-filled and pads the block table."""
+
+SPARE_PAGE_FRACTION = 0.25
+"""Extra pages in the pool beyond those the sequences own, so page ids are scattered, not dense."""
+
+_GROUP = re.compile(r"^(?P<count>\d+)q(?P<q>[0-9k]+(?:-[0-9k]+)?)c(?P<ctx>[0-9k]+(?:-[0-9k]+)?)$")
+
+
+def classify_sequence(q_len: int, kv_len: int) -> SequenceKind:
+    """The one place that decides what a sequence is: one new token is a decode, more is a prefill
+    (with or without cached context before it)."""
+    return "decode" if q_len == 1 else "prefill"
+
+
+def _parse_length(text: str) -> tuple[int, int]:
+    """``"4k"`` -> (4096, 4096); ``"9-2000"`` -> (9, 2000)."""
+    def one(part: str) -> int:
+        if part.endswith("k"):
+            return int(part[:-1]) * 1024
+        return int(part)
+    lo, _, hi = text.partition("-")
+    low = one(lo)
+    high = one(hi) if hi else low
+    if high < low:
+        raise ValueError(f"length range {text!r} has its upper end below its lower end")
+    return low, high
+
+
+def _format_length(value: int) -> str:
+    return f"{value // 1024}k" if value >= 1024 and value % 1024 == 0 else str(value)
+
+
+@dataclass(frozen=True)
+class LengthGroup:
+    """``count`` sequences whose q_len and context are fixed or drawn from inclusive ranges."""
+
+    count: int
+    q_len: tuple[int, int]
+    context: tuple[int, int]
+
+    def format(self) -> str:
+        def fmt(span: tuple[int, int]) -> str:
+            lo, hi = span
+            return _format_length(lo) if lo == hi else f"{_format_length(lo)}-{_format_length(hi)}"
+        return f"{self.count}q{fmt(self.q_len)}c{fmt(self.context)}"
+
+
+def parse_grammar(text: str) -> list[LengthGroup]:
+    """Parse a batch string (see the module docstring) into its groups."""
+    groups = []
+    for part in text.strip().split("_"):
+        match = _GROUP.match(part)
+        if not match:
+            raise ValueError(f"batch string {text!r}: group {part!r} is not of the form "
+                             "'{count}q{q_len}c{context}', e.g. '8q512c1k' or '8q9-2000c0-7000'")
+        group = LengthGroup(int(match["count"]), _parse_length(match["q"]), _parse_length(match["ctx"]))
+        if group.count < 1:
+            raise ValueError(f"batch string {text!r}: group {part!r} has no sequences")
+        if group.q_len[0] < 1:
+            raise ValueError(f"batch string {text!r}: group {part!r} has q_len < 1")
+        groups.append(group)
+    return groups
+
+
+def format_grammar(groups: list[LengthGroup]) -> str:
+    return "_".join(group.format() for group in groups)
+
+
+def resolve_lengths(text: str, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-sequence (q_lens, kv_lens) of a batch string; ranges are drawn reproducibly from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(span: tuple[int, int]) -> int:
+        lo, hi = span
+        return lo if lo == hi else int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+    q_lens: list[int] = []
+    kv_lens: list[int] = []
+    for group in parse_grammar(text):
+        for _ in range(group.count):
+            q_len = draw(group.q_len)
+            q_lens.append(q_len)
+            kv_lens.append(draw(group.context) + q_len)
+    return tuple(q_lens), tuple(kv_lens)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Everything that defines a batch, on the host: the same spec and seed give the same tensors.
+
+    ``q_lens[b]`` new tokens of sequence b attend to ``kv_lens[b] >= q_lens[b]`` cached tokens, the
+    new ones being the last ``q_lens[b]`` of them (causal is bottom-right).
+    """
+
+    q_lens: tuple[int, ...]
+    kv_lens: tuple[int, ...]
+    page_size: int = 16
+    num_q_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    dtype: str = "bf16"
+    causal: bool = True
+    seed: int = 0
+    label: str = ""
+
+    @classmethod
+    def from_grammar(cls, text: str, *, seed: int = 0, **fields) -> "BatchSpec":
+        q_lens, kv_lens = resolve_lengths(text, seed)
+        return cls(q_lens=q_lens, kv_lens=kv_lens, seed=seed, label=text, **fields)
+
+    def replace(self, **fields) -> "BatchSpec":
+        return dataclasses.replace(self, **fields)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.q_lens)
+
+    @property
+    def total_q(self) -> int:
+        return sum(self.q_lens)
+
+    @property
+    def total_kv(self) -> int:
+        return sum(self.kv_lens)
+
+    @property
+    def max_q_len(self) -> int:
+        return max(self.q_lens)
+
+    @property
+    def max_kv_len(self) -> int:
+        return max(self.kv_lens)
+
+    @property
+    def pages_per_seq(self) -> tuple[int, ...]:
+        return tuple(math.ceil(kv / self.page_size) for kv in self.kv_lens)
+
+    @property
+    def max_pages(self) -> int:
+        return max(self.pages_per_seq)
+
+    @property
+    def num_pages(self) -> int:
+        """Pool size: the null page, the owned pages and a share of spare ones."""
+        owned = sum(self.pages_per_seq)
+        return 1 + owned + math.ceil(owned * SPARE_PAGE_FRACTION)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 = MHA, num_q_heads = MQA)."""
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def elem_bytes(self) -> int:
+        return torch.finfo(self.torch_dtype).bits // 8
+
+    @property
+    def kind(self) -> BatchKind:
+        kinds = {classify_sequence(q, kv) for q, kv in zip(self.q_lens, self.kv_lens)}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def cache_bytes(self) -> int:
+        """Bytes of K and V caches together, for sizing before allocation."""
+        return 2 * self.num_pages * self.page_size * self.num_kv_heads * self.head_dim * self.elem_bytes
+
+    def describe(self) -> str:
+        name = self.label or f"B{self.batch_size}"
+        return (f"{name} page {self.page_size} H {self.num_q_heads}/{self.num_kv_heads} D {self.head_dim} "
+                f"{self.dtype} {'causal' if self.causal else 'non-causal'}")
+
+
+@dataclass
+class PagedBatch:
+    """The tensors of one batch, on one device.
+
+    q            [T, Hq, D]                        packed new tokens, T = sum(q_lens), spec dtype
+    k_cache      [num_pages, page_size, Hkv, D]    NHD pages, spec dtype
+    v_cache      [num_pages, page_size, Hkv, D]
+    block_table  [B, max_pages] int32              page ids; padding entries hold NULL_PAGE
+    cu_seqlens_q [B + 1] int32                     query offsets in tokens, starts at 0, ends at T
+    kv_lens      [B] int32                         tokens in the cache per sequence, >= q_len
+    """
+
+    spec: BatchSpec
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    block_table: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    kv_lens: torch.Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def causal(self) -> bool:
+        return self.spec.causal
+
+    @property
+    def scale(self) -> float:
+        return self.spec.scale
+
+    def to(self, device: torch.device | str) -> "PagedBatch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "spec"}
+        return PagedBatch(spec=self.spec, **moved)
+
+
+def page_assignment(spec: BatchSpec) -> torch.Tensor:
+    """Block table [B, max_pages] int32 on the CPU: pages drawn shuffled from the pool (never the
+    null page), none shared between sequences, padding entries set to NULL_PAGE."""
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+    shuffled = torch.randperm(spec.num_pages - 1, generator=generator).to(torch.int32) + 1
+    block_table = torch.full((spec.batch_size, spec.max_pages), NULL_PAGE, dtype=torch.int32)
+    start = 0
+    for seq, pages in enumerate(spec.pages_per_seq):
+        block_table[seq, :pages] = shuffled[start:start + pages]
+        start += pages
+    return block_table
+
+
+def owned_slots(spec: BatchSpec, block_table: torch.Tensor) -> torch.Tensor:
+    """Bool [num_pages, page_size] on the CPU: True where a slot holds one of a sequence's tokens."""
+    used = torch.zeros(spec.num_pages, spec.page_size, dtype=torch.bool)
+    for seq, kv_len in enumerate(spec.kv_lens):
+        flat = torch.zeros(spec.pages_per_seq[seq] * spec.page_size, dtype=torch.bool)
+        flat[:kv_len] = True
+        used[block_table[seq, :spec.pages_per_seq[seq]].long()] = flat.view(-1, spec.page_size)
+    return used
+
+
+def make_batch(spec: BatchSpec, device: torch.device | str = "cpu") -> PagedBatch:
+    """Build the tensors of ``spec`` on ``device``: random normal q/k/v from ``spec.seed`` (the same
+    on every run on one kind of device), every slot no sequence owns zeroed."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    dtype = spec.torch_dtype
+    q = torch.randn(spec.total_q, spec.num_q_heads, spec.head_dim, generator=generator, device=device, dtype=dtype)
+    cache_shape = (spec.num_pages, spec.page_size, spec.num_kv_heads, spec.head_dim)
+    k_cache = torch.randn(cache_shape, generator=generator, device=device, dtype=dtype)
+    v_cache = torch.randn(cache_shape, generator=generator, device=device, dtype=dtype)
+    block_table = page_assignment(spec)
+    used = owned_slots(spec, block_table).to(device)[:, :, None, None]
+    k_cache.mul_(used)
+    v_cache.mul_(used)
+    cu_seqlens_q = torch.zeros(spec.batch_size + 1, dtype=torch.int32)
+    cu_seqlens_q[1:] = torch.cumsum(torch.tensor(spec.q_lens, dtype=torch.int32), 0)
+    return PagedBatch(
+        spec=spec,
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_table=block_table.to(device),
+        cu_seqlens_q=cu_seqlens_q.to(device),
+        kv_lens=torch.tensor(spec.kv_lens, dtype=torch.int32, device=device),
+    )

@@ -1,0 +1,51 @@
+"""The fp32 reference every backend is checked against: each sequence's K/V gathered through the
+block table, attention computed per sequence in float32, in query chunks so that a 32k-context decode
+or a B=8 x 4k prefill fits in GPU memory."""
+
+from __future__ import annotations
+
+import torch
+
+from adapters.batch import PagedBatch
+
+REFERENCE_CHUNK_ELEMENTS = 1 << 27
+"""Upper bound on the float32 score elements held at once (512 MiB)."""
+
+
+def gather_sequence_kv(batch: PagedBatch, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of sequence ``seq`` as contiguous float32 ``[kv_len, Hkv, D]``, read through the block table."""
+    spec = batch.spec
+    kv_len = spec.kv_lens[seq]
+    pages = batch.block_table[seq, : spec.pages_per_seq[seq]].long()
+    keys = batch.k_cache[pages].reshape(-1, spec.num_kv_heads, spec.head_dim)[:kv_len]
+    values = batch.v_cache[pages].reshape(-1, spec.num_kv_heads, spec.head_dim)[:kv_len]
+    return keys.float(), values.float()
+
+
+def reference_attention(batch: PagedBatch, chunk_elements: int = REFERENCE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Attention of ``batch`` in float32 -> ``[T, Hq, D]`` float32 on the batch's device.
+
+    Query i of sequence b (0-based among its q_len new tokens) sees key j iff
+    ``j <= i + kv_len - q_len`` when causal (bottom-right), every key otherwise.
+    """
+    spec = batch.spec
+    out = torch.empty(spec.total_q, spec.num_q_heads, spec.head_dim, dtype=torch.float32, device=batch.device)
+    q_start = 0
+    for seq, (q_len, kv_len) in enumerate(zip(spec.q_lens, spec.kv_lens)):
+        keys, values = gather_sequence_kv(batch, seq)
+        # [Hq, kv_len, D]: query head h reads KV head h // group_size
+        keys = keys.repeat_interleave(spec.group_size, dim=1).transpose(0, 1)
+        values = values.repeat_interleave(spec.group_size, dim=1).transpose(0, 1)
+        rows_per_chunk = max(1, chunk_elements // (spec.num_q_heads * kv_len))
+        for row in range(0, q_len, rows_per_chunk):
+            rows = min(rows_per_chunk, q_len - row)
+            query = batch.q[q_start + row: q_start + row + rows].float().transpose(0, 1)  # [Hq, rows, D]
+            scores = torch.matmul(query, keys.transpose(1, 2)) * spec.scale  # [Hq, rows, kv_len]
+            if spec.causal:
+                query_pos = torch.arange(row, row + rows, device=batch.device)[:, None] + (kv_len - q_len)
+                key_pos = torch.arange(kv_len, device=batch.device)[None, :]
+                scores.masked_fill_(key_pos > query_pos, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            out[q_start + row: q_start + row + rows] = torch.matmul(probs, values).transpose(0, 1)
+        q_start += q_len
+    return out

@@ -1,0 +1,94 @@
+"""Provenance: everything a number needs to be compared with another one (GPU, driver, CUDA, torch,
+triton, cuDNN backend and frontend, flash-attn and its build note, project commit, timer, date)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMMIT_ENV = "PAGED_BENCH_COMMIT"
+"""Set where the checkout has no .git (e.g. a copy sent to a GPU machine) so results name the real commit."""
+ENV_LABEL_ENV = "PAGED_BENCH_ENV_LABEL"
+"""A free-form name for the environment (e.g. 'cudnn-frontend-1.22.1'), shown in version comparisons."""
+
+_PACKAGES = ("torch", "triton", "nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "flash-attn",
+             "flash_attn", "pandas", "asv")
+
+
+def project_commit() -> str:
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _gpu() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"gpu": "none", "gpu_count": 0}
+    props = torch.cuda.get_device_properties(0)
+    info: dict[str, Any] = {
+        "gpu": props.name, "gpu_count": torch.cuda.device_count(), "sm_count": props.multi_processor_count,
+        "compute_capability": f"{props.major}.{props.minor}", "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "l2_mib": round(getattr(props, "L2_cache_size", 0) / 2**20, 1), "cuda": torch.version.cuda,
+    }
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        info["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = "unknown"
+    return info
+
+
+def _cudnn() -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    if torch.backends.cudnn.is_available():
+        info["cudnn_torch"] = torch.backends.cudnn.version()
+    try:
+        import cudnn  # the frontend; optional
+
+        info["cudnn_backend"] = cudnn.backend_version()
+        info["cudnn_frontend"] = cudnn.__version__
+    except Exception:  # noqa: BLE001 - absent or broken frontend is recorded as absent
+        pass
+    return info
+
+
+def collect(timer: str = "", l2_policy: str = "") -> dict[str, Any]:
+    """A flat dict describing this machine and software; ``env_id`` hashes everything but the date."""
+    record: dict[str, Any] = {
+        "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+        **_gpu(), **_cudnn(), "packages": _package_versions(), "commit": project_commit(),
+        "flash_attn_build": os.environ.get("FLASH_ATTN_BUILD_NOTE", ""),
+        "env_label": os.environ.get(ENV_LABEL_ENV, ""), "timer": timer, "l2_policy": l2_policy,
+    }
+    stable = {key: value for key, value in record.items() if key != "host"}
+    record["env_id"] = hashlib.sha1(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    record["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return record

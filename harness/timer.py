@@ -1,0 +1,146 @@
+"""GPU-side timing: CUDA events around each launch, after warm-up, with L2 flushed between
+repetitions; median and spread reported. Optional CUDA-graph replay removes launch gaps for
+microsecond-scale kernels. On a CPU device the same API uses a synchronised perf_counter."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+DEFAULT_TARGET_MS = 150.0
+"""Time spent on the timed repetitions of one cell (the count adapts to the kernel's length)."""
+MIN_REPS = 20
+MAX_REPS = 1000
+WARMUP_MS = 40.0
+MIN_WARMUP = 3
+FLUSH_BYTES_FLOOR = 256 << 20
+
+
+@dataclass
+class Timing:
+    """Per-launch times in microseconds; ``method`` and ``l2_policy`` say how they were taken."""
+
+    median_us: float
+    q1_us: float
+    q3_us: float
+    min_us: float
+    max_us: float
+    reps: int
+    method: str
+    l2_policy: str
+    samples_us: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def iqr_pct(self) -> float:
+        """Inter-quartile range as a share of the median, in percent: the run-to-run noise figure."""
+        return 100.0 * (self.q3_us - self.q1_us) / self.median_us if self.median_us else 0.0
+
+    def as_row(self) -> dict[str, float | int | str]:
+        row = asdict(self)
+        row.pop("samples_us")
+        row["iqr_pct"] = self.iqr_pct
+        return row
+
+    @classmethod
+    def from_samples(cls, samples_us: list[float], method: str, l2_policy: str) -> "Timing":
+        quartiles = statistics.quantiles(samples_us, n=4, method="inclusive") if len(samples_us) > 1 \
+            else [samples_us[0]] * 3
+        return cls(median_us=statistics.median(samples_us), q1_us=quartiles[0], q3_us=quartiles[2],
+                   min_us=min(samples_us), max_us=max(samples_us), reps=len(samples_us), method=method,
+                   l2_policy=l2_policy, samples_us=list(samples_us))
+
+
+class L2Flusher:
+    """Writes a buffer of at least twice the L2 size, so no input stays cached between repetitions."""
+
+    def __init__(self, device: torch.device):
+        l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (50 << 20)
+        self.nbytes = max(2 * l2_bytes, FLUSH_BYTES_FLOOR)
+        self.buffer = torch.empty(self.nbytes // 4, dtype=torch.int32, device=device)
+
+    @property
+    def policy(self) -> str:
+        return f"flush {self.nbytes >> 20} MiB"
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+def _repetitions(single_ms: float, target_ms: float) -> int:
+    return int(min(MAX_REPS, max(MIN_REPS, target_ms / max(single_ms, 1e-3))))
+
+
+def _time_cpu(fn: Callable[[], object], target_ms: float) -> Timing:
+    start = time.perf_counter()
+    fn()
+    single_ms = (time.perf_counter() - start) * 1e3
+    samples = []
+    for _ in range(_repetitions(single_ms, target_ms)):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return Timing.from_samples(samples, "cpu perf_counter", "none")
+
+
+def _capture_graph(fn: Callable[[], object], device: torch.device) -> "torch.cuda.CUDAGraph":
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def time_function(fn: Callable[[], object], device: torch.device | str, *, target_ms: float = DEFAULT_TARGET_MS,
+                  flush_l2: bool = True, cuda_graph: bool = False, reps: int | None = None) -> Timing:
+    """Median and spread of ``fn``'s device time.
+
+    CUDA: ``fn`` is warmed up (JIT, autotuning and lazy init stay out), then each repetition is
+    flush -> start event -> fn -> end event; with ``cuda_graph`` the launch is captured once and
+    replayed (falls back to plain launches, and says so in ``method``, if capture fails).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return _time_cpu(fn, target_ms)
+    stream = torch.cuda.current_stream(device)
+    flusher = L2Flusher(device) if flush_l2 else None
+    launch, method = fn, "cuda events"
+    if cuda_graph:
+        try:
+            graph = _capture_graph(fn, device)
+            launch, method = graph.replay, "cuda graph replay + events"
+        except Exception as error:  # noqa: BLE001 - capture is an optimisation; record why it was not used
+            torch.cuda.synchronize(device)
+            method = f"cuda events (graph capture failed: {type(error).__name__})"
+    # Warm-up, which also estimates one launch's time to size the repetitions.
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record(stream)
+    launch()
+    end.record(stream)
+    torch.cuda.synchronize(device)
+    single_ms = begin.elapsed_time(end)
+    for _ in range(max(MIN_WARMUP, int(WARMUP_MS / max(single_ms, 1e-3)))):
+        if flusher:
+            flusher()
+        launch()
+    count = reps or _repetitions(single_ms, target_ms)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    torch.cuda.synchronize(device)
+    for start_event, end_event in zip(starts, ends):
+        if flusher:
+            flusher()
+        start_event.record(stream)
+        launch()
+        end_event.record(stream)
+    torch.cuda.synchronize(device)
+    samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+    return Timing.from_samples(samples, method, flusher.policy if flusher else "none (L2 warm)")
