@@ -1,0 +1,70 @@
+"""The timer's statistics (CPU) and, on a GPU, its agreement with torch.profiler and with itself."""
+
+import statistics
+
+import pytest
+import torch
+
+from harness.timer import Timing, time_function
+
+
+def test_quartiles_median_and_spread_from_samples():
+    timing = Timing.from_samples([10.0, 12.0, 11.0, 13.0, 50.0], "test", "none")
+    assert timing.median_us == 12.0 and timing.min_us == 10.0 and timing.max_us == 50.0
+    assert (timing.q1_us, timing.q3_us) == (11.0, 13.0)
+    assert timing.iqr_pct == pytest.approx(100 * 2 / 12)
+    assert "samples_us" not in timing.as_row()
+
+
+def test_cpu_path_times_with_a_synchronous_clock():
+    timing = time_function(lambda: sum(range(20000)), "cpu", target_ms=20)
+    assert timing.method == "cpu perf_counter" and timing.reps >= 20 and timing.median_us > 0
+
+
+def _matmul(size=6144):
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    return lambda: torch.matmul(a, b)
+
+
+def _profiler_median_us(fn, reps=60):
+    """Device time per launch of ``fn`` as torch.profiler (CUPTI) sees it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    durations = [event.device_time for event in prof.events()
+                 if event.device_type == torch.autograd.DeviceType.CUDA and "gemm" in event.name.lower()
+                 or (event.device_type == torch.autograd.DeviceType.CUDA and "sm90" in event.name.lower())]
+    assert len(durations) >= reps, [e.name for e in prof.events()][:20]
+    return statistics.median(durations)
+
+
+@pytest.mark.gpu
+def test_timer_median_agrees_with_profiler_within_5_percent():
+    fn = _matmul()
+    timing = time_function(fn, "cuda", target_ms=300, flush_l2=False)
+    assert timing.median_us >= 100, "pick a kernel of at least 100 us"
+    profiled = _profiler_median_us(fn)
+    assert timing.median_us == pytest.approx(profiled, rel=0.05), (timing.median_us, profiled)
+
+
+@pytest.mark.gpu
+def test_two_timer_runs_differ_by_less_than_3_percent():
+    fn = _matmul()
+    first = time_function(fn, "cuda", target_ms=300)
+    second = time_function(fn, "cuda", target_ms=300)
+    assert first.median_us == pytest.approx(second.median_us, rel=0.03)
+    assert first.l2_policy.startswith("flush")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_is_labelled():
+    fn = _matmul(1024)
+    timing = time_function(fn, "cuda", target_ms=50, cuda_graph=True)
+    assert timing.method.startswith("cuda graph") and timing.median_us > 0
