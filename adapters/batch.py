@@ -78,7 +78,10 @@ def parse_grammar(text: str) -> list[LengthGroup]:
         if not match:
             raise ValueError(f"batch string {text!r}: group {part!r} is not of the form "
                              "'{count}q{q_len}c{context}', e.g. '8q512c1k' or '8q9-2000c0-7000'")
-        group = LengthGroup(int(match["count"]), _parse_length(match["q"]), _parse_length(match["ctx"]))
+        try:
+            group = LengthGroup(int(match["count"]), _parse_length(match["q"]), _parse_length(match["ctx"]))
+        except ValueError as error:
+            raise ValueError(f"batch string {text!r}: group {part!r}: {error}") from None
         if group.count < 1:
             raise ValueError(f"batch string {text!r}: group {part!r} has no sequences")
         if group.q_len[0] < 1:
