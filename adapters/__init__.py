@@ -1,8 +1,20 @@
-"""Backends seen through one canonical paged batch: `batch` (the input), `reference` (the fp32 truth),
-`base` (the contract and registry) and one module per backend."""
+"""Backends seen through one canonical paged batch: `batch` (the input), `grammar` (batch strings),
+`reference` (the fp32 truth), `base` (the contract and registry) and one module per backend.
 
-from adapters.base import Adapter, Prepared, Unsupported, discover, get_adapter, register
-from adapters.batch import BatchSpec, PagedBatch, make_batch
+Names are resolved lazily, so that importing a torch-free submodule (`adapters.grammar`) stays light.
+"""
 
-__all__ = ["Adapter", "BatchSpec", "PagedBatch", "Prepared", "Unsupported", "discover", "get_adapter",
-           "make_batch", "register"]
+import importlib
+
+_EXPORTS = {
+    "Adapter": "adapters.base", "Prepared": "adapters.base", "Unsupported": "adapters.base",
+    "discover": "adapters.base", "get_adapter": "adapters.base", "register": "adapters.base",
+    "BatchSpec": "adapters.batch", "PagedBatch": "adapters.batch", "make_batch": "adapters.batch",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'adapters' has no attribute {name!r}")

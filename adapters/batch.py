@@ -1,25 +1,24 @@
 """The canonical input every backend adapts from: packed (THD) queries against a paged K/V cache.
 
 `BatchSpec` is the host-side description (per-sequence lengths, page size, heads, dtype, seed);
-`PagedBatch` holds the tensors made from it by `make_batch`. A tiny grammar writes a batch as a
-short string, e.g. ``"8q1c3000_8q9-2000c0-7000"``: groups joined by ``_``, each
-``{count}q{q_len}c{context}`` where ``q_len`` is the number of new (query) tokens of each sequence and
-``context`` the tokens already in the cache before them, so ``kv_len = context + q_len``. A length
-is an integer, an integer with ``k`` (x1024), or a range ``lo-hi`` drawn uniformly from the seed.
+`PagedBatch` holds the tensors made from it by `make_batch`; `adapters.grammar` writes a batch as a
+short string such as ``"8q1c3000_8q9-2000c0-7000"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from adapters.grammar import (  # noqa: F401 (re-exported)
+    LengthGroup, SequenceKind, classify_sequence, format_grammar, parse_grammar, resolve_lengths,
+)
+
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SequenceKind = Literal["decode", "prefill"]
 BatchKind = Literal["decode", "prefill", "mixed"]
 
 NULL_PAGE = 0
@@ -27,90 +26,6 @@ NULL_PAGE = 0
 
 SPARE_PAGE_FRACTION = 0.25
 """Extra pages in the pool beyond those the sequences own, so page ids are scattered, not dense."""
-
-_GROUP = re.compile(r"^(?P<count>\d+)q(?P<q>[0-9k]+(?:-[0-9k]+)?)c(?P<ctx>[0-9k]+(?:-[0-9k]+)?)$")
-
-
-def classify_sequence(q_len: int, kv_len: int) -> SequenceKind:
-    """The one place that decides what a sequence is: one new token is a decode, more is a prefill
-    (with or without cached context before it)."""
-    return "decode" if q_len == 1 else "prefill"
-
-
-def _parse_length(text: str) -> tuple[int, int]:
-    """``"4k"`` -> (4096, 4096); ``"9-2000"`` -> (9, 2000)."""
-    def one(part: str) -> int:
-        if part.endswith("k"):
-            return int(part[:-1]) * 1024
-        return int(part)
-    lo, _, hi = text.partition("-")
-    low = one(lo)
-    high = one(hi) if hi else low
-    if high < low:
-        raise ValueError(f"length range {text!r} has its upper end below its lower end")
-    return low, high
-
-
-def _format_length(value: int) -> str:
-    return f"{value // 1024}k" if value >= 1024 and value % 1024 == 0 else str(value)
-
-
-@dataclass(frozen=True)
-class LengthGroup:
-    """``count`` sequences whose q_len and context are fixed or drawn from inclusive ranges."""
-
-    count: int
-    q_len: tuple[int, int]
-    context: tuple[int, int]
-
-    def format(self) -> str:
-        def fmt(span: tuple[int, int]) -> str:
-            lo, hi = span
-            return _format_length(lo) if lo == hi else f"{_format_length(lo)}-{_format_length(hi)}"
-        return f"{self.count}q{fmt(self.q_len)}c{fmt(self.context)}"
-
-
-def parse_grammar(text: str) -> list[LengthGroup]:
-    """Parse a batch string (see the module docstring) into its groups."""
-    groups = []
-    for part in text.strip().split("_"):
-        match = _GROUP.match(part)
-        if not match:
-            raise ValueError(f"batch string {text!r}: group {part!r} is not of the form "
-                             "'{count}q{q_len}c{context}', e.g. '8q512c1k' or '8q9-2000c0-7000'")
-        try:
-            group = LengthGroup(int(match["count"]), _parse_length(match["q"]), _parse_length(match["ctx"]))
-        except ValueError as error:
-            raise ValueError(f"batch string {text!r}: group {part!r}: {error}") from None
-        if group.count < 1:
-            raise ValueError(f"batch string {text!r}: group {part!r} has no sequences")
-        if group.q_len[0] < 1:
-            raise ValueError(f"batch string {text!r}: group {part!r} has q_len < 1")
-        groups.append(group)
-    return groups
-
-
-def format_grammar(groups: list[LengthGroup]) -> str:
-    return "_".join(group.format() for group in groups)
-
-
-def resolve_lengths(text: str, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Per-sequence (q_lens, kv_lens) of a batch string; ranges are drawn reproducibly from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(span: tuple[int, int]) -> int:
-        lo, hi = span
-        return lo if lo == hi else int(torch.randint(lo, hi + 1, (1,), generator=generator))
-
-    q_lens: list[int] = []
-    kv_lens: list[int] = []
-    for group in parse_grammar(text):
-        for _ in range(group.count):
-            q_len = draw(group.q_len)
-            q_lens.append(q_len)
-            kv_lens.append(draw(group.context) + q_len)
-    return tuple(q_lens), tuple(kv_lens)
-
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -130,6 +45,11 @@ class BatchSpec:
     causal: bool = True
     seed: int = 0
     label: str = ""
+
+    def __post_init__(self) -> None:
+        from adapters.validation import validate_spec  # validation imports this module
+
+        validate_spec(self)
 
     @classmethod
     def from_grammar(cls, text: str, *, seed: int = 0, **fields) -> "BatchSpec":

@@ -1,15 +1,20 @@
 """The sweeps: named, seeded cases shared by the CLI, the asv suite and the report.
 
 A `Case` is one batch shape (a batch string, page size, heads, dtype). Case names are stable and
-append-only (asv keys its history on them): add new cases, never rename or reuse one.
+append-only (asv keys its history on them): add new cases, never rename or reuse one. This module
+imports no torch, so asv's per-parameter processes stay light.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from adapters.batch import BatchSpec, _format_length, parse_grammar
+if TYPE_CHECKING:
+    from adapters.batch import BatchSpec
+
+from adapters.grammar import _format_length, parse_grammar
 
 STANDARD_HEADS = {"num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
 """A Llama-3-8B-like layer (GQA 4:1): the head configuration of every timed case."""
@@ -29,7 +34,9 @@ class Case:
     causal: bool = True
     seed: int = 0
 
-    def spec(self) -> BatchSpec:
+    def spec(self) -> "BatchSpec":
+        from adapters.batch import BatchSpec
+
         return BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
                                       num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
                                       head_dim=self.head_dim, dtype=self.dtype, causal=self.causal)
@@ -72,31 +79,52 @@ PAGE_SIZES = (16, 256)
 TINY_HEADS = {"prefix": "tiny-", "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "fp32"}
 
 
-def _mixed(page_sizes) -> list[Case]:
-    return [Case(name=f"{name}-p{page}", grammar=grammar, page_size=page)
-            for page in page_sizes for name, grammar in MIXED_GRAMMARS.items()]
+@dataclass(frozen=True)
+class Axes:
+    """A workload's sweep as a product of axes (asv parameterises over exactly these)."""
+
+    batch_sizes: tuple[int, ...] = ()
+    q_lens: tuple[int, ...] = ()
+    contexts: tuple[int, ...] = ()
+    page_sizes: tuple[int, ...] = PAGE_SIZES
+    mixes: tuple[str, ...] = ()
+
+
+SWEEP_AXES: dict[str, dict[str, Axes]] = {
+    "default": {
+        "decode": Axes(batch_sizes=(1, 16, 64), q_lens=(1,), contexts=(1024, 4096, 16384)),
+        "prefill": Axes(batch_sizes=(1, 4, 8), q_lens=(512, 2048), contexts=(0, 1024, 2048)),
+        "mixed": Axes(mixes=tuple(MIXED_GRAMMARS)),
+    },
+    "short": {
+        "decode": Axes(batch_sizes=(64,), q_lens=(1,), contexts=(4096,)),
+        "prefill": Axes(batch_sizes=(4, 8), q_lens=(512, 2048), contexts=(1024, 2048)),
+        "mixed": Axes(mixes=("mixed-8d3000-8p2000",)),
+    },
+}
+
+
+def mixed_case(mix: str, page_size: int) -> Case:
+    return Case(name=f"{mix}-p{page_size}", grammar=MIXED_GRAMMARS[mix], page_size=page_size)
+
+
+def cases_from_axes(workload: str, axes: Axes) -> list[Case]:
+    if workload == "mixed":
+        return [mixed_case(mix, page) for page in axes.page_sizes for mix in axes.mixes]
+    return _grid(workload, axes.batch_sizes, axes.q_lens, axes.contexts, axes.page_sizes)
 
 
 SWEEPS: dict[str, list[Case]] = {
-    "default": [
-        *_grid("decode", batch_sizes=(1, 16, 64), q_lens=(1,), contexts=(1024, 4096, 16384), page_sizes=PAGE_SIZES),
-        *_grid("prefill", batch_sizes=(1, 4, 8), q_lens=(512, 2048), contexts=(0, 1024, 2048), page_sizes=PAGE_SIZES),
-        *_mixed(PAGE_SIZES),
-    ],
-    "short": [
-        *_grid("decode", batch_sizes=(64,), q_lens=(1,), contexts=(4096,), page_sizes=PAGE_SIZES),
-        *_grid("prefill", batch_sizes=(4,), q_lens=(2048,), contexts=(2048,), page_sizes=PAGE_SIZES),
-        *_grid("prefill", batch_sizes=(8,), q_lens=(512,), contexts=(1024,), page_sizes=PAGE_SIZES),
-        *_mixed(PAGE_SIZES)[::2],
-    ],
-    # For machines without a GPU: tiny shapes that the CPU-capable backends finish in seconds.
-    "cpu-tiny": [
-        *_grid("decode", batch_sizes=(4,), q_lens=(1,), contexts=(64,), page_sizes=(16,), **TINY_HEADS),
-        *_grid("prefill", batch_sizes=(2,), q_lens=(32,), contexts=(0, 32), page_sizes=(16,), **TINY_HEADS),
-        Case(name="tiny-mixed-p16", grammar="2q1c40_2q9-24c0-24", page_size=16,
-             **{key: value for key, value in TINY_HEADS.items() if key != "prefix"}),
-    ],
+    name: [case for workload, axes in by_workload.items() for case in cases_from_axes(workload, axes)]
+    for name, by_workload in SWEEP_AXES.items()
 }
+# For machines without a GPU: tiny shapes that the CPU-capable backends finish in seconds.
+SWEEPS["cpu-tiny"] = [
+    *_grid("decode", batch_sizes=(4,), q_lens=(1,), contexts=(64,), page_sizes=(16,), **TINY_HEADS),
+    *_grid("prefill", batch_sizes=(2,), q_lens=(32,), contexts=(0, 32), page_sizes=(16,), **TINY_HEADS),
+    Case(name="tiny-mixed-p16", grammar="2q1c40_2q9-24c0-24", page_size=16,
+         **{key: value for key, value in TINY_HEADS.items() if key != "prefix"}),
+]
 
 
 def get_sweep(name: str) -> list[Case]:
