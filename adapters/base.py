@@ -22,7 +22,7 @@ from adapters.batch import BatchSpec, PagedBatch
 EXTRA_ADAPTER_MODULES_ENV = "PAGED_BENCH_EXTRA_ADAPTERS"
 """Comma-separated modules imported by `discover()` besides this package's (used for test-only backends)."""
 
-_NOT_ADAPTER_MODULES = {"base", "batch", "reference"}
+_NOT_ADAPTER_MODULES = {"base", "batch", "reference", "validation"}
 
 
 class Unsupported(Exception):

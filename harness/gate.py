@@ -11,6 +11,7 @@ import torch
 
 from adapters.base import Adapter, Prepared, Unsupported
 from adapters.batch import PagedBatch
+from adapters.validation import BatchValidationError, validate_batch
 
 VERDICTS: dict[str, str] = {
     "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",
@@ -124,7 +125,12 @@ def failure_verdict(error: BaseException, stage: str) -> GateResult:
 
 def run_gate(adapter: Adapter, batch: PagedBatch, reference: torch.Tensor) -> tuple[GateResult, Prepared | None]:
     """Check one backend on one batch: declined layouts are `unsupported`, exceptions `error`/`oom`,
-    a mismatch `wrong`. Returns the prepared state too, so an `ok` cell is timed without re-preparing."""
+    a mismatch `wrong`. Returns the prepared state too, so an `ok` cell is timed without re-preparing.
+    A malformed batch is an `error` before anything is prepared or launched."""
+    try:
+        validate_batch(batch)
+    except BatchValidationError as error:
+        return GateResult("error", f"invalid input batch, nothing launched: {error}"), None
     supported, why = adapter.supports(batch.spec)
     if not supported:
         return GateResult("unsupported", why), None
