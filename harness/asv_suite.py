@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from harness.sweep import SWEEP_AXES, Axes, Case, cases_from_axes, mixed_case, uniform_case
+from harness.sweep import SWEEP_AXES, Axes, Case, case_for, cases_from_axes
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_ENV = "PAGED_BENCH_SWEEP"
@@ -63,10 +63,8 @@ def asv_params(workload: str) -> tuple[list[list], list[str]]:
             ["backend", "batch_size", "q_len", "context", "page_size"])
 
 
-def case_for(workload: str, *axis_values) -> Case:
-    if workload == "mixed":
-        return mixed_case(*axis_values)
-    return uniform_case(workload, *axis_values)
+def workload_case(workload: str, *axis_values) -> Case:
+    return case_for(workload, workload_axes(workload), *axis_values)
 
 
 def measure_workload(workload: str) -> dict[str, dict]:
@@ -108,7 +106,7 @@ class WorkloadBenchmark:
     workload: str = ""
 
     def setup(self, cache: dict[str, dict], backend: str, *axis_values) -> None:
-        case = case_for(self.workload, *axis_values)
+        case = workload_case(self.workload, *axis_values)
         row = cache.get(f"{backend}|{case.name}")
         if row is None:
             raise NotImplementedError(f"{case.name} is not in the '{sweep_name()}' sweep")

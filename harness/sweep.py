@@ -63,68 +63,77 @@ def uniform_case(kind: str, batch_size: int, q_len: int, context: int, page_size
                 page_size=page_size, **fields)
 
 
-def _grid(kind: str, batch_sizes, q_lens, contexts, page_sizes, **fields) -> list[Case]:
-    return [uniform_case(kind, b, q, c, p, **fields)
-            for p, b, q, c in itertools.product(page_sizes, batch_sizes, q_lens, contexts)]
-
-
 MIXED_GRAMMARS = {
     # 8 decodes at context 3000 beside 8 prefills of 9..2000 new tokens on 0..7000 cached ones.
     "mixed-8d3000-8p2000": "8q1c3000_8q9-2000c0-7000",
     # a serving step: 32 decodes of mixed context beside 2 long prefill chunks.
     "mixed-32d-2p4k": "32q1c512-8k_2q4kc0-4k",
+    # for CPU-only machines
+    "tiny-mixed": "2q1c40_2q9-24c0-24",
 }
 
 PAGE_SIZES = (16, 256)
-TINY_HEADS = {"prefix": "tiny-", "num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "fp32"}
 
 
 @dataclass(frozen=True)
 class Axes:
-    """A workload's sweep as a product of axes (asv parameterises over exactly these)."""
+    """A workload's sweep as a product of axes (asv parameterises over exactly these); ``prefix``
+    and ``heads`` (num_q_heads, num_kv_heads, head_dim, dtype) apply to every case of it."""
 
     batch_sizes: tuple[int, ...] = ()
     q_lens: tuple[int, ...] = ()
     contexts: tuple[int, ...] = ()
     page_sizes: tuple[int, ...] = PAGE_SIZES
     mixes: tuple[str, ...] = ()
+    prefix: str = ""
+    heads: tuple[tuple[str, object], ...] = ()
 
+
+TINY = {"prefix": "tiny-", "heads": (("num_q_heads", 4), ("num_kv_heads", 2), ("head_dim", 32), ("dtype", "fp32")),
+        "page_sizes": (16,)}
 
 SWEEP_AXES: dict[str, dict[str, Axes]] = {
     "default": {
         "decode": Axes(batch_sizes=(1, 16, 64), q_lens=(1,), contexts=(1024, 4096, 16384)),
         "prefill": Axes(batch_sizes=(1, 4, 8), q_lens=(512, 2048), contexts=(0, 1024, 2048)),
-        "mixed": Axes(mixes=tuple(MIXED_GRAMMARS)),
+        "mixed": Axes(mixes=("mixed-8d3000-8p2000", "mixed-32d-2p4k")),
     },
     "short": {
         "decode": Axes(batch_sizes=(64,), q_lens=(1,), contexts=(4096,)),
         "prefill": Axes(batch_sizes=(4, 8), q_lens=(512, 2048), contexts=(1024, 2048)),
         "mixed": Axes(mixes=("mixed-8d3000-8p2000",)),
     },
+    # For machines without a GPU: tiny shapes that the CPU-capable backends finish in seconds.
+    "cpu-tiny": {
+        "decode": Axes(batch_sizes=(4,), q_lens=(1,), contexts=(64,), **TINY),
+        "prefill": Axes(batch_sizes=(2,), q_lens=(32,), contexts=(0, 32), **TINY),
+        "mixed": Axes(mixes=("tiny-mixed",), **TINY),
+    },
 }
 
 
-def mixed_case(mix: str, page_size: int) -> Case:
-    return Case(name=f"{mix}-p{page_size}", grammar=MIXED_GRAMMARS[mix], page_size=page_size)
+def case_for(workload: str, axes: Axes, *values) -> Case:
+    """The case at one point of a workload's axes: (batch, q_len, context, page) or (mix, page)."""
+    if workload == "mixed":
+        mix, page_size = values
+        return Case(name=f"{mix}-p{page_size}", grammar=MIXED_GRAMMARS[mix], page_size=page_size, **dict(axes.heads))
+    return uniform_case(workload, *values, prefix=axes.prefix, **dict(axes.heads))
+
+
+def axis_values(workload: str, axes: Axes) -> list[tuple[int, ...]]:
+    if workload == "mixed":
+        return list(itertools.product(axes.mixes, axes.page_sizes))
+    return list(itertools.product(axes.batch_sizes, axes.q_lens, axes.contexts, axes.page_sizes))
 
 
 def cases_from_axes(workload: str, axes: Axes) -> list[Case]:
-    if workload == "mixed":
-        return [mixed_case(mix, page) for page in axes.page_sizes for mix in axes.mixes]
-    return _grid(workload, axes.batch_sizes, axes.q_lens, axes.contexts, axes.page_sizes)
+    return [case_for(workload, axes, *values) for values in axis_values(workload, axes)]
 
 
 SWEEPS: dict[str, list[Case]] = {
     name: [case for workload, axes in by_workload.items() for case in cases_from_axes(workload, axes)]
     for name, by_workload in SWEEP_AXES.items()
 }
-# For machines without a GPU: tiny shapes that the CPU-capable backends finish in seconds.
-SWEEPS["cpu-tiny"] = [
-    *_grid("decode", batch_sizes=(4,), q_lens=(1,), contexts=(64,), page_sizes=(16,), **TINY_HEADS),
-    *_grid("prefill", batch_sizes=(2,), q_lens=(32,), contexts=(0, 32), page_sizes=(16,), **TINY_HEADS),
-    Case(name="tiny-mixed-p16", grammar="2q1c40_2q9-24c0-24", page_size=16,
-         **{key: value for key, value in TINY_HEADS.items() if key != "prefix"}),
-]
 
 
 def get_sweep(name: str) -> list[Case]:

@@ -26,7 +26,7 @@ def test_asv_parameters_are_exactly_the_sweeps_cases(monkeypatch, sweep):
         params, param_names = asv_suite.asv_params(workload)
         assert param_names[0] == "backend"
         for values in itertools.product(*params[1:]):
-            names.add(asv_suite.case_for(workload, *values).name)
+            names.add(asv_suite.workload_case(workload, *values).name)
     assert names == {case.name for case in SWEEPS[sweep]}
 
 
