@@ -1,0 +1,187 @@
+"""Checks that a batch is well formed before anything is launched on it.
+
+`validate_spec` looks at the host-side `BatchSpec` only (cheap; `BatchSpec` runs it on construction).
+`validate_batch` also checks the tensors of a `PagedBatch`: shapes against the spec, dtypes, one
+device, contiguity, and the index tensors' values (page ids in the pool, no page owned twice, query
+offsets, kv lengths covered by owned pages). It copies the small index tensors to the host, so it may
+synchronise: it runs before a backend's prepare, outside any timing.
+
+Every failure raises `BatchValidationError` (a `ValueError`) whose message starts with the field and
+states the bad value, e.g. ``block_table[1, 0] = 57: page id outside the pool [0, 40)``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from adapters.batch import BatchSpec, PagedBatch
+
+SUPPORTED_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256)
+"""Head dimensions the suite builds batches for."""
+
+INDEX_DTYPE = torch.int32
+"""dtype of block_table, cu_seqlens_q and kv_lens."""
+
+
+class BatchValidationError(ValueError):
+    """A batch or spec that no backend should be run on; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _integer(field: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise BatchValidationError(field, f"{value!r} is a bool, expected an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise BatchValidationError(field, f"{value!r} is not an integer") from None
+
+
+def validate_spec(spec: "BatchSpec") -> None:
+    """Raise `BatchValidationError` unless ``spec`` describes a batch the suite can build and run."""
+    from adapters.batch import DTYPES
+
+    q_lens = [_integer(f"q_lens[{i}]", value) for i, value in enumerate(spec.q_lens)]
+    kv_lens = [_integer(f"kv_lens[{i}]", value) for i, value in enumerate(spec.kv_lens)]
+    if not q_lens:
+        raise BatchValidationError("q_lens", "empty batch: a batch needs at least one sequence")
+    if len(kv_lens) != len(q_lens):
+        raise BatchValidationError("kv_lens", f"{len(kv_lens)} lengths for {len(q_lens)} sequences (q_lens)")
+    for seq, (q_len, kv_len) in enumerate(zip(q_lens, kv_lens)):
+        if q_len < 1:
+            raise BatchValidationError(f"q_lens[{seq}]", f"{q_len}: every sequence needs at least one new token")
+        if kv_len < q_len:
+            raise BatchValidationError(f"kv_lens[{seq}]", f"{kv_len} < q_len {q_len}: the cache must hold the "
+                                       "new tokens too (kv_len = context + q_len)")
+    page_size = _integer("page_size", spec.page_size)
+    if page_size < 1:
+        raise BatchValidationError("page_size", f"{page_size}: must be at least 1")
+    num_q_heads = _integer("num_q_heads", spec.num_q_heads)
+    num_kv_heads = _integer("num_kv_heads", spec.num_kv_heads)
+    if num_kv_heads < 1:
+        raise BatchValidationError("num_kv_heads", f"{num_kv_heads}: must be at least 1")
+    if num_q_heads < 1 or num_q_heads % num_kv_heads:
+        raise BatchValidationError("num_q_heads", f"{num_q_heads} is not a positive multiple of "
+                                   f"num_kv_heads {num_kv_heads}")
+    head_dim = _integer("head_dim", spec.head_dim)
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise BatchValidationError("head_dim", f"{head_dim} is not supported; choose one of "
+                                   f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    if spec.dtype not in DTYPES:
+        raise BatchValidationError("dtype", f"{spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    _integer("seed", spec.seed)
+
+
+def _check_tensor(field: str, tensor: Any, shape: tuple[int, ...] | None, dtype: torch.dtype,
+                  device: torch.device) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise BatchValidationError(field, f"is a {type(tensor).__name__}, expected a torch.Tensor")
+    if shape is not None and tuple(tensor.shape) != shape:
+        raise BatchValidationError(field, f"shape {tuple(tensor.shape)}, expected {shape} from the spec")
+    if tensor.dtype != dtype:
+        raise BatchValidationError(field, f"dtype {tensor.dtype}, expected {dtype}")
+    if tensor.device != device:
+        raise BatchValidationError(field, f"on {tensor.device}, but q is on {device}: all tensors must share a device")
+    if not tensor.is_contiguous():
+        raise BatchValidationError(field, f"is not contiguous (strides {tuple(tensor.stride())})")
+
+
+def _check_tensors(batch: "PagedBatch") -> None:
+    """Shapes against the spec, dtypes, one device, contiguity."""
+    spec = batch.spec
+    if not isinstance(batch.q, torch.Tensor):
+        raise BatchValidationError("q", f"is a {type(batch.q).__name__}, expected a torch.Tensor")
+    device = batch.q.device
+    if batch.q.dtype != spec.torch_dtype:
+        raise BatchValidationError("q", f"dtype {batch.q.dtype}, expected {spec.torch_dtype} (spec dtype {spec.dtype!r})")
+    _check_tensor("q", batch.q, (spec.total_q, spec.num_q_heads, spec.head_dim), spec.torch_dtype, device)
+    cache_shape = (spec.num_pages, spec.page_size, spec.num_kv_heads, spec.head_dim)
+    _check_tensor("k_cache", batch.k_cache, cache_shape, batch.q.dtype, device)
+    _check_tensor("v_cache", batch.v_cache, cache_shape, batch.q.dtype, device)
+    if not isinstance(batch.block_table, torch.Tensor) or batch.block_table.dim() != 2 \
+            or batch.block_table.shape[0] != spec.batch_size:
+        shape = tuple(batch.block_table.shape) if isinstance(batch.block_table, torch.Tensor) else None
+        raise BatchValidationError("block_table", f"shape {shape}, expected ({spec.batch_size}, max_pages)")
+    _check_tensor("block_table", batch.block_table, None, INDEX_DTYPE, device)
+    _check_tensor("cu_seqlens_q", batch.cu_seqlens_q, (spec.batch_size + 1,), INDEX_DTYPE, device)
+    _check_tensor("kv_lens", batch.kv_lens, (spec.batch_size,), INDEX_DTYPE, device)
+
+
+def _check_query_offsets(batch: "PagedBatch") -> None:
+    spec = batch.spec
+    cu = batch.cu_seqlens_q.cpu().tolist()
+    if cu[0] != 0:
+        raise BatchValidationError("cu_seqlens_q", f"starts at {cu[0]}, must start at 0")
+    for seq in range(spec.batch_size):
+        if cu[seq + 1] < cu[seq]:
+            raise BatchValidationError(f"cu_seqlens_q[{seq + 1}]", f"{cu[seq + 1]} < cu_seqlens_q[{seq}] {cu[seq]}: "
+                                       "offsets must be non-decreasing")
+    if cu[-1] != spec.total_q:
+        raise BatchValidationError("cu_seqlens_q", f"ends at {cu[-1]}, must end at T = {spec.total_q} (rows of q)")
+    for seq, q_len in enumerate(spec.q_lens):
+        if cu[seq + 1] - cu[seq] != q_len:
+            raise BatchValidationError(f"cu_seqlens_q[{seq + 1}]", f"gives sequence {seq} {cu[seq + 1] - cu[seq]} "
+                                       f"query tokens, the spec says q_len {q_len}")
+
+
+def _check_pages(batch: "PagedBatch", allow_shared_pages: bool) -> None:
+    """kv_lens against q_lens and the block table; page ids in the pool; no page owned twice."""
+    from adapters.batch import NULL_PAGE
+
+    spec = batch.spec
+    kv_lens = batch.kv_lens.cpu().tolist()
+    block_table = batch.block_table.cpu().long()
+    width = block_table.shape[1]
+    num_pages = batch.k_cache.shape[0]
+    for seq, (q_len, kv_len) in enumerate(zip(spec.q_lens, kv_lens)):
+        if kv_len < q_len:
+            raise BatchValidationError(f"kv_lens[{seq}]", f"{kv_len} < q_len {q_len}")
+        needed = math.ceil(kv_len / spec.page_size)
+        if needed > width:
+            raise BatchValidationError(f"kv_lens[{seq}]", f"{kv_len} needs {needed} pages of {spec.page_size} "
+                                       f"tokens, beyond block_table width {width}")
+    outside = (block_table < 0) | (block_table >= num_pages)
+    if outside.any():
+        seq, entry = outside.nonzero()[0].tolist()
+        raise BatchValidationError(f"block_table[{seq}, {entry}]", f"{int(block_table[seq, entry])}: page id "
+                                   f"outside the pool [0, {num_pages})")
+    needed = torch.tensor([math.ceil(kv / spec.page_size) for kv in kv_lens])
+    owned = torch.arange(width)[None, :] < needed[:, None]  # [B, width]: entries covering a sequence's tokens
+    on_null = owned & (block_table == NULL_PAGE)
+    if on_null.any():
+        seq, entry = on_null.nonzero()[0].tolist()
+        raise BatchValidationError(f"block_table[{seq}, {entry}]", f"{NULL_PAGE} is the null page, but kv_lens[{seq}] = "
+                                   f"{kv_lens[seq]} covers {int(needed[seq])} pages: the sequence does not own "
+                                   "the pages its kv_len needs")
+    for seq, kv_len in enumerate(kv_lens):
+        if kv_len != spec.kv_lens[seq]:
+            raise BatchValidationError(f"kv_lens[{seq}]", f"{kv_len}, the spec says {spec.kv_lens[seq]}")
+    if allow_shared_pages:
+        return
+    pages = block_table[owned]
+    unique, counts = torch.unique(pages, return_counts=True)
+    if (counts > 1).any():
+        page = int(unique[counts > 1][0])
+        where = (block_table == page) & owned
+        holders = [f"block_table[{s}, {e}]" for s, e in where.nonzero().tolist()[:3]]
+        raise BatchValidationError(holders[1], f"{page}: page already owned by {holders[0]}; pages may not be "
+                                   "shared (pass allow_shared_pages=True for prefix sharing)")
+
+
+def validate_batch(batch: "PagedBatch", *, allow_shared_pages: bool = False) -> None:
+    """Raise `BatchValidationError` unless ``batch``'s tensors agree with its spec and with each other.
+
+    May synchronise (index tensors are read on the host); call it before launching, never while timing.
+    """
+    validate_spec(batch.spec)
+    _check_tensors(batch)
+    _check_query_offsets(batch)
+    _check_pages(batch, allow_shared_pages)
