@@ -1,0 +1,99 @@
+"""The project's own Triton paged-attention kernel (``kernels/paged_attention.py``) as a backend.
+
+Takes the canonical batch as is: packed q, NHD page caches, block table, cu_seqlens_q and kv_lens
+(no conversion). ``prepare`` plans the launch from the spec's host-side lengths, allocates the
+output and the split-KV workspace, and compiles by running once (reported as ``setup_s``); ``run``
+only launches. On the CPU it runs under Triton's interpreter (TRITON_INTERPRET=1), fp16/fp32 only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+
+import torch
+
+from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.batch import BatchSpec, PagedBatch
+
+ENTRY_POINT = "kernels.paged_attention.prepare_paged_attention"
+
+
+def _interpreting() -> bool:
+    """Whether the kernels run (or, not yet imported, will run) under Triton's interpreter: triton
+    decides when the kernel module is imported, from TRITON_INTERPRET at that moment."""
+    module = sys.modules.get("kernels.paged_attention")
+    if module is not None:
+        return type(module._paged_attention_kernel).__name__ == "InterpretedFunction"
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@register
+class TritonPagedAdapter(Adapter):
+    """One attention kernel with constexpr switches plus a split-KV merge kernel (see the module)."""
+
+    name = "triton"
+    devices = ("cuda", "cpu")
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        device = torch.device(device)
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed (pip install triton)"
+        if device.type == "cpu":
+            if not _interpreting():
+                return False, ("on the CPU the kernel runs only under Triton's interpreter: "
+                               "set TRITON_INTERPRET=1 before kernels.paged_attention is imported")
+            if importlib.util.find_spec("numpy") is None:
+                return False, "Triton's interpreter needs numpy, which is not installed"
+            return True, ""
+        if device.type == "cuda":
+            if _interpreting():
+                return False, "the kernel was built for Triton's interpreter (TRITON_INTERPRET=1), not for the GPU"
+            if not torch.cuda.is_available():
+                return False, "no CUDA device is visible to torch"
+            major, _ = torch.cuda.get_device_capability(device)
+            if major < 8:
+                return False, f"compute capability {major}.x: the kernel needs sm_80 or newer (bf16 dot)"
+            return True, ""
+        return False, f"device type {device.type!r} is not one of {self.devices}"
+
+    def supports(self, spec: BatchSpec) -> tuple[bool, str]:
+        if not (16 <= spec.head_dim <= 256 and spec.head_dim % 8 == 0):
+            return False, f"head_dim {spec.head_dim} is not a multiple of 8 in 16..256"
+        if spec.num_q_heads % spec.num_kv_heads:
+            return False, f"num_q_heads {spec.num_q_heads} is not a multiple of num_kv_heads {spec.num_kv_heads}"
+        return True, ""
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        spec = batch.spec
+        ok, reason = self.supports(spec)
+        if not ok:
+            raise Unsupported(reason)
+        if batch.device.type == "cpu" and spec.torch_dtype == torch.bfloat16:
+            raise Unsupported("bf16 under Triton's CPU interpreter returns garbage (docs/backends.md); "
+                              "bf16 is checked on the GPU")
+        from kernels.paged_attention import prepare_paged_attention
+
+        started = time.perf_counter()
+        out = torch.empty_like(batch.q)
+        launcher = prepare_paged_attention(
+            batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
+            max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
+            out=out)
+        launcher()  # compiles (or loads from Triton's cache) outside the timed region
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        setup_s = time.perf_counter() - started
+        notes = {"entry_point": ENTRY_POINT, "setup_s": round(setup_s, 4), **launcher.plan.describe()}
+        if batch.device.type == "cpu":
+            notes["mode"] = "triton interpreter (TRITON_INTERPRET=1)"
+        return Prepared(run=launcher, out=out, notes=notes)
+
+    def versions(self) -> dict[str, str]:
+        try:
+            import triton
+        except ImportError:
+            return {}
+        return {"triton": triton.__version__}

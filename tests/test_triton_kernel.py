@@ -1,0 +1,282 @@
+"""The project's Triton paged-attention kernel against the fp32 reference.
+
+CPU tests run the kernel under Triton's interpreter: where no CUDA device is visible this module sets
+TRITON_INTERPRET=1 before anything imports the kernels, and skips cleanly when triton or numpy is
+missing. Shapes are tiny (the interpreter is slow; CI has two cores). The interpreter mishandles
+bf16, so the CPU tests use fp32 and fp16; bf16 is checked by the `gpu` class on a CUDA device.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from adapters.base import Unsupported, get_adapter  # noqa: E402
+from adapters.batch import BatchSpec, make_batch  # noqa: E402
+from adapters.reference import reference_attention  # noqa: E402
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+
+if HAVE_TRITON:
+    from kernels.paged_attention import (  # noqa: E402
+        KernelConfig, config_key, paged_attention, plan_launch, prepare_paged_attention, select_config)
+    from kernels import paged_attention as kernel_module  # noqa: E402
+
+    INTERPRETED = type(kernel_module._paged_attention_kernel).__name__ == "InterpretedFunction"
+else:  # pragma: no cover - only without triton
+    INTERPRETED = False
+
+needs_interpreter = pytest.mark.skipif(
+    not (INTERPRETED and HAVE_NUMPY),
+    reason="CPU tests need Triton's interpreter (TRITON_INTERPRET=1 before the kernels are imported) and numpy")
+
+TINY = dict(num_q_heads=4, num_kv_heads=2, head_dim=32)
+"""Default heads for CPU cases: GQA with two query heads per KV head."""
+SMALL_TILES = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
+"""Small tiles so that tiny batches still span several key tiles, query tiles and splits."""
+CPU_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
+GPU_TOLERANCE = {"bf16": 1e-2, "fp16": 3e-3}
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def run_kernel(batch, *, config=None, num_splits=None):
+    """Launch on ``batch`` with a NaN-poisoned output; return (output, plan)."""
+    spec = batch.spec
+    launcher = prepare_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
+        max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
+        config=config, num_splits=num_splits)
+    launcher.out.fill_(float("nan"))
+    return launcher(), launcher.plan
+
+
+def assert_matches_reference(batch, out, tolerance):
+    assert torch.isfinite(out).all(), "unwritten (NaN) or non-finite output elements"
+    error = relative_error(out, reference_attention(batch))
+    assert error <= tolerance, f"relative L2 error {error:.2e} > {tolerance:.0e} for {batch.spec.describe()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU, under the interpreter
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gqa_mixed_batch_default_config(dtype, causal):
+    spec = BatchSpec.from_grammar("2q1c30_1q9-20c0-7", page_size=3, dtype=dtype, causal=causal, **TINY)
+    batch = make_batch(spec, "cpu")
+    out, _ = run_kernel(batch)
+    assert_matches_reference(batch, out, CPU_TOLERANCE[dtype])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_page_sizes_tiles_and_splits(page_size, causal):
+    """Small tiles: several query tiles per prefill, key tiles crossing pages (page 1, 3) or inside
+    one page (16), and three key chunks merged by the split kernel."""
+    spec = BatchSpec.from_grammar("2q1c30_1q9-20c0-7_1q40c10", page_size=page_size, dtype="fp32",
+                                  causal=causal, seed=page_size, **TINY)
+    batch = make_batch(spec, "cpu")
+    out, plan = run_kernel(batch, config=SMALL_TILES, num_splits=3)
+    assert plan.num_splits > 1
+    assert plan.tile_in_page == (page_size % SMALL_TILES.block_n == 0)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp32"])
+
+
+@needs_interpreter
+def test_sequence_crossing_pages_fp16():
+    spec = BatchSpec.from_grammar("1q23c17", page_size=16, dtype="fp16", **TINY)
+    batch = make_batch(spec, "cpu")
+    assert spec.pages_per_seq == (3,)
+    out, _ = run_kernel(batch, config=SMALL_TILES)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("grammar", ["1q1c0", "3q1c0"])
+def test_single_token_sequences(grammar):
+    """q_len == kv_len == 1: the output is the one value row."""
+    spec = BatchSpec.from_grammar(grammar, page_size=16, dtype="fp16", **TINY)
+    batch = make_batch(spec, "cpu")
+    out, _ = run_kernel(batch)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("num_q_heads,num_kv_heads", [(4, 1), (8, 1), (6, 2), (2, 2)],
+                         ids=["mqa4", "mqa8", "group3", "mha"])
+def test_head_groupings(num_q_heads, num_kv_heads):
+    """MQA (every query head on one KV head), a group that is not a power of two, and plain MHA."""
+    spec = BatchSpec.from_grammar("2q1c12_1q5-9c0-9", page_size=4, num_q_heads=num_q_heads,
+                                  num_kv_heads=num_kv_heads, head_dim=32, dtype="fp16")
+    batch = make_batch(spec, "cpu")
+    out, _ = run_kernel(batch, config=SMALL_TILES, num_splits=2)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+
+
+@needs_interpreter
+def test_head_dim_not_a_power_of_two():
+    spec = BatchSpec.from_grammar("1q1c20_1q7c5", page_size=8, num_q_heads=2, num_kv_heads=1,
+                                  head_dim=96, dtype="fp32")
+    batch = make_batch(spec, "cpu")
+    out, _ = run_kernel(batch, config=SMALL_TILES, num_splits=2)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp32"])
+
+
+@needs_interpreter
+def test_adapter_prepare_and_run_on_cpu():
+    adapter = get_adapter("triton")
+    assert adapter.available(torch.device("cpu")) == (True, "")
+    spec = BatchSpec.from_grammar("2q1c30_1q9-20c0-7", page_size=3, dtype="fp16", **TINY)
+    batch = make_batch(spec, "cpu")
+    prepared = adapter.prepare(batch)
+    prepared.out.fill_(float("nan"))
+    out = prepared.run()
+    assert out.data_ptr() == prepared.out.data_ptr()
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+    for key in ("config", "setup_s", "num_splits", "page_path", "entry_point"):
+        assert key in prepared.notes
+    assert adapter.versions()["triton"]
+
+
+@needs_interpreter
+def test_adapter_declines_bf16_on_cpu():
+    spec = BatchSpec.from_grammar("1q4c4", page_size=4, dtype="bf16", **TINY)
+    with pytest.raises(Unsupported, match="bf16"):
+        get_adapter("triton").prepare(make_batch(spec, "cpu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Host side: validation, configs, planning (no kernel launch)
+
+def _inputs(dtype=torch.float16):
+    spec = BatchSpec.from_grammar("2q1c5_1q3c2", page_size=4, dtype="fp16", **TINY)
+    batch = make_batch(spec, "cpu")
+    return spec, batch
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(block_table=lambda b: b.block_table.long()), "block_table"),
+    (dict(kv_lens=lambda b: b.kv_lens.long()), "kv_lens"),
+    (dict(q=lambda b: b.q[:, :3]), "num_q_heads=3"),
+    (dict(k_cache=lambda b: b.k_cache.float()), "dtype"),
+    (dict(cu_seqlens_q=lambda b: b.cu_seqlens_q[:-1]), "cu_seqlens_q"),
+])
+def test_wrapper_rejects_bad_inputs(change, message):
+    spec, batch = _inputs()
+    tensors = dict(q=batch.q, k_cache=batch.k_cache, v_cache=batch.v_cache, block_table=batch.block_table,
+                   cu_seqlens_q=batch.cu_seqlens_q, kv_lens=batch.kv_lens)
+    for name, make in change.items():
+        tensors[name] = make(batch)
+        if name == "k_cache":
+            tensors["v_cache"] = make(batch)
+    with pytest.raises(ValueError, match=message):
+        paged_attention(**tensors, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=True,
+                        scale=spec.scale)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_q_len=0), "max_q_len=0"),
+    (dict(max_kv_len=10_000), "max_kv_len=10000"),
+    (dict(scale=-1.0), "scale=-1.0"),
+])
+def test_wrapper_rejects_bad_host_values(kwargs, message):
+    spec, batch = _inputs()
+    args = dict(max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=True, scale=spec.scale)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                        batch.kv_lens, **args)
+
+
+def test_config_key_uses_buckets_only():
+    assert config_key(128, 16, 1) == ("decode", 128, "medium")
+    assert config_key(128, 256, 2048) == config_key(128, 128, 300) == ("long", 128, "large")
+    assert config_key(96, 3, 9) == ("short", 128, "small")
+    assert select_config(128, 16, 512) == select_config(128, 16, 4096)
+
+
+def test_plan_splits_decode_not_prefill():
+    """On an H100-sized GPU a B64 decode is split over keys; a large prefill fills it without."""
+    common = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=16, num_sms=132)
+    decode = plan_launch(num_tokens=64, num_seqs=64, max_q_len=1, max_kv_len=4097, **common)
+    prefill = plan_launch(num_tokens=8192, num_seqs=4, max_q_len=2048, max_kv_len=4096, **common)
+    assert decode.num_splits > 1 and decode.split_size % decode.config.block_n == 0
+    assert decode.num_splits * decode.split_size >= 4097
+    assert prefill.num_splits == 1
+    assert prefill.num_q_blocks >= 8192 // prefill.block_q
+
+
+def test_adapter_imports_and_explains_without_triton():
+    """Discovery imports every adapter on CPU machines: the module must import with no triton."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch\n"
+            "from adapters.triton_paged import TritonPagedAdapter\n"
+            "ok, reason = TritonPagedAdapter().available(torch.device('cpu'))\n"
+            "assert not ok and 'triton' in reason, reason\n"
+            "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: bf16 and fp16 over random batches
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(),
+                    reason="needs a CUDA device and the kernels built for it (TRITON_INTERPRET unset)")
+class TestOnGPU:
+    @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+    @pytest.mark.parametrize("seed", range(6))
+    def test_random_batches(self, dtype, seed):
+        generator = torch.Generator().manual_seed(1000 + seed)
+
+        def pick(options):
+            return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+        grammar = pick(["4q1c100-3000", "2q1c500_2q7-300c0-900", "3q64-700c0-2000", "1q1c0_2q1-40c0-70",
+                        "8q1-16c1-1500"])
+        heads = pick([(32, 8), (8, 1), (16, 16), (12, 4)])
+        spec = BatchSpec.from_grammar(grammar, seed=seed, page_size=pick([1, 16, 64, 256]),
+                                      num_q_heads=heads[0], num_kv_heads=heads[1],
+                                      head_dim=pick([64, 128, 256]), dtype=dtype, causal=bool(seed % 3))
+        batch = make_batch(spec, "cuda")
+        out, _ = run_kernel(batch)
+        torch.cuda.synchronize()
+        assert_matches_reference(batch, out, GPU_TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+    def test_forced_splits_match(self, dtype):
+        spec = BatchSpec.from_grammar("2q1c2000_2q33-500c100-1500", page_size=16, dtype=dtype)
+        batch = make_batch(spec, "cuda")
+        for num_splits in (1, 3, 8):
+            out, _ = run_kernel(batch, num_splits=num_splits)
+            torch.cuda.synchronize()
+            assert_matches_reference(batch, out, GPU_TOLERANCE[dtype])
+
+    def test_adapter_on_gpu(self):
+        adapter = get_adapter("triton")
+        assert adapter.available(torch.device("cuda")) == (True, "")
+        spec = BatchSpec.from_grammar("8q1c3000_2q9-200c0-700", page_size=16)
+        batch = make_batch(spec, "cuda")
+        prepared = adapter.prepare(batch)
+        prepared.out.fill_(float("nan"))
+        out = prepared.run()
+        torch.cuda.synchronize()
+        assert_matches_reference(batch, out, GPU_TOLERANCE["bf16"])
