@@ -1,0 +1,116 @@
+"""Backends that fail on purpose, for the isolation tests. Registered only when this module is imported,
+e.g. through ``PAGED_BENCH_EXTRA_ADAPTERS=tests.faulty_adapters``; never part of a real sweep.
+
+fault-raise     prepare raises RuntimeError                    -> error (the worker survives)
+fault-abort     run calls os.abort()                           -> error, SIGABRT (the worker dies)
+fault-hang      run sleeps far past any cell timeout           -> timeout
+fault-segfault  run reads address 0                            -> error, SIGSEGV
+fault-oob       (CUDA) a Triton kernel reads 2**40 elements past its input: an illegal memory access that
+                poisons the CUDA context                       -> error, the worker is replaced
+good-ref        returns the fp32 reference cast to the batch dtype: a healthy neighbour (cpu and cuda)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import torch
+
+from adapters.base import Adapter, Prepared, register
+from adapters.batch import PagedBatch
+from adapters.reference import reference_attention
+
+HANG_SECONDS = 3600.0
+OOB_OFFSET_ELEMENTS = 2**40
+
+
+class _Faulty(Adapter):
+    devices = ("cpu", "cuda")
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        if device.type not in self.devices:
+            return False, f"{self.name} runs on {', '.join(self.devices)}, not {device.type}"
+        return True, ""
+
+    def versions(self) -> dict[str, str]:
+        return {"faulty_adapters": "test"}
+
+
+@register
+class RaiseInPrepare(_Faulty):
+    name = "fault-raise"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        raise RuntimeError("fault-raise: prepare failed on purpose")
+
+
+@register
+class AbortInRun(_Faulty):
+    name = "fault-abort"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        return Prepared(run=os.abort)
+
+
+def _sleep_forever() -> torch.Tensor:
+    time.sleep(HANG_SECONDS)
+    raise AssertionError("fault-hang woke up")
+
+
+@register
+class HangInRun(_Faulty):
+    name = "fault-hang"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        return Prepared(run=_sleep_forever)
+
+
+def _read_address_zero() -> torch.Tensor:
+    ctypes.string_at(0)
+    raise AssertionError("fault-segfault survived reading address 0")
+
+
+@register
+class SegfaultInRun(_Faulty):
+    name = "fault-segfault"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        return Prepared(run=_read_address_zero)
+
+
+@register
+class OutOfBoundsRead(_Faulty):
+    """A kernel that reads far outside its buffer without a mask: CUDA reports an illegal memory
+    access (asynchronously: the gate's synchronize raises it) and the context stays broken."""
+
+    name = "fault-oob"
+    devices = ("cuda",)
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        if device.type != "cuda":
+            return False, "fault-oob needs a CUDA device"
+        try:
+            import triton  # noqa: F401
+        except ImportError as error:
+            return False, f"triton is not importable: {error}"
+        return True, ""
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        from tests._oob_kernel import read_far_out_of_bounds
+
+        source = batch.q.reshape(-1)
+        out = torch.empty_like(batch.q)
+        return Prepared(run=lambda: read_far_out_of_bounds(source, out, OOB_OFFSET_ELEMENTS), out=out)
+
+
+@register
+class GoodReference(_Faulty):
+    """Correct by construction: the reference computed at prepare time, cast to the batch dtype."""
+
+    name = "good-ref"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        result = reference_attention(batch).to(batch.spec.torch_dtype)
+        return Prepared(run=lambda: result, notes={"entry_point": "reference_attention (precomputed)"})

@@ -1,0 +1,309 @@
+"""Isolation and durability: a backend that raises, aborts, segfaults or hangs costs only its own cell;
+finished rows survive kill -9; a resumed sweep neither loses nor repeats a cell; concurrent writers
+never corrupt a line. CPU only (tiny fp32 cases), except the `gpu` class at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.cell import TimerOptions
+from harness.results import cell_id
+from harness.runner import context_poisoned, describe_exit, order_by_case, run_cells, summarise_dump
+from harness.store import ResultStore
+from harness.sweep import Case
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA = {"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}
+TINY = {"num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "fp32"}
+CASES = [Case(name="runner-decode", grammar="3q1c20", page_size=4, **TINY),
+         Case(name="runner-mixed", grammar="1q1c9_1q5c7", page_size=4, **TINY)]
+FAULTY = ["fault-raise", "fault-abort", "fault-hang", "fault-segfault"]
+TIMER = TimerOptions(target_ms=2.0)
+HANG_TIMEOUT_S = 5.0
+
+
+def _run(cells, out_dir, **options):
+    options = {"device": "cpu", "timer": TIMER, "cell_timeout_s": HANG_TIMEOUT_S, "progress": False,
+               "worker_env": EXTRA, **options}
+    return run_cells(cells, out_dir, **options)
+
+
+@pytest.fixture(scope="module")
+def faulty_sweep(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("faulty")
+    cells = [(backend, case) for case in CASES for backend in [*FAULTY, "good-ref"]]
+    return out_dir, cells, _run(cells, out_dir, run_id="with-faults")
+
+
+@pytest.fixture(scope="module")
+def clean_sweep(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("clean")
+    return _run([("good-ref", case) for case in CASES], out_dir, run_id="clean")
+
+
+def _by_backend(rows, backend):
+    return [row for row in rows if row["backend"] == backend]
+
+
+def test_the_sweep_finishes_with_one_row_per_cell(faulty_sweep):
+    out_dir, cells, rows = faulty_sweep
+    assert [(row["backend"], row["case"]) for row in rows] == [(backend, case.name) for backend, case in cells]
+    stored = ResultStore(out_dir).read_rows()
+    assert sorted(row["cell_id"] for row in stored) == sorted(cell_id(backend, case) for backend, case in cells)
+    assert {row["run_id"] for row in stored} == {"with-faults"}
+
+
+def test_a_raising_backend_is_an_error_with_its_message(faulty_sweep):
+    for row in _by_backend(faulty_sweep[2], "fault-raise"):
+        assert row["verdict"] == "error"
+        assert "prepare: RuntimeError: fault-raise: prepare failed on purpose" in row["reason"]
+
+
+@pytest.mark.parametrize("backend, signal_name, status", [("fault-abort", "SIGABRT", -6),
+                                                          ("fault-segfault", "SIGSEGV", -11)])
+def test_a_crashing_backend_is_an_error_with_its_exit_status(faulty_sweep, backend, signal_name, status):
+    for row in _by_backend(faulty_sweep[2], backend):
+        assert row["verdict"] == "error", row["reason"]
+        assert f"killed by {signal_name} (exit status {status})" in row["reason"]
+        assert "Fatal Python error" in row["reason"]
+        assert row["median_us"] is None
+
+
+def test_a_hanging_backend_times_out_and_says_where(faulty_sweep):
+    for row in _by_backend(faulty_sweep[2], "fault-hang"):
+        assert row["verdict"] == "timeout"
+        assert f"{HANG_TIMEOUT_S:g} s limit" in row["reason"]
+        assert "faulty_adapters.py" in row["reason"] and "_sleep_forever" in row["reason"]
+
+
+def test_healthy_neighbours_are_unaffected(faulty_sweep, clean_sweep):
+    with_faults = _by_backend(faulty_sweep[2], "good-ref")
+    assert [row["verdict"] for row in with_faults] == ["ok"] * len(CASES)
+    assert [(r["cell_id"], r["verdict"], r["rel_l2"], r["max_abs"]) for r in with_faults] == \
+        [(r["cell_id"], r["verdict"], r["rel_l2"], r["max_abs"]) for r in clean_sweep]
+    assert all(row["median_us"] > 0 for row in with_faults)
+
+
+def test_resume_skips_recorded_cells_and_returns_their_rows(faulty_sweep):
+    out_dir, cells, rows = faulty_sweep
+    started = time.monotonic()
+    again = _run(cells, out_dir, run_id="again")
+    assert again == rows
+    assert time.monotonic() - started < 2.0  # no worker was started
+    assert len(ResultStore(out_dir).read_rows()) == len(cells)
+
+
+# --- kill -9 in the middle of a sweep, then resume ------------------------------------------------
+
+KILL_CASES = [Case(name=f"runner-kill-{n}", grammar=f"2q{n}c8", page_size=4, **TINY) for n in (1, 2, 3)]
+KILL_CELLS = [("good-ref", KILL_CASES[0]), ("good-ref", KILL_CASES[1]), ("fault-hang", KILL_CASES[1]),
+              ("good-ref", KILL_CASES[2])]
+SWEEP_SCRIPT = """
+import sys
+from pathlib import Path
+
+from harness.cell import TimerOptions
+from harness.runner import run_cells
+from harness.sweep import Case
+
+if __name__ == "__main__":
+    cells = [{cells}]
+    run_cells(cells, Path(sys.argv[1]), device="cpu", timer=TimerOptions(target_ms=2.0), cell_timeout_s=600,
+              run_id="killed", progress=False, worker_env={extra!r})
+"""
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT.format(cells=", ".join(f"({b!r}, {c!r})" for b, c in KILL_CELLS), extra=EXTRA))
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sweep = subprocess.Popen([sys.executable, str(script), str(out_dir)], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sweep.poll() is None:
+            if (out_dir / "results.jsonl").exists() and len(ResultStore(out_dir).read_rows()) >= 2:
+                break
+            time.sleep(0.1)
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.3)  # now inside the hanging cell
+        workers = _children(sweep.pid) if Path("/proc").exists() else []
+        assert workers or not Path("/proc").exists(), "no worker process found"
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait(10)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    store = ResultStore(out_dir)
+    before = store.read_rows()
+    assert [row["cell_id"] for row in before] == [cell_id(b, c) for b, c in KILL_CELLS[:2]]
+    for worker in workers:  # an orphaned worker notices its parent is gone and exits
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), f"worker {worker} outlived its killed parent"
+
+    rows = _run(KILL_CELLS, out_dir, run_id="resumed", cell_timeout_s=3.0)
+    assert [row["cell_id"] for row in rows] == [cell_id(b, c) for b, c in KILL_CELLS]
+    stored = store.read_rows()
+    assert store.skipped_lines == 0
+    assert sorted(row["cell_id"] for row in stored) == sorted(row["cell_id"] for row in rows)  # none lost, none twice
+    assert [row["run_id"] for row in rows] == ["killed", "killed", "resumed", "resumed"]
+    assert [row["verdict"] for row in rows] == ["ok", "ok", "timeout", "ok"]
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+WRITER_SCRIPT = """
+import sys
+from harness.store import ResultStore
+
+store = ResultStore(sys.argv[1])
+name = sys.argv[2]
+for index in range(int(sys.argv[3])):
+    store.append({{"cell_id": f"{{name}}-{{index}}", "verdict": "ok", "run_id": name, "padding": "x" * {padding}}})
+"""
+
+
+def test_concurrent_writers_never_corrupt_a_line(tmp_path):
+    count, writers = 150, ("a", "b", "c")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_SCRIPT.format(padding=9000))  # rows larger than a pipe buffer or a page
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen([sys.executable, str(script), str(tmp_path), name, str(count)], env=env)
+                 for name in writers]
+    assert [process.wait(120) for process in processes] == [0] * len(writers)
+    lines = (tmp_path / "results.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    rows = [json.loads(line) for line in lines[:-1]]  # every line is one complete row
+    assert sorted(row["cell_id"] for row in rows) == sorted(f"{n}-{i}" for n in writers for i in range(count))
+
+
+def test_a_partial_last_line_is_skipped_and_repaired(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append({"cell_id": "one", "verdict": "ok"})
+    store.append({"cell_id": "two", "verdict": "wrong"})
+    with open(store.results_path, "ab") as file:
+        file.write(b'{"cell_id": "cut", "verd')  # a writer of an older format died here
+    assert [row["cell_id"] for row in store.read_rows()] == ["one", "two"]
+    assert store.skipped_lines == 1
+    store.append({"cell_id": "three", "verdict": "ok"})
+    assert [row["cell_id"] for row in store.read_rows()] == ["one", "two", "three"]
+    assert store.skipped_lines == 1
+    assert store.results_path.read_bytes().endswith(b'"verd\n{"cell_id": "three", "verdict": "ok"}\n')
+    assert store.done_cell_ids() == {"one", "two", "three"}
+
+
+def test_done_cells_with_retry_and_environment(tmp_path):
+    store = ResultStore(tmp_path)
+    for cell, verdict, env in [("ok", "ok", "e1"), ("err", "error", "e1"), ("slow", "timeout", "e1"),
+                               ("skip", "skipped", "e1"), ("fixed", "error", "e1"), ("fixed", "ok", "e1"),
+                               ("other", "ok", "e2")]:
+        store.append({"cell_id": cell, "verdict": verdict, "env_id": env})
+    assert store.done_cell_ids() == {"ok", "err", "slow", "skip", "fixed", "other"}
+    assert store.done_cell_ids(retry_failed=True) == {"ok", "skip", "fixed", "other"}
+    assert store.done_cell_ids(env_id="e2") == {"other"}
+    store.append_run({"run_id": "r1", "env_id": "e1", "argv": ["paged-bench", "run"]})
+    assert store.read_runs() == [{"run_id": "r1", "env_id": "e1", "argv": ["paged-bench", "run"]}]
+
+
+# --- small pieces ---------------------------------------------------------------------------------
+
+def test_cells_are_grouped_by_case_without_duplicates():
+    a, b = CASES
+    cells = [("x", a), ("y", b), ("y", a), ("x", a), ("x", b)]
+    assert order_by_case(cells) == [("x", a), ("y", a), ("y", b), ("x", b)]
+
+
+@pytest.mark.parametrize("reason, poisoned", [
+    ("run: AcceleratorError: CUDA error: an illegal memory access was encountered", True),
+    ("run: RuntimeError: CUDA error: device-side assert triggered", True),
+    ("run: RuntimeError: Triton Error [CUDA]: misaligned address", True),
+    ("prepare: RuntimeError: fault-raise: prepare failed on purpose", False),
+])
+def test_sticky_cuda_errors_retire_the_worker(reason, poisoned):
+    assert context_poisoned({"verdict": "error", "reason": reason}) is poisoned
+    assert not context_poisoned({"verdict": "unsupported", "reason": reason})
+
+
+def test_exit_and_dump_descriptions(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert describe_exit(-11) == "killed by SIGSEGV (exit status -11)"
+    assert describe_exit(3) == "exited with status 3"
+    assert "out of host memory" in describe_exit(-9)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    dump = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n"
+            f'  File "{stdlib}/ctypes/__init__.py", line 519 in string_at\n'
+            f'  File "{ROOT}/tests/faulty_adapters.py", line 64 in _read_address_zero\n'
+            f'  File "{ROOT}/harness/gate.py", line 143 in run_gate\n')
+    assert summarise_dump(dump) == ("Fatal Python error: Segmentation fault; at ctypes/__init__.py:519 in string_at, "
+                                    "called from tests/faulty_adapters.py:64 in _read_address_zero")
+
+
+# --- GPU: an illegal memory access poisons the CUDA context, and only its own cell ------------------
+
+GPU_HEADS = {"num_q_heads": 8, "num_kv_heads": 2, "head_dim": 128, "dtype": "bf16"}
+GPU_CASES = [Case(name="runner-gpu-decode", grammar="4q1c300", page_size=16, **GPU_HEADS),
+             Case(name="runner-gpu-mixed", grammar="2q1c200_1q48c100", page_size=16, **GPU_HEADS)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+class TestGpuIsolation:
+    def test_an_illegal_memory_access_costs_only_its_own_cells(self, tmp_path):
+        if importlib.util.find_spec("triton") is None:
+            pytest.skip("fault-oob needs triton")
+        from adapters.base import discover
+
+        real = [name for name, adapter in discover().items()
+                if adapter.in_sweep and not name.startswith("fault-") and name != "good-ref"]
+        healthy = [*real, "good-ref"]
+        options = {"device": "cuda", "timer": TimerOptions(target_ms=10.0), "cell_timeout_s": 300.0,
+                   "progress": False, "worker_env": EXTRA}
+        # fault-oob first in each case: every later cell of the case runs right after a poisoned context
+        with_oob = run_cells([(b, c) for c in GPU_CASES for b in ["fault-oob", *healthy]], tmp_path / "oob",
+                             run_id="oob", **options)
+        clean = run_cells([(b, c) for c in GPU_CASES for b in healthy], tmp_path / "clean", run_id="clean",
+                          **options)
+        faults = _by_backend(with_oob, "fault-oob")
+        assert [row["verdict"] for row in faults] == ["error"] * len(GPU_CASES), [r["reason"] for r in faults]
+        assert all(context_poisoned(row) for row in faults), [row["reason"] for row in faults]
+        others = {row["cell_id"]: row for row in with_oob if row["backend"] != "fault-oob"}
+        assert set(others) == {row["cell_id"] for row in clean}
+        for row in clean:
+            after = others[row["cell_id"]]
+            assert after["verdict"] == row["verdict"], (row["backend"], row["case"], after["reason"], row["reason"])
+            if after["config"] == row["config"]:  # an autotuner may pick another config: other rounding
+                assert after["rel_l2"] == row["rel_l2"], (row["backend"], row["case"])
+        assert all(row["verdict"] == "ok" for row in _by_backend(with_oob, "good-ref"))
