@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _log(f"sweep '{sweep_name}': {len(cells)} cells -> {out_dir / 'results.jsonl'}")
     results = run_cells(cells, out_dir, device=device, timer=timer, ceilings=ceilings, env_id=record["env_id"],
                         run_id=run_id, resume=args.resume, cell_timeout_s=args.cell_timeout,
-                        progress=not args.quiet)
+                        progress=not args.quiet, retry_failed=args.retry_failed)
     verdicts: dict[str, int] = {}
     for row in results:
         verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=str(DEFAULT_OUT), help=f"results folder (default: {DEFAULT_OUT})")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                      help="keep finished cells of an earlier run in --out and measure only the rest (default: on)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="when resuming, measure cells recorded as error or timeout again")
     run.add_argument("--capability", action=argparse.BooleanOptionalAction, default=True,
                      help="run the capability probe first (default: on)")
     run.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,

@@ -412,6 +412,9 @@ def order_by_case(cells: list[tuple[str, Case]]) -> list[tuple[str, Case]]:
 
 
 def _log_verdict(row: dict[str, Any], progress: bool) -> None:
+    """One line per cell that did not pass; `skipped` backends were already named before the sweep."""
+    if row["verdict"] == "skipped":
+        return
     reason = " ".join(str(row.get("reason") or "").split())
     line = f"{row['verdict']:<11} {row['backend']} / {row['case']}: {reason[:300]}"
     if progress:
