@@ -1,0 +1,57 @@
+"""Command line of the report: render a results folder to one HTML page, optionally compared with a
+baseline folder, and print the comparison and capability matrix as text.
+
+    python -m reports RESULTS_DIR [--baseline OLD_DIR] [--out report.html] [--csv rows.csv]
+                      [--json comparison.json] [--text] [--fail-on-regression]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reports.capability import format_capability_text
+from reports.compare import compare, format_comparison_text
+from reports.model import load_results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="results folder (holds results.jsonl, runs.jsonl, optional capability.csv)")
+    parser.add_argument("--baseline", help="an older results folder to compare against (version regressions)")
+    parser.add_argument("--out", help="HTML file to write (default: RESULTS_DIR/report.html)")
+    parser.add_argument("--title", default="", help="page title")
+    parser.add_argument("--csv", help="also write every row as CSV here")
+    parser.add_argument("--json", help="with --baseline: write the comparison summary as JSON here")
+    parser.add_argument("--text", action="store_true", help="print the capability matrix as text")
+    parser.add_argument("--fail-on-regression", action="store_true",
+                        help="with --baseline: exit with status 1 when any cell regressed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from reports.html import render_report, write_csv  # matplotlib and jinja2 load only when rendering
+
+    try:
+        results = load_results(args.results)
+        baseline = load_results(args.baseline) if args.baseline else None
+    except FileNotFoundError as error:
+        print(f"reports: {error}", file=sys.stderr)
+        return 2
+    comparison = compare(baseline, results) if baseline is not None else None
+    if comparison is not None:
+        print(format_comparison_text(comparison))
+        if args.json:
+            Path(args.json).write_text(json.dumps(comparison.summary(), indent=1, default=str))
+    if args.text:
+        print(format_capability_text(results))
+    if args.csv:
+        print(f"rows: {write_csv(results, args.csv)}", file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.results) / "report.html"
+    print(f"report: {render_report(results, out, baseline=baseline, title=args.title)}", file=sys.stderr)
+    if args.fail_on_regression and comparison is not None and comparison.regressions:
+        return 1
+    return 0

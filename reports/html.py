@@ -1,0 +1,192 @@
+"""The HTML renderer: one self-contained static page (inline CSS, inline SVG figures, a few lines of
+vanilla JavaScript for sorting and filtering tables) from a `ResultSet`, optionally compared with a
+baseline `ResultSet`. Opens from disk, offline; nothing is fetched."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from harness.gate import VERDICTS
+from harness.results import GLOSSARY
+from reports import plots
+from reports.capability import SYMBOLS, capability_matrix
+from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
+from reports.model import ResultSet
+from reports.tables import backend_summaries, config_text, win_counts, winners, write_csv
+from reports.text import compact, is_missing
+
+__all__ = ["render_report", "render_html", "write_csv"]
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE = "report.html.j2"
+
+REPORT_GLOSSARY = {
+    "speed-up vs cuDNN": "cuDNN's median time divided by the backend's, on the same cell: above 1 the backend is faster",
+    "share of roofline": "the larger of % of the matmul ceiling and % of the copy ceiling: the ceiling that binds the case",
+    "winner / margin": "the fastest ok backend of a case; margin = runner-up time / winner time; "
+                       "'tie' when the margin is inside the two cells' noise band",
+    "noise band": NOISE_RULE + " (iqr = each side's iqr_pct)",
+    "new/old": "time ratio of a cell between the compared result sets (above 1: the new set is slower)",
+    "lost / gained": "a cell or capability that was ok and is not any more (lost), or the reverse (gained)",
+    "partial": "derived capability matrix only: some of the backend's cells with this feature value passed, some not",
+}
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return compact(value, digits)
+
+
+def _pct(value: Any) -> str:
+    return "" if is_missing(value) else f"{value:.1f}%"
+
+
+def _sort_value(value: Any) -> str:
+    return "" if is_missing(value) else str(value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_number, pct=_pct, sortval=_sort_value, missing=is_missing)
+    return env
+
+
+def _registered_backends() -> list[str] | None:
+    """Backends the adapters registry of this checkout would sweep (None if discovery fails)."""
+    try:
+        from adapters.base import discover
+
+        return [name for name, adapter in discover().items() if getattr(adapter, "in_sweep", True)]
+    except Exception:  # noqa: BLE001 - a broken adapter module must not stop the report
+        return None
+
+
+def _result_rows(results: ResultSet) -> list[dict[str, Any]]:
+    """Display rows, without the rows of backends skipped everywhere (the summary gives their reason once)."""
+    rows = []
+    skipped = set(results.skipped_backends())
+    previous_case = None
+    for row in results.sorted_rows().to_dict("records"):
+        if row["backend"] in skipped:
+            continue
+        row["first_of_case"] = row["case"] != previous_case
+        previous_case = row["case"]
+        row["config_text"] = config_text(row)
+        row["bound"] = ""
+        if not is_missing(row.get("pct_matmul_ceiling")) and not is_missing(row.get("pct_copy_ceiling")):
+            row["bound"] = "compute" if row["pct_matmul_ceiling"] >= row["pct_copy_ceiling"] else "memory"
+        rows.append(row)
+    return rows
+
+
+def _provenance_view(sets: list[tuple[str, ResultSet]]) -> dict[str, Any]:
+    """One table, fields x runs of every set (results first, then the baseline): every provenance
+    field, the ceilings, the run's argv and date, and the versions each backend's rows recorded;
+    ``varies`` marks fields whose values differ between the columns."""
+    columns, sources = [], []
+    for role, results in sets:
+        versions = {f"backend_versions.{backend}.{key}": value
+                    for backend, keys in results.backend_versions().items() for key, value in keys.items()}
+        records = results.provenance_records()
+        sources.append({"role": role, "label": results.label, "source": str(results.source or ""),
+                        "runs": len(records)})
+        for record in records or [{}]:
+            columns.append({"role": role, "label": results.label, "run_id": record.get("run_id", "(no run record)"),
+                            "record": {**record, **versions}})
+    fields = list(dict.fromkeys(key for column in columns for key in column["record"]))
+    table = []
+    for key in fields:
+        values = [str(column["record"].get(key, "")) for column in columns]
+        table.append({"field": key, "cells": values, "varies": len(set(values)) > 1})
+    return {"columns": columns, "table": table, "sources": sources}
+
+
+def _comparison_view(comparison: Comparison) -> dict[str, Any]:
+    cells = comparison.cells
+    order = {status: i for i, status in enumerate(STATUS_ORDER)}
+    flagged = cells[~cells["status"].isin(["same", "unchanged"])] if len(cells) else cells
+    if len(flagged):
+        flagged = flagged.assign(_o=flagged["status"].map(order)).sort_values(["_o", "backend", "case"])
+    capability = comparison.capability
+    cap_changes = capability[~capability["status"].isin(["same", "unchanged"])] if len(capability) else capability
+    all_cells = cells.assign(_o=cells["status"].map(order)).sort_values(["_o", "backend", "case"]) if len(cells) else cells
+    return {
+        "old": comparison.old.label, "new": comparison.new.label, "summary": comparison.summary(),
+        "counts": comparison.status_counts(), "status_order": STATUS_ORDER,
+        "flagged": flagged.to_dict("records"), "cells": all_cells.to_dict("records"),
+        "capability_changes": cap_changes.to_dict("records"), "provenance": comparison.provenance.to_dict("records"),
+        "regressions": len(comparison.regressions), "breakdown": comparison.regression_breakdown(),
+        "figures": plots.comparison_figures(comparison),
+        "rule": NOISE_RULE,
+    }
+
+
+def _short_date(value: Any) -> str:
+    """'2026-11-24T08:00:00+00:00' -> '2026-11-24 08:00'."""
+    text = str(value or "?")
+    return text[:16].replace("T", " ") if len(text) >= 16 and text[10] == "T" else text
+
+
+def _headline(results: ResultSet) -> dict[str, str]:
+    records = results.provenance_records()
+    first = records[-1] if records else {}
+    ceilings = results.ceilings() or {}
+    facts = {
+        "GPU": str(first.get("gpu") or ceilings.get("gpu") or "unknown"),
+        "ceilings": (f"{ceilings['matmul_bf16_tflops']:.0f} TFLOP/s bf16 · {ceilings['copy_tbps']:.2f} TB/s copy"
+                     if ceilings.get("matmul_bf16_tflops") and ceilings.get("copy_tbps") else "not measured"),
+        "commit": " | ".join(dict.fromkeys(str(r.get("commit")) for r in records if r.get("commit"))) or "unknown",
+        "sweep": " | ".join(dict.fromkeys(str(r.get("sweep")) for r in records if r.get("sweep"))) or "unknown",
+        "runs": f"{len(records)}: {', '.join(_short_date(r.get('started_at') or r.get('date')) for r in records[:3])}"
+                f"{', …' if len(records) > 3 else ''}" if records else "no run record",
+        "cells": f"{len(results.rows)} ({int((results.rows['verdict'] == 'ok').sum())} ok)",
+    }
+    return facts
+
+
+def build_context(results: ResultSet, *, baseline: ResultSet | None = None, title: str = "",
+                  registered: list[str] | None = None) -> dict[str, Any]:
+    """Everything the template shows, as plain data (figures already rendered to SVG)."""
+    win_table = winners(results)
+    figures = plots.result_figures(results)
+    colors = plots.backend_colors(sorted(set(results.rows["backend"]) - {""}))
+    comparison = compare(baseline, results) if baseline is not None else None
+    sets = [("results", results)] + ([("baseline", baseline)] if baseline is not None else [])
+    matrix = capability_matrix(results)
+    return {
+        "title": title or f"Paged-attention benchmark: {results.label}",
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "label": results.label, "headline": _headline(results),
+        "backends": backend_summaries(results, registered), "colors": colors,
+        "verdicts": list(VERDICTS), "winners": win_table.to_dict("records") if len(win_table) else [],
+        "win_counts": win_counts(win_table), "figures": figures,
+        "rows": _result_rows(results), "skipped": results.skipped_backends(), "matrix": matrix, "symbols": SYMBOLS,
+        "comparison": _comparison_view(comparison) if comparison is not None else None,
+        "provenance": _provenance_view(sets),
+        "glossary": {"columns": GLOSSARY, "verdicts": VERDICTS, "report": REPORT_GLOSSARY},
+        "markup": Markup,
+    }
+
+
+def render_html(results: ResultSet, *, baseline: ResultSet | None = None, title: str = "",
+                registered: list[str] | None = None) -> str:
+    context = build_context(results, baseline=baseline, title=title, registered=registered)
+    return _environment().get_template(TEMPLATE).render(**context)
+
+
+def render_report(results: ResultSet, out_path: str | Path, *, baseline: ResultSet | None = None, title: str = "",
+                  registered: list[str] | None = None) -> Path:
+    """Write the report page to ``out_path`` and return it. ``baseline`` adds the version comparison
+    (``results`` is the new side). ``registered``: backend names expected in the results (default: the
+    adapters this checkout registers); those without a row are listed in the summary."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if registered is None:
+        registered = _registered_backends()
+    out_path.write_text(render_html(results, baseline=baseline, title=title, registered=registered), encoding="utf-8")
+    return out_path

@@ -1,0 +1,259 @@
+"""The report's one model: a results folder read into pandas DataFrames.
+
+A results folder holds (written by the harness; this module only reads):
+
+    results.jsonl     one tidy row per line, keys = harness.results.COLUMNS
+    runs.jsonl        one object per run: run_id, env_id, provenance (harness.provenance.collect()),
+                      ceilings ({matmul_bf16_tflops, copy_tbps, gpu} or null), sweep, argv, started_at
+    capability.csv    optional: backend, feature, value, verdict, reason, rel_l2, backend_versions, device
+
+A trailing partial line (a run that was stopped mid-write) and any other unparsable line are skipped;
+when several rows share a cell_id (a resumed or repeated run) the last one wins.
+Every renderer (HTML, text, CSV, comparison) starts from a `ResultSet` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from harness.results import COLUMNS
+
+RESULTS_FILE = "results.jsonl"
+RUNS_FILE = "runs.jsonl"
+CAPABILITY_FILE = "capability.csv"
+
+CAPABILITY_COLUMNS: list[str] = ["backend", "feature", "value", "verdict", "reason", "rel_l2",
+                                 "backend_versions", "device"]
+RUN_COLUMNS: list[str] = ["run_id", "env_id", "provenance", "ceilings", "sweep", "argv", "started_at"]
+
+NUMERIC_COLUMNS: list[str] = [
+    "batch_size", "q_len", "context", "page_size", "num_q_heads", "num_kv_heads", "head_dim", "seed", "total_q",
+    "total_kv", "rel_l2", "max_abs", "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "flops",
+    "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling", "setup_s",
+]
+WORKLOAD_ORDER: tuple[str, ...] = ("decode", "prefill", "mixed")
+OK = "ok"
+SKIPPED = "skipped"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl file, skipping blank and unparsable lines (e.g. a cut-off last line)."""
+    records = []
+    if not path.exists():
+        return records
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def rows_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Tidy rows as a DataFrame: every column of COLUMNS (missing ones None) in that order, any extra
+    columns after them, numbers as numbers, one row per cell_id (the last one wins)."""
+    frame = pd.DataFrame(list(records))
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    extras = [column for column in frame.columns if column not in COLUMNS]
+    frame = frame[COLUMNS + extras]
+    for column in NUMERIC_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame["causal"] = frame["causal"].map(lambda value: None if value is None else bool(value))
+    for column in ("reason", "entry_point", "config", "backend_versions", "method", "l2_policy", "env_id",
+                   "run_id", "device", "workload", "verdict", "backend", "case"):
+        frame[column] = frame[column].where(frame[column].notna(), "").astype(str)
+    if len(frame):
+        keyed = frame["cell_id"].notna() & (frame["cell_id"].astype(str) != "")
+        frame = pd.concat([frame[keyed].drop_duplicates("cell_id", keep="last"), frame[~keyed]])
+        frame = frame.reset_index(drop=True)
+    return frame
+
+
+def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(records))
+    for column in RUN_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    frame["provenance"] = frame["provenance"].map(lambda value: value if isinstance(value, dict) else {})
+    frame["ceilings"] = frame["ceilings"].map(lambda value: value if isinstance(value, dict) else None)
+    return frame[RUN_COLUMNS + [column for column in frame.columns if column not in RUN_COLUMNS]]
+
+
+def capability_frame(records: pd.DataFrame | Iterable[dict[str, Any]] | None) -> pd.DataFrame:
+    """Capability rows with CAPABILITY_COLUMNS first (harness.capability names the versions column
+    ``versions``: read as ``backend_versions``); one row per (backend, feature, value), the last wins."""
+    frame = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records or []))
+    if "backend_versions" not in frame.columns and "versions" in frame.columns:
+        frame = frame.rename(columns={"versions": "backend_versions"})
+    for column in CAPABILITY_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
+    for column in ("backend", "feature", "value", "verdict", "reason", "backend_versions", "device"):
+        frame[column] = frame[column].where(frame[column].notna(), "").astype(str)
+    frame["rel_l2"] = pd.to_numeric(frame["rel_l2"], errors="coerce")
+    if len(frame):
+        frame = frame.drop_duplicates(["backend", "feature", "value"], keep="last").reset_index(drop=True)
+    return frame[CAPABILITY_COLUMNS + [column for column in frame.columns if column not in CAPABILITY_COLUMNS]]
+
+
+def _read_capability(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return capability_frame(None)
+    try:
+        return capability_frame(pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip"))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return capability_frame(None)
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"packages": {"torch": "2.11"}}`` -> ``{"packages.torch": "2.11"}``. A list of records that each
+    name a backend becomes one field per backend (``availability.cudnn`` = 'available=no, reason=...');
+    other lists are JSON-encoded."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) and "backend" in v for v in value):
+            for item in value:
+                flat[f"{name}.{item['backend']}"] = ", ".join(f"{k}={v}" for k, v in item.items()
+                                                             if k != "backend" and v not in ("", None))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _sort_key(frame: pd.DataFrame) -> pd.Series:
+    order = {kind: index for index, kind in enumerate(WORKLOAD_ORDER)}
+    return frame["workload"].map(lambda kind: order.get(kind, len(order)))
+
+
+@dataclass
+class ResultSet:
+    """One results folder: ``rows`` (COLUMNS, one per cell), ``runs`` (RUN_COLUMNS; provenance and
+    ceilings as dicts) and ``capability`` (CAPABILITY_COLUMNS, empty when the folder has none)."""
+
+    rows: pd.DataFrame
+    runs: pd.DataFrame = field(default_factory=lambda: runs_frame([]))
+    capability: pd.DataFrame = field(default_factory=lambda: capability_frame(None))
+    source: Path | None = None
+    name: str = ""
+
+    @classmethod
+    def from_records(cls, rows: Iterable[dict[str, Any]], runs: Iterable[dict[str, Any]] = (),
+                     capability: Iterable[dict[str, Any]] | pd.DataFrame | None = None,
+                     name: str = "") -> "ResultSet":
+        return cls(rows=rows_frame(rows), runs=runs_frame(runs), capability=capability_frame(capability), name=name)
+
+    # --- what the set contains -------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """A short name: the environment label of its runs if set, else the folder name, else the env ids."""
+        if self.name:
+            return self.name
+        labels = sorted({str(p.get("env_label")) for p in self.runs["provenance"] if p.get("env_label")})
+        if labels:
+            return ", ".join(labels)
+        if self.source is not None:
+            return self.source.name
+        return ", ".join(sorted(set(self.rows["env_id"]) - {""})) or "results"
+
+    @property
+    def backends(self) -> list[str]:
+        return sorted((set(self.rows["backend"]) | set(self.capability["backend"])) - {""})
+
+    @property
+    def ok_rows(self) -> pd.DataFrame:
+        return self.rows[(self.rows["verdict"] == OK) & self.rows["median_us"].notna()]
+
+    def sorted_rows(self) -> pd.DataFrame:
+        """Rows ordered by workload kind, page size, batch size, q_len, context, backend."""
+        rows = self.rows.assign(_kind=_sort_key(self.rows))
+        rows = rows.sort_values(["_kind", "page_size", "batch_size", "q_len", "context", "case", "backend"])
+        return rows.drop(columns="_kind")
+
+    def verdict_counts(self) -> pd.DataFrame:
+        """Backends x verdicts: how many cells each backend got of each verdict."""
+        counts = pd.crosstab(self.rows["backend"], self.rows["verdict"]) if len(self.rows) else pd.DataFrame()
+        ordered = [v for v in ("ok", "unsupported", "wrong", "error", "oom", "timeout", "skipped") if v in counts]
+        return counts[ordered + [v for v in counts.columns if v not in ordered]]
+
+    def skipped_backends(self) -> dict[str, str]:
+        """Backends none of whose cells ran, with the reason(s) their rows give."""
+        skipped = {}
+        for backend, rows in self.rows.groupby("backend"):
+            if (rows["verdict"] == SKIPPED).all():
+                reasons = [r for r in dict.fromkeys(rows["reason"]) if r]
+                skipped[backend] = "; ".join(reasons) or "no reason recorded"
+        return skipped
+
+    # --- where the numbers came from ---------------------------------------------------------
+    def ceilings(self) -> dict[str, Any] | None:
+        """The machine ceilings of the set's runs (the last run that recorded them)."""
+        recorded = [c for c in self.runs["ceilings"] if isinstance(c, dict) and c]
+        return recorded[-1] if recorded else None
+
+    def provenance_records(self) -> list[dict[str, Any]]:
+        """One flat dict per run: run fields, ``ceilings.*`` and every provenance field (``packages.*`` flattened)."""
+        records = []
+        for run in self.runs.to_dict("records"):
+            record = {"run_id": run.get("run_id"), "env_id": run.get("env_id"), "sweep": run.get("sweep"),
+                      "started_at": run.get("started_at"),
+                      "argv": " ".join(map(str, run["argv"])) if isinstance(run.get("argv"), list) else run.get("argv")}
+            record.update(flatten(run.get("ceilings") or {}, "ceilings."))
+            record.update(flatten(run.get("provenance") or {}))
+            records.append({key: value for key, value in record.items() if value is not None})
+        return records
+
+    def availability(self) -> dict[str, dict[str, Any]]:
+        """Per backend, the availability record its runs stored (``runs.jsonl`` key ``availability``, a list
+        of {backend, available, reason, ...}); the last run wins. Empty when runs recorded none."""
+        found: dict[str, dict[str, Any]] = {}
+        if "availability" in self.runs.columns:
+            for records in self.runs["availability"]:
+                if isinstance(records, list):
+                    found.update({r["backend"]: r for r in records if isinstance(r, dict) and "backend" in r})
+        return found
+
+    def backend_versions(self) -> dict[str, dict[str, str]]:
+        """Per backend, each version key with the distinct values its rows recorded ('a | b' if several)."""
+        versions: dict[str, dict[str, list[str]]] = {}
+        for backend, text in zip(self.rows["backend"], self.rows["backend_versions"]):
+            try:
+                parsed = json.loads(text) if text else {}
+            except json.JSONDecodeError:
+                parsed = {"unparsed": text}
+            for key, value in flatten(parsed if isinstance(parsed, dict) else {}).items():
+                seen = versions.setdefault(backend, {}).setdefault(key, [])
+                if str(value) not in seen:
+                    seen.append(str(value))
+        return {backend: {key: " | ".join(values) for key, values in keys.items()}
+                for backend, keys in sorted(versions.items())}
+
+
+def load_results(path: str | Path, name: str = "") -> ResultSet:
+    """Read a results folder (or the path of its results.jsonl) into a `ResultSet`."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no results folder at {folder}")
+    if not (folder / RESULTS_FILE).exists():
+        raise FileNotFoundError(f"{folder} has no {RESULTS_FILE}: not a results folder")
+    return ResultSet(rows=rows_frame(read_jsonl(folder / RESULTS_FILE)), runs=runs_frame(read_jsonl(folder / RUNS_FILE)),
+                     capability=_read_capability(folder / CAPABILITY_FILE), source=folder, name=name)

@@ -1,0 +1,425 @@
+"""The report's figures, drawn with matplotlib (Agg) and returned as inline SVG, so the page needs no
+external file, network or JavaScript library. Each function takes the model (a `ResultSet` or a
+`Comparison`) and returns `Figure`s; none reads files or knows about HTML.
+
+Figures: latency and throughput per backend (decode against context, prefill against tokens per
+sequence, one panel per page size and one row per batch size), speed-up against cuDNN as heat maps,
+share of the roofline per case, and the per-cell time ratio of a version comparison.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import re
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from reports.model import WORKLOAD_ORDER, ResultSet  # noqa: E402
+
+REFERENCE_BACKEND = "cudnn"
+FIXED_COLORS = {"cudnn": "#76b900"}
+PALETTE = ["#1f6fb4", "#d9472b", "#8a55c2", "#e89b0c", "#14a3b8", "#8c564b", "#d6559c", "#6b6b6b", "#a6a62a"]
+LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+SPEEDUP_CMAP = "RdYlGn"
+STATUS_COLORS = {"slower": "#d62728", "faster": "#2ca02c", "same": "#4c4c4c"}
+STYLE = {
+    "font.size": 8.5, "axes.titlesize": 9, "axes.labelsize": 8.5, "legend.fontsize": 8, "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.25, "grid.linewidth": 0.6, "figure.dpi": 96, "svg.fonttype": "path",
+    "font.family": "DejaVu Sans", "axes.titleweight": "bold", "figure.titlesize": 10.5, "figure.titleweight": "bold",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One rendered figure: a stable ``id``, a ``title``, a one-line ``caption`` and the ``svg`` markup."""
+
+    id: str
+    title: str
+    caption: str
+    svg: str
+
+
+def backend_colors(backends: list[str]) -> dict[str, str]:
+    """One colour per backend, stable for a given set (cuDNN is always NVIDIA green)."""
+    others = [b for b in sorted(backends) if b not in FIXED_COLORS]
+    colors = {b: c for b, c in FIXED_COLORS.items() if b in backends}
+    colors.update({b: PALETTE[i % len(PALETTE)] for i, b in enumerate(others)})
+    return colors
+
+
+def _svg(fig: plt.Figure, figure_id: str) -> str:
+    buffer = io.StringIO()
+    with plt.rc_context({"svg.hashsalt": figure_id}):
+        fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    text = buffer.getvalue()
+    text = re.sub(r"^<\?xml[^>]*>\s*", "", text)
+    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    return text.replace("<svg ", f'<svg role="img" aria-label="{figure_id}" ', 1)
+
+
+def length_label(value: float) -> str:
+    """1024 -> '1k', 512 -> '512', 0 -> '0', 12.5 -> '12.5'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "?"
+    if value >= 1024 and float(value) % 1024 == 0:
+        return f"{int(value) // 1024}k"
+    return f"{value:g}"
+
+
+def short_case(row) -> str:
+    """A compact case label for axes: 'b8 q2k c1k p256' (mixed cases keep their name)."""
+    if row["workload"] == "mixed":
+        return str(row["case"])
+    return (f"b{int(row['batch_size'])} q{length_label(row['q_len'])} c{length_label(row['context'])} "
+            f"p{int(row['page_size'])}")
+
+
+def _ok(results: ResultSet, workload: str) -> pd.DataFrame:
+    rows = results.ok_rows
+    return rows[rows["workload"] == workload]
+
+
+def _log2_axis(ax, values) -> None:
+    values = sorted(v for v in set(values) if v and v > 0)
+    if not values:
+        return
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values)
+    ax.set_xticklabels([length_label(v) for v in values])
+    ax.minorticks_off()
+    if len(values) == 1:
+        ax.set_xlim(values[0] / 2, values[0] * 2)
+
+
+def _compact_tick(value: float, _position=None) -> str:
+    if value <= 0:
+        return ""
+    if value >= 1000:
+        return f"{value / 1000:g}k"
+    return f"{value:g}"
+
+
+def _minor_tick(value: float, _position=None) -> str:
+    """Label the 2s and 5s of each decade, leave the rest blank."""
+    if value <= 0:
+        return ""
+    lead = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return _compact_tick(value) if lead in (2.0, 5.0) else ""
+
+
+def _compact_log_y(ax) -> None:
+    ax.yaxis.set_major_formatter(FuncFormatter(_compact_tick))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_tick))
+
+
+def _line_panels(rows: pd.DataFrame, *, x: str, y: str, style_by: str | None, colors: dict[str, str],
+                 xlabel: str, ylabel: str, error_bars: bool, ceiling: tuple[float, str] | None = None
+                 ) -> plt.Figure:
+    """A grid of panels (rows: batch size; columns: page size), one line per backend (and per value
+    of ``style_by``), log-log axes."""
+    pages = sorted(rows["page_size"].unique())
+    batches = sorted(rows["batch_size"].unique())
+    styles = sorted(rows[style_by].unique()) if style_by else [None]
+    fig, axes = plt.subplots(len(batches), len(pages), squeeze=False, sharex=True, sharey="row", layout="constrained",
+                             figsize=(min(6.2 * len(pages), 12.5), 2.35 * len(batches) + 0.9))
+    for i, batch in enumerate(batches):
+        for j, page in enumerate(pages):
+            ax = axes[i][j]
+            cell = rows[(rows["batch_size"] == batch) & (rows["page_size"] == page)]
+            for backend, color in colors.items():
+                for k, value in enumerate(styles):
+                    line = cell[cell["backend"] == backend]
+                    if style_by:
+                        line = line[line[style_by] == value]
+                    line = line.sort_values(x)
+                    if line.empty:
+                        continue
+                    linestyle, marker = LINE_STYLES[k % len(LINE_STYLES)]
+                    yerr = None
+                    if error_bars:
+                        yerr = np.vstack([(line[y] - line["q1_us"]).clip(lower=0), (line["q3_us"] - line[y]).clip(lower=0)])
+                    ax.errorbar(line[x], line[y], yerr=yerr, color=color, linestyle=linestyle, marker=marker,
+                                markersize=3.5, linewidth=1.4, capsize=2 if error_bars else 0, elinewidth=0.9)
+            if ceiling:
+                ax.axhline(ceiling[0], color="#333", linestyle=(0, (4, 3)), linewidth=1)
+                ax.annotate(ceiling[1], xy=(0.01, ceiling[0]), xycoords=("axes fraction", "data"), xytext=(0, 2),
+                            textcoords="offset points", fontsize=7, color="#333", va="bottom")
+            _log2_axis(ax, rows[x].unique())
+            ax.set_yscale("log")
+            _compact_log_y(ax)
+            if ceiling:
+                ax.set_ylim(top=max(ax.get_ylim()[1], ceiling[0] * 1.5))
+            ax.set_title(f"page {int(page)} · batch {int(batch)}", fontsize=8.5, loc="left")
+            if i == len(batches) - 1:
+                ax.set_xlabel(xlabel)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+    handles = [Line2D([], [], color=c, linewidth=2.2, label=b) for b, c in colors.items() if b in set(rows["backend"])]
+    if style_by and len(styles) > 1:
+        handles += [Line2D([], [], color="#555", linestyle=LINE_STYLES[k % 5][0], marker=LINE_STYLES[k % 5][1],
+                           markersize=3.5, label=f"{style_by} {length_label(v)}") for k, v in enumerate(styles)]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 9), frameon=False)
+    return fig
+
+
+def latency_figures(results: ResultSet, colors: dict[str, str]) -> list[Figure]:
+    figures = []
+    decode = _ok(results, "decode")
+    if len(decode):
+        fig = _line_panels(decode, x="context", y="median_us", style_by=None, colors=colors, error_bars=True,
+                           xlabel="context (cached tokens per sequence)", ylabel="median µs (q1–q3)")
+        figures.append(Figure("plot-latency-decode", "Decode latency against context", "Median launch time with q1–q3 error bars; "
+                              "lower is better.", _svg(fig, "plot-latency-decode")))
+    prefill = _ok(results, "prefill")
+    if len(prefill):
+        fig = _line_panels(prefill, x="q_len", y="median_us", style_by="context", colors=colors, error_bars=True,
+                           xlabel="tokens per sequence (q_len)", ylabel="median µs (q1–q3)")
+        figures.append(Figure("plot-latency-prefill", "Prefill latency against tokens per sequence", "Median launch time with q1–q3 error bars; "
+                              "line style = cached context; lower is better.", _svg(fig, "plot-latency-prefill")))
+    return figures
+
+
+def throughput_figures(results: ResultSet, colors: dict[str, str]) -> list[Figure]:
+    ceilings = results.ceilings() or {}
+    figures = []
+    prefill = _ok(results, "prefill").dropna(subset=["tflops"])
+    if len(prefill):
+        peak = ceilings.get("matmul_bf16_tflops")
+        ceiling = (float(peak), f"bf16 matmul ceiling {float(peak):.0f} TFLOP/s") if peak else None
+        fig = _line_panels(prefill, x="q_len", y="tflops", style_by="context", colors=colors, error_bars=False,
+                           xlabel="tokens per sequence (q_len)", ylabel="TFLOP/s", ceiling=ceiling)
+        figures.append(Figure("plot-tflops-prefill", "Prefill compute throughput (TFLOP/s)", "Matrix FLOPs per second; dashed: this "
+                              "machine's measured bf16 matmul rate. Higher is better.", _svg(fig, "plot-tflops-prefill")))
+    decode = _ok(results, "decode").dropna(subset=["tbps"])
+    if len(decode):
+        peak = ceilings.get("copy_tbps")
+        ceiling = (float(peak), f"device copy ceiling {float(peak):.2f} TB/s") if peak else None
+        fig = _line_panels(decode, x="context", y="tbps", style_by=None, colors=colors, error_bars=False,
+                           xlabel="context (cached tokens per sequence)", ylabel="TB/s", ceiling=ceiling)
+        figures.append(Figure("plot-tbps-decode", "Decode memory throughput (TB/s)", "Bytes at least moved per second; dashed: this "
+                              "machine's measured copy bandwidth. Higher is better.", _svg(fig, "plot-tbps-decode")))
+    return figures
+
+
+def _speedup_grid(own: pd.DataFrame, ref: pd.Series, batches: list, columns: list) -> tuple[np.ndarray, list[list[str]]]:
+    """log2(reference time / backend time) on batch x (q_len, context), and each cell's label
+    ('1.23×', or the verdict of a cell that was not timed; '' where the sweep has no such cell)."""
+    grid = np.full((len(batches), len(columns)), np.nan)
+    labels = [["" for _ in columns] for _ in batches]
+    for row in own.to_dict("records"):
+        i, k = batches.index(row["batch_size"]), columns.index((row["q_len"], row["context"]))
+        if row["verdict"] == "ok" and row["case"] in ref.index and row["median_us"] > 0:
+            grid[i, k] = math.log2(ref[row["case"]] / row["median_us"])
+            labels[i][k] = f"{2 ** grid[i, k]:.2f}×"
+        else:
+            labels[i][k] = "no ref" if row["verdict"] == "ok" else row["verdict"]
+    return grid, labels
+
+
+def speedup_figures(results: ResultSet, reference: str = REFERENCE_BACKEND) -> list[Figure]:
+    """Per backend: time of ``reference`` / time of the backend over batch size x (q_len, context), one
+    panel per page size (decode and prefill cases; > 1 means faster than the reference)."""
+    rows = results.rows[results.rows["workload"].isin(["decode", "prefill"])]
+    ref = rows[(rows["backend"] == reference) & (rows["verdict"] == "ok")].set_index("case")["median_us"]
+    if ref.empty:
+        return []
+    figures = []
+    pages = sorted(rows["page_size"].unique())
+    columns = sorted({(q, c) for q, c in zip(rows["q_len"], rows["context"])})
+    batches = sorted(rows["batch_size"].unique())
+    for backend in sorted(set(rows["backend"]) - {reference}):
+        own = rows[rows["backend"] == backend]
+        if own.empty or (own["verdict"] == "skipped").all():
+            continue
+        grids = {page: _speedup_grid(own[own["page_size"] == page], ref, batches, columns) for page in pages}
+        finite = [np.abs(g[np.isfinite(g)]).max() for g, _ in grids.values() if np.isfinite(g).any()]
+        span = max([1.0, *finite])
+        norm = Normalize(-span, span)
+        fig, axes = plt.subplots(1, len(pages), squeeze=False, layout="constrained",
+                                 figsize=(min(0.62 * len(columns) * len(pages) + 1.6, 12.5), 0.42 * len(batches) + 1.5))
+        for ax, page in zip(axes[0], pages):
+            grid, labels = grids[page]
+            ax.imshow(np.ma.masked_invalid(grid), cmap=SPEEDUP_CMAP, norm=norm, aspect="auto")
+            for i, k in itertools.product(range(len(batches)), range(len(columns))):
+                if labels[i][k] and not np.isfinite(grid[i, k]):
+                    ax.add_patch(Rectangle((k - 0.5, i - 0.5), 1, 1, color="#d0d4d9", linewidth=0))
+                if labels[i][k]:
+                    dark = np.isfinite(grid[i, k]) and abs(grid[i, k]) > 0.6 * span
+                    ax.text(k, i, labels[i][k], ha="center", va="center", fontsize=7, color="white" if dark else "#222")
+            ax.set_xticks(range(len(columns)))
+            ax.set_xticklabels([f"q{length_label(q)}\nc{length_label(c)}" for q, c in columns], fontsize=7)
+            ax.set_yticks(range(len(batches)))
+            ax.set_yticklabels([f"B{int(b)}" for b in batches])
+            ax.grid(False)
+            ax.set_title(f"page {int(page)}", loc="left")
+            ax.set_xlabel("tokens per sequence (q) / context (c)")
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=SPEEDUP_CMAP), ax=axes[0].tolist(), shrink=0.9, pad=0.01)
+        ticks = [t for t in range(-6, 7) if abs(t) <= span]
+        bar.set_ticks(ticks)
+        bar.set_ticklabels([f"{2.0 ** t:g}×" for t in ticks])
+        figure_id = f"plot-speedup-{_slug(backend)}"
+        figures.append(Figure(figure_id, f"Speed-up of {backend} against {reference}",
+                              f"{reference} time / {backend} time per cell: green = {backend} faster. "
+                              "Grey: not timed (verdict shown); blank: no such case in the sweep.",
+                              _svg(fig, figure_id)))
+    return figures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def roofline_share(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per ok row: the binding ceiling (compute or memory) and the share of it reached, in %."""
+    rows = rows.dropna(subset=["pct_matmul_ceiling", "pct_copy_ceiling"])
+    compute_bound = rows["pct_matmul_ceiling"] >= rows["pct_copy_ceiling"]
+    return rows.assign(bound=np.where(compute_bound, "compute", "memory"),
+                       roofline_pct=np.where(compute_bound, rows["pct_matmul_ceiling"], rows["pct_copy_ceiling"]))
+
+
+def _roofline_slots(rows: pd.DataFrame) -> list[tuple[str, str] | None]:
+    """x slots of one panel: (kind, case) in workload order, a None gap between kinds."""
+    order = {kind: i for i, kind in enumerate(WORKLOAD_ORDER)}
+    ordered = rows.assign(_k=rows["workload"].map(order)).sort_values(["_k", "batch_size", "q_len", "context", "case"])
+    slots: list[tuple[str, str] | None] = []
+    for kind, case in dict.fromkeys(zip(ordered["workload"], ordered["case"])):
+        if slots and slots[-1] is not None and slots[-1][0] != kind:
+            slots.append(None)
+        slots.append((kind, case))
+    return slots
+
+
+def roofline_figure(results: ResultSet, colors: dict[str, str]) -> Figure | None:
+    """Grouped bars, one panel per page size: per case (grouped by workload kind), each backend's
+    share of the binding ceiling (the larger of % matmul and % copy)."""
+    shares = roofline_share(results.ok_rows)
+    if shares.empty:
+        return None
+    pages = sorted(shares["page_size"].unique())
+    backends = [b for b in colors if b in set(shares["backend"])]
+    most = max(len(_roofline_slots(shares[shares["page_size"] == page])) for page in pages)
+    width = min(max(6.0, 0.11 * most * max(2, len(backends)) + 1.5), 12.5)
+    fig, axes = plt.subplots(len(pages), 1, squeeze=False, layout="constrained", figsize=(width, 2.9 * len(pages) + 0.5))
+    bar = 0.8 / max(1, len(backends))
+    for ax, page in zip(axes[:, 0], pages):
+        rows = shares[shares["page_size"] == page]
+        slots = _roofline_slots(rows)
+        for b, backend in enumerate(backends):
+            own = rows[rows["backend"] == backend].set_index("case")
+            xs = [x for x, slot in enumerate(slots) if slot is not None and slot[1] in own.index]
+            ax.bar([x - 0.4 + bar * (b + 0.5) for x in xs], [own.loc[slots[x][1], "roofline_pct"] for x in xs],
+                   width=bar, color=colors[backend], label=backend)
+        first = {row["case"]: row for row in rows.drop_duplicates("case").to_dict("records")}
+        labels = []
+        for slot in slots:
+            if slot is None:
+                labels.append("")
+                continue
+            row = first[slot[1]]
+            name = (re.sub(r"-p\d+$", "", str(row["case"])) if row["workload"] == "mixed"
+                    else short_case(row).rsplit(" p", 1)[0])
+            labels.append(f"{name} · {'mem' if row['bound'] == 'memory' else 'FLOP'}")
+        for x, slot in enumerate(slots):
+            if slot is None:
+                ax.axvline(x, color="#bbb", linewidth=0.8)
+        top = max(120.0, float(rows["roofline_pct"].max()) * 1.15)
+        for kind in dict.fromkeys(slot[0] for slot in slots if slot):
+            xs = [x for x, slot in enumerate(slots) if slot and slot[0] == kind]
+            ax.text(min(xs) - 0.4, top * 0.98, kind, fontsize=8, fontweight="bold", color="#444", va="top")
+        ax.axhline(100, color="#333", linewidth=0.9, linestyle=(0, (4, 3)))
+        ax.set_xticks(range(len(slots)))
+        ax.set_xticklabels(labels, rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
+        ax.tick_params(axis="x", length=0)
+        ax.set_xlim(-0.6, len(slots) - 0.4)
+        ax.set_ylim(0, top)
+        ax.set_ylabel("% of binding ceiling")
+        ax.set_title(f"page {int(page)}", loc="left")
+        ax.grid(axis="x", visible=False)
+    handles = [Patch(color=colors[b], label=b) for b in backends]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False)
+    return Figure("plot-roofline", "Share of the roofline",
+                  "Per case, the larger of % of the matmul ceiling and % of the copy ceiling (the binding one: "
+                  "'FLOP' = compute-bound, 'mem' = memory-bound). 100 % = the machine's measured ceiling.",
+                  _svg(fig, "plot-roofline"))
+
+
+def comparison_figure(comparison) -> Figure | None:
+    """Per backend, new/old time ratio per timed cell (log scale) with each cell's noise band shaded;
+    cells outside their band are drawn large, red (slower) or green (faster), and the slower ones named."""
+    cells = comparison.cells
+    if not len(cells) or "ratio" not in cells:
+        return None
+    timed = cells.dropna(subset=["ratio"])
+    if timed.empty:
+        return None
+    order = {k: i for i, k in enumerate(WORKLOAD_ORDER)}
+    timed = timed.assign(_k=timed["workload"].map(order)).sort_values(
+        ["_k", "page_size", "batch_size", "q_len", "context", "case"])
+    backends = sorted(timed["backend"].unique())
+    fig, axes = plt.subplots(len(backends), 1, squeeze=False, layout="constrained",
+                             figsize=(11.0, 1.9 * len(backends) + 0.7))
+    cases = list(dict.fromkeys(timed["case"]))
+    for ax, backend in zip(axes[:, 0], backends):
+        own = timed[timed["backend"] == backend]
+        xs = np.array([cases.index(c) for c in own["case"]])
+        band = own["band"].to_numpy(dtype=float)
+        ax.bar(xs, (1 + band) - 1 / (1 + band), bottom=1 / (1 + band), width=0.8, color="#d9d9d9", linewidth=0,
+               label="noise band")
+        for status, color in STATUS_COLORS.items():
+            mask = (own["status"] == status).to_numpy()
+            ax.scatter(xs[mask], own["ratio"].to_numpy()[mask], s=28 if status != "same" else 10, color=color,
+                       zorder=3, label=status, edgecolors="white" if status != "same" else "none", linewidths=0.5)
+        for x, ratio, case, status in zip(xs, own["ratio"], own["case"], own["status"]):
+            if status == "slower":
+                ax.annotate(case, (x, ratio), xytext=(4, 3), textcoords="offset points", fontsize=6.5, color="#b00")
+        ax.axhline(1, color="#333", linewidth=0.8)
+        ax.set_yscale("log")
+        low, high = float(min(own["ratio"].min(), (1 / (1 + band)).min())), float(max(own["ratio"].max(), (1 + band).max()))
+        ax.set_ylim(low / 1.04, high * 1.04)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.2f}"))
+        ax.tick_params(axis="y", which="minor", labelsize=6.5)
+        ax.set_xticks([])
+        ax.set_xlim(-1, len(cases))
+        ax.set_ylabel("new / old time")
+        ax.set_title(backend, loc="left")
+        ax.grid(axis="x", visible=False)
+    axes[-1, 0].set_xlabel("cells (decode, prefill, mixed; by page size, batch, tokens, context)")
+    handles = [Patch(color="#d9d9d9", label="noise band")] + [
+        Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in STATUS_COLORS.items()]
+    fig.legend(handles=handles, loc="outside upper center", ncol=4, frameon=False)
+    return Figure("plot-comparison", "Time ratio per cell",
+                  "Above 1: the new set is slower. Grey: the cell's noise band; red / green: outside it.",
+                  _svg(fig, "plot-comparison"))
+
+
+def result_figures(results: ResultSet) -> dict[str, list[Figure]]:
+    """Every figure of one result set, grouped by section: latency, throughput, speed-up, roofline."""
+    colors = backend_colors(sorted(set(results.rows["backend"]) - {""}))
+    with plt.rc_context(STYLE):
+        roofline = roofline_figure(results, colors)
+        return {"latency": latency_figures(results, colors), "throughput": throughput_figures(results, colors),
+                "speedup": speedup_figures(results), "roofline": [roofline] if roofline else []}
+
+
+def comparison_figures(comparison) -> list[Figure]:
+    with plt.rc_context(STYLE):
+        figure = comparison_figure(comparison)
+    return [figure] if figure else []
