@@ -135,18 +135,22 @@ def _load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
 def _attend_keys(acc, l_i, m_i, q,
                  k_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
                  v_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
+                 k_desc,  # TMA descriptor of k_cache as [num_pages * PAGE_SIZE, Hkv * D], block [BLOCK_N, D] (USE_TMA)
+                 v_desc,  # the same over v_cache (USE_TMA)
                  block_table_row_ptr,  # [max_pages] int32, this sequence's row
                  kv_lo, kv_hi, kv_len, row_limit, qk_scale,
-                 k_head_offset, v_head_offset,
+                 k_head_offset, v_head_offset, head_col,
                  stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                 PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, MASKED: tl.constexpr,
-                 IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+                 MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online-softmax over keys ``[kv_lo, kv_hi)`` in steps of BLOCK_N (``kv_lo`` a multiple of it).
 
     ``MASKED`` tiles apply the key-length and causal masks (the diagonal and the last tile);
     unmasked ones are known fully visible. ``TILE_IN_PAGE``: a key tile never crosses a page, so
-    one page lookup per tile; otherwise each key looks its page up.
+    one page lookup per tile; otherwise each key looks its page up. ``USE_TMA`` (tile-in-page only):
+    K and V tiles come through the tensor-memory accelerator (rows ``page * PAGE_SIZE + slot``,
+    columns ``head_col``) instead of per-thread pointers.
     Scores are in the log2 domain: ``qk_scale = scale * log2(e)``. Head dims that are not a power of
     two are padded to BLOCK_D with zeros.
     """
@@ -156,7 +160,11 @@ def _attend_keys(acc, l_i, m_i, q,
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         keys = start_n + offs_n
         key_valid = keys < kv_len
-        if TILE_IN_PAGE:
+        if USE_TMA:
+            page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
+            tma_row = page * PAGE_SIZE + start_n % PAGE_SIZE
+            k = tl.trans(k_desc.load([tma_row, head_col]))
+        elif TILE_IN_PAGE:
             page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE).to(tl.int64)
             slot = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
             k_rows = page * stride_k_page + slot * stride_k_slot
@@ -170,10 +178,11 @@ def _attend_keys(acc, l_i, m_i, q,
             slots = (keys % PAGE_SIZE).to(tl.int64)
             k_rows = pages * stride_k_page + slots * stride_k_slot
             v_rows = pages * stride_v_page + slots * stride_v_slot
-        # K^T tile [BLOCK_D, BLOCK_N], V tile [BLOCK_N, BLOCK_D]
-        k_ptrs = k_cache_ptr + k_head_offset + k_rows[None, :] + offs_d[:, None]
-        v_ptrs = v_cache_ptr + v_head_offset + v_rows[:, None] + offs_d[None, :]
-        k = _load(k_ptrs, key_valid[None, :], d_valid[:, None], MASKED, HEAD_DIM != BLOCK_D)
+        if not USE_TMA:
+            # K^T tile [BLOCK_D, BLOCK_N], V tile [BLOCK_N, BLOCK_D]
+            k_ptrs = k_cache_ptr + k_head_offset + k_rows[None, :] + offs_d[:, None]
+            v_ptrs = v_cache_ptr + v_head_offset + v_rows[:, None] + offs_d[None, :]
+            k = _load(k_ptrs, key_valid[None, :], d_valid[:, None], MASKED, HEAD_DIM != BLOCK_D)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
         if MASKED:
             visible = key_valid[None, :]
@@ -185,7 +194,12 @@ def _attend_keys(acc, l_i, m_i, q,
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = _load(v_ptrs, key_valid[:, None], d_valid[None, :], MASKED, HEAD_DIM != BLOCK_D)
+        if USE_TMA:
+            v = v_desc.load([tma_row, head_col])
+            if MASKED:  # slots past kv_len inside the last page: never let them reach acc
+                v = tl.where(key_valid[:, None], v, 0.0)
+        else:
+            v = _load(v_ptrs, key_valid[:, None], d_valid[None, :], MASKED, HEAD_DIM != BLOCK_D)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -203,6 +217,8 @@ def _paged_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
     v_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
+    k_desc,  # TMA descriptor of k_cache viewed [num_pages * PAGE_SIZE, Hkv * D] (USE_TMA), else None
+    v_desc,  # the same over v_cache
     block_table_ptr,  # [B, max_pages] int32
     cu_seqlens_q_ptr,  # [B + 1] int32
     kv_lens_ptr,  # [B] int32
@@ -217,7 +233,7 @@ def _paged_attention_kernel(
     stride_pl_split, stride_pl_t,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
@@ -271,6 +287,7 @@ def _paged_attention_kernel(
     block_table_row_ptr = block_table_ptr + seq_idx * stride_bt_seq
     k_head_offset = kv_head * tl.cast(stride_k_head, tl.int64)
     v_head_offset = kv_head * tl.cast(stride_v_head, tl.int64)
+    head_col = kv_head * HEAD_DIM  # column of this head in the TMA view
 
     # m_i starts finite so that a row with every key masked keeps p = 0 and alpha = 1 (no NaN)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -279,15 +296,15 @@ def _paged_attention_kernel(
 
     # keys every row sees: no mask; then the diagonal and the ragged end: masked
     acc, l_i, m_i = _attend_keys(
-        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, block_table_row_ptr,
-        kv_lo, kv_mid, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset,
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
+        kv_lo, kv_mid, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
         stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, False, IS_CAUSAL, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, False, IS_CAUSAL, DOT_PRECISION)
     acc, l_i, m_i = _attend_keys(
-        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, block_table_row_ptr,
-        kv_mid, kv_hi, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset,
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
+        kv_mid, kv_hi, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
         stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, True, IS_CAUSAL, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, True, IS_CAUSAL, DOT_PRECISION)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -389,10 +406,12 @@ class KernelConfig:
     num_stages: int
     split_programs_per_sm: int = 0
     min_split_keys: int = 1 << 30
+    use_tma: bool = False
+    """Load K/V tiles through TMA descriptors where a tile sits inside one page (Hopper and newer)."""
 
     def label(self) -> str:
         return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
-                f"-split{self.split_programs_per_sm}/{self.min_split_keys}")
+                f"{'-tma' if self.use_tma else ''}-split{self.split_programs_per_sm}/{self.min_split_keys}")
 
 
 def query_bucket(max_q_len: int) -> str:
@@ -405,11 +424,11 @@ def query_bucket(max_q_len: int) -> str:
 
 
 def page_class(page_size: int) -> str:
-    """Page sizes that behave alike: small pages always gather per key; from 64 a key tile can sit
-    inside one page."""
+    """Page sizes that behave alike: below 16 every key looks its page up; from 128 a 128-key tile
+    sits inside one page."""
     if page_size < 16:
         return "small"
-    if page_size < 64:
+    if page_size < 128:
         return "medium"
     return "large"
 
@@ -418,37 +437,28 @@ _DECODE = dict(split_programs_per_sm=8, min_split_keys=256)
 _SHORT = dict(split_programs_per_sm=4, min_split_keys=512)
 _LONG = dict(split_programs_per_sm=2, min_split_keys=2048)
 
-CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = {
-    # (query bucket, head dim, page class): config. Tuned on an H100 with
-    # scripts/triton_tune.py (bf16, Hq 32, Hkv 8); see docs/triton_kernel_notes.md.
-    ("decode", 64, "small"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 64, "medium"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 64, "large"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 128, "small"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 128, "medium"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 128, "large"): KernelConfig(16, 64, 4, 3, **_DECODE),
-    ("decode", 256, "small"): KernelConfig(16, 32, 4, 3, **_DECODE),
-    ("decode", 256, "medium"): KernelConfig(16, 32, 4, 3, **_DECODE),
-    ("decode", 256, "large"): KernelConfig(16, 32, 4, 3, **_DECODE),
-    ("short", 64, "small"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 64, "medium"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 64, "large"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 128, "small"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 128, "medium"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 128, "large"): KernelConfig(64, 64, 4, 3, **_SHORT),
-    ("short", 256, "small"): KernelConfig(64, 32, 4, 2, **_SHORT),
-    ("short", 256, "medium"): KernelConfig(64, 32, 4, 2, **_SHORT),
-    ("short", 256, "large"): KernelConfig(64, 32, 4, 2, **_SHORT),
-    ("long", 64, "small"): KernelConfig(128, 64, 4, 3, **_LONG),
-    ("long", 64, "medium"): KernelConfig(128, 64, 4, 3, **_LONG),
-    ("long", 64, "large"): KernelConfig(128, 64, 4, 3, **_LONG),
-    ("long", 128, "small"): KernelConfig(128, 64, 8, 3, **_LONG),
-    ("long", 128, "medium"): KernelConfig(128, 64, 8, 3, **_LONG),
-    ("long", 128, "large"): KernelConfig(128, 64, 8, 3, **_LONG),
-    ("long", 256, "small"): KernelConfig(64, 64, 4, 2, **_LONG),
-    ("long", 256, "medium"): KernelConfig(64, 64, 4, 2, **_LONG),
-    ("long", 256, "large"): KernelConfig(64, 64, 4, 2, **_LONG),
-}
+
+def _table() -> dict[tuple[str, int, str], KernelConfig]:
+    """(query bucket, head dim, page class) -> config. D=128 entries are the winners measured on an
+    H100 by scripts/triton_tune.py (bf16, Hq 32, Hkv 8; docs/triton_kernel_notes.md); D=64 and D=256
+    entries were chosen from the compiler's register and spill report, not timed."""
+    table = {}
+    for page in ("small", "medium", "large"):
+        table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE)
+        table["decode", 128, page] = KernelConfig(16, 64, 4, 3, **_DECODE)
+        table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE)
+        table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
+        table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
+        table["short", 256, page] = KernelConfig(64, 16, 4, 2, **_SHORT)
+        table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
+        table["long", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
+        table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
+    # pages of 128+ keys hold a whole 128-key tile: the larger tile wins there
+    table["long", 128, "large"] = KernelConfig(128, 128, 8, 2, **_LONG)
+    return table
+
+
+CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
 """Chosen configuration per (query bucket, head dim, page class). Head dims between the listed ones
 use the next larger listed one."""
 
@@ -478,12 +488,15 @@ class LaunchPlan:
     num_splits: int
     split_size: int
     tile_in_page: bool
+    use_tma: bool = False
 
     def describe(self) -> dict:
+        path = "per-key page lookup"
+        if self.tile_in_page:
+            path = "tile-in-page, TMA" if self.use_tma else "tile-in-page"
         return {"config": self.config.label(), **asdict(self.config), "block_m_used": self.block_m,
                 "block_q": self.block_q, "num_q_blocks": self.num_q_blocks,
-                "num_splits": self.num_splits, "split_size": self.split_size,
-                "page_path": "tile-in-page" if self.tile_in_page else "per-key page lookup"}
+                "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path}
 
 
 def _next_power_of_2(value: int) -> int:
@@ -492,9 +505,11 @@ def _next_power_of_2(value: int) -> int:
 
 def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
                 page_size: int, max_q_len: int, max_kv_len: int, num_sms: int,
-                config: KernelConfig | None = None, num_splits: int | None = None) -> LaunchPlan:
+                config: KernelConfig | None = None, num_splits: int | None = None,
+                tma_possible: bool = False) -> LaunchPlan:
     """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
-    must bound every sequence's lengths). ``num_splits`` overrides the split heuristic."""
+    must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
+    ``tma_possible`` says the device and the caches allow TMA descriptors."""
     config = config or select_config(head_dim, page_size, max_q_len)
     group = num_q_heads // num_kv_heads
     block_m = max(config.block_m, _next_power_of_2(group), 16)
@@ -511,8 +526,10 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     split_size = math.ceil(math.ceil(max(max_kv_len, 1) / num_splits) / config.block_n) * config.block_n
     num_splits = math.ceil(max(max_kv_len, 1) / split_size)
     tile_in_page = page_size % config.block_n == 0
+    use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == _next_power_of_2(head_dim)
     return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
-                      num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page)
+                      num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
+                      use_tma=use_tma)
 
 
 def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
@@ -525,6 +542,25 @@ def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head
                            device=device)
     part_lse = torch.empty(plan.num_splits, num_tokens, num_q_heads, dtype=torch.float32, device=device)
     return part_out, part_lse
+
+
+def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """TMA descriptors need a Hopper-class GPU (or the interpreter, on CPU tensors), caches that are
+    contiguous and 16-byte aligned, and row coordinates that fit in int32."""
+    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    num_pages, page_size, num_kv_heads, head_dim = k_cache.shape
+    return all(cache.is_contiguous() and cache.data_ptr() % 16 == 0 for cache in (k_cache, v_cache)) \
+        and num_pages * page_size < 2 ** 31 and (num_kv_heads * head_dim * k_cache.element_size()) % 16 == 0
+
+
+def _tma_descriptor(cache: torch.Tensor, block_n: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    num_pages, page_size, num_kv_heads, head_dim = cache.shape
+    rows = cache.view(num_pages * page_size, num_kv_heads * head_dim)
+    return TensorDescriptor(base=rows, shape=list(rows.shape), strides=list(rows.stride()),
+                            block_shape=[block_n, head_dim])
 
 
 def multiprocessor_count(device: torch.device) -> int:
@@ -622,14 +658,17 @@ class PagedAttentionLauncher:
         self._attn_grid = (plan.num_q_blocks * num_kv_heads, plan.num_splits)
         self._attn_args = dict(
             common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
-            q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_table_ptr=block_table,
+            q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+            k_desc=_tma_descriptor(k_cache, plan.config.block_n) if plan.use_tma else None,
+            v_desc=_tma_descriptor(v_cache, plan.config.block_n) if plan.use_tma else None,
+            block_table_ptr=block_table,
             qk_scale=float(scale) * LOG2E,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1),
             stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
             stride_v_page=v_cache.stride(0), stride_v_slot=v_cache.stride(1), stride_v_head=v_cache.stride(2),
             stride_bt_seq=block_table.stride(0),
             PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
-            SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page,
+            SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=plan.config.num_warps, num_stages=plan.config.num_stages,
         )
@@ -659,7 +698,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
-                       config=config, num_splits=num_splits)
+                       config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache))
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)

@@ -45,6 +45,7 @@ TINY = dict(num_q_heads=4, num_kv_heads=2, head_dim=32)
 """Default heads for CPU cases: GQA with two query heads per KV head."""
 SMALL_TILES = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
 """Small tiles so that tiny batches still span several key tiles, query tiles and splits."""
+TMA_TILES = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, use_tma=True)
 CPU_TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3}
 GPU_TOLERANCE = {"bf16": 1e-2, "fp16": 3e-3}
 
@@ -96,6 +97,38 @@ def test_page_sizes_tiles_and_splits(page_size, causal):
     assert plan.num_splits > 1
     assert plan.tile_in_page == (page_size % SMALL_TILES.block_n == 0)
     assert_matches_reference(batch, out, CPU_TOLERANCE["fp32"])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_tma_path(dtype, causal):
+    """K/V tiles through TMA descriptors (tile inside one page), with splits; the interpreter
+    emulates the descriptor loads."""
+    spec = BatchSpec.from_grammar("2q1c30_1q9-20c0-7_1q40c10", page_size=32, dtype=dtype, causal=causal,
+                                  **TINY)
+    batch = make_batch(spec, "cpu")
+    out, plan = run_kernel(batch, config=TMA_TILES, num_splits=2)
+    assert plan.use_tma
+    assert_matches_reference(batch, out, CPU_TOLERANCE[dtype])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("config", [SMALL_TILES, None], ids=["small-tiles", "table"])
+def test_unowned_slots_holding_nan_are_never_used(config):
+    """Slots past kv_len in a sequence's last page may hold anything: NaN there must not leak."""
+    from adapters.batch import owned_slots
+
+    spec = BatchSpec.from_grammar("2q1c20_1q5c9", page_size=16, dtype="fp32", **TINY)
+    batch = make_batch(spec, "cpu")
+    unowned = ~owned_slots(spec, batch.block_table)
+    unowned[0] = False  # the null page stays zero (the canonical batch's promise)
+    batch.k_cache[unowned] = float("nan")
+    batch.v_cache[unowned] = float("nan")
+    for use_tma in (False, True):
+        chosen = KernelConfig(16, 16, 4, 1, use_tma=use_tma) if config is not None else None
+        out, _ = run_kernel(batch, config=chosen, num_splits=2 if config is not None else None)
+        assert_matches_reference(batch, out, CPU_TOLERANCE["fp32"])
 
 
 @needs_interpreter
@@ -207,6 +240,7 @@ def test_wrapper_rejects_bad_host_values(kwargs, message):
 def test_config_key_uses_buckets_only():
     assert config_key(128, 16, 1) == ("decode", 128, "medium")
     assert config_key(128, 256, 2048) == config_key(128, 128, 300) == ("long", 128, "large")
+    assert config_key(128, 64, 300) == ("long", 128, "medium")
     assert config_key(96, 3, 9) == ("short", 128, "small")
     assert select_config(128, 16, 512) == select_config(128, 16, 4096)
 
@@ -269,6 +303,20 @@ class TestOnGPU:
             out, _ = run_kernel(batch, num_splits=num_splits)
             torch.cuda.synchronize()
             assert_matches_reference(batch, out, GPU_TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("seed", range(4))
+    def test_tma_path(self, seed):
+        """TMA descriptors (tile inside a page) against the reference, decode and prefill shapes."""
+        page_size = (64, 256)[seed % 2]
+        head_dim = (64, 128, 256, 128)[seed]
+        spec = BatchSpec.from_grammar("4q1c100-3000_2q30-400c0-900", seed=seed, page_size=page_size,
+                                      head_dim=head_dim, causal=seed != 3)
+        batch = make_batch(spec, "cuda")
+        for config in (KernelConfig(64, 64, 4, 3, use_tma=True), KernelConfig(16, 64, 4, 3, use_tma=True)):
+            out, plan = run_kernel(batch, config=config, num_splits=None if config.block_m > 16 else 4)
+            torch.cuda.synchronize()
+            assert plan.use_tma
+            assert_matches_reference(batch, out, GPU_TOLERANCE["bf16"])
 
     def test_adapter_on_gpu(self):
         adapter = get_adapter("triton")
