@@ -1,0 +1,457 @@
+"""cuDNN SDPA through nvidia-cudnn-frontend (``import cudnn``): packed (ragged) Q and O, paged K/V.
+
+How the canonical batch is declared to cuDNN (see docs/backends.md for the traps each point avoids):
+
+- Q and O are declared ``[B, Hq, S_q, D]`` over the packed ``[T, Hq, D]`` buffer, strides
+  ``[S_q*Hq*D, D, Hq*D, 1]``, each with a ragged offset tensor ``(B+1, 1, 1, 1)`` of **element**
+  offsets ``cu_seqlens_q * Hq * D`` (the batch stride is then nominal). ``S_q`` is the longest
+  query bucketed to a power of two, so batches of similar shape reuse one graph.
+- The NHD cache ``[num_pages, page_size, Hkv, D]`` is read as ``(num_pages, Hkv, page_size, D)``
+  through the strides ``(page_size*Hkv*D, D, Hkv*D, 1)`` (a view; nothing is copied).
+- Page table: int32 ``(B, 1, max_pages, 1)``, bound as both the K and the V table; ``max_pages`` is
+  bucketed to a power of two (the extra columns hold the zero-filled null page) and
+  ``paged_attention_max_seq_len_kv = max_pages * page_size``.
+- ``seq_len_q``/``seq_len_kv``: int32 ``(B, 1, 1, 1)`` on the GPU with ``use_padding_mask=True``.
+- Causal is bottom-right: ``diagonal_alignment=BOTTOM_RIGHT, diagonal_band_right_bound=0``
+  (``use_causal_mask`` would be top-left).
+
+Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached by everything
+that changes them (`GraphKey`); ``run`` only binds the stream and executes. A graph that cuDNN
+refuses to validate or build becomes `Unsupported` with cuDNN's own message.
+
+The argument builders (`cudnn_layout`, `ragged_offsets`, `page_table_view`, `seq_len_tensors`,
+`cache_view`, `trow_arguments`) are pure functions of CPU or GPU tensors and need no cudnn.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.batch import BatchSpec, PagedBatch
+
+_INT32_MAX = 2**31 - 1
+
+
+def next_power_of_two(value: int) -> int:
+    """Smallest power of two >= value (1 for value <= 1): the shape buckets of the graph cache."""
+    return 1 if value <= 1 else 1 << (value - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class CudnnLayout:
+    """Dims and strides of every tensor of the packed-Q paged graph, from the spec alone."""
+
+    batch: int
+    s_q: int
+    """Longest query, bucketed (the S dim of Q and O)."""
+    max_pages: int
+    """Page-table width, bucketed."""
+    q_dims: tuple[int, int, int, int]
+    q_strides: tuple[int, int, int, int]
+    cache_dims: tuple[int, int, int, int]
+    cache_strides: tuple[int, int, int, int]
+    page_table_dims: tuple[int, int, int, int]
+    page_table_strides: tuple[int, int, int, int]
+    seq_len_dims: tuple[int, int, int, int]
+    ragged_dims: tuple[int, int, int, int]
+    max_seq_len_kv: int
+    pad_rows: int
+    """Zero rows after the T packed rows of the Q and O buffers, so that the buffers cover both the last
+    sequence's S_q-row window (whatever the kernel reads past T) and the nominal span of the declared
+    [B, Hq, S_q, D] (B * S_q rows), should the frontend check a buffer against its declaration."""
+    ragged_dtype: torch.dtype
+
+    @property
+    def o_dims(self) -> tuple[int, int, int, int]:
+        return self.q_dims
+
+    @property
+    def o_strides(self) -> tuple[int, int, int, int]:
+        return self.q_strides
+
+
+def cudnn_layout(spec: BatchSpec) -> CudnnLayout:
+    """The declared shapes for ``spec`` (packed Q/O with ragged offsets, NHD cache as HND strides)."""
+    heads, head_dim, page = spec.num_q_heads, spec.head_dim, spec.page_size
+    s_q = next_power_of_two(spec.max_q_len)
+    max_pages = next_power_of_two(spec.max_pages)
+    padded_elements = max(spec.total_q + s_q, spec.batch_size * s_q) * heads * head_dim
+    return CudnnLayout(
+        batch=spec.batch_size,
+        s_q=s_q,
+        max_pages=max_pages,
+        q_dims=(spec.batch_size, heads, s_q, head_dim),
+        q_strides=(s_q * heads * head_dim, head_dim, heads * head_dim, 1),
+        cache_dims=(spec.num_pages, spec.num_kv_heads, page, head_dim),
+        cache_strides=(page * spec.num_kv_heads * head_dim, head_dim, spec.num_kv_heads * head_dim, 1),
+        page_table_dims=(spec.batch_size, 1, max_pages, 1),
+        page_table_strides=(max_pages, max_pages, 1, 1),
+        seq_len_dims=(spec.batch_size, 1, 1, 1),
+        ragged_dims=(spec.batch_size + 1, 1, 1, 1),
+        max_seq_len_kv=max_pages * page,
+        pad_rows=max(s_q, spec.batch_size * s_q - spec.total_q),
+        ragged_dtype=torch.int32 if padded_elements <= _INT32_MAX else torch.int64,
+    )
+
+
+def ragged_offsets(cu_seqlens_q: torch.Tensor, heads: int, head_dim: int,
+                   dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Element offsets of each sequence's first row: ``cu_seqlens_q * heads * head_dim``, shape (B+1, 1, 1, 1)."""
+    return (cu_seqlens_q.to(torch.int64) * (heads * head_dim)).to(dtype).view(-1, 1, 1, 1).contiguous()
+
+
+def page_table_view(block_table: torch.Tensor, max_pages: int) -> torch.Tensor:
+    """int32 (B, 1, max_pages, 1): the block table, zero-padded (null page) to the bucketed width."""
+    batch, width = block_table.shape
+    if width > max_pages:
+        raise ValueError(f"block table has {width} columns, more than the graph's {max_pages}")
+    table = torch.zeros(batch, 1, max_pages, 1, dtype=torch.int32, device=block_table.device)
+    table[:, 0, :width, 0] = block_table.to(torch.int32)
+    return table
+
+
+def seq_len_tensors(q_lens: torch.Tensor, kv_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 (B, 1, 1, 1) query and kv lengths (on the device of the inputs)."""
+    return (q_lens.to(torch.int32).view(-1, 1, 1, 1).contiguous(),
+            kv_lens.to(torch.int32).view(-1, 1, 1, 1).contiguous())
+
+
+def cache_view(cache: torch.Tensor) -> torch.Tensor:
+    """The NHD cache [num_pages, page_size, Hkv, D] as cuDNN's (num_pages, Hkv, page_size, D), by strides."""
+    return cache.permute(0, 2, 1, 3)
+
+
+def padded_rows(packed: torch.Tensor, pad_rows: int) -> torch.Tensor:
+    """A zero-filled [T + pad_rows, H, D] buffer holding ``packed`` in its first T rows."""
+    buffer = torch.zeros(packed.shape[0] + pad_rows, *packed.shape[1:], dtype=packed.dtype, device=packed.device)
+    buffer[: packed.shape[0]] = packed
+    return buffer
+
+
+@dataclass(frozen=True)
+class TRowArguments:
+    """The form users first try: one "batch" per query token (B' = T, S_q = 1), no ragged offsets,
+    per-token kv lengths, and the page table of the B sequences as they have it."""
+
+    q_dims: tuple[int, int, int, int]
+    q_strides: tuple[int, int, int, int]
+    seq_len_q: torch.Tensor
+    seq_len_kv: torch.Tensor
+    page_table: torch.Tensor
+
+
+def trow_arguments(spec: BatchSpec, block_table: torch.Tensor) -> TRowArguments:
+    """Arguments of the T-row declaration; token t of sequence b sees ``kv_len - q_len + i + 1`` keys
+    when causal (i its index among the sequence's queries), all ``kv_len`` otherwise."""
+    visible = []
+    for q_len, kv_len in zip(spec.q_lens, spec.kv_lens):
+        for i in range(q_len):
+            visible.append(kv_len - q_len + i + 1 if spec.causal else kv_len)
+    device = block_table.device
+    heads, head_dim = spec.num_q_heads, spec.head_dim
+    return TRowArguments(
+        q_dims=(spec.total_q, heads, 1, head_dim),
+        q_strides=(heads * head_dim, head_dim, heads * head_dim, 1),
+        seq_len_q=torch.ones(spec.total_q, 1, 1, 1, dtype=torch.int32, device=device),
+        seq_len_kv=torch.tensor(visible, dtype=torch.int32, device=device).view(-1, 1, 1, 1),
+        page_table=block_table.to(torch.int32).view(spec.batch_size, 1, spec.max_pages, 1),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# cuDNN graph building (needs `import cudnn`)
+
+@dataclass(frozen=True)
+class GraphKey:
+    """Everything that changes a graph: a key that forgets one of these returns a wrong graph."""
+
+    variant: str
+    device: int
+    dtype: str
+    causal: bool
+    scale: float
+    q_dims: tuple[int, ...]
+    q_strides: tuple[int, ...]
+    cache_dims: tuple[int, ...]
+    cache_strides: tuple[int, ...]
+    page_table_dims: tuple[int, ...]
+    max_seq_len_kv: int
+    ragged_dtype: str
+
+
+@dataclass
+class _BuiltGraph:
+    graph: Any
+    tensors: dict[str, Any]
+    workspace_bytes: int
+    build_s: float
+    engine: str = ""
+    """Who serves the selected plan: "cudnn backend", or the frontend's python engine by name."""
+
+
+_GRAPHS: dict[GraphKey, _BuiltGraph] = {}
+_HANDLES: dict[int, Any] = {}
+
+
+def _cudnn_types(cudnn) -> dict[Any, Any]:
+    return {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF,
+            torch.int32: cudnn.data_type.INT32, torch.int64: cudnn.data_type.INT64}
+
+
+def _handle(cudnn, device: torch.device) -> Any:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _HANDLES:
+        with torch.cuda.device(index):
+            _HANDLES[index] = cudnn.create_handle()
+    return _HANDLES[index]
+
+
+def _is_cudnn_refusal(error: BaseException) -> bool:
+    """cuDNN's own refusals (status errors, not-supported) as opposed to bugs in this adapter."""
+    if isinstance(error, (TypeError, AttributeError, NameError, KeyError)):
+        return False
+    text = f"{type(error).__module__}.{type(error).__name__}: {error}"
+    return "cudnn" in text.lower() or "CUDNN_STATUS" in text
+
+
+def refusal_reason(stage: str, error: BaseException) -> str:
+    """cuDNN's refusal, its backend's own words first: frontends that also try python engines wrap the
+    backend's message as "... (the backend declined: <message>; python engines declined: ...)"."""
+    message = " ".join(str(error).split())
+    marker = "the backend declined:"
+    if marker in message:
+        backend = message.split(marker, 1)[1].split("; python engines declined", 1)[0].rstrip(")").strip()
+        return f"cuDNN backend ({stage}): {backend} [{type(error).__name__}: {message}]"
+    return f"cuDNN {stage}: {type(error).__name__}: {message}"
+
+
+def _sdpa(cudnn, graph, q, k, v, *, scale: float, causal: bool, seq_q, seq_kv, table_k, table_v,
+          max_seq_len_kv: int):
+    options: dict[str, Any] = dict(
+        name="paged_sdpa", attn_scale=scale, use_padding_mask=True, seq_len_q=seq_q, seq_len_kv=seq_kv,
+        paged_attention_k_table=table_k, paged_attention_v_table=table_v,
+        paged_attention_max_seq_len_kv=max_seq_len_kv,
+    )
+    if causal:
+        options.update(diagonal_alignment=cudnn.diagonal_alignment.BOTTOM_RIGHT, diagonal_band_right_bound=0)
+    try:
+        return graph.sdpa(q=q, k=k, v=v, generate_stats=False, **options)
+    except TypeError:  # frontends before generate_stats: the deprecated spelling
+        return graph.sdpa(q=q, k=k, v=v, is_inference=True, **options)
+
+
+def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
+    types = _cudnn_types(cudnn)
+    io_type = types[{"bf16": torch.bfloat16, "fp16": torch.float16}[key.dtype]]
+    started = time.perf_counter()
+    graph = cudnn.pygraph(io_data_type=io_type, intermediate_data_type=cudnn.data_type.FLOAT,
+                          compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+    batch = key.q_dims[0]
+    int32 = cudnn.data_type.INT32
+    t: dict[str, Any] = {}
+    t["q"] = graph.tensor(name="q", dim=list(key.q_dims), stride=list(key.q_strides), data_type=io_type)
+    t["k"] = graph.tensor(name="k_cache", dim=list(key.cache_dims), stride=list(key.cache_strides), data_type=io_type)
+    t["v"] = graph.tensor(name="v_cache", dim=list(key.cache_dims), stride=list(key.cache_strides), data_type=io_type)
+    table_dims = list(key.page_table_dims)
+    table_strides = [table_dims[2], table_dims[2], 1, 1]
+    t["table_k"] = graph.tensor(name="page_table_k", dim=table_dims, stride=table_strides, data_type=int32)
+    t["table_v"] = graph.tensor(name="page_table_v", dim=table_dims, stride=table_strides, data_type=int32)
+    t["seq_q"] = graph.tensor(name="seq_len_q", dim=[batch, 1, 1, 1], stride=[1, 1, 1, 1], data_type=int32)
+    t["seq_kv"] = graph.tensor(name="seq_len_kv", dim=[batch, 1, 1, 1], stride=[1, 1, 1, 1], data_type=int32)
+    if ragged:
+        ragged_type = types[{"int32": torch.int32, "int64": torch.int64}[key.ragged_dtype]]
+        t["q_offsets"] = graph.tensor(name="q_ragged_offsets", dim=[batch + 1, 1, 1, 1], stride=[1, 1, 1, 1],
+                                      data_type=ragged_type)
+        t["o_offsets"] = graph.tensor(name="o_ragged_offsets", dim=[batch + 1, 1, 1, 1], stride=[1, 1, 1, 1],
+                                      data_type=ragged_type)
+        t["q"].set_ragged_offset(t["q_offsets"])
+    o, _ = _sdpa(cudnn, graph, t["q"], t["k"], t["v"], scale=key.scale, causal=key.causal, seq_q=t["seq_q"],
+                 seq_kv=t["seq_kv"], table_k=t["table_k"], table_v=t["table_v"], max_seq_len_kv=key.max_seq_len_kv)
+    o.set_output(True).set_dim(list(key.q_dims)).set_stride(list(key.q_strides)).set_data_type(io_type)
+    if ragged:
+        o.set_ragged_offset(t["o_offsets"])
+    t["o"] = o
+    stage = "validate"
+    try:
+        graph.validate()
+        stage = "build_operation_graph"
+        graph.build_operation_graph()
+        stage = "create_execution_plans"
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        stage = "check_support"
+        graph.check_support()
+        stage = "build_plans"
+        graph.build_plans()
+    except Exception as error:  # noqa: BLE001 - cuDNN's refusal is the capability answer
+        if _is_cudnn_refusal(error):
+            raise Unsupported(refusal_reason(stage, error)) from error
+        raise
+    return _BuiltGraph(graph=graph, tensors=t, workspace_bytes=int(graph.get_workspace_size()),
+                       build_s=time.perf_counter() - started, engine=_engine_name(graph))
+
+
+def _engine_name(graph) -> str:
+    """Frontends from 1.2x may serve a graph with their own python engines instead of the backend."""
+    try:
+        engine = getattr(graph, "selected_engine", None)
+    except Exception as error:  # noqa: BLE001 - informational only
+        return f"unknown ({type(error).__name__})"
+    return "cudnn backend" if engine is None else str(getattr(engine, "name", engine))
+
+
+def _graph(cudnn, key: GraphKey, device: torch.device, *, ragged: bool) -> tuple[_BuiltGraph, bool]:
+    """The cached graph for ``key`` (built now if new) and whether it was cached."""
+    built = _GRAPHS.get(key)
+    if built is not None:
+        return built, True
+    built = _build(cudnn, key, _handle(cudnn, device), ragged=ragged)
+    _GRAPHS[key] = built
+    return built, False
+
+
+def _make_run(cudnn, built: _BuiltGraph, pack: dict[Any, torch.Tensor], workspace: torch.Tensor,
+              device: torch.device, result: torch.Tensor):
+    handle = _handle(cudnn, device)
+    bound_stream: list[int | None] = [None]
+
+    def run() -> torch.Tensor:
+        stream = torch.cuda.current_stream(device).cuda_stream
+        if stream != bound_stream[0]:  # host-side call, no sync: keep the handle on torch's stream
+            cudnn.set_stream(handle=handle, stream=stream)
+            bound_stream[0] = stream
+        built.graph.execute(pack, workspace, handle=handle)
+        return result
+
+    return run
+
+
+def _versions() -> dict[str, str]:
+    try:
+        import cudnn
+    except Exception as error:  # noqa: BLE001
+        return {"cudnn": f"not importable ({type(error).__name__})"}
+    backend = int(cudnn.backend_version())
+    return {"cudnn_backend": f"{backend // 10000}.{backend % 10000 // 100}.{backend % 100}",
+            "cudnn_frontend": str(getattr(cudnn, "__version__", "?"))}
+
+
+def _available(device: torch.device) -> tuple[bool, str]:
+    if device.type != "cuda":
+        return False, "cuDNN SDPA runs on CUDA devices only"
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    try:
+        import cudnn  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - any import failure is the reason
+        return False, f"cannot import cudnn (nvidia-cudnn-frontend): {type(error).__name__}: {error}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return False, f"cuDNN SDPA needs SM80 or newer (this GPU is SM{major}{minor})"
+    return True, ""
+
+
+def _supports(spec: BatchSpec) -> tuple[bool, str]:
+    if spec.dtype not in ("bf16", "fp16"):
+        return False, f"cuDNN SDPA takes fp16/bf16 (or fp8) inputs, not {spec.dtype}"
+    if spec.page_size & (spec.page_size - 1):
+        return False, f"cuDNN paged attention needs a power-of-two page size (got {spec.page_size})"
+    return True, ""
+
+
+@register
+class CudnnSdpaAdapter(Adapter):
+    """cuDNN SDPA, packed Q/O with ragged offsets over the NHD paged cache (module docstring)."""
+
+    name = "cudnn"
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        return _available(torch.device(device))
+
+    def supports(self, spec: BatchSpec) -> tuple[bool, str]:
+        return _supports(spec)
+
+    def versions(self) -> dict[str, str]:
+        return _versions()
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        import cudnn
+
+        spec, device = batch.spec, batch.device
+        layout = cudnn_layout(spec)
+        key = GraphKey(
+            variant="packed", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
+            q_dims=layout.q_dims, q_strides=layout.q_strides, cache_dims=layout.cache_dims,
+            cache_strides=layout.cache_strides, page_table_dims=layout.page_table_dims,
+            max_seq_len_kv=layout.max_seq_len_kv, ragged_dtype=str(layout.ragged_dtype).removeprefix("torch."),
+        )
+        built, cached = _graph(cudnn, key, device, ragged=True)
+        q_buffer = padded_rows(batch.q, layout.pad_rows)
+        o_buffer = torch.zeros_like(q_buffer)
+        offsets = ragged_offsets(batch.cu_seqlens_q, spec.num_q_heads, spec.head_dim, layout.ragged_dtype)
+        q_lens = batch.cu_seqlens_q[1:] - batch.cu_seqlens_q[:-1]
+        seq_q, seq_kv = seq_len_tensors(q_lens, batch.kv_lens)
+        table = page_table_view(batch.block_table, layout.max_pages)
+        t = built.tensors
+        pack = {
+            t["q"]: q_buffer, t["k"]: cache_view(batch.k_cache), t["v"]: cache_view(batch.v_cache),
+            t["table_k"]: table, t["table_v"]: table, t["seq_q"]: seq_q, t["seq_kv"]: seq_kv,
+            t["q_offsets"]: offsets, t["o_offsets"]: offsets, t["o"]: o_buffer,
+        }
+        workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
+        out = o_buffer[: spec.total_q]
+        return Prepared(
+            run=_make_run(cudnn, built, pack, workspace, device, out), out=out,
+            notes={"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached,
+                   "graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages,
+                   "workspace_bytes": built.workspace_bytes, "cudnn_engine": built.engine},
+        )
+
+
+@register
+class CudnnTRowsAdapter(Adapter):
+    """Probe only: Q declared with one "batch" per token (B' = T, S_q = 1) against the B-row page table,
+    as users first write it; the capability matrix records cuDNN's answer (docs/backends.md: refused
+    with ``pageTableKDim[0] != b``)."""
+
+    name = "cudnn-trows"
+    in_sweep = False
+    q_layout = "T-row"
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        return _available(torch.device(device))
+
+    def supports(self, spec: BatchSpec) -> tuple[bool, str]:
+        return _supports(spec)
+
+    def versions(self) -> dict[str, str]:
+        return _versions()
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        import cudnn
+
+        spec, device = batch.spec, batch.device
+        layout = cudnn_layout(spec)
+        args = trow_arguments(spec, batch.block_table)
+        key = GraphKey(
+            variant="t-rows", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
+            q_dims=args.q_dims, q_strides=args.q_strides, cache_dims=layout.cache_dims,
+            cache_strides=layout.cache_strides, page_table_dims=tuple(args.page_table.shape),
+            max_seq_len_kv=spec.max_pages * spec.page_size, ragged_dtype="none",
+        )
+        built, cached = _graph(cudnn, key, device, ragged=False)
+        out = torch.zeros_like(batch.q)
+        t = built.tensors
+        pack = {
+            t["q"]: batch.q.view(args.q_dims), t["k"]: cache_view(batch.k_cache), t["v"]: cache_view(batch.v_cache),
+            t["table_k"]: args.page_table, t["table_v"]: args.page_table, t["seq_q"]: args.seq_len_q,
+            t["seq_kv"]: args.seq_len_kv, t["o"]: out.view(args.q_dims),
+        }
+        workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
+        return Prepared(run=_make_run(cudnn, built, pack, workspace, device, out), out=out,
+                        notes={"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached,
+                               "cudnn_engine": built.engine})

@@ -1,0 +1,300 @@
+"""The capability matrix: every adapter (probe-only variants included) through the correctness gate
+on a small base case, varying one layout feature at a time.
+
+`FEATURES` is the one list of what is probed: (feature, value, overrides of the base case). The base
+case is `BASE_GRAMMAR` with `BASE_FIELDS`. A backend that cannot run the base page size (flash-attn 2:
+multiples of 256 only) is probed on the other features at the smallest page size it passed, so its
+matrix says more than "page size" on every row; the row's ``case`` column names the exact case.
+Probe-only adapters (``in_sweep = False``, e.g. cuDNN with a T-row Q) answer the ``q_layout`` row only.
+
+    python -m harness.capability [--device cuda] [--out results/capability/x.csv] [--adapters a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+
+from adapters.base import Adapter, discover
+from adapters.batch import BatchSpec, PagedBatch, make_batch
+from adapters.reference import reference_attention
+from harness.gate import GateResult, run_gate
+
+BASE_GRAMMAR = "2q1c100_2q37c60"
+"""Mixed: two decodes with 100 tokens of context, two 37-token prefills after 60 tokens of context."""
+BASE_FIELDS: dict[str, Any] = dict(page_size=16, num_q_heads=8, num_kv_heads=2, head_dim=128, dtype="bf16",
+                                   causal=True, seed=0)
+THD, T_ROW = "THD", "T-row"
+
+FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("page_size", "1", {"page_size": 1}),
+    ("page_size", "8", {"page_size": 8}),
+    ("page_size", "16", {"page_size": 16}),
+    ("page_size", "64", {"page_size": 64}),
+    ("page_size", "128", {"page_size": 128}),
+    ("page_size", "256", {"page_size": 256}),
+    ("head_dim", "64", {"head_dim": 64}),
+    ("head_dim", "128", {"head_dim": 128}),
+    ("head_dim", "256", {"head_dim": 256}),
+    ("gqa", "1:1", {"num_q_heads": 8, "num_kv_heads": 8}),
+    ("gqa", "4:1", {"num_q_heads": 8, "num_kv_heads": 2}),
+    ("gqa", "8:1", {"num_q_heads": 16, "num_kv_heads": 2}),
+    ("gqa", "MQA", {"num_q_heads": 8, "num_kv_heads": 1}),
+    ("causal", "causal", {"causal": True}),
+    ("causal", "non-causal", {"causal": False}),
+    ("kind", "decode", {"grammar": "4q1c200"}),
+    ("kind", "prefill", {"grammar": "2q128c0_2q60c40"}),
+    ("kind", "mixed", {"grammar": BASE_GRAMMAR}),
+    ("dtype", "bf16", {"dtype": "bf16"}),
+    ("dtype", "fp16", {"dtype": "fp16"}),
+    ("q_layout", THD, {}),
+    ("q_layout", T_ROW, {}),
+)
+"""(feature, value, overrides): each row changes the base case by its overrides only. ``grammar``
+replaces the batch string; ``q_layout`` is how the adapter declares Q (its ``q_layout`` attribute,
+THD unless it says otherwise) and selects the adapters that answer the row."""
+
+COLUMNS = ("backend", "feature", "value", "verdict", "reason", "rel_l2", "max_abs", "case", "versions", "device")
+REASON_CHARS = 300
+DEFAULT_DIR = Path("results/capability")
+
+
+def case_spec(overrides: dict[str, Any], page_size: int | None = None) -> BatchSpec:
+    """The base case with ``overrides`` applied (``page_size`` replaces the base page size unless the
+    overrides set one)."""
+    fields = dict(BASE_FIELDS)
+    if page_size is not None:
+        fields["page_size"] = page_size
+    fields.update({k: v for k, v in overrides.items() if k != "grammar"})
+    return BatchSpec.from_grammar(overrides.get("grammar", BASE_GRAMMAR), **fields)
+
+
+def adapter_q_layout(adapter: Adapter) -> str:
+    return getattr(adapter, "q_layout", THD)
+
+
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """The first meaningful line of an error text, whitespace collapsed, at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _versions(adapter: Adapter) -> str:
+    try:
+        versions = adapter.versions()
+    except Exception as error:  # noqa: BLE001 - a broken version query must not lose the row
+        versions = {"error": one_line(f"{type(error).__name__}: {error}", 120)}
+    return json.dumps(versions, sort_keys=True)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def short_device_name(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA GeForce RTX 4090' -> 'rtx4090', 'cpu' -> 'cpu'."""
+    match = re.search(r"\b(RTX\s?\d{4}\w*|[A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
+    text = match.group(1) if match else name
+    return re.sub(r"[^a-z0-9]+", "", text.lower()) or "device"
+
+
+class _Cases:
+    """Batches and references by spec, built once per probe and shared by every adapter."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._cache: dict[BatchSpec, tuple[PagedBatch, torch.Tensor]] = {}
+
+    def get(self, spec: BatchSpec) -> tuple[PagedBatch, torch.Tensor]:
+        if spec not in self._cache:
+            batch = make_batch(spec, self.device)
+            self._cache[spec] = (batch, reference_attention(batch))
+        return self._cache[spec]
+
+
+def _gate(adapter: Adapter, spec: BatchSpec, cases: _Cases) -> GateResult:
+    try:
+        batch, reference = cases.get(spec)
+    except Exception as error:  # noqa: BLE001 - e.g. oom while building the inputs
+        return GateResult("error", f"building the case: {type(error).__name__}: {error}")
+    result, prepared = run_gate(adapter, batch, reference)
+    del prepared
+    return result
+
+
+def _row(adapter: Adapter, feature: str, value: str, result: GateResult, spec: BatchSpec | None,
+         versions: str, device: str) -> dict[str, Any]:
+    return {"backend": adapter.name, "feature": feature, "value": value, "verdict": result.verdict,
+            "reason": one_line(result.reason), "rel_l2": result.rel_l2, "max_abs": result.max_abs,
+            "case": spec.describe() if spec else "", "versions": versions, "device": device}
+
+
+def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict]]:
+    """The feature rows one adapter answers: probe-only adapters just their own q_layout row."""
+    layout = adapter_q_layout(adapter)
+    rows = []
+    for feature, value, overrides in features:
+        if feature == "q_layout":
+            if value == layout:
+                rows.append((feature, value, overrides))
+        elif adapter.in_sweep:
+            rows.append((feature, value, overrides))
+    return rows
+
+
+def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress: bool = True,
+          features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES) -> pd.DataFrame:
+    """Run every adapter over ``features``; one row per (backend, feature, value) with `COLUMNS`."""
+    device = torch.device(device)
+    dev_name = device_name(device)
+    cases = _Cases(device)
+    plan = {name: _rows_for(adapter, features) for name, adapter in adapters.items()}
+    total = sum(len(rows) for rows in plan.values())
+    bar = _progress(total, progress)
+    out: list[dict[str, Any]] = []
+    for name, adapter in adapters.items():
+        versions = _versions(adapter)
+        try:
+            available, why = adapter.available(device)
+        except Exception as error:  # noqa: BLE001
+            available, why = False, f"available() raised {type(error).__name__}: {error}"
+        if not available:
+            skipped = GateResult("skipped", why or "not available")
+            for feature, value, _ in plan[name]:
+                out.append(_row(adapter, feature, value, skipped, None, versions, dev_name))
+                bar.update(1)
+            continue
+        results: dict[BatchSpec, GateResult] = {}
+
+        def answer(spec: BatchSpec) -> GateResult:
+            if spec not in results:
+                bar.set_postfix_str(f"{name}: {spec.describe()}"[:60])
+                results[spec] = _gate(adapter, spec, cases)
+            return results[spec]
+
+        rows = plan[name]
+        page_rows = [r for r in rows if r[0] == "page_size"]
+        for feature, value, overrides in page_rows:
+            spec = case_spec(overrides)
+            out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
+            bar.update(1)
+        base_page = BASE_FIELDS["page_size"]
+        passed = sorted(int(v) for f, v, o in page_rows if answer(case_spec(o)).ok)
+        if page_rows and base_page not in passed and passed:
+            base_page = passed[0]
+        for feature, value, overrides in rows:
+            if feature == "page_size":
+                continue
+            spec = case_spec(overrides, page_size=base_page)
+            out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+    bar.close()
+    return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="capability", unit="cell", file=sys.stderr, dynamic_ncols=True)
+
+
+def version_tag(df: pd.DataFrame) -> str:
+    """A short file-name tag of the versions in ``df``, e.g. 'cudnn9.19.0_flash-attn2.8.3_torch2.11.0'."""
+    merged: dict[str, str] = {}
+    for text in df["versions"].dropna().unique():
+        try:
+            merged.update(json.loads(text))
+        except (TypeError, ValueError):
+            continue
+    parts = []
+    for key, label in (("cudnn_backend", "cudnn"), ("flash_attn", "fa"), ("torch", "torch"), ("triton", "triton")):
+        value = merged.get(key, "")
+        if value and not value.startswith("not importable"):
+            parts.append(f"{label}{value.split('+')[0]}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts))
+
+
+def default_path(df: pd.DataFrame, directory: Path | str = DEFAULT_DIR) -> Path:
+    """results/capability/capability-<gpu short name>-<version tag>.csv"""
+    device = df["device"].iloc[0] if len(df) else "device"
+    tag = version_tag(df)
+    return Path(directory) / f"capability-{short_device_name(device)}{'-' + tag if tag else ''}.csv"
+
+
+def write_capability(df: pd.DataFrame, path: Path | str | None = None) -> Path:
+    path = Path(path) if path else default_path(df)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path
+
+
+def read_capability(path: Path | str) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"value": str, "reason": str, "case": str, "versions": str},
+                     keep_default_na=False, na_values={"rel_l2": [""], "max_abs": [""]})
+    return df[[c for c in COLUMNS if c in df.columns]]
+
+
+def summary(df: pd.DataFrame) -> str:
+    """Backends as columns, feature=value as rows, verdicts as cells (for the terminal)."""
+    table = df.assign(cell=df["feature"] + "=" + df["value"].astype(str))
+    pivot = table.pivot_table(index="cell", columns="backend", values="verdict", aggfunc="first", sort=False)
+    return pivot.fillna("").to_string()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="CSV path (default: results/capability/capability-<gpu>-<versions>.csv)")
+    parser.add_argument("--adapters", default="", help="comma-separated adapter names (default: all registered)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    adapters = discover()
+    if args.adapters:
+        wanted = [name.strip() for name in args.adapters.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in adapters]
+        if unknown:
+            parser.error(f"unknown adapters {unknown}; known: {', '.join(adapters)}")
+        adapters = {name: adapters[name] for name in wanted}
+    df = probe(adapters, args.device, progress=not args.no_progress)
+    path = write_capability(df, args.out)
+    print(summary(df))
+    skipped = df[df["verdict"] == "skipped"].drop_duplicates("backend")
+    for row in skipped.itertuples():
+        print(f"skipped {row.backend}: {row.reason}")
+    declined = df[~df["verdict"].isin(["ok", "skipped"])]
+    if len(declined):
+        print("\nnot ok:")
+        for row in declined.itertuples():
+            cell = f"{row.feature}={row.value}"
+            print(f"  {row.backend:12s} {cell:20s} {row.verdict:11s} {row.reason[:200]}")
+    print(f"\nwrote {path} ({len(df)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""GPU checks of the backend adapters: each passes the gate (ok, or unsupported with a reason) on the
+capability features, bf16 and fp16; the cuDNN T-row probe is never silently wrong. Skips cleanly
+without CUDA (tests/conftest.py) or without a backend's library (its available() reason)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters.base import discover
+from adapters.batch import BatchSpec, make_batch
+from adapters.reference import reference_attention
+from harness.capability import FEATURES, T_ROW, case_spec
+from harness.gate import run_gate
+
+pytestmark = pytest.mark.gpu
+
+ADAPTERS = ("cudnn", "flash-attn2", "flex-paged", "sdpa-gather")
+
+
+BASE_PAGE = {"flash-attn2": 256}
+"""Adapters probed at another base page size (flash-attn 2 takes multiples of 256 only), so that their
+other features are checked too."""
+
+
+def _grid() -> list[tuple[str, str, BatchSpec]]:
+    """Per adapter, the capability features (one change from the base case each) in bf16 and in fp16,
+    deduplicated."""
+    grid = []
+    for name in ADAPTERS:
+        cases: dict[BatchSpec, str] = {}
+        for feature, value, overrides in FEATURES:
+            if feature == "q_layout":
+                continue
+            for dtype in ("bf16", "fp16"):
+                spec = case_spec(dict(overrides, dtype=overrides.get("dtype", dtype)), page_size=BASE_PAGE.get(name))
+                cases.setdefault(spec, f"{feature}={value}-{spec.dtype}-p{spec.page_size}")
+        grid.extend((name, label, spec) for spec, label in cases.items())
+    return grid
+
+
+GRID = _grid()
+_INPUTS: dict[BatchSpec, tuple] = {}
+
+
+def _inputs(spec: BatchSpec):
+    if spec not in _INPUTS:
+        if len(_INPUTS) > 8:
+            _INPUTS.clear()
+        batch = make_batch(spec, "cuda")
+        _INPUTS[spec] = (batch, reference_attention(batch))
+    return _INPUTS[spec]
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return discover()
+
+
+def _adapter(adapters, name):
+    adapter = adapters[name]
+    ok, why = adapter.available(torch.device("cuda"))
+    if not ok:
+        pytest.skip(f"{name} not available: {why}")
+    return adapter
+
+
+@pytest.mark.parametrize("name,label,spec", GRID, ids=[f"{name}-{label}" for name, label, _ in GRID])
+def test_gate_ok_or_declined(adapters, name, label, spec):
+    adapter = _adapter(adapters, name)
+    batch, reference = _inputs(spec)
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict in ("ok", "unsupported"), f"{name} {spec.describe()}: {result.verdict}: {result.reason}"
+    if result.verdict == "unsupported":
+        assert result.reason, f"{name} declined {spec.describe()} without a reason"
+
+
+def test_flash_attn_declines_small_pages_in_its_words(adapters):
+    adapter = _adapter(adapters, "flash-attn2")
+    batch, reference = _inputs(case_spec({"page_size": 16}))
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict == "unsupported"
+    assert "Paged KV cache block size must be divisible by 256" in result.reason
+
+
+def test_flash_attn_decode_picks_an_entry_point(adapters):
+    adapter = _adapter(adapters, "flash-attn2")
+    batch, reference = _inputs(case_spec({"grammar": "4q1c200"}, page_size=256))
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict == "ok", result.reason
+    assert result.notes["entry_point"] in ("flash_attn_varlen_func", "flash_attn_with_kvcache")
+    assert set(result.notes["entry_point_us"]) == {"flash_attn_varlen_func", "flash_attn_with_kvcache"}
+
+
+def test_cudnn_reuses_graphs_across_batches_of_one_bucket(adapters):
+    adapter = _adapter(adapters, "cudnn")
+    first = case_spec({"grammar": "2q1c100_2q37c60"})
+    second = case_spec({"grammar": "2q1c105_2q40c60"})  # same B, pool, S_q bucket (64) and table bucket (8)
+    assert first.num_pages == second.num_pages
+    for spec, cached in ((first, None), (second, True)):
+        batch, reference = _inputs(spec)
+        result, _ = run_gate(adapter, batch, reference)
+        assert result.verdict == "ok", result.reason
+        if cached is not None:
+            assert result.notes["graph_cached"] is cached
+
+
+def test_cudnn_trow_q_is_never_silently_wrong(adapters):
+    adapter = _adapter(adapters, "cudnn-trows")
+    assert adapter.q_layout == T_ROW and not adapter.in_sweep
+    batch, reference = _inputs(case_spec({}))
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict in ("unsupported", "ok"), f"{result.verdict}: {result.reason}"
+    if result.verdict == "unsupported":  # cuDNN 9.19: "pageTableDesc.getDimA()[0] != B ... CUDNN_STATUS_BAD_PARAM"
+        assert "pageTable" in result.reason or "CUDNN_STATUS" in result.reason, result.reason

@@ -1,0 +1,360 @@
+"""CPU checks of the backend adapters: the argument builders against hand-computed values (cuDNN
+dims/strides/ragged offsets, flash-attn cumulative kv lengths, Flex page mapping and block mask), the
+adapters that run on the CPU (sdpa-gather, flex-paged) through the gate, and discovery without GPU
+libraries. Needs no GPU, cudnn or flash_attn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from adapters.base import discover
+from adapters.batch import BatchSpec, make_batch
+from adapters.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_layout, next_power_of_two, padded_rows,
+                                 page_table_view, ragged_offsets, refusal_reason, seq_len_tensors, trow_arguments)
+from adapters.flash_attn2 import FlashAttn2Adapter, cumulative_kv_lengths, decode_query_view, is_pure_decode
+from adapters.flex_paged import (FlexPagedAdapter, _smaller_tile, document_ids, logical_page_table, make_mask_mod,
+                                 paged_block_mask_indices, physical_to_logical, query_positions)
+from adapters.reference import reference_attention
+from adapters.sdpa_gather import SdpaGatherAdapter, mask_kind
+from harness.gate import run_gate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# q_lens (1, 3), kv_lens (5, 20), page 4, Hq 4, Hkv 2, D 8:
+# pages per sequence (2, 5) -> 7 owned, pool 1 + 7 + ceil(7 / 4) = 10 pages; T = 4.
+SMALL = BatchSpec(q_lens=(1, 3), kv_lens=(5, 20), page_size=4, num_q_heads=4, num_kv_heads=2, head_dim=8,
+                  dtype="fp32")
+
+
+# ---------------------------------------------------------------------------------------------- cuDNN
+
+def test_next_power_of_two():
+    assert [next_power_of_two(n) for n in (0, 1, 2, 3, 4, 5, 37, 64, 65)] == [1, 1, 2, 4, 4, 8, 64, 64, 128]
+
+
+def test_cudnn_layout_dims_and_strides_by_hand():
+    layout = cudnn_layout(SMALL)
+    assert layout.s_q == 4                        # longest query 3, bucketed
+    assert layout.max_pages == 8                  # 5 pages, bucketed
+    assert layout.q_dims == (2, 4, 4, 8)          # [B, Hq, S_q, D]
+    assert layout.q_strides == (128, 8, 32, 1)    # [S_q*Hq*D, D, Hq*D, 1]
+    assert layout.o_dims == layout.q_dims and layout.o_strides == layout.q_strides
+    assert layout.cache_dims == (10, 2, 4, 8)     # (num_pages, Hkv, page, D)
+    assert layout.cache_strides == (64, 8, 16, 1)  # (page*Hkv*D, D, Hkv*D, 1)
+    assert layout.page_table_dims == (2, 1, 8, 1)
+    assert layout.page_table_strides == (8, 8, 1, 1)
+    assert layout.seq_len_dims == (2, 1, 1, 1)
+    assert layout.ragged_dims == (3, 1, 1, 1)
+    assert layout.max_seq_len_kv == 32            # max_pages * page_size
+    assert layout.pad_rows == 4
+    assert layout.ragged_dtype == torch.int32
+    # many short queries and one long: the buffers cover the declared B * S_q rows (4 * 64 = 256 > 43 + 64)
+    wide = cudnn_layout(BatchSpec(q_lens=(1, 1, 1, 40), kv_lens=(9, 9, 9, 50), page_size=4, num_q_heads=4,
+                                  num_kv_heads=2, head_dim=8))
+    assert wide.s_q == 64 and wide.pad_rows == 256 - 43
+
+
+def test_cudnn_ragged_offsets_are_elements():
+    cu = torch.tensor([0, 1, 4], dtype=torch.int32)
+    offsets = ragged_offsets(cu, heads=4, head_dim=8)
+    assert offsets.shape == (3, 1, 1, 1) and offsets.dtype == torch.int32
+    assert offsets.flatten().tolist() == [0, 32, 128]  # tokens * Hq * D
+    assert ragged_offsets(cu, 4, 8, torch.int64).dtype == torch.int64
+
+
+def test_cudnn_declared_q_addresses_the_packed_rows():
+    """Element (b, h, s, d) of the declared Q (ragged offset + strides) is row cu[b] + s of the packed q."""
+    batch = make_batch(SMALL)
+    layout = cudnn_layout(SMALL)
+    buffer = padded_rows(batch.q, layout.pad_rows).flatten()
+    assert buffer.numel() == (SMALL.total_q + layout.pad_rows) * 4 * 8
+    assert torch.all(buffer[SMALL.total_q * 32:] == 0)
+    offsets = ragged_offsets(batch.cu_seqlens_q, 4, 8).flatten().tolist()
+    _, stride_h, stride_s, stride_d = layout.q_strides
+    for b, q_len in enumerate(SMALL.q_lens):
+        for s in range(q_len):
+            for h in range(4):
+                start = offsets[b] + s * stride_s + h * stride_h
+                row = int(batch.cu_seqlens_q[b]) + s
+                assert torch.equal(buffer[start: start + 8 * stride_d: stride_d], batch.q[row, h])
+
+
+def test_cudnn_page_table_and_seq_lens():
+    block_table = torch.tensor([[3, 7, 0, 0, 0], [1, 2, 4, 5, 6]], dtype=torch.int32)
+    table = page_table_view(block_table, 8)
+    assert table.shape == (2, 1, 8, 1) and table.dtype == torch.int32
+    assert table[:, 0, :, 0].tolist() == [[3, 7, 0, 0, 0, 0, 0, 0], [1, 2, 4, 5, 6, 0, 0, 0]]
+    assert table.stride() == (8, 8, 1, 1)
+    with pytest.raises(ValueError):
+        page_table_view(block_table, 4)
+    seq_q, seq_kv = seq_len_tensors(torch.tensor([1, 3]), torch.tensor([5, 20]))
+    assert seq_q.shape == seq_kv.shape == (2, 1, 1, 1)
+    assert seq_q.dtype == seq_kv.dtype == torch.int32
+    assert seq_q.flatten().tolist() == [1, 3] and seq_kv.flatten().tolist() == [5, 20]
+
+
+def test_cudnn_cache_view_is_hnd_by_strides():
+    batch = make_batch(SMALL)
+    view = cache_view(batch.k_cache)
+    assert tuple(view.shape) == cudnn_layout(SMALL).cache_dims
+    assert view.stride() == cudnn_layout(SMALL).cache_strides
+    assert view.data_ptr() == batch.k_cache.data_ptr()  # no copy
+    assert torch.equal(view[3, 1, 2], batch.k_cache[3, 2, 1])  # [page, head, slot] == NHD [page, slot, head]
+
+
+def test_cudnn_trow_arguments():
+    block_table = torch.tensor([[3, 7, 0, 0, 0], [1, 2, 4, 5, 6]], dtype=torch.int32)
+    args = trow_arguments(SMALL.replace(causal=True), block_table)
+    assert args.q_dims == (4, 4, 1, 8) and args.q_strides == (32, 8, 32, 1)
+    assert args.seq_len_q.flatten().tolist() == [1, 1, 1, 1]
+    assert args.seq_len_kv.flatten().tolist() == [5, 18, 19, 20]  # per token, bottom-right causal
+    assert tuple(args.page_table.shape) == (2, 1, 5, 1)            # B rows: what cuDNN refuses for B' = T
+    non_causal = trow_arguments(SMALL.replace(causal=False), block_table)
+    assert non_causal.seq_len_kv.flatten().tolist() == [5, 20, 20, 20]
+
+
+def test_cudnn_supports():
+    adapter = CudnnSdpaAdapter()
+    assert adapter.supports(SMALL.replace(dtype="bf16")) == (True, "")
+    ok, why = adapter.supports(SMALL.replace(dtype="bf16", page_size=12))
+    assert not ok and "power-of-two" in why
+    ok, why = adapter.supports(SMALL)
+    assert not ok and "fp32" in why
+
+
+def test_cudnn_refusal_reason_puts_the_backend_words_first():
+    # the text frontend 1.32 raised for the T-row Q on cuDNN 9.19 (H100), shortened
+    error = RuntimeError("no engine — python or backend — proposed a plan for this graph (the backend declined: "
+                         "pageTableDesc.getDimA()[0] != B, and code: CUDNN_STATUS_BAD_PARAM; python engines "
+                         "declined: sdpa_fwd_prefill_sm90: requires SM90-90)")
+    reason = refusal_reason("create_execution_plans", error)
+    assert reason.startswith("cuDNN backend (create_execution_plans): pageTableDesc.getDimA()[0] != B, and code: "
+                             "CUDNN_STATUS_BAD_PARAM [RuntimeError: no engine")
+    assert refusal_reason("validate", ValueError("bad")) == "cuDNN validate: ValueError: bad"
+
+
+# ------------------------------------------------------------------------------------------ flash-attn
+
+def test_flash_cumulative_kv_lengths_by_hand():
+    cu = cumulative_kv_lengths(torch.tensor([5, 20, 7], dtype=torch.int32))
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 5, 25, 32]
+
+
+def test_flash_decode_query_view():
+    q = torch.randn(3, 4, 8)
+    view = decode_query_view(q, 3)
+    assert view.shape == (3, 1, 4, 8) and view.data_ptr() == q.data_ptr()
+    assert torch.equal(view[2, 0], q[2])
+    with pytest.raises(ValueError):
+        decode_query_view(torch.randn(4, 4, 8), 3)
+    assert is_pure_decode(BatchSpec.from_grammar("3q1c10"))
+    assert not is_pure_decode(BatchSpec.from_grammar("3q1c10_1q2c0"))
+
+
+def test_flash_supports_in_its_own_words():
+    adapter = FlashAttn2Adapter()
+    base = BatchSpec.from_grammar("2q1c10", page_size=256, num_q_heads=8, num_kv_heads=2, head_dim=128)
+    assert adapter.supports(base) == (True, "")
+    ok, why = adapter.supports(base.replace(page_size=16))
+    assert not ok and "Paged KV cache block size must be divisible by 256" in why
+    ok, why = adapter.supports(base.replace(dtype="fp32"))
+    assert not ok and "fp16 and bf16" in why
+    # head dims a BatchSpec refuses to hold: supports() only reads the fields
+    ok, why = adapter.supports(SimpleNamespace(page_size=256, dtype="bf16", head_dim=512, num_q_heads=8, num_kv_heads=2))
+    assert not ok and "at most 256" in why
+    ok, why = adapter.supports(SimpleNamespace(page_size=256, dtype="bf16", head_dim=100, num_q_heads=8, num_kv_heads=2))
+    assert not ok and "multiple of 8" in why
+
+
+def test_flash_versions_carry_the_build_note(monkeypatch):
+    monkeypatch.setenv("FLASH_ATTN_BUILD_NOTE", "built here")
+    versions = FlashAttn2Adapter().versions()
+    assert versions["flash_attn_build"] == "built here" and "flash_attn" in versions
+
+
+# ------------------------------------------------------------------------------------------------ Flex
+
+def test_flex_documents_positions_and_page_maps_by_hand():
+    assert document_ids((2, 3)).tolist() == [0, 0, 1, 1, 1]
+    assert query_positions((2, 3), (5, 4)).tolist() == [3, 4, 1, 2, 3]
+    block_table = torch.tensor([[3, 1, 0], [2, 5, 4]], dtype=torch.int32)
+    p2l = physical_to_logical(block_table, (2, 3), 6)
+    assert p2l.tolist() == [[-1, 1, -1, 0, -1, -1], [-1, -1, 0, -1, 2, 1]]
+    assert logical_page_table(block_table, (2, 3), 6).tolist() == [[3, 1, -1, -1, -1, -1], [2, 5, 4, -1, -1, -1]]
+
+
+# q_lens (2, 3), kv_lens (5, 4), page 2: seq 0 owns pages [3, 1, 6], seq 1 pages [2, 5]; T = 5 rows:
+# rows 0-1 are seq 0 at positions 3, 4; rows 2-4 are seq 1 at positions 1, 2, 3. Query blocks of 4 rows.
+TINY = BatchSpec(q_lens=(2, 3), kv_lens=(5, 4), page_size=2, num_q_heads=2, num_kv_heads=1, head_dim=8, dtype="fp32")
+TINY_TABLE = torch.tensor([[3, 1, 6], [2, 5, 0]], dtype=torch.int32)
+
+
+def test_flex_block_mask_by_hand_causal():
+    indices = paged_block_mask_indices(TINY, TINY_TABLE, q_block=4)
+    assert indices.kv_num_blocks.shape == (1, 1, 2)
+    assert indices.kv_indices.shape == (1, 1, 2, TINY.num_pages)
+    # block 0 (rows 0-3) holds two sequences: every page partial; seq 1 rows 2-3 (positions 1-2) see pages 0-1
+    assert indices.lists(0) == ([3, 1, 6, 2, 5], [])
+    # block 1 (row 4, seq 1 at position 3) is one sequence and sees keys 0..3 = both pages entirely
+    assert indices.lists(1) == ([], [2, 5])
+
+
+def test_flex_block_mask_by_hand_non_causal():
+    indices = paged_block_mask_indices(TINY.replace(causal=False), TINY_TABLE, q_block=4)
+    assert indices.lists(0) == ([3, 1, 6, 2, 5], [])
+    assert indices.lists(1) == ([], [2, 5])
+    # a longer sequence: 4 queries after 3 tokens of context (kv 7, pages [4, 2, 5, 1]); blocks of 2 rows
+    spec = BatchSpec(q_lens=(4,), kv_lens=(7,), page_size=2, num_q_heads=1, num_kv_heads=1, head_dim=8, dtype="fp32")
+    table = torch.tensor([[4, 2, 5, 1]], dtype=torch.int32)
+    causal = paged_block_mask_indices(spec, table, q_block=2)
+    # rows 0-1 at positions 3-4: pages 0-1 (keys 0-3) visible to both -> full; page 2 (keys 4-5) partial
+    assert causal.lists(0) == ([5], [4, 2])
+    # rows 2-3 at positions 5-6: keys 0-5 visible to both -> pages 0-2 full; page 3 (key 6, 7 > kv) partial
+    assert causal.lists(1) == ([1], [4, 2, 5])
+    non_causal = paged_block_mask_indices(spec.replace(causal=False), table, q_block=2)
+    assert non_causal.lists(0) == ([1], [4, 2, 5])  # last page only half inside kv 7
+
+
+def test_flex_mask_mod_by_hand():
+    p2l = physical_to_logical(TINY_TABLE, TINY.pages_per_seq, TINY.num_pages)
+    mask = make_mask_mod(document_ids(TINY.q_lens), query_positions(TINY.q_lens, TINY.kv_lens), p2l,
+                         torch.tensor(TINY.kv_lens), TINY.page_size, causal=True)
+
+    def allowed(row: int, slot: int) -> bool:
+        return bool(mask(torch.tensor(0), torch.tensor(0), torch.tensor(row), torch.tensor(slot)))
+
+    assert allowed(4, 10) and allowed(4, 11)           # seq 1 page 5 = logical keys 2, 3 <= position 3
+    assert not allowed(2, 11)                          # row 2 (position 1) may not see key 3
+    assert not allowed(4, 12)                          # page 6 belongs to seq 0
+    assert not allowed(0, 12) and allowed(1, 12)       # key 4 of seq 0: position 3 no, position 4 yes
+    assert not allowed(1, 13)                          # key 5 of seq 0 is past kv_len 5
+    assert not allowed(0, 0)                           # the null page belongs to nobody
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_flex_block_mask_covers_exactly_the_mask(causal):
+    """Every pair the mask_mod allows lies in a listed page of its query block; full pages are fully allowed."""
+    spec = BatchSpec.from_grammar("2q1c13_1q9c5_1q20c0_1q3c30", page_size=4, num_q_heads=2, num_kv_heads=1,
+                                  head_dim=8, dtype="fp32", causal=causal)
+    batch = make_batch(spec)
+    q_block = 8
+    indices = paged_block_mask_indices(spec, batch.block_table, q_block=q_block)
+    p2l = physical_to_logical(batch.block_table, spec.pages_per_seq, spec.num_pages)
+    mask = make_mask_mod(document_ids(spec.q_lens), query_positions(spec.q_lens, spec.kv_lens), p2l,
+                         batch.kv_lens, spec.page_size, causal)
+    rows = torch.arange(spec.total_q)[:, None]
+    slots = torch.arange(spec.num_pages * spec.page_size)[None, :]
+    dense = mask(torch.tensor(0), torch.tensor(0), rows, slots)  # [T, N]
+    for block in range((spec.total_q + q_block - 1) // q_block):
+        partial, full = indices.lists(block)
+        assert not set(partial) & set(full)
+        block_rows = dense[block * q_block:(block + 1) * q_block].view(-1, spec.num_pages, spec.page_size)
+        needed = set(block_rows.any(dim=(0, 2)).nonzero().flatten().tolist())
+        assert needed <= set(partial) | set(full), f"block {block} misses pages {needed - set(partial) - set(full)}"
+        for page in full:
+            assert bool(block_rows[:, page].all()), f"block {block}: page {page} listed full but partly masked"
+
+
+def test_flex_shared_memory_ladder_keeps_the_tile_dividing_the_page():
+    def ladder(page, options):
+        steps = []
+        while (step := _smaller_tile(options, page)) is not None:
+            options.update(step)
+            steps.append(step)
+        return steps
+
+    assert ladder(64, {"FORCE_USE_FLEX_ATTENTION": True}) == [{"num_stages": 2}, {"BLOCK_N": 32}, {"BLOCK_N": 16}]
+    assert ladder(16, {"BLOCK_N": 16}) == [{"num_stages": 2}]
+    assert ladder(16, {"BLOCK_N": 16, "num_stages": 1}) == []
+
+
+# ------------------------------------------------------------------------------- adapters through the gate
+
+GATE_CASES = [
+    dict(text="2q1c100_2q37c60", page_size=16, heads=(8, 2), causal=True),
+    dict(text="3q1c50", page_size=1, heads=(4, 4), causal=True),
+    dict(text="1q150c10_2q20c0", page_size=64, heads=(8, 1), causal=True),
+    dict(text="2q9c30_1q1c7", page_size=8, heads=(8, 2), causal=False),
+]
+
+
+def _gate(adapter, case, dtype="fp32", head_dim=32):
+    spec = BatchSpec.from_grammar(case["text"], page_size=case["page_size"], num_q_heads=case["heads"][0],
+                                  num_kv_heads=case["heads"][1], head_dim=head_dim, dtype=dtype, causal=case["causal"])
+    batch = make_batch(spec)
+    result, _ = run_gate(adapter, batch, reference_attention(batch))
+    return result
+
+
+@pytest.mark.parametrize("case", GATE_CASES, ids=lambda c: f"{c['text']}-p{c['page_size']}")
+def test_sdpa_gather_passes_the_gate_on_cpu(case):
+    result = _gate(SdpaGatherAdapter(), case)
+    assert result.verdict == "ok", result.reason
+
+
+def test_sdpa_gather_bf16_on_cpu():
+    result = _gate(SdpaGatherAdapter(), GATE_CASES[0], dtype="bf16")
+    assert result.verdict == "ok", result.reason
+
+
+def test_sdpa_gather_mask_choice():
+    assert mask_kind(1, 50, True) == "none"
+    assert mask_kind(20, 20, True) == "causal"
+    assert mask_kind(20, 50, True) == "lower_right"
+    assert mask_kind(20, 50, False) == "none"
+
+
+@pytest.mark.parametrize("case", GATE_CASES, ids=lambda c: f"{c['text']}-p{c['page_size']}")
+def test_flex_eager_passes_the_gate_on_cpu(case):
+    result = _gate(FlexPagedAdapter(compile=False), case)
+    assert result.verdict == "ok", result.reason
+    assert result.notes["compiled"] is False
+
+
+def test_flex_compiled_passes_the_gate_on_cpu():
+    """The compiled kernel reads the block mask (eager ignores it): two query blocks, full and partial pages."""
+    case = dict(text="1q150c10_2q20c0", page_size=16, heads=(4, 2), causal=True)
+    result = _gate(FlexPagedAdapter(), case, head_dim=16)
+    assert result.verdict == "ok", result.reason
+    assert result.notes["compiled"] is True and result.notes["setup_s"] > 0
+
+
+# ------------------------------------------------------------------------------------------- discovery
+
+def test_every_adapter_imports_and_answers_available_on_cpu():
+    adapters = discover()
+    for name in ("cudnn", "cudnn-trows", "flash-attn2", "flex-paged", "sdpa-gather"):
+        assert name in adapters
+    assert adapters["cudnn-trows"].in_sweep is False
+    for name, adapter in adapters.items():
+        ok, why = adapter.available(torch.device("cpu"))
+        assert isinstance(ok, bool) and isinstance(why, str)
+        if not ok:
+            assert why, f"{name} is unavailable without a reason"
+        assert isinstance(adapter.versions(), dict)
+    assert adapters["sdpa-gather"].available(torch.device("cpu"))[0]
+    assert adapters["flex-paged"].available(torch.device("cpu"))[0]
+
+
+def test_discovery_is_silent_and_lazy():
+    """Importing every adapter prints nothing and loads no GPU library."""
+    code = textwrap.dedent("""
+        import sys
+        from adapters.base import discover
+        names = sorted(discover())
+        heavy = [m for m in ("cudnn", "flash_attn", "flash_attn_2_cuda") if m in sys.modules]
+        sys.stderr.write(repr((names, heavy)))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    names, heavy = eval(done.stderr)  # noqa: S307 - our own repr
+    assert heavy == []
+    assert {"cudnn", "cudnn-trows", "flash-attn2", "flex-paged", "sdpa-gather"} <= set(names)

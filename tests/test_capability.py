@@ -1,0 +1,108 @@
+"""The capability probe on the CPU: rows per (backend, feature, value), skipped and declined
+backends, the base-page fallback, and the CSV round trip."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from adapters.base import Adapter, Prepared, Unsupported
+from adapters.batch import BatchSpec, PagedBatch
+from adapters.sdpa_gather import SdpaGatherAdapter
+from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe,
+                                read_capability, short_device_name, write_capability)
+
+
+class _Missing(Adapter):
+    name = "missing"
+
+    def available(self, device):
+        return False, "library not installed"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        raise AssertionError("never prepared")
+
+
+class _BigPagesOnly(SdpaGatherAdapter):
+    """Runs only page sizes >= 64, like flash-attn 2 with 256."""
+
+    name = "big-pages"
+
+    def supports(self, spec: BatchSpec):
+        return (spec.page_size >= 64, "" if spec.page_size >= 64 else f"page size {spec.page_size} < 64")
+
+    def versions(self):
+        return {"torch": "9.9.9"}
+
+
+class _TRowProbe(Adapter):
+    name = "trow-probe"
+    in_sweep = False
+    q_layout = T_ROW
+
+    def available(self, device):
+        return True, ""
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        raise Unsupported("pageTableKDim[0] != b\nsecond line")
+
+
+SMALL_FEATURES = tuple(f for f in FEATURES if (f[0], f[1]) in {
+    ("page_size", "16"), ("page_size", "64"), ("kind", "decode"), ("causal", "non-causal"),
+    ("q_layout", THD), ("q_layout", T_ROW)})
+
+
+def test_feature_list_covers_the_issue():
+    values = {(feature, value) for feature, value, _ in FEATURES}
+    for page in (1, 8, 16, 64, 128, 256):
+        assert ("page_size", str(page)) in values
+    for expected in [("head_dim", "64"), ("head_dim", "128"), ("head_dim", "256"), ("gqa", "1:1"), ("gqa", "4:1"),
+                     ("gqa", "8:1"), ("gqa", "MQA"), ("causal", "causal"), ("causal", "non-causal"),
+                     ("kind", "decode"), ("kind", "prefill"), ("kind", "mixed"), ("dtype", "bf16"),
+                     ("dtype", "fp16"), ("q_layout", THD), ("q_layout", T_ROW)]:
+        assert expected in values
+    assert case_spec({"grammar": "4q1c200"}).kind == "decode"
+    assert case_spec({"grammar": "2q128c0_2q60c40"}).kind == "prefill"
+    assert case_spec({}).kind == "mixed"
+    assert case_spec({"num_q_heads": 16, "num_kv_heads": 2}).group_size == 8
+    assert case_spec({"num_q_heads": 8, "num_kv_heads": 1}).num_kv_heads == 1
+
+
+def test_probe_rows_verdicts_and_base_page_fallback():
+    adapters = {"sdpa-gather": SdpaGatherAdapter(), "missing": _Missing(), "big-pages": _BigPagesOnly(),
+                "trow-probe": _TRowProbe()}
+    df = probe(adapters, "cpu", progress=False, features=SMALL_FEATURES)
+    assert list(df.columns) == list(COLUMNS)
+    by = {(r.backend, r.feature, r.value): r for r in df.itertuples()}
+    assert by[("sdpa-gather", "kind", "decode")].verdict == "ok"
+    assert by[("sdpa-gather", "q_layout", THD)].verdict == "ok"
+    assert ("sdpa-gather", "q_layout", T_ROW) not in by
+    assert by[("missing", "page_size", "16")].verdict == "skipped"
+    assert by[("missing", "page_size", "16")].reason == "library not installed"
+    assert by[("big-pages", "page_size", "16")].verdict == "unsupported"
+    assert by[("big-pages", "kind", "decode")].verdict == "ok"          # probed at page 64, its smallest ok
+    assert "page 64" in by[("big-pages", "kind", "decode")].case
+    trow = df[df.backend == "trow-probe"]
+    assert len(trow) == 1 and trow.iloc[0].value == T_ROW and trow.iloc[0].verdict == "unsupported"
+    assert trow.iloc[0].reason == "pageTableKDim[0] != b second line"
+    assert json.loads(by[("big-pages", "kind", "decode")].versions) == {"torch": "9.9.9"}
+    assert set(df.device) == {"cpu"}
+
+
+def test_csv_round_trip_and_names(tmp_path):
+    df = probe({"sdpa-gather": SdpaGatherAdapter()}, "cpu", progress=False, features=SMALL_FEATURES[:2])
+    path = write_capability(df, tmp_path / "sub" / "cap.csv")
+    back = read_capability(path)
+    assert list(back.columns) == list(COLUMNS)
+    assert back["verdict"].tolist() == df["verdict"].tolist()
+    assert back["reason"].tolist() == ["", ""]
+    assert back["rel_l2"].tolist() == df["rel_l2"].tolist()
+    name = default_path(df).name
+    assert name.startswith("capability-cpu-torch") and name.endswith(".csv")
+    assert short_device_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert short_device_name("NVIDIA H200") == "h200"
+    assert short_device_name("NVIDIA GeForce RTX 4090") == "rtx4090"
+    assert short_device_name("cpu") == "cpu"
+    assert one_line("a\n  b\tc") == "a b c" and len(one_line("x" * 1000)) == 300
+    assert torch.isfinite(torch.tensor(back["rel_l2"].tolist())).all()
