@@ -239,8 +239,8 @@ def test_wrapper_rejects_bad_host_values(kwargs, message):
 
 def test_config_key_uses_buckets_only():
     assert config_key(128, 16, 1) == ("decode", 128, "medium")
-    assert config_key(128, 256, 2048) == config_key(128, 128, 300) == ("long", 128, "large")
-    assert config_key(128, 64, 300) == ("long", 128, "medium")
+    assert config_key(128, 256, 2048) == config_key(128, 64, 300) == ("long", 128, "large")
+    assert config_key(128, 32, 300) == ("long", 128, "medium")
     assert config_key(96, 3, 9) == ("short", 128, "small")
     assert select_config(128, 16, 512) == select_config(128, 16, 4096)
 
