@@ -95,10 +95,12 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_capability(device: str, out_dir: Path) -> Path | None:
+def _run_capability(device: str, out_dir: Path, backends: str | None = None) -> Path | None:
     """The capability probe in its own process, so a crashing backend cannot take the main job down."""
     target = out_dir / "capability.csv"
     command = [sys.executable, "-m", "harness.capability", "--device", device, "--out", str(target)]
+    if backends:
+        command += ["--adapters", backends]
     _log(f"capability probe: {shlex.join(command)}")
     done = subprocess.run(command, env=os.environ.copy())
     if done.returncode != 0 or not target.exists():
@@ -159,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       "sweep": sweep_name, "argv": sys.argv, "started_at": record["date"],
                       "availability": rows})
     if args.capability:
-        _run_capability(device, out_dir)
+        _run_capability(device, out_dir, args.backends)
     _log(f"sweep '{sweep_name}': {len(cells)} cells -> {out_dir / 'results.jsonl'}")
     results = run_cells(cells, out_dir, device=device, timer=timer, ceilings=ceilings, env_id=record["env_id"],
                         run_id=run_id, resume=args.resume, cell_timeout_s=args.cell_timeout,
