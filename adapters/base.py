@@ -35,12 +35,15 @@ class Prepared:
 
     ``out`` is the buffer ``run`` writes into when the backend accepts one (the gate poisons it with
     NaN before the checked run); ``notes`` holds what the results should record (entry point, chosen
-    config, setup seconds such as compile or graph-build time).
+    config, setup seconds such as compile or graph-build time). ``cuda_graph`` asks the timer to
+    replay ``run`` as a captured CUDA graph (for backends that launch many small kernels from Python,
+    whose event timings would otherwise measure host launch jitter); the row's ``method`` says so.
     """
 
     run: Callable[[], torch.Tensor]
     out: torch.Tensor | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    cuda_graph: bool = False
 
 
 class Adapter(abc.ABC):

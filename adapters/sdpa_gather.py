@@ -7,9 +7,12 @@ together with GQA, so it falls back to the math kernel that materialises every s
 mixed-batch sizes). One SDPA call per sequence keeps the fused kernels: ``is_causal=True`` when
 ``q_len == kv_len``, ``torch.nn.attention.bias.causal_lower_right`` (bottom-right, served by the
 flash / memory-efficient kernels) when a causal prefill has context before it, no mask for decode
-(q_len 1 sees every key) or non-causal. The price — B gathers and B launches, host-bound for large
-decode batches — is exactly the cost of having no paged kernel, and it is timed: ``run`` does the
-gathers (``index_select`` of the sequence's pages), the attention and the copy into the packed output.
+(q_len 1 sees every key) or non-causal. The price — B gathers and B launches — is the cost of having
+no paged kernel, and it is timed: ``run`` does the gathers (``index_select`` of the sequence's pages),
+the attention and the copy into the packed output. Those hundreds of small launches make event
+timings host-bound: on an H100 two runs of one decode cell differed by up to 2x with host jitter, so
+the timer replays ``run`` as a CUDA graph (``Prepared.cuda_graph``), as serving engines do, and
+measures the GPU work of gathers and attention; the row's ``method`` records it.
 Everything ``run`` needs from the host (page-index views, lengths, mask choice) is set up in
 ``prepare``: ``run`` never synchronises.
 """
@@ -100,4 +103,5 @@ class SdpaGatherAdapter(Adapter):
                 out[plan.row_start: plan.row_end].copy_(attended[0].transpose(0, 1))
             return out
 
-        return Prepared(run=run, out=out, notes={"masks": sorted({p.mask for p in plans})})
+        return Prepared(run=run, out=out, notes={"masks": sorted({p.mask for p in plans})},
+                        cuda_graph=batch.device.type == "cuda")

@@ -92,7 +92,8 @@ class CellMeasurer:
             timing = None
             if prepared is not None:
                 timing = time_function(prepared.run, self.device, target_ms=self.timer.target_ms,
-                                       flush_l2=self.timer.flush_l2, cuda_graph=self.timer.cuda_graph)
+                                       flush_l2=self.timer.flush_l2,
+                                       cuda_graph=self.timer.cuda_graph or prepared.cuda_graph)
         except Exception as error:  # noqa: BLE001 - every failure becomes a verdict
             self._case = self._batch = self._reference = None
             gate, timing = failure_verdict(error, "measure"), None
