@@ -41,9 +41,11 @@ part_versions() {  # two real environments differing only in the cuDNN frontend 
 part_asv() {     # asv run of the short sweep, asv publish (needs a git repository: a throwaway one)
   stamp "asv short sweep"
   local start=$SECONDS
-  [ -d .git ] || { git init -q && git add -A && git -c user.name=x -c user.email=x@x commit -qm snapshot; }
+  rm -rf .git  # the copy that travels holds no repository of ours: make a throwaway one on branch main
+  git init -q -b main && git add -A && git -c user.name=x -c user.email=x@x commit -qm snapshot
   asv machine --yes --machine h100 > /dev/null
-  PAGED_BENCH_SWEEP=short asv run --python=same --machine h100 --set-commit-hash "$(git rev-parse HEAD)" \
+  # asv drops PYTHONPATH from its benchmark processes unless it is passed as ASV_PYTHONPATH
+  ASV_PYTHONPATH="$PYTHONPATH" PAGED_BENCH_SWEEP=short asv run --python=same --machine h100 --set-commit-hash "$(git rev-parse HEAD)" \
       --show-stderr 2>&1 | tee "$OUT/asv-run.log" | grep -E "^\[|Decode|Prefill|Mixed" | tail -20
   echo "asv run wall time: $((SECONDS - start)) s" | tee -a "$OUT/asv-run.log"
   asv publish 2>&1 | tail -3 | tee "$OUT/asv-publish.log"
