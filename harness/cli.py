@@ -160,6 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.append_run({"run_id": run_id, "env_id": record["env_id"], "provenance": record, "ceilings": ceilings,
                       "sweep": sweep_name, "argv": sys.argv, "started_at": record["date"],
                       "availability": rows})
+    if args.capability is None:
+        args.capability = device != "cpu"
+        if not args.capability:
+            _log("capability probe skipped on the CPU (its layouts are GPU-sized and Triton's interpreter "
+                 "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
     if args.capability:
         _run_capability(device, out_dir, args.backends)
     _log(f"sweep '{sweep_name}': {len(cells)} cells -> {out_dir / 'results.jsonl'}")
@@ -271,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep finished cells of an earlier run in --out and measure only the rest (default: on)")
     run.add_argument("--retry-failed", action="store_true",
                      help="when resuming, measure cells recorded as error or timeout again")
-    run.add_argument("--capability", action=argparse.BooleanOptionalAction, default=True,
-                     help="run the capability probe first (default: on)")
+    run.add_argument("--capability", action=argparse.BooleanOptionalAction, default=None,
+                     help="run the capability probe first (default: on with a GPU, off on the CPU)")
     run.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                      help="render the HTML report at the end (default: on)")
     run.add_argument("--report-path", help="where to write the report (default: <out>/report.html)")
