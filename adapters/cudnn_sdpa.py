@@ -413,23 +413,14 @@ class CudnnSdpaAdapter(Adapter):
 
 
 @register
-class CudnnTRowsAdapter(Adapter):
+class CudnnTRowsAdapter(CudnnSdpaAdapter):
     """Probe only: Q declared with one "batch" per token (B' = T, S_q = 1) against the B-row page table,
     as users first write it; the capability matrix records cuDNN's answer (docs/backends.md: refused
-    with ``pageTableKDim[0] != b``)."""
+    with ``pageTableKDim[0] != b``). Availability, supports and versions are the cuDNN adapter's."""
 
     name = "cudnn-trows"
     in_sweep = False
     q_layout = "T-row"
-
-    def available(self, device: torch.device) -> tuple[bool, str]:
-        return _available(torch.device(device))
-
-    def supports(self, spec: BatchSpec) -> tuple[bool, str]:
-        return _supports(spec)
-
-    def versions(self) -> dict[str, str]:
-        return _versions()
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         import cudnn
