@@ -22,9 +22,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from harness.results import COLUMNS
+from harness.store import RESULTS_FILE, ResultStore
 
-RESULTS_FILE = "results.jsonl"
-RUNS_FILE = "runs.jsonl"
 CAPABILITY_FILE = "capability.csv"
 
 CAPABILITY_COLUMNS: list[str] = ["backend", "feature", "value", "verdict", "reason", "rel_l2",
@@ -39,25 +38,6 @@ NUMERIC_COLUMNS: list[str] = [
 WORKLOAD_ORDER: tuple[str, ...] = ("decode", "prefill", "mixed")
 OK = "ok"
 SKIPPED = "skipped"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file, skipping blank and unparsable lines (e.g. a cut-off last line)."""
-    records = []
-    if not path.exists():
-        return records
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def rows_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -255,5 +235,6 @@ def load_results(path: str | Path, name: str = "") -> ResultSet:
         raise FileNotFoundError(f"no results folder at {folder}")
     if not (folder / RESULTS_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {RESULTS_FILE}: not a results folder")
-    return ResultSet(rows=rows_frame(read_jsonl(folder / RESULTS_FILE)), runs=runs_frame(read_jsonl(folder / RUNS_FILE)),
+    store = ResultStore(folder)  # its reader takes the writers' lock and skips a cut-off last line
+    return ResultSet(rows=rows_frame(store.read_rows()), runs=runs_frame(store.read_runs()),
                      capability=_read_capability(folder / CAPABILITY_FILE), source=folder, name=name)
