@@ -204,23 +204,11 @@ def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress:
     return pd.DataFrame(out, columns=list(COLUMNS))
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="capability", unit="cell", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc="capability", unit="cell", file=sys.stderr, dynamic_ncols=True,
+                disable=not enabled)
 
 
 def version_tag(df: pd.DataFrame) -> str:
