@@ -73,6 +73,15 @@ class Adapter(abc.ABC):
         return {}
 
 
+def versions_of(adapter: Adapter) -> dict[str, str]:
+    """``adapter.versions()``, or ``{"error": ...}`` when the query itself fails: a broken version
+    query must never lose a result row."""
+    try:
+        return adapter.versions()
+    except Exception as error:  # noqa: BLE001 - recorded in place of the versions
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 _REGISTRY: dict[str, type[Adapter]] = {}
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
-from adapters.base import Adapter, discover
+from adapters.base import Adapter, discover, versions_of
 from adapters.batch import BatchSpec, PagedBatch, make_batch
 from adapters.reference import reference_attention
 from harness.gate import GateResult, run_gate
@@ -87,10 +87,9 @@ def one_line(text: str, limit: int = REASON_CHARS) -> str:
 
 
 def _versions(adapter: Adapter) -> str:
-    try:
-        versions = adapter.versions()
-    except Exception as error:  # noqa: BLE001 - a broken version query must not lose the row
-        versions = {"error": one_line(f"{type(error).__name__}: {error}", 120)}
+    versions = versions_of(adapter)
+    if "error" in versions:
+        versions["error"] = one_line(versions["error"], 120)
     return json.dumps(versions, sort_keys=True)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from adapters.base import Adapter, discover
+from adapters.base import Adapter, discover, versions_of
 from adapters.batch import PagedBatch, make_batch
 from adapters.reference import reference_attention
 from harness.gate import GateResult, failure_verdict, run_gate
@@ -68,12 +68,8 @@ class CellMeasurer:
         return self._batch, self._reference
 
     def _row(self, adapter: Adapter, case: Case, gate: GateResult, timing=None) -> dict[str, Any]:
-        try:
-            versions = adapter.versions()
-        except Exception as error:  # noqa: BLE001 - a broken version query must not lose the cell
-            versions = {"error": str(error)}
         return make_row(backend=adapter.name, case=case, gate=gate, timing=timing, ceilings=self.ceilings,
-                        backend_versions=versions, env_id=self.env_id, run_id=self.run_id, device=str(self.device))
+                        backend_versions=versions_of(adapter), env_id=self.env_id, run_id=self.run_id, device=str(self.device))
 
     def measure(self, backend: str, case: Case) -> dict[str, Any]:
         adapter = self.adapter(backend)

@@ -44,7 +44,7 @@ def availability(device: str) -> list[dict[str, str]]:
     """One row per registered adapter: whether it runs here, why not, and its versions."""
     import torch
 
-    from adapters.base import discover
+    from adapters.base import discover, versions_of
 
     rows = []
     for name, adapter in discover().items():
@@ -52,12 +52,7 @@ def availability(device: str) -> list[dict[str, str]]:
             ok, why = adapter.available(torch.device(device))
         except Exception as error:  # noqa: BLE001 - a broken probe is a reason, not a crash
             ok, why = False, f"available() raised {type(error).__name__}: {error}"
-        versions = {}
-        if ok:
-            try:
-                versions = adapter.versions()
-            except Exception as error:  # noqa: BLE001
-                versions = {"error": str(error)}
+        versions = versions_of(adapter) if ok else {}
         rows.append({"backend": name, "available": "yes" if ok else "no", "reason": why,
                      "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
                      "in_sweep": "yes" if adapter.in_sweep else "probe only"})
