@@ -335,7 +335,7 @@ def _paged_attention_kernel(
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     PIECE_N: tl.constexpr, LAZY_RESCALE: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    Q_IN_REGISTERS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
     one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits).
@@ -387,6 +387,11 @@ def _paged_attention_kernel(
 
     q_ptrs = q_ptr + (row_token * stride_q_t + row_head * stride_q_h)[:, None] + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_d_mask, other=0.0)
+    if Q_IN_REGISTERS:
+        # Triton stages a product operand that comes straight from a load in shared memory, so every
+        # q K^T product re-reads Q from there (as much traffic as K itself). A select with the load's
+        # own mask leaves the values unchanged and keeps Q in registers as the wgmma A operand.
+        q = tl.where(row_d_mask, q, 0.0)
 
     block_table_row_ptr = block_table_ptr + seq_idx * stride_bt_seq
     k_head_offset = kv_head * tl.cast(stride_k_head, tl.int64)
@@ -547,10 +552,12 @@ class KernelConfig:
     """Rescale the accumulator only when a row max grew by more than ``RESCALE_THRESHOLD``."""
     fused_merge: bool = False
     """Split tiles are merged by their last chunk's program instead of a second kernel."""
+    q_in_registers: bool = False
+    """Keep the Q tile in registers as the first operand of q K^T instead of shared memory."""
 
     def label(self) -> str:
         flags = "".join(f"-{name}" for name, on in (("tma", self.use_tma), ("lazy", self.lazy_rescale),
-                                                    ("fm", self.fused_merge)) if on)
+                                                    ("fm", self.fused_merge), ("qreg", self.q_in_registers)) if on)
         return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
                 f"{flags}-split{self.split_programs_per_sm}/{self.min_split_keys}")
 
@@ -595,8 +602,11 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         table["long", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
         table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
-    # pages of 64+ keys hold a whole key tile: TMA loads win there (about 10% on the H100)
-    table["long", 128, "large"] = KernelConfig(64, 64, 4, 3, use_tma=True, **_LONG)
+    # Q in registers halves the shared-memory reads of q K^T; pages of 64+ keys hold a whole key
+    # tile: TMA loads win there (about 10% on the H100)
+    for page in ("small", "medium"):
+        table["long", 128, page] = KernelConfig(64, 64, 4, 3, q_in_registers=True, **_LONG)
+    table["long", 128, "large"] = KernelConfig(64, 64, 4, 2, use_tma=True, q_in_registers=True, **_LONG)
     return table
 
 
@@ -834,7 +844,7 @@ class PagedAttentionLauncher:
             PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
             SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
             PIECE_N=max(plan.tma_piece_n, 1), LAZY_RESCALE=plan.config.lazy_rescale,
-            FUSED_MERGE=fused_merge,
+            FUSED_MERGE=fused_merge, Q_IN_REGISTERS=plan.config.q_in_registers,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=plan.config.num_warps, num_stages=plan.config.num_stages,
         )

@@ -43,15 +43,14 @@ PAGES = [16, 256]
 
 _D = dict(split_programs_per_sm=8, min_split_keys=256)
 DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
-    (KernelConfig(16, 64, 4, 3, fused_merge=True, **_D), None),
-    (KernelConfig(16, 64, 4, 3, fused_merge=True, **_D), 2),
-    (KernelConfig(16, 64, 4, 3, fused_merge=True, **_D), 4),
+    (KernelConfig(16, 64, 4, 3, **_D), 1),
+    (KernelConfig(16, 64, 2, 3, **_D), 1),
+    (KernelConfig(16, 64, 2, 4, **_D), 1),
+    (KernelConfig(16, 128, 2, 2, **_D), 1),
+    (KernelConfig(16, 64, 2, 3, **_D), 2),
+    (KernelConfig(16, 64, 2, 3, fused_merge=True, **_D), 2),
     (KernelConfig(16, 64, 4, 4, fused_merge=True, **_D), None),
-    (KernelConfig(16, 128, 4, 2, fused_merge=True, **_D), 4),
-    (KernelConfig(16, 64, 4, 3, use_tma=True, **_D), None),
-    (KernelConfig(16, 64, 4, 3, use_tma=True, fused_merge=True, **_D), None),
-    (KernelConfig(16, 64, 4, 4, use_tma=True, fused_merge=True, **_D), 4),
-    (KernelConfig(16, 64, 2, 3, fused_merge=True, **_D), 8),
+    (KernelConfig(16, 64, 2, 3, use_tma=True, **_D), 1),
 ]
 """(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where the
 page size allows TMA loads of a key tile (``tma_piece_keys``)."""
@@ -59,15 +58,15 @@ page size allows TMA loads of a key tile (``tma_piece_keys``)."""
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(64, 64, 4, 3, **_L), None),
-    (KernelConfig(64, 64, 4, 3, lazy_rescale=True, **_L), None),
     (KernelConfig(64, 64, 4, 3, use_tma=True, **_L), None),
-    (KernelConfig(64, 64, 4, 3, use_tma=True, lazy_rescale=True, **_L), None),
-    (KernelConfig(64, 64, 4, 4, use_tma=True, **_L), None),
-    (KernelConfig(64, 64, 4, 2, use_tma=True, **_L), None),
-    (KernelConfig(128, 64, 8, 3, use_tma=True, **_L), None),
-    (KernelConfig(128, 64, 8, 3, use_tma=True, lazy_rescale=True, **_L), None),
-    (KernelConfig(64, 32, 4, 4, use_tma=True, **_L), None),
-    (KernelConfig(128, 128, 8, 2, use_tma=True, **_L), None),
+    (KernelConfig(64, 64, 4, 3, q_in_registers=True, **_L), None),
+    (KernelConfig(64, 64, 4, 2, q_in_registers=True, **_L), None),
+    (KernelConfig(64, 64, 4, 2, use_tma=True, q_in_registers=True, **_L), None),
+    (KernelConfig(64, 64, 4, 3, use_tma=True, q_in_registers=True, **_L), None),
+    (KernelConfig(128, 64, 8, 2, use_tma=True, q_in_registers=True, **_L), None),
+    (KernelConfig(128, 128, 8, 2, use_tma=True, q_in_registers=True, **_L), None),
+    (KernelConfig(64, 128, 4, 2, use_tma=True, q_in_registers=True, **_L), None),
+    (KernelConfig(128, 64, 8, 2, q_in_registers=True, **_L), None),
 ]
 """Candidates for the long-query bucket (prefill and mixed)."""
 

@@ -189,6 +189,17 @@ def test_fused_merge_repeats_and_leaves_counters_zero():
 
 
 @needs_interpreter
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+def test_q_in_registers(use_tma):
+    """Keeping Q in registers changes where the product reads it from, never the values."""
+    spec = BatchSpec.from_grammar("2q1c30_1q9-20c0-7", page_size=16, dtype="fp16", **TINY)
+    batch = make_batch(spec, "cpu")
+    config = KernelConfig(16, 16, 4, 1, use_tma=use_tma, q_in_registers=True)
+    out, _ = run_kernel(batch, config=config, num_splits=2)
+    assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+
+
+@needs_interpreter
 def test_sequence_crossing_pages_fp16():
     spec = BatchSpec.from_grammar("1q23c17", page_size=16, dtype="fp16", **TINY)
     batch = make_batch(spec, "cpu")
