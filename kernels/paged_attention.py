@@ -47,9 +47,6 @@ MIN_HEAD_DIM = 16
 MAX_HEAD_DIM = 256
 """Head dims from 16 to 256; those that are not a power of two (96, 192) run padded to the next one."""
 MAX_SPLITS = 1024
-RESCALE_THRESHOLD = tl.constexpr(8.0)
-"""Lazy rescale: the running row max (log2 domain) is only moved once a row's max has grown by more
-than this, so exponentials stay below 2**8 (see ``_rescale``)."""
 INTERPRETER_SM_COUNT = 4
 """Stands in for the multiprocessor count when the kernel runs under the interpreter (CPU tensors)."""
 
@@ -135,172 +132,120 @@ def _load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
 
 
 @triton.jit
-def _rescale(m_i, l_i, acc, tile_max, LAZY_RESCALE: tl.constexpr):
-    """Fold a key tile's row maxima (log2 domain) into the running max; returns (m_i, l_i, acc), with
-    ``l_i`` and ``acc`` rescaled to the new max. ``LAZY_RESCALE``: keep the old max (skip the rescale
-    of ``acc``, BLOCK_M x D multiplies) unless some row's max grew by more than ``RESCALE_THRESHOLD``;
-    exponentials then stay below 2**RESCALE_THRESHOLD, exact in fp32 and in the bf16/fp16 products."""
-    m_new = tl.maximum(m_i, tile_max)
-    if LAZY_RESCALE:
-        if tl.max(m_new - m_i, 0) > RESCALE_THRESHOLD:
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
+def _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_page, stride_slot,
+             PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, MASKED: tl.constexpr):
+    """Element offsets (int64) of keys ``start_n .. start_n + BLOCK_N - 1`` in a cache with these
+    page and slot strides: one page lookup per tile when the tile sits inside one page, else one
+    per key."""
+    if TILE_IN_PAGE:
+        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE).to(tl.int64)
+        rows = page * stride_page + (keys % PAGE_SIZE).to(tl.int64) * stride_slot
     else:
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha
-        acc = acc * alpha[:, None]
-        m_i = m_new
-    return m_i, l_i, acc
+        if MASKED:
+            pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE, mask=key_valid, other=0)
+        else:
+            pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE)
+        rows = pages.to(tl.int64) * stride_page + (keys % PAGE_SIZE).to(tl.int64) * stride_slot
+    return rows
 
 
 @triton.jit
-def _mask_scores(qk, keys, kv_len, row_limit, IS_CAUSAL: tl.constexpr):
-    """-inf where a key lies past ``kv_len`` or (causal) past the row's last visible key."""
-    visible = (keys < kv_len)[None, :]
-    if IS_CAUSAL:
-        visible = visible & (keys[None, :] <= row_limit[:, None])
-    return tl.where(visible, qk, float("-inf"))
+def _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, kv_len, k_head_offset, head_col,
+              stride_k_page, stride_k_slot,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+              MASKED: tl.constexpr):
+    """K^T tile ``[BLOCK_D, BLOCK_N]`` of keys ``start_n ..``: one TMA load (the tile inside one
+    page, rows ``page * PAGE_SIZE + slot`` of the cache viewed ``[pages * PAGE_SIZE, Hkv * D]``) or
+    per-thread pointer loads. Keys past ``kv_len`` read as zero (pointers) or are masked later."""
+    if USE_TMA:
+        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
+        k = tl.trans(k_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col]))
+    else:
+        keys = start_n + tl.arange(0, BLOCK_N)
+        key_valid = keys < kv_len
+        offs_d = tl.arange(0, BLOCK_D)
+        rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_k_page, stride_k_slot,
+                        PAGE_SIZE, TILE_IN_PAGE, MASKED)
+        k_ptrs = k_cache_ptr + k_head_offset + rows[None, :] + offs_d[:, None]
+        k = _load(k_ptrs, key_valid[None, :], (offs_d < HEAD_DIM)[:, None], MASKED, HEAD_DIM != BLOCK_D)
+    return k
+
+
+@triton.jit
+def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, kv_len, v_head_offset, head_col,
+                stride_v_page, stride_v_slot,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+                MASKED: tl.constexpr):
+    """V tile ``[BLOCK_N, BLOCK_D]`` of keys ``start_n ..``; in masked tiles the rows past ``kv_len``
+    are zero (slots past the end of the last page may hold anything, NaN included)."""
+    keys = start_n + tl.arange(0, BLOCK_N)
+    key_valid = keys < kv_len
+    if USE_TMA:
+        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
+        v = v_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col])
+        if MASKED:
+            v = tl.where(key_valid[:, None], v, 0.0)
+    else:
+        offs_d = tl.arange(0, BLOCK_D)
+        rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_v_page, stride_v_slot,
+                        PAGE_SIZE, TILE_IN_PAGE, MASKED)
+        v_ptrs = v_cache_ptr + v_head_offset + rows[:, None] + offs_d[None, :]
+        v = _load(v_ptrs, key_valid[:, None], (offs_d < HEAD_DIM)[None, :], MASKED, HEAD_DIM != BLOCK_D)
+    return v
+
+
+@triton.jit
+def _softmax_update(acc, l_i, m_i, qk, v, start_n, kv_len, row_limit, qk_scale,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """One online-softmax step: fold the scores ``qk`` of keys ``start_n ..`` and their values into
+    (acc, l_i, m_i). Scores are in the log2 domain (``qk_scale = scale * log2(e)``); masked tiles
+    drop keys past ``kv_len`` and, causal, past each row's last visible key."""
+    if MASKED:
+        keys = start_n + tl.arange(0, BLOCK_N)
+        visible = (keys < kv_len)[None, :]
+        if IS_CAUSAL:
+            visible = visible & (keys[None, :] <= row_limit[:, None])
+        qk = tl.where(visible, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
 
 
 @triton.jit
 def _attend_keys(acc, l_i, m_i, q,
                  k_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
                  v_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
+                 k_desc,  # TMA descriptor of k_cache as [num_pages * PAGE_SIZE, Hkv * D], block [BLOCK_N, D] (USE_TMA)
+                 v_desc,  # the same over v_cache (USE_TMA)
                  block_table_row_ptr,  # [max_pages] int32, this sequence's row
                  kv_lo, kv_hi, kv_len, row_limit, qk_scale,
-                 k_head_offset, v_head_offset,
+                 k_head_offset, v_head_offset, head_col,
                  stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                 PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, MASKED: tl.constexpr,
-                 IS_CAUSAL: tl.constexpr, LAZY_RESCALE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Online softmax over keys ``[kv_lo, kv_hi)`` in steps of BLOCK_N (``kv_lo`` a multiple of it),
-    K and V tiles loaded through per-thread pointers.
+                 PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
+                 MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over keys ``[kv_lo, kv_hi)`` in steps of BLOCK_N (``kv_lo`` a multiple of it).
 
     ``MASKED`` tiles apply the key-length and causal masks (the diagonal and the last tile);
-    unmasked ones are known fully visible. ``TILE_IN_PAGE``: a key tile never crosses a page, so
-    one page lookup per tile; otherwise each key looks its page up. Scores are in the log2 domain:
-    ``qk_scale = scale * log2(e)``. Head dims that are not a power of two are padded to BLOCK_D.
+    unmasked ones are known fully visible.
     """
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_valid = offs_d < HEAD_DIM
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
-        keys = start_n + offs_n
-        key_valid = keys < kv_len
-        if TILE_IN_PAGE:
-            page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE).to(tl.int64)
-            slot = (start_n % PAGE_SIZE + offs_n).to(tl.int64)
-            k_rows = page * stride_k_page + slot * stride_k_slot
-            v_rows = page * stride_v_page + slot * stride_v_slot
-        else:
-            if MASKED:
-                pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE, mask=key_valid, other=0)
-            else:
-                pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE)
-            pages = pages.to(tl.int64)
-            slots = (keys % PAGE_SIZE).to(tl.int64)
-            k_rows = pages * stride_k_page + slots * stride_k_slot
-            v_rows = pages * stride_v_page + slots * stride_v_slot
-        # K^T tile [BLOCK_D, BLOCK_N], V tile [BLOCK_N, BLOCK_D]
-        k_ptrs = k_cache_ptr + k_head_offset + k_rows[None, :] + offs_d[:, None]
-        v_ptrs = v_cache_ptr + v_head_offset + v_rows[:, None] + offs_d[None, :]
-        k = _load(k_ptrs, key_valid[None, :], d_valid[:, None], MASKED, HEAD_DIM != BLOCK_D)
+        k = _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, kv_len, k_head_offset, head_col,
+                      stride_k_page, stride_k_slot, HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE,
+                      TILE_IN_PAGE, USE_TMA, MASKED)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        if MASKED:
-            qk = _mask_scores(qk, keys, kv_len, row_limit, IS_CAUSAL)
-        m_i, l_i, acc = _rescale(m_i, l_i, acc, tl.max(qk, 1) * qk_scale, LAZY_RESCALE)
-        p = tl.math.exp2(qk * qk_scale - m_i[:, None])
-        l_i += tl.sum(p, 1)
-        v = _load(v_ptrs, key_valid[:, None], d_valid[None, :], MASKED, HEAD_DIM != BLOCK_D)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _tma_row(block_table_row_ptr, first_key, PAGE_SIZE: tl.constexpr):
-    """Row of the TMA view ``[num_pages * PAGE_SIZE, Hkv * D]`` that holds key ``first_key``."""
-    page = tl.load(block_table_row_ptr + first_key // PAGE_SIZE)
-    return page * PAGE_SIZE + first_key % PAGE_SIZE
-
-
-@triton.jit
-def _piece_scores(q, k_desc, tma_row, head_col, keys, kv_len, row_limit,
-                  MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Scores ``q K^T`` of one TMA piece of keys (``keys``, all inside one page), masked if asked."""
-    k = tl.trans(k_desc.load([tma_row, head_col]))
-    qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-    if MASKED:
-        qk = _mask_scores(qk, keys, kv_len, row_limit, IS_CAUSAL)
-    return qk
-
-
-@triton.jit
-def _piece_values(acc, p, v_desc, tma_row, head_col, keys, kv_len,
-                  MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc + p V`` for one TMA piece. Slots past ``kv_len`` in the last page may hold anything
-    (NaN included): zeroed before the product so that they never reach ``acc``."""
-    v = v_desc.load([tma_row, head_col])
-    if MASKED:
-        v = tl.where((keys < kv_len)[:, None], v, 0.0)
-    return tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _attend_keys_tma(acc, l_i, m_i, q,
-                     k_desc,  # TMA descriptor of k_cache as [num_pages * PAGE_SIZE, Hkv * D], block [PIECE_N, D]
-                     v_desc,  # the same over v_cache
-                     block_table_row_ptr,  # [max_pages] int32, this sequence's row
-                     kv_lo, kv_hi, kv_len, row_limit, qk_scale, head_col,
-                     BLOCK_N: tl.constexpr, PIECE_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr):
-    """Online softmax over keys ``[kv_lo, kv_hi)`` with K/V loaded by the tensor-memory accelerator.
-
-    A key tile of BLOCK_N keys is ``BLOCK_N // PIECE_N`` (1, 2 or 4) TMA loads of PIECE_N keys, each
-    inside one page: pages of 16 or 32 keys still fill a 64-key tile, so the softmax bookkeeping
-    (row max, rescale) runs once per tile while each page is one bulk copy. Scores of the pieces
-    are separate products (N = PIECE_N) that share one row max; the value products accumulate into
-    ``acc`` one after the other, which is what a single BLOCK_N-deep product does anyway.
-    """
-    PIECES: tl.constexpr = BLOCK_N // PIECE_N
-    offs_piece = tl.arange(0, PIECE_N)
-    for start_n in range(kv_lo, kv_hi, BLOCK_N):
-        keys0 = start_n + offs_piece
-        row0 = _tma_row(block_table_row_ptr, start_n, PAGE_SIZE)
-        qk0 = _piece_scores(q, k_desc, row0, head_col, keys0, kv_len, row_limit, MASKED, IS_CAUSAL, DOT_PRECISION)
-        tile_max = tl.max(qk0, 1)
-        if PIECES >= 2:
-            keys1 = keys0 + PIECE_N
-            row1 = _tma_row(block_table_row_ptr, start_n + PIECE_N, PAGE_SIZE)
-            qk1 = _piece_scores(q, k_desc, row1, head_col, keys1, kv_len, row_limit, MASKED, IS_CAUSAL,
-                                DOT_PRECISION)
-            tile_max = tl.maximum(tile_max, tl.max(qk1, 1))
-        if PIECES >= 4:
-            keys2 = keys0 + 2 * PIECE_N
-            keys3 = keys0 + 3 * PIECE_N
-            row2 = _tma_row(block_table_row_ptr, start_n + 2 * PIECE_N, PAGE_SIZE)
-            row3 = _tma_row(block_table_row_ptr, start_n + 3 * PIECE_N, PAGE_SIZE)
-            qk2 = _piece_scores(q, k_desc, row2, head_col, keys2, kv_len, row_limit, MASKED, IS_CAUSAL,
-                                DOT_PRECISION)
-            qk3 = _piece_scores(q, k_desc, row3, head_col, keys3, kv_len, row_limit, MASKED, IS_CAUSAL,
-                                DOT_PRECISION)
-            tile_max = tl.maximum(tile_max, tl.maximum(tl.max(qk2, 1), tl.max(qk3, 1)))
-        m_i, l_i, acc = _rescale(m_i, l_i, acc, tile_max * qk_scale, LAZY_RESCALE)
-        p0 = tl.math.exp2(qk0 * qk_scale - m_i[:, None])
-        l_i += tl.sum(p0, 1)
-        acc = _piece_values(acc, p0, v_desc, row0, head_col, keys0, kv_len, MASKED, DOT_PRECISION)
-        if PIECES >= 2:
-            p1 = tl.math.exp2(qk1 * qk_scale - m_i[:, None])
-            l_i += tl.sum(p1, 1)
-            acc = _piece_values(acc, p1, v_desc, row1, head_col, keys1, kv_len, MASKED, DOT_PRECISION)
-        if PIECES >= 4:
-            p2 = tl.math.exp2(qk2 * qk_scale - m_i[:, None])
-            p3 = tl.math.exp2(qk3 * qk_scale - m_i[:, None])
-            l_i += tl.sum(p2, 1) + tl.sum(p3, 1)
-            acc = _piece_values(acc, p2, v_desc, row2, head_col, keys2, kv_len, MASKED, DOT_PRECISION)
-            acc = _piece_values(acc, p3, v_desc, row3, head_col, keys3, kv_len, MASKED, DOT_PRECISION)
+        v = _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, kv_len, v_head_offset,
+                        head_col, stride_v_page, stride_v_slot, HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE,
+                        TILE_IN_PAGE, USE_TMA, MASKED)
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, start_n, kv_len, row_limit, qk_scale,
+                                        BLOCK_N, MASKED, IS_CAUSAL, DOT_PRECISION)
     return acc, l_i, m_i
 
 
@@ -316,9 +261,8 @@ def _paged_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
     v_cache_ptr,  # [num_pages, PAGE_SIZE, Hkv, D]
-    k_desc,  # TMA descriptor of k_cache viewed [num_pages * PAGE_SIZE, Hkv * D], block [PIECE_N, D] (USE_TMA)
+    k_desc,  # TMA descriptor of k_cache viewed [num_pages * PAGE_SIZE, Hkv * D] (USE_TMA), else None
     v_desc,  # the same over v_cache
-    tile_counters_ptr,  # [num_q_blocks * Hkv] int32, zero between launches (FUSED_MERGE only)
     block_table_ptr,  # [B, max_pages] int32
     cu_seqlens_q_ptr,  # [B + 1] int32
     kv_lens_ptr,  # [B] int32
@@ -334,14 +278,10 @@ def _paged_attention_kernel(
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-    PIECE_N: tl.constexpr, LAZY_RESCALE: tl.constexpr, FUSED_MERGE: tl.constexpr,
-    Q_IN_REGISTERS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
-    one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits).
-
-    ``FUSED_MERGE``: the last chunk of a split tile to finish (counted with an atomic per tile)
-    merges the chunks itself, so no second kernel is launched."""
+    one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits)."""
     flat_idx = tl.program_id(0)
     kv_head = flat_idx % NUM_KV_HEADS
     q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS  # last (heaviest) tiles first
@@ -387,11 +327,6 @@ def _paged_attention_kernel(
 
     q_ptrs = q_ptr + (row_token * stride_q_t + row_head * stride_q_h)[:, None] + offs_d[None, :]
     q = tl.load(q_ptrs, mask=row_d_mask, other=0.0)
-    if Q_IN_REGISTERS:
-        # Triton stages a product operand that comes straight from a load in shared memory, so every
-        # q K^T product re-reads Q from there (as much traffic as K itself). A select with the load's
-        # own mask leaves the values unchanged and keeps Q in registers as the wgmma A operand.
-        q = tl.where(row_d_mask, q, 0.0)
 
     block_table_row_ptr = block_table_ptr + seq_idx * stride_bt_seq
     k_head_offset = kv_head * tl.cast(stride_k_head, tl.int64)
@@ -404,26 +339,16 @@ def _paged_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     # keys every row sees: no mask; then the diagonal and the ragged end: masked
-    if USE_TMA:
-        acc, l_i, m_i = _attend_keys_tma(
-            acc, l_i, m_i, q, k_desc, v_desc, block_table_row_ptr, kv_lo, kv_mid, kv_len, row_limit,
-            qk_scale, head_col, BLOCK_N, PIECE_N, PAGE_SIZE, False, IS_CAUSAL, LAZY_RESCALE, DOT_PRECISION)
-        acc, l_i, m_i = _attend_keys_tma(
-            acc, l_i, m_i, q, k_desc, v_desc, block_table_row_ptr, kv_mid, kv_hi, kv_len, row_limit,
-            qk_scale, head_col, BLOCK_N, PIECE_N, PAGE_SIZE, True, IS_CAUSAL, LAZY_RESCALE, DOT_PRECISION)
-    else:
-        acc, l_i, m_i = _attend_keys(
-            acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, block_table_row_ptr,
-            kv_lo, kv_mid, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset,
-            stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-            HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, False, IS_CAUSAL, LAZY_RESCALE,
-            DOT_PRECISION)
-        acc, l_i, m_i = _attend_keys(
-            acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, block_table_row_ptr,
-            kv_mid, kv_hi, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset,
-            stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-            HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, True, IS_CAUSAL, LAZY_RESCALE,
-            DOT_PRECISION)
+    acc, l_i, m_i = _attend_keys(
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
+        kv_lo, kv_mid, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
+        stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, False, IS_CAUSAL, DOT_PRECISION)
+    acc, l_i, m_i = _attend_keys(
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
+        kv_mid, kv_hi, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
+        stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, True, IS_CAUSAL, DOT_PRECISION)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -436,15 +361,6 @@ def _paged_attention_kernel(
         lse = tl.where(l_i > 0.0, m_i + tl.math.log2(l_safe), float("-inf"))
         pl_ptrs = part_lse_ptr + split_off * stride_pl_split + row_token * stride_pl_t + row_head
         tl.store(pl_ptrs, lse, mask=row_valid)
-        if FUSED_MERGE:
-            # every thread's partial stores precede the release; the last chunk acquires them all
-            tl.debug_barrier()
-            finished = tl.atomic_add(tile_counters_ptr + flat_idx, 1, sem="acq_rel", scope="gpu")
-            if finished == num_tile_splits - 1:
-                _merge_tile(out_ptr, part_out_ptr, part_lse_ptr, row_token, row_head, row_valid,
-                            num_tile_splits, stride_o_t, stride_o_h, stride_po_split, stride_po_t,
-                            stride_po_h, stride_pl_split, stride_pl_t, HEAD_DIM, BLOCK_D, BLOCK_M)
-                tl.atomic_xchg(tile_counters_ptr + flat_idx, 0, sem="relaxed", scope="gpu")  # ready for the next launch
     else:
         o_ptrs = out_ptr + (row_token * stride_o_t + row_head * stride_o_h)[:, None] + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_d_mask)
@@ -489,17 +405,6 @@ def _merge_splits_kernel(
 
     row_query, row_head, row_valid = _tile_rows(tile_start, q_len, kv_head, GROUP, BLOCK_M, BLOCK_Q)
     row_token = (q_start + row_query).to(tl.int64)
-    _merge_tile(out_ptr, part_out_ptr, part_lse_ptr, row_token, row_head, row_valid, num_tile_splits,
-                stride_o_t, stride_o_h, stride_po_split, stride_po_t, stride_po_h, stride_pl_split,
-                stride_pl_t, HEAD_DIM, BLOCK_D, BLOCK_M)
-
-
-@triton.jit
-def _merge_tile(out_ptr, part_out_ptr, part_lse_ptr, row_token, row_head, row_valid, num_tile_splits,
-                stride_o_t, stride_o_h, stride_po_split, stride_po_t, stride_po_h, stride_pl_split,
-                stride_pl_t, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Merge one tile's ``num_tile_splits`` partial outputs with log-sum-exp weights into ``out``.
-    Partials are read past L1 (``.cg``): other programs wrote them."""
     offs_d = tl.arange(0, BLOCK_D)
     row_d_mask = row_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
     po_rows = row_token * stride_po_t + row_head * stride_po_h
@@ -508,16 +413,16 @@ def _merge_tile(out_ptr, part_out_ptr, part_lse_ptr, row_token, row_head, row_va
     lse_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     for split in range(0, num_tile_splits):
         lse = tl.load(part_lse_ptr + split * stride_pl_split + pl_rows,
-                      mask=row_valid, other=float("-inf"), cache_modifier=".cg")
+                      mask=row_valid, other=float("-inf"))
         lse_max = tl.maximum(lse_max, lse)
     weight_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for split in range(0, num_tile_splits):
         lse = tl.load(part_lse_ptr + split * stride_pl_split + pl_rows,
-                      mask=row_valid, other=float("-inf"), cache_modifier=".cg")
+                      mask=row_valid, other=float("-inf"))
         weight = tl.math.exp2(lse - lse_max)
-        part = tl.load(part_out_ptr + split * stride_po_split + po_rows[:, None] + offs_d[None, :],
-                       mask=row_d_mask, other=0.0, cache_modifier=".cg")
+        part = tl.load(part_out_ptr + split * stride_po_split
+                       + po_rows[:, None] + offs_d[None, :], mask=row_d_mask, other=0.0)
         acc += weight[:, None] * part
         weight_sum += weight
     out = acc / tl.where(weight_sum > 0.0, weight_sum, 1.0)[:, None]
@@ -546,20 +451,15 @@ class KernelConfig:
     split_programs_per_sm: int = 0
     min_split_keys: int = 1 << 30
     use_tma: bool = False
-    """Load K/V through TMA descriptors (Hopper and newer): one load per key tile where a tile sits
-    inside one page, one per page where 2 or 4 pages of at least 16 keys make a tile."""
-    lazy_rescale: bool = False
-    """Rescale the accumulator only when a row max grew by more than ``RESCALE_THRESHOLD``."""
-    fused_merge: bool = False
-    """Split tiles are merged by their last chunk's program instead of a second kernel."""
-    q_in_registers: bool = False
-    """Keep the Q tile in registers as the first operand of q K^T instead of shared memory."""
+    """Load K/V tiles through TMA descriptors where a tile sits inside one page (Hopper and newer)."""
+    max_registers: int = 0
+    """Cap on registers per thread (Triton's ``maxnreg``; 0 leaves it to the compiler): 128 lets two
+    8-warp programs share a multiprocessor, at the price of some spills."""
 
     def label(self) -> str:
-        flags = "".join(f"-{name}" for name, on in (("tma", self.use_tma), ("lazy", self.lazy_rescale),
-                                                    ("fm", self.fused_merge), ("qreg", self.q_in_registers)) if on)
         return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
-                f"{flags}-split{self.split_programs_per_sm}/{self.min_split_keys}")
+                f"{'-tma' if self.use_tma else ''}{f'-r{self.max_registers}' if self.max_registers else ''}"
+                f"-split{self.split_programs_per_sm}/{self.min_split_keys}")
 
 
 def query_bucket(max_q_len: int) -> str:
@@ -602,11 +502,8 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         table["long", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
         table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
-    # Q in registers halves the shared-memory reads of q K^T; pages of 64+ keys hold a whole key
-    # tile: TMA loads win there (about 10% on the H100)
-    for page in ("small", "medium"):
-        table["long", 128, page] = KernelConfig(64, 64, 4, 3, q_in_registers=True, **_LONG)
-    table["long", 128, "large"] = KernelConfig(64, 64, 4, 2, use_tma=True, q_in_registers=True, **_LONG)
+    # pages of 64+ keys hold a whole key tile: TMA loads win there (about 10% on the H100)
+    table["long", 128, "large"] = KernelConfig(64, 64, 4, 3, use_tma=True, **_LONG)
     return table
 
 
@@ -641,15 +538,11 @@ class LaunchPlan:
     split_size: int
     tile_in_page: bool
     use_tma: bool = False
-    tma_piece_n: int = 0
-    """Keys per TMA load (the tile, or one page of a tile that spans 2 or 4 pages); 0 without TMA."""
 
     def describe(self) -> dict:
         path = "per-key page lookup"
-        if self.use_tma:
-            path = "tile-in-page, TMA" if self.tile_in_page else f"TMA per page ({self.tma_piece_n} keys)"
-        elif self.tile_in_page:
-            path = "tile-in-page"
+        if self.tile_in_page:
+            path = "tile-in-page, TMA" if self.use_tma else "tile-in-page"
         return {"config": self.config.label(), **asdict(self.config), "block_m_used": self.block_m,
                 "block_q": self.block_q, "num_q_blocks": self.num_q_blocks,
                 "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path}
@@ -682,38 +575,22 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     split_size = math.ceil(math.ceil(max(max_kv_len, 1) / num_splits) / config.block_n) * config.block_n
     num_splits = math.ceil(max(max_kv_len, 1) / split_size)
     tile_in_page = page_size % config.block_n == 0
-    piece_n = tma_piece_keys(config.block_n, page_size)
-    use_tma = config.use_tma and tma_possible and piece_n > 0 and head_dim == _next_power_of_2(head_dim)
+    use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == _next_power_of_2(head_dim)
     return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
                       num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
-                      use_tma=use_tma, tma_piece_n=piece_n if use_tma else 0)
+                      use_tma=use_tma)
 
 
-def tma_piece_keys(block_n: int, page_size: int) -> int:
-    """Keys per TMA load for a key tile of ``block_n`` keys over pages of ``page_size``: the whole
-    tile when it sits inside one page, else one page when 2 or 4 whole pages (of at least 16 keys,
-    the smallest product) make the tile; 0 when TMA cannot load these tiles."""
-    if page_size % block_n == 0:
-        return block_n
-    if page_size >= 16 and block_n % page_size == 0 and block_n // page_size in (2, 4):
-        return page_size
-    return 0
-
-
-def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, num_kv_heads: int,
-                       head_dim: int, device: torch.device
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """fp32 partial outputs ``[num_splits, T, Hq, D]``, log2-sum-exp ``[num_splits, T, Hq]`` and one
-    zeroed int32 counter per tile (``[num_q_blocks * Hkv]``, used by the fused merge, which leaves
-    them zero again); None when the plan does not split keys."""
+def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """fp32 partial outputs ``[num_splits, T, Hq, D]`` and log2-sum-exp ``[num_splits, T, Hq]``;
+    None when the plan does not split keys."""
     if plan.num_splits == 1:
         return None
     part_out = torch.empty(plan.num_splits, num_tokens, num_q_heads, head_dim, dtype=torch.float32,
                            device=device)
     part_lse = torch.empty(plan.num_splits, num_tokens, num_q_heads, dtype=torch.float32, device=device)
-    tile_counters = torch.zeros(plan.num_q_blocks * num_kv_heads if plan.config.fused_merge else 1,
-                                dtype=torch.int32, device=device)
-    return part_out, part_lse, tile_counters
+    return part_out, part_lse
 
 
 def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
@@ -726,14 +603,13 @@ def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
         and num_pages * page_size < 2 ** 31 and (num_kv_heads * head_dim * k_cache.element_size()) % 16 == 0
 
 
-def _tma_descriptor(cache: torch.Tensor, piece_n: int):
-    """Descriptor over the cache viewed as ``[num_pages * page_size, Hkv * D]``, block ``[piece_n, D]``."""
+def _tma_descriptor(cache: torch.Tensor, block_n: int):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     num_pages, page_size, num_kv_heads, head_dim = cache.shape
     rows = cache.view(num_pages * page_size, num_kv_heads * head_dim)
     return TensorDescriptor(base=rows, shape=list(rows.shape), strides=list(rows.stride()),
-                            block_shape=[piece_n, head_dim])
+                            block_shape=[block_n, head_dim])
 
 
 def multiprocessor_count(device: torch.device) -> int:
@@ -803,14 +679,13 @@ class PagedAttentionLauncher:
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor,
                  out: torch.Tensor, *, causal: bool, scale: float, plan: LaunchPlan,
-                 workspace: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None):
+                 workspace: tuple[torch.Tensor, torch.Tensor] | None):
         num_tokens, num_q_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[2]
         split_kv = plan.num_splits > 1
-        fused_merge = split_kv and plan.config.fused_merge
         if split_kv and workspace is None:
             raise ValueError(f"plan splits keys {plan.num_splits} ways but no workspace was given")
-        part_out, part_lse, tile_counters = workspace if split_kv else (out, out, kv_lens)
+        part_out, part_lse = workspace if split_kv else (out, out)
         if split_kv:
             _check(part_out.shape[0] >= plan.num_splits and part_out.shape[1:] == q.shape,
                    f"workspace partial outputs {tuple(part_out.shape)} do not fit {plan.num_splits} x {tuple(q.shape)}")
@@ -833,9 +708,9 @@ class PagedAttentionLauncher:
         self._attn_args = dict(
             common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
             q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
-            k_desc=_tma_descriptor(k_cache, plan.tma_piece_n) if plan.use_tma else None,
-            v_desc=_tma_descriptor(v_cache, plan.tma_piece_n) if plan.use_tma else None,
-            tile_counters_ptr=tile_counters, block_table_ptr=block_table,
+            k_desc=_tma_descriptor(k_cache, plan.config.block_n) if plan.use_tma else None,
+            v_desc=_tma_descriptor(v_cache, plan.config.block_n) if plan.use_tma else None,
+            block_table_ptr=block_table,
             qk_scale=float(scale) * LOG2E,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1),
             stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
@@ -843,15 +718,14 @@ class PagedAttentionLauncher:
             stride_bt_seq=block_table.stride(0),
             PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
             SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
-            PIECE_N=max(plan.tma_piece_n, 1), LAZY_RESCALE=plan.config.lazy_rescale,
-            FUSED_MERGE=fused_merge, Q_IN_REGISTERS=plan.config.q_in_registers,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=plan.config.num_warps, num_stages=plan.config.num_stages,
+            **({"maxnreg": plan.config.max_registers} if plan.config.max_registers else {}),
         )
         self._merge_grid = (plan.num_q_blocks * num_kv_heads,)
         self._merge_args = dict(
             common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse, num_warps=4,
-        ) if split_kv and not fused_merge else None
+        ) if split_kv else None
 
     def __call__(self) -> torch.Tensor:
         if self._empty:
@@ -877,7 +751,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache))
     if out is None:
         out = torch.empty_like(q)
-    workspace = allocate_workspace(plan, num_tokens, num_q_heads, k_cache.shape[2], head_dim, q.device)
+    workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
     return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
                                   causal=causal, scale=scale, plan=plan, workspace=workspace)
 

@@ -36,37 +36,32 @@ from harness.gate import compare  # noqa: E402
 from harness.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
-    KernelConfig, config_key, prepare_paged_attention, query_bucket, select_config, tma_piece_keys)
+    KernelConfig, config_key, prepare_paged_attention, query_bucket, select_config)
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000"]
 PAGES = [16, 256]
 
 _D = dict(split_programs_per_sm=8, min_split_keys=256)
 DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
-    (KernelConfig(16, 64, 4, 3, **_D), 1),
-    (KernelConfig(16, 64, 2, 3, **_D), 1),
-    (KernelConfig(16, 64, 2, 4, **_D), 1),
-    (KernelConfig(16, 128, 2, 2, **_D), 1),
-    (KernelConfig(16, 64, 2, 3, **_D), 2),
-    (KernelConfig(16, 64, 2, 3, fused_merge=True, **_D), 2),
-    (KernelConfig(16, 64, 4, 4, fused_merge=True, **_D), None),
-    (KernelConfig(16, 64, 2, 3, use_tma=True, **_D), 1),
+    (KernelConfig(16, 64, 4, 4, **_D), None),
+    (KernelConfig(16, 64, 4, 3, **_D), 2),
+    (KernelConfig(16, 64, 4, 3, use_tma=True, **_D), None),
 ]
-"""(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where the
-page size allows TMA loads of a key tile (``tma_piece_keys``)."""
+"""(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where a
+tile fits in a page."""
 
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(64, 64, 4, 3, **_L), None),
     (KernelConfig(64, 64, 4, 3, use_tma=True, **_L), None),
-    (KernelConfig(64, 64, 4, 3, q_in_registers=True, **_L), None),
-    (KernelConfig(64, 64, 4, 2, q_in_registers=True, **_L), None),
-    (KernelConfig(64, 64, 4, 2, use_tma=True, q_in_registers=True, **_L), None),
-    (KernelConfig(64, 64, 4, 3, use_tma=True, q_in_registers=True, **_L), None),
-    (KernelConfig(128, 64, 8, 2, use_tma=True, q_in_registers=True, **_L), None),
-    (KernelConfig(128, 128, 8, 2, use_tma=True, q_in_registers=True, **_L), None),
-    (KernelConfig(64, 128, 4, 2, use_tma=True, q_in_registers=True, **_L), None),
-    (KernelConfig(128, 64, 8, 2, q_in_registers=True, **_L), None),
+    (KernelConfig(64, 64, 4, 2, use_tma=True, **_L), None),
+    (KernelConfig(128, 64, 8, 2, max_registers=128, **_L), None),
+    (KernelConfig(128, 64, 8, 3, max_registers=128, **_L), None),
+    (KernelConfig(128, 64, 8, 2, use_tma=True, max_registers=128, **_L), None),
+    (KernelConfig(128, 64, 8, 3, use_tma=True, max_registers=128, **_L), None),
+    (KernelConfig(128, 64, 8, 4, use_tma=True, max_registers=128, **_L), None),
+    (KernelConfig(128, 64, 8, 2, use_tma=True, **_L), None),
+    (KernelConfig(128, 128, 8, 2, use_tma=True, **_L), None),
 ]
 """Candidates for the long-query bucket (prefill and mixed)."""
 
@@ -103,12 +98,11 @@ def _sync(device: str) -> None:
 
 
 def candidates_for(spec: BatchSpec) -> list[tuple[KernelConfig, int | None]]:
-    """The table's choice first, then the bucket's candidates (TMA ones only where the page size
-    allows TMA loads), then the table's choice again: the spread between the two runs of one build."""
+    """The table's choice first, then the bucket's candidates (TMA ones only where a key tile fits
+    in a page), then the table's choice again: the spread between the two runs of one build."""
     table = select_config(spec.head_dim, spec.page_size, spec.max_q_len)
     pool = DECODE_CANDIDATES if query_bucket(spec.max_q_len) == "decode" else LONG_CANDIDATES
-    pool = [c for c in pool
-            if c != (table, None) and (not c[0].use_tma or tma_piece_keys(c[0].block_n, spec.page_size))]
+    pool = [c for c in pool if c != (table, None) and (not c[0].use_tma or spec.page_size % c[0].block_n == 0)]
     return [(table, None)] + pool + [(table, None)]
 
 
