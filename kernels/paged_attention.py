@@ -727,10 +727,16 @@ class PagedAttentionLauncher:
             common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse, num_warps=4,
         ) if split_kv else None
 
+    def register_report(self) -> dict:
+        """Registers per thread and spilled bytes of the attention kernel as compiled (after the first
+        call; empty under the interpreter): what decides how many programs share a multiprocessor."""
+        compiled = getattr(self, "_compiled", None)
+        return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
+
     def __call__(self) -> torch.Tensor:
         if self._empty:
             return self.out
-        _paged_attention_kernel[self._attn_grid](**self._attn_args)
+        self._compiled = _paged_attention_kernel[self._attn_grid](**self._attn_args)
         if self._merge_args is not None:
             _merge_splits_kernel[self._merge_grid](**self._merge_args)
         return self.out

@@ -190,7 +190,7 @@ def main() -> int:
                     verdict = check(launcher.out, ref, batch)
                     timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
                     row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
-                           **launcher.plan.describe(),
+                           **launcher.plan.describe(), **launcher.register_report(),
                            "first_call_s": first_s, **verdict, **timing}
                 except Exception:  # noqa: BLE001 - the traceback is the row's record
                     row = {**row_base, "backend": "triton", "table": index == 0, "config": config.label(),
@@ -201,7 +201,7 @@ def main() -> int:
                 print(f"{case} p{page} {row.get('config')} splits {row.get('num_splits', num_splits)} "
                       f"{'table ' if index == 0 else 'repeat ' if repeat else ''}"
                       + (f"{us:.1f} us ({fl / us / 1e6:.0f} TFLOP/s, {by / us / 1e6:.2f} TB/s) "
-                         f"rel_l2 {row['rel_l2']:.1e} first {row['first_call_s']:.1f}s" if us else
+                         f"rel_l2 {row['rel_l2']:.1e} first {row['first_call_s']:.1f}s regs {row.get('regs')} spills {row.get('spills')}" if us else
                          f"FAILED {row.get('error', '')[-300:] or row.get('reason')}"), flush=True)
             timed = [r for r in results if r.get("median_us")]
             table_row = next((r for r in results if r.get("table")), {})
