@@ -75,10 +75,13 @@ def _find_sequence(cu_seqlens_q_ptr,  # [B + 1] int32
 @triton.jit
 def _locate_tile(cu_seqlens_q_ptr,  # [B + 1] int32
                  kv_lens_ptr,  # [B] int32
-                 q_block, num_seqs, BLOCK_Q: tl.constexpr):
+                 q_block, num_seqs, BLOCK_Q: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr):
     """(seq_idx, q_start, q_len, kv_len, tile_start) of query block ``q_block``: the tile holds the
     sequence's queries ``tile_start .. tile_start + BLOCK_Q - 1``; ``tile_start >= q_len`` marks a
-    surplus block (the grid is an upper bound)."""
+    surplus block (the grid is an upper bound). With ``ONE_QUERY_PER_SEQ`` (pure decode: the host
+    knows every sequence has exactly one query) block b is sequence b and token b: no search."""
+    if ONE_QUERY_PER_SEQ:
+        return q_block, q_block, 1, tl.load(kv_lens_ptr + q_block), 0
     seq_idx = _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q)
     q_start = tl.load(cu_seqlens_q_ptr + seq_idx)
     q_len = tl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
@@ -278,7 +281,7 @@ def _paged_attention_kernel(
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
     one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits)."""
@@ -288,7 +291,7 @@ def _paged_attention_kernel(
     split_idx = tl.program_id(1)
 
     seq_idx, q_start, q_len, kv_len, tile_start = _locate_tile(
-        cu_seqlens_q_ptr, kv_lens_ptr, q_block, num_seqs, BLOCK_Q)
+        cu_seqlens_q_ptr, kv_lens_ptr, q_block, num_seqs, BLOCK_Q, ONE_QUERY_PER_SEQ)
     if tile_start >= q_len:
         return
     kv_full, kv_end = _tile_key_bounds(tile_start, q_len, kv_len, BLOCK_Q, IS_CAUSAL)
@@ -378,7 +381,7 @@ def _merge_splits_kernel(
     stride_po_split, stride_po_t, stride_po_h,
     stride_pl_split, stride_pl_t,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, IS_CAUSAL: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
 ):
     """Merge the key chunks of every tile that was split, with log-sum-exp weights. Same tiles and
     grid axis 0 as the attention kernel; tiles with a single chunk were written directly: skipped."""
@@ -387,7 +390,7 @@ def _merge_splits_kernel(
     q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
 
     seq_idx, q_start, q_len, kv_len, tile_start = _locate_tile(
-        cu_seqlens_q_ptr, kv_lens_ptr, q_block, num_seqs, BLOCK_Q)
+        cu_seqlens_q_ptr, kv_lens_ptr, q_block, num_seqs, BLOCK_Q, ONE_QUERY_PER_SEQ)
     if tile_start >= q_len:
         return
     kv_full, kv_end = _tile_key_bounds(tile_start, q_len, kv_len, BLOCK_Q, IS_CAUSAL)
@@ -494,7 +497,7 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
     table = {}
     for page in ("small", "medium", "large"):
         table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE)
-        table["decode", 128, page] = KernelConfig(16, 64, 4, 3, **_DECODE)
+        table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE)
         table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE)
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
@@ -540,6 +543,8 @@ class LaunchPlan:
     split_size: int
     tile_in_page: bool
     use_tma: bool = False
+    one_query_per_seq: bool = False
+    """Pure decode (as many tokens as sequences, none longer than 1): tile b is sequence b."""
 
     def describe(self) -> dict:
         path = "per-key page lookup"
@@ -547,7 +552,8 @@ class LaunchPlan:
             path = "tile-in-page, TMA" if self.use_tma else "tile-in-page"
         return {"config": self.config.label(), **asdict(self.config), "block_m_used": self.block_m,
                 "block_q": self.block_q, "num_q_blocks": self.num_q_blocks,
-                "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path}
+                "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path,
+                "one_query_per_seq": self.one_query_per_seq}
 
 
 def _next_power_of_2(value: int) -> int:
@@ -565,7 +571,8 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     group = num_q_heads // num_kv_heads
     block_m = max(config.block_m, _next_power_of_2(group), 16)
     block_q = block_m // group
-    num_q_blocks = num_tokens // block_q + num_seqs
+    one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
+    num_q_blocks = num_seqs if one_query_per_seq else num_tokens // block_q + num_seqs
     real_tiles = min(num_q_blocks, num_seqs * math.ceil(max_q_len / block_q))
     programs = max(1, real_tiles * num_kv_heads)
     if num_splits is None:
@@ -580,7 +587,7 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == _next_power_of_2(head_dim)
     return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
                       num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
-                      use_tma=use_tma)
+                      use_tma=use_tma, one_query_per_seq=one_query_per_seq)
 
 
 def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
@@ -705,6 +712,7 @@ class PagedAttentionLauncher:
             NUM_KV_HEADS=num_kv_heads, GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_D=_next_power_of_2(head_dim),
             BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, IS_CAUSAL=bool(causal),
+            ONE_QUERY_PER_SEQ=plan.one_query_per_seq,
         )
         self._attn_grid = (plan.num_q_blocks * num_kv_heads, plan.num_splits)
         self._attn_args = dict(

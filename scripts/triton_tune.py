@@ -43,12 +43,14 @@ PAGES = [16, 256]
 
 _D = dict(split_programs_per_sm=8, min_split_keys=256)
 DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(16, 64, 4, 3, **_D), None),
     (KernelConfig(16, 64, 4, 4, **_D), None),
-    (KernelConfig(16, 64, 4, 2, **_D), None),
-    (KernelConfig(16, 64, 4, 3, **_D), 4),
+    (KernelConfig(16, 64, 4, 2, **_D), 2),
     (KernelConfig(16, 64, 4, 2, **_D), 4),
+    (KernelConfig(16, 64, 4, 2, **_D), 6),
     (KernelConfig(16, 128, 4, 2, **_D), None),
-    (KernelConfig(16, 32, 4, 4, **_D), None),
+    (KernelConfig(16, 64, 2, 2, **_D), None),
+    (KernelConfig(16, 64, 8, 2, **_D), None),
 ]
 """(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where a
 tile fits in a page."""
@@ -56,19 +58,14 @@ tile fits in a page."""
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 _R = dict(max_registers=128, **_L)
 LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(64, 64, 4, 3, **_L), None),
     (KernelConfig(64, 64, 4, 3, use_tma=True, **_L), None),
     (KernelConfig(128, 64, 8, 2, **_R), None),
     (KernelConfig(128, 64, 8, 3, **_R), None),
+    (KernelConfig(128, 64, 8, 4, **_R), None),
     (KernelConfig(128, 64, 8, 2, use_tma=True, **_R), None),
     (KernelConfig(128, 64, 8, 3, use_tma=True, **_R), None),
-    (KernelConfig(128, 32, 8, 3, **_R), None),
-    (KernelConfig(128, 32, 8, 4, **_R), None),
-    (KernelConfig(128, 32, 8, 3, use_tma=True, **_R), None),
-    (KernelConfig(256, 64, 16, 2, **_R), None),
-    (KernelConfig(256, 32, 16, 3, **_R), None),
-    (KernelConfig(256, 64, 16, 2, use_tma=True, **_R), None),
-    (KernelConfig(256, 32, 16, 3, use_tma=True, **_R), None),
-    (KernelConfig(256, 32, 16, 4, use_tma=True, **_R), None),
+    (KernelConfig(128, 128, 8, 2, use_tma=True, **_R), None),
 ]
 """Candidates for the long-query bucket (prefill and mixed)."""
 

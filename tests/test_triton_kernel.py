@@ -146,6 +146,22 @@ def test_register_cap_keeps_results(page_size, use_tma):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_pure_decode_maps_tiles_to_sequences(num_splits):
+    """A pure decode batch (one query per sequence) numbers its tiles by sequence, with no search;
+    only when the host values prove that every sequence has exactly one query."""
+    decode = make_batch(BatchSpec.from_grammar("5q1c37", page_size=3, dtype="fp32", seed=1, **TINY), "cpu")
+    out, plan = run_kernel(decode, config=SMALL_TILES, num_splits=num_splits)
+    assert plan.one_query_per_seq and plan.num_q_blocks == 5 and plan.num_splits == num_splits
+    assert_matches_reference(decode, out, CPU_TOLERANCE["fp32"])
+
+    # as many tokens as sequences, but the host bound allows 2 queries (some sequence may have none)
+    common = dict(num_q_heads=4, num_kv_heads=2, head_dim=32, page_size=3, max_kv_len=37, num_sms=4)
+    assert not plan_launch(num_tokens=5, num_seqs=5, max_q_len=2, **common).one_query_per_seq
+    assert not plan_launch(num_tokens=4, num_seqs=5, max_q_len=1, **common).one_query_per_seq
+
+
+@needs_interpreter
 def test_sequence_crossing_pages_fp16():
     spec = BatchSpec.from_grammar("1q23c17", page_size=16, dtype="fp16", **TINY)
     batch = make_batch(spec, "cpu")
