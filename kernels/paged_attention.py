@@ -136,55 +136,51 @@ def _load(ptrs, mask_a, mask_b, USE_A: tl.constexpr, USE_B: tl.constexpr):
 
 @triton.jit
 def _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_page, stride_slot,
-             PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, MASKED: tl.constexpr):
-    """Element offsets (int64) of keys ``start_n .. start_n + BLOCK_N - 1`` in a cache with these
-    page and slot strides: one page lookup per tile when the tile sits inside one page, else one
-    per key."""
+             PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, MASKED: tl.constexpr,
+             OFFSETS_32: tl.constexpr):
+    """Element offsets of keys ``start_n .. start_n + BLOCK_N - 1`` in a cache with these page and
+    slot strides: one page lookup per tile when the tile sits inside one page, else one per key.
+    int32 when ``OFFSETS_32`` (the whole cache is under 2**31 elements: cheaper address math and
+    fewer registers), else int64."""
     if TILE_IN_PAGE:
-        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE).to(tl.int64)
-        rows = page * stride_page + (keys % PAGE_SIZE).to(tl.int64) * stride_slot
+        pages = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
     else:
         if MASKED:
             pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE, mask=key_valid, other=0)
         else:
             pages = tl.load(block_table_row_ptr + keys // PAGE_SIZE)
+    if OFFSETS_32:
+        rows = pages * stride_page + (keys % PAGE_SIZE) * stride_slot
+    else:
         rows = pages.to(tl.int64) * stride_page + (keys % PAGE_SIZE).to(tl.int64) * stride_slot
     return rows
 
 
 @triton.jit
-def _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, kv_len, k_head_offset, head_col,
-              stride_k_page, stride_k_slot,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-              MASKED: tl.constexpr):
+def _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, key_valid, rows, k_head_offset, head_col,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+              USE_TMA: tl.constexpr, MASKED: tl.constexpr):
     """K^T tile ``[BLOCK_D, BLOCK_N]`` of keys ``start_n ..``: one TMA load (the tile inside one
     page, rows ``page * PAGE_SIZE + slot`` of the cache viewed ``[pages * PAGE_SIZE, Hkv * D]``) or
-    per-thread pointer loads. Keys past ``kv_len`` read as zero (pointers) or are masked later."""
+    per-thread pointer loads at element offsets ``rows``. Keys past the end read as zero (pointers)
+    or are masked later."""
     if USE_TMA:
         page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
         k = tl.trans(k_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col]))
     else:
-        keys = start_n + tl.arange(0, BLOCK_N)
-        key_valid = keys < kv_len
         offs_d = tl.arange(0, BLOCK_D)
-        rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_k_page, stride_k_slot,
-                        PAGE_SIZE, TILE_IN_PAGE, MASKED)
         k_ptrs = k_cache_ptr + k_head_offset + rows[None, :] + offs_d[:, None]
         k = _load(k_ptrs, key_valid[None, :], (offs_d < HEAD_DIM)[:, None], MASKED, HEAD_DIM != BLOCK_D)
     return k
 
 
 @triton.jit
-def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, kv_len, v_head_offset, head_col,
-                stride_v_page, stride_v_slot,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-                MASKED: tl.constexpr):
-    """V tile ``[BLOCK_N, BLOCK_D]`` of keys ``start_n ..``; in masked tiles the rows past ``kv_len``
-    are zero (slots past the end of the last page may hold anything, NaN included)."""
-    keys = start_n + tl.arange(0, BLOCK_N)
-    key_valid = keys < kv_len
+def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, key_valid, rows, v_head_offset, head_col,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """V tile ``[BLOCK_N, BLOCK_D]`` of keys ``start_n ..`` (TMA, or pointers at offsets ``rows``);
+    in masked tiles the rows past the end are zero (slots past the end of the last page may hold
+    anything, NaN included)."""
     if USE_TMA:
         page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
         v = v_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col])
@@ -192,8 +188,6 @@ def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, kv_len, v_hea
             v = tl.where(key_valid[:, None], v, 0.0)
     else:
         offs_d = tl.arange(0, BLOCK_D)
-        rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_v_page, stride_v_slot,
-                        PAGE_SIZE, TILE_IN_PAGE, MASKED)
         v_ptrs = v_cache_ptr + v_head_offset + rows[:, None] + offs_d[None, :]
         v = _load(v_ptrs, key_valid[:, None], (offs_d < HEAD_DIM)[None, :], MASKED, HEAD_DIM != BLOCK_D)
     return v
@@ -233,20 +227,33 @@ def _attend_keys(acc, l_i, m_i, q,
                  stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                  PAGE_SIZE: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-                 MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 SHARED_ROWS: tl.constexpr, OFFSETS_32: tl.constexpr):
     """Online softmax over keys ``[kv_lo, kv_hi)`` in steps of BLOCK_N (``kv_lo`` a multiple of it).
 
     ``MASKED`` tiles apply the key-length and causal masks (the diagonal and the last tile);
-    unmasked ones are known fully visible.
+    unmasked ones are known fully visible. ``SHARED_ROWS``: K and V have the same page and slot
+    strides, so one page lookup per key serves both.
     """
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
-        k = _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, kv_len, k_head_offset, head_col,
-                      stride_k_page, stride_k_slot, HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE,
-                      TILE_IN_PAGE, USE_TMA, MASKED)
+        keys = start_n + tl.arange(0, BLOCK_N)
+        key_valid = keys < kv_len
+        if USE_TMA:
+            k_rows = keys  # unused: TMA addresses by page and column
+            v_rows = keys
+        else:
+            k_rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_k_page, stride_k_slot,
+                              PAGE_SIZE, TILE_IN_PAGE, MASKED, OFFSETS_32)
+            if SHARED_ROWS:
+                v_rows = k_rows
+            else:
+                v_rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_v_page,
+                                  stride_v_slot, PAGE_SIZE, TILE_IN_PAGE, MASKED, OFFSETS_32)
+        k = _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, key_valid, k_rows, k_head_offset,
+                      head_col, HEAD_DIM, BLOCK_D, PAGE_SIZE, USE_TMA, MASKED)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        v = _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, kv_len, v_head_offset,
-                        head_col, stride_v_page, stride_v_slot, HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE,
-                        TILE_IN_PAGE, USE_TMA, MASKED)
+        v = _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, key_valid, v_rows, v_head_offset,
+                        head_col, HEAD_DIM, BLOCK_D, PAGE_SIZE, USE_TMA, MASKED)
         acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, start_n, kv_len, row_limit, qk_scale,
                                         BLOCK_N, MASKED, IS_CAUSAL, DOT_PRECISION)
     return acc, l_i, m_i
@@ -281,7 +288,8 @@ def _paged_attention_kernel(
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr, SHARED_ROWS: tl.constexpr,
+    OFFSETS_32: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
     one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits)."""
@@ -309,10 +317,11 @@ def _paged_attention_kernel(
 
     stride_q_t = tl.cast(stride_q_t, tl.int64)
     stride_q_h = tl.cast(stride_q_h, tl.int64)
-    stride_k_page = tl.cast(stride_k_page, tl.int64)
-    stride_k_slot = tl.cast(stride_k_slot, tl.int64)
-    stride_v_page = tl.cast(stride_v_page, tl.int64)
-    stride_v_slot = tl.cast(stride_v_slot, tl.int64)
+    if not OFFSETS_32:
+        stride_k_page = tl.cast(stride_k_page, tl.int64)
+        stride_k_slot = tl.cast(stride_k_slot, tl.int64)
+        stride_v_page = tl.cast(stride_v_page, tl.int64)
+        stride_v_slot = tl.cast(stride_v_slot, tl.int64)
     stride_bt_seq = tl.cast(stride_bt_seq, tl.int64)
     stride_o_t = tl.cast(stride_o_t, tl.int64)
     stride_o_h = tl.cast(stride_o_h, tl.int64)
@@ -346,12 +355,14 @@ def _paged_attention_kernel(
         acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
         kv_lo, kv_mid, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
         stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, False, IS_CAUSAL, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, False, IS_CAUSAL, DOT_PRECISION,
+        SHARED_ROWS, OFFSETS_32)
     acc, l_i, m_i = _attend_keys(
         acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_desc, v_desc, block_table_row_ptr,
         kv_mid, kv_hi, kv_len, row_limit, qk_scale, k_head_offset, v_head_offset, head_col,
         stride_k_page, stride_k_slot, stride_v_page, stride_v_slot,
-        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, True, IS_CAUSAL, DOT_PRECISION)
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGE_SIZE, TILE_IN_PAGE, USE_TMA, True, IS_CAUSAL, DOT_PRECISION,
+        SHARED_ROWS, OFFSETS_32)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -603,6 +614,11 @@ def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head
     return part_out, part_lse
 
 
+def offsets_fit_int32(tensor: torch.Tensor) -> bool:
+    """Every element offset of ``tensor`` (from its strides) fits in int32."""
+    return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) < 2**31 - 1
+
+
 def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """TMA descriptors need a Hopper-class GPU (or the interpreter, on CPU tensors), caches that are
     contiguous and 16-byte aligned, and row coordinates that fit in int32."""
@@ -729,6 +745,8 @@ class PagedAttentionLauncher:
             stride_bt_seq=block_table.stride(0),
             PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
             SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
+            SHARED_ROWS=k_cache.stride()[:2] == v_cache.stride()[:2],
+            OFFSETS_32=offsets_fit_int32(k_cache) and offsets_fit_int32(v_cache),
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=plan.config.num_warps, num_stages=plan.config.num_stages,
             **({"maxnreg": plan.config.max_registers} if plan.config.max_registers else {}),

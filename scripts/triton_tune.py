@@ -41,31 +41,31 @@ from kernels.paged_attention import (  # noqa: E402
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000"]
 PAGES = [16, 256]
 
-_D = dict(split_programs_per_sm=8, min_split_keys=256)
+_D = dict(split_programs_per_sm=12, min_split_keys=256)
 DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(16, 64, 4, 3, **_D), None),
-    (KernelConfig(16, 64, 4, 4, **_D), None),
-    (KernelConfig(16, 64, 4, 2, **_D), 2),
-    (KernelConfig(16, 64, 4, 2, **_D), 4),
-    (KernelConfig(16, 64, 4, 2, **_D), 6),
+    (KernelConfig(16, 64, 4, 2, split_programs_per_sm=8, min_split_keys=256), None),
+    (KernelConfig(16, 64, 4, 2, split_programs_per_sm=24, min_split_keys=256), None),
+    (KernelConfig(16, 64, 4, 2, split_programs_per_sm=24, min_split_keys=128), None),
+    (KernelConfig(16, 64, 4, 3, split_programs_per_sm=24, min_split_keys=128), None),
     (KernelConfig(16, 128, 4, 2, **_D), None),
     (KernelConfig(16, 64, 2, 2, **_D), None),
-    (KernelConfig(16, 64, 8, 2, **_D), None),
 ]
 """(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where a
 tile fits in a page."""
 
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 _R = dict(max_registers=128, **_L)
+_R512 = dict(max_registers=128, split_programs_per_sm=2, min_split_keys=512)
 LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(64, 64, 4, 3, **_L), None),
     (KernelConfig(64, 64, 4, 3, use_tma=True, **_L), None),
-    (KernelConfig(128, 64, 8, 2, **_R), None),
     (KernelConfig(128, 64, 8, 3, **_R), None),
     (KernelConfig(128, 64, 8, 4, **_R), None),
     (KernelConfig(128, 64, 8, 2, use_tma=True, **_R), None),
     (KernelConfig(128, 64, 8, 3, use_tma=True, **_R), None),
-    (KernelConfig(128, 128, 8, 2, use_tma=True, **_R), None),
+    (KernelConfig(128, 64, 8, 3, **_R512), None),
+    (KernelConfig(128, 64, 8, 2, use_tma=True, **_R512), None),
 ]
 """Candidates for the long-query bucket (prefill and mixed)."""
 
