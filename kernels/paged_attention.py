@@ -500,6 +500,12 @@ _SHORT = dict(split_programs_per_sm=4, min_split_keys=512)
 _LONG = dict(split_programs_per_sm=2, min_split_keys=2048)
 
 
+FEW_PROGRAMS_PER_SM = 2
+"""A long-query launch whose table tiles would make fewer programs than this per multiprocessor (less
+than one wave of the two-per-SM 128-row tiles) takes the ``long-few`` entry instead: smaller tiles,
+more programs (a B1 q512 prefill: 128 programs of 128 rows 55.8 us, 256 of 64 rows 42.8 us on the H100)."""
+
+
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
     """(query bucket, head dim, page class) -> config. The D=128 decode and long entries are the
     winners measured on an H100 by scripts/triton_tune.py (bf16, Hq 32, Hkv 8, pages 16 and 256;
@@ -519,14 +525,17 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         # two 8-warp programs share a multiprocessor (about 25% faster on the H100)
         table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
         table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
+        table["long-few", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
     # pages of 64+ keys hold a whole key tile: TMA loads win there (10 to 15% on the H100)
     table["long", 128, "large"] = KernelConfig(128, 64, 8, 2, use_tma=True, max_registers=128, **_LONG)
+    table["long-few", 128, "large"] = KernelConfig(64, 64, 4, 3, use_tma=True, **_LONG)
     return table
 
 
 CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
 """Chosen configuration per (query bucket, head dim, page class). Head dims between the listed ones
-use the next larger listed one."""
+use the next larger listed one. ``long-few`` entries replace ``long`` ones for launches with few
+tiles (see ``FEW_PROGRAMS_PER_SM``)."""
 
 
 def config_key(head_dim: int, page_size: int, max_q_len: int) -> tuple[str, int, str]:
@@ -579,14 +588,23 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
     must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
     ``tma_possible`` says the device and the caches allow TMA descriptors."""
-    config = config or select_config(head_dim, page_size, max_q_len)
     group = num_q_heads // num_kv_heads
-    block_m = max(config.block_m, _next_power_of_2(group), 16)
-    block_q = block_m // group
     one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
-    num_q_blocks = num_seqs if one_query_per_seq else num_tokens // block_q + num_seqs
-    real_tiles = min(num_q_blocks, num_seqs * math.ceil(max_q_len / block_q))
-    programs = max(1, real_tiles * num_kv_heads)
+
+    def tiles(config: KernelConfig) -> tuple[int, int, int, int]:
+        """(block_m, block_q, num_q_blocks, programs: real tiles x KV heads, an upper bound)."""
+        block_m = max(config.block_m, _next_power_of_2(group), 16)
+        block_q = block_m // group
+        num_q_blocks = num_seqs if one_query_per_seq else num_tokens // block_q + num_seqs
+        real_tiles = min(num_q_blocks, num_seqs * math.ceil(max_q_len / block_q))
+        return block_m, block_q, num_q_blocks, max(1, real_tiles * num_kv_heads)
+
+    if config is None:
+        config = select_config(head_dim, page_size, max_q_len)
+        few = CONFIG_TABLE.get(("long-few",) + config_key(head_dim, page_size, max_q_len)[1:])
+        if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM * num_sms:
+            config = few
+    block_m, block_q, num_q_blocks, programs = tiles(config)
     if num_splits is None:
         wanted = math.ceil(config.split_programs_per_sm * num_sms / programs)
         useful = math.ceil(max_kv_len / config.min_split_keys)

@@ -36,7 +36,7 @@ from harness.gate import compare  # noqa: E402
 from harness.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
-    KernelConfig, config_key, prepare_paged_attention, query_bucket, select_config)
+    KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000"]
 PAGES = [16, 256]
@@ -101,10 +101,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def candidates_for(spec: BatchSpec) -> list[tuple[KernelConfig, int | None]]:
+def table_choice(spec: BatchSpec, device: str) -> KernelConfig:
+    """The configuration the launcher picks for this batch by itself (table and few-tiles rule)."""
+    return plan_launch(num_tokens=spec.total_q, num_seqs=spec.batch_size, num_q_heads=spec.num_q_heads,
+                       num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim, page_size=spec.page_size,
+                       max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                       num_sms=multiprocessor_count(torch.device(device))).config
+
+
+def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig, int | None]]:
     """The table's choice first, then the bucket's candidates (TMA ones only where a key tile fits
     in a page), then the table's choice again: the spread between the two runs of one build."""
-    table = select_config(spec.head_dim, spec.page_size, spec.max_q_len)
+    table = table_choice(spec, device)
     pool = DECODE_CANDIDATES if query_bucket(spec.max_q_len) == "decode" else LONG_CANDIDATES
     pool = [c for c in pool if c != (table, None) and (not c[0].use_tma or spec.page_size % c[0].block_n == 0)]
     return [(table, None)] + pool + [(table, None)]
@@ -175,7 +183,7 @@ def main() -> int:
                     emit({**row_base, "backend": "cudnn", "error": repr(error)[:600]})
                     print(f"{case} p{page} cudnn error {error!r}"[:400], flush=True)
             results = []
-            candidates = candidates_for(spec)
+            candidates = candidates_for(spec, device)
             for index, (config, num_splits) in enumerate(candidates):
                 repeat = index == len(candidates) - 1
                 if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed
 
 if HAVE_TRITON:
     from kernels.paged_attention import (  # noqa: E402
-        KernelConfig, config_key, paged_attention, plan_launch, prepare_paged_attention, select_config)
+        CONFIG_TABLE, KernelConfig, config_key, paged_attention, plan_launch, prepare_paged_attention,
+        select_config)
     from kernels import paged_attention as kernel_module  # noqa: E402
 
     INTERPRETED = type(kernel_module._paged_attention_kernel).__name__ == "InterpretedFunction"
@@ -284,6 +285,19 @@ def test_plan_splits_decode_not_prefill():
     assert decode.num_splits * decode.split_size >= 4097
     assert prefill.num_splits == 1
     assert prefill.num_q_blocks >= 8192 // prefill.block_q
+
+
+def test_plan_takes_smaller_tiles_when_wide_ones_would_not_fill_the_gpu():
+    """On 132 SMs a B1 q512 prefill has too few 128-row tiles for one wave: the plan takes the
+    ``long-few`` entry; a B4 q2048 prefill keeps the wide tiles; an explicit config is never replaced."""
+    common = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=256, num_sms=132)
+    small = plan_launch(num_tokens=512, num_seqs=1, max_q_len=512, max_kv_len=1536, **common)
+    large = plan_launch(num_tokens=8192, num_seqs=4, max_q_len=2048, max_kv_len=4096, **common)
+    assert small.config == CONFIG_TABLE["long-few", 128, "large"] and small.block_m == 64
+    assert large.config == CONFIG_TABLE["long", 128, "large"] and large.block_m == 128
+    forced = plan_launch(num_tokens=512, num_seqs=1, max_q_len=512, max_kv_len=1536,
+                         config=CONFIG_TABLE["long", 128, "large"], **common)
+    assert forced.block_m == 128
 
 
 def test_adapter_imports_and_explains_without_triton():
