@@ -601,7 +601,8 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
 
     if config is None:
         config = select_config(head_dim, page_size, max_q_len)
-        few = CONFIG_TABLE.get(("long-few",) + config_key(head_dim, page_size, max_q_len)[1:])
+        bucket, table_dim, pages = config_key(head_dim, page_size, max_q_len)
+        few = CONFIG_TABLE.get(("long-few", table_dim, pages)) if bucket == "long" else None
         if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM * num_sms:
             config = few
     block_m, block_q, num_q_blocks, programs = tiles(config)

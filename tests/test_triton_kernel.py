@@ -298,6 +298,9 @@ def test_plan_takes_smaller_tiles_when_wide_ones_would_not_fill_the_gpu():
     forced = plan_launch(num_tokens=512, num_seqs=1, max_q_len=512, max_kv_len=1536,
                          config=CONFIG_TABLE["long", 128, "large"], **common)
     assert forced.block_m == 128
+    # decode launches are few programs too, but only long-query launches swap their tiles
+    decode = plan_launch(num_tokens=16, num_seqs=16, max_q_len=1, max_kv_len=4097, **common)
+    assert decode.config == CONFIG_TABLE["decode", 128, "large"]
 
 
 def test_adapter_imports_and_explains_without_triton():
