@@ -43,13 +43,13 @@ PAGES = [16, 256]
 
 _D = dict(split_programs_per_sm=12, min_split_keys=256)
 DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
-    (KernelConfig(16, 64, 4, 3, **_D), None),
     (KernelConfig(16, 64, 4, 2, split_programs_per_sm=8, min_split_keys=256), None),
-    (KernelConfig(16, 64, 4, 2, split_programs_per_sm=24, min_split_keys=256), None),
-    (KernelConfig(16, 64, 4, 2, split_programs_per_sm=24, min_split_keys=128), None),
-    (KernelConfig(16, 64, 4, 3, split_programs_per_sm=24, min_split_keys=128), None),
-    (KernelConfig(16, 128, 4, 2, **_D), None),
-    (KernelConfig(16, 64, 2, 2, **_D), None),
+    (KernelConfig(16, 32, 4, 2, **_D), None),
+    (KernelConfig(16, 32, 4, 2, **_D), 1),
+    (KernelConfig(16, 32, 4, 3, **_D), 1),
+    (KernelConfig(16, 64, 4, 2, **_D), 1),
+    (KernelConfig(16, 32, 2, 2, **_D), 1),
+    (KernelConfig(16, 32, 4, 2, **_D), 2),
 ]
 """(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where a
 tile fits in a page."""
