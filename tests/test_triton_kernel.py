@@ -277,12 +277,15 @@ def test_config_key_uses_buckets_only():
 
 
 def test_plan_splits_decode_not_prefill():
-    """On an H100-sized GPU a B64 decode is split over keys; a large prefill fills it without."""
+    """On an H100-sized GPU a B16 decode is split over keys; a B64 decode (512 programs, about 4 per
+    SM) and a large prefill fill it without."""
     common = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=16, num_sms=132)
-    decode = plan_launch(num_tokens=64, num_seqs=64, max_q_len=1, max_kv_len=4097, **common)
+    decode = plan_launch(num_tokens=16, num_seqs=16, max_q_len=1, max_kv_len=4097, **common)
+    wide_decode = plan_launch(num_tokens=64, num_seqs=64, max_q_len=1, max_kv_len=4097, **common)
     prefill = plan_launch(num_tokens=8192, num_seqs=4, max_q_len=2048, max_kv_len=4096, **common)
     assert decode.num_splits > 1 and decode.split_size % decode.config.block_n == 0
     assert decode.num_splits * decode.split_size >= 4097
+    assert wide_decode.num_splits == 1
     assert prefill.num_splits == 1
     assert prefill.num_q_blocks >= 8192 // prefill.block_q
 
