@@ -17,17 +17,21 @@ rows of one tile (row r = query token ``r // GROUP``, head ``r % GROUP``), so ea
 once for the whole group. A tile covers ``BLOCK_Q = BLOCK_M // GROUP`` query tokens of one
 sequence; tiles are numbered over the packed batch so that the grid is sized from host values alone
 (``T // BLOCK_Q + B`` is an upper bound on their count, surplus programs return at once) and a
-program finds its sequence by binary search over ``cu_seqlens_q``. Programs run the heaviest tile
-of each sequence first (the last one under bottom-right causal).
+program finds its sequence by binary search over ``cu_seqlens_q`` (a pure decode batch, one query
+per sequence, skips both: tile b is sequence b). Programs run the heaviest tile of each sequence
+first (the last one under bottom-right causal).
 
 When there are too few tiles to fill the GPU (decode, or a few long sequences) the key range is split
 into ``num_splits`` chunks of ``split_size`` keys (flash-decoding). A tile whose keys fit in one chunk
 writes its output directly; the others write fp32 partial outputs and log2-sum-exp values that a
 small second kernel merges.
 
-One attention kernel (constexpr switches ``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``) plus one
-merge kernel. Launch configurations come from a table keyed on head dim, page-size class, bucketed
-max query length (decode / short / long): see ``CONFIG_TABLE`` and ``docs/triton_kernel_notes.md``.
+One attention kernel (constexpr switches ``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``, ``USE_TMA``)
+plus one merge kernel. Launch configurations come from a table keyed on head dim, page-size class,
+bucketed max query length (decode / short / long, and long-few when wide tiles would not fill the
+GPU): see ``CONFIG_TABLE`` and ``docs/triton_kernel_notes.md``. At D=128 long queries run 128-row
+tiles capped at 128 registers so that two 8-warp programs share a multiprocessor: K/V traffic
+from L2, not issue rate, bounds this loop on the H100.
 """
 
 from __future__ import annotations
