@@ -161,16 +161,13 @@ def _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_page, stride_
 
 
 @triton.jit
-def _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, key_valid, rows, k_head_offset, head_col,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-              USE_TMA: tl.constexpr, MASKED: tl.constexpr):
-    """K^T tile ``[BLOCK_D, BLOCK_N]`` of keys ``start_n ..``: one TMA load (the tile inside one
-    page, rows ``page * PAGE_SIZE + slot`` of the cache viewed ``[pages * PAGE_SIZE, Hkv * D]``) or
-    per-thread pointer loads at element offsets ``rows``. Keys past the end read as zero (pointers)
-    or are masked later."""
+def _key_tile(k_cache_ptr, k_desc, key_valid, rows, k_head_offset, head_col,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """K^T tile ``[BLOCK_D, BLOCK_N]``: one TMA load at row ``rows`` of the cache viewed
+    ``[pages * PAGE_SIZE, Hkv * D]`` (the tile inside one page), or per-thread pointer loads at
+    element offsets ``rows``. Keys past the end read as zero (pointers) or are masked later."""
     if USE_TMA:
-        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
-        k = tl.trans(k_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col]))
+        k = tl.trans(k_desc.load([rows, head_col]))
     else:
         offs_d = tl.arange(0, BLOCK_D)
         k_ptrs = k_cache_ptr + k_head_offset + rows[None, :] + offs_d[:, None]
@@ -179,15 +176,13 @@ def _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, key_valid, rows
 
 
 @triton.jit
-def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, key_valid, rows, v_head_offset, head_col,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                USE_TMA: tl.constexpr, MASKED: tl.constexpr):
-    """V tile ``[BLOCK_N, BLOCK_D]`` of keys ``start_n ..`` (TMA, or pointers at offsets ``rows``);
-    in masked tiles the rows past the end are zero (slots past the end of the last page may hold
+def _value_tile(v_cache_ptr, v_desc, key_valid, rows, v_head_offset, head_col,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """V tile ``[BLOCK_N, BLOCK_D]`` (TMA at row ``rows``, or pointers at offsets ``rows``); in
+    masked tiles the rows past the end are zero (slots past the end of the last page may hold
     anything, NaN included)."""
     if USE_TMA:
-        page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
-        v = v_desc.load([page * PAGE_SIZE + start_n % PAGE_SIZE, head_col])
+        v = v_desc.load([rows, head_col])
         if MASKED:
             v = tl.where(key_valid[:, None], v, 0.0)
     else:
@@ -198,15 +193,13 @@ def _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, key_valid, ro
 
 
 @triton.jit
-def _softmax_update(acc, l_i, m_i, qk, v, start_n, kv_len, row_limit, qk_scale,
-                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr):
-    """One online-softmax step: fold the scores ``qk`` of keys ``start_n ..`` and their values into
+def _softmax_update(acc, l_i, m_i, qk, v, keys, key_valid, row_limit, qk_scale,
+                    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step: fold the scores ``qk`` of ``keys`` and their values into
     (acc, l_i, m_i). Scores are in the log2 domain (``qk_scale = scale * log2(e)``); masked tiles
-    drop keys past ``kv_len`` and, causal, past each row's last visible key."""
+    drop keys that are not ``key_valid`` and, causal, past each row's last visible key."""
     if MASKED:
-        keys = start_n + tl.arange(0, BLOCK_N)
-        visible = (keys < kv_len)[None, :]
+        visible = key_valid[None, :]
         if IS_CAUSAL:
             visible = visible & (keys[None, :] <= row_limit[:, None])
         qk = tl.where(visible, qk, float("-inf"))
@@ -242,9 +235,10 @@ def _attend_keys(acc, l_i, m_i, q,
     for start_n in range(kv_lo, kv_hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         key_valid = keys < kv_len
-        if USE_TMA:
-            k_rows = keys  # unused: TMA addresses by page and column
-            v_rows = keys
+        if USE_TMA:  # one row of the [pages * PAGE_SIZE, Hkv * D] view serves K and V
+            page = tl.load(block_table_row_ptr + start_n // PAGE_SIZE)
+            k_rows = page * PAGE_SIZE + start_n % PAGE_SIZE
+            v_rows = k_rows
         else:
             k_rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_k_page, stride_k_slot,
                               PAGE_SIZE, TILE_IN_PAGE, MASKED, OFFSETS_32)
@@ -253,13 +247,13 @@ def _attend_keys(acc, l_i, m_i, q,
             else:
                 v_rows = _kv_rows(block_table_row_ptr, start_n, keys, key_valid, stride_v_page,
                                   stride_v_slot, PAGE_SIZE, TILE_IN_PAGE, MASKED, OFFSETS_32)
-        k = _key_tile(k_cache_ptr, k_desc, block_table_row_ptr, start_n, key_valid, k_rows, k_head_offset,
-                      head_col, HEAD_DIM, BLOCK_D, PAGE_SIZE, USE_TMA, MASKED)
+        k = _key_tile(k_cache_ptr, k_desc, key_valid, k_rows, k_head_offset, head_col,
+                      HEAD_DIM, BLOCK_D, USE_TMA, MASKED)
         qk = tl.dot(q, k, input_precision=DOT_PRECISION)
-        v = _value_tile(v_cache_ptr, v_desc, block_table_row_ptr, start_n, key_valid, v_rows, v_head_offset,
-                        head_col, HEAD_DIM, BLOCK_D, PAGE_SIZE, USE_TMA, MASKED)
-        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, start_n, kv_len, row_limit, qk_scale,
-                                        BLOCK_N, MASKED, IS_CAUSAL, DOT_PRECISION)
+        v = _value_tile(v_cache_ptr, v_desc, key_valid, v_rows, v_head_offset, head_col,
+                        HEAD_DIM, BLOCK_D, USE_TMA, MASKED)
+        acc, l_i, m_i = _softmax_update(acc, l_i, m_i, qk, v, keys, key_valid, row_limit, qk_scale,
+                                        MASKED, IS_CAUSAL, DOT_PRECISION)
     return acc, l_i, m_i
 
 
@@ -611,8 +605,8 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
         return block_m, block_q, num_q_blocks, max(1, real_tiles * num_kv_heads)
 
     if config is None:
-        config = select_config(head_dim, page_size, max_q_len)
         bucket, table_dim, pages = config_key(head_dim, page_size, max_q_len)
+        config = CONFIG_TABLE[bucket, table_dim, pages]
         few = CONFIG_TABLE.get(("long-few", table_dim, pages)) if bucket == "long" else None
         if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM * num_sms:
             config = few

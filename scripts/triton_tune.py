@@ -56,7 +56,7 @@ tile fits in a page."""
 
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 _R = dict(max_registers=128, **_L)
-_R512 = dict(max_registers=128, split_programs_per_sm=2, min_split_keys=512)
+_R512 = {**_R, "min_split_keys": 512}
 LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(64, 64, 4, 3, **_L), None),
     (KernelConfig(64, 64, 4, 3, use_tma=True, **_L), None),
