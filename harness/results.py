@@ -21,7 +21,7 @@ COLUMNS: list[str] = [
     # gate
     "verdict", "reason", "rel_l2", "max_abs",
     # timing (microseconds) and how it was taken
-    "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "method", "l2_policy",
+    "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "method", "l2_policy", "host_us",
     # derived figures
     "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
     # what the backend reported, and where
@@ -32,6 +32,8 @@ GLOSSARY: dict[str, str] = {
     "median_us": "median device time of one launch, microseconds (CUDA events, L2 flushed between launches)",
     "q1_us": "first quartile of the launch times", "q3_us": "third quartile of the launch times",
     "iqr_pct": "inter-quartile range as a percentage of the median: the cell's run-to-run noise",
+    "host_us": ("host time to enqueue one timed repetition (L2 flush, two events, the backend's launch), "
+                "microseconds; where it nears the GPU time the timer spins the GPU ahead so it stays out of median_us"),
     "tflops": "matrix FLOPs (4*Hq*D*pairs, bottom-right causal pairs) per second, in 10^12",
     "tbps": "bytes at least moved (Q and O once, each sequence's K and V once) per second, in 10^12",
     "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",

@@ -1,6 +1,9 @@
 """GPU-side timing: CUDA events around each launch, after warm-up, with L2 flushed between
-repetitions; median and spread reported. Optional CUDA-graph replay removes launch gaps for
-microsecond-scale kernels. On a CPU device the same API uses a synchronised perf_counter."""
+repetitions; median and spread reported. When enqueueing a repetition costs the host about as long
+as the GPU takes to run it (Python launchers, microsecond decodes), each repetition is queued behind
+a GPU spin so the host stays ahead and its launch cost never shows up between the events (the
+"blocking kernel" idea of NVBench). Optional CUDA-graph replay times the launches as serving engines
+replay them. On a CPU device the same API uses a synchronised perf_counter."""
 
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ MAX_REPS = 1000
 WARMUP_MS = 40.0
 MIN_WARMUP = 3
 FLUSH_BYTES_FLOOR = 256 << 20
+HOST_LEAD = 2.0
+"""Each repetition keeps the GPU busy for at least this many times its host enqueue cost (spinning
+first when the L2 flush alone is shorter), so the host runs ahead and launch gaps stay out."""
+HOST_SAMPLES = 8
 
 
 @dataclass
@@ -32,6 +39,8 @@ class Timing:
     reps: int
     method: str
     l2_policy: str
+    host_us: float | None = None
+    """Host time to enqueue one repetition (flush, events and the launch), microseconds."""
     samples_us: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -46,12 +55,13 @@ class Timing:
         return row
 
     @classmethod
-    def from_samples(cls, samples_us: list[float], method: str, l2_policy: str) -> "Timing":
+    def from_samples(cls, samples_us: list[float], method: str, l2_policy: str,
+                     host_us: float | None = None) -> "Timing":
         quartiles = statistics.quantiles(samples_us, n=4, method="inclusive") if len(samples_us) > 1 \
             else [samples_us[0]] * 3
         return cls(median_us=statistics.median(samples_us), q1_us=quartiles[0], q3_us=quartiles[2],
                    min_us=min(samples_us), max_us=max(samples_us), reps=len(samples_us), method=method,
-                   l2_policy=l2_policy, samples_us=list(samples_us))
+                   l2_policy=l2_policy, host_us=host_us, samples_us=list(samples_us))
 
 
 class L2Flusher:
@@ -68,6 +78,40 @@ class L2Flusher:
 
     def __call__(self) -> None:
         self.buffer.zero_()
+
+
+class GpuSpin:
+    """Keeps the stream busy for a given number of microseconds (``torch.cuda._sleep``, calibrated
+    once per device against CUDA events), so launches queued after it find the GPU still working."""
+
+    _cycles_per_us: dict[int, float] = {}
+
+    def __init__(self, device: torch.device):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._cycles_per_us:
+            cycles = 1_000_000
+            torch.cuda._sleep(cycles)  # first call loads the kernel
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            torch.cuda._sleep(cycles)
+            end.record()
+            end.synchronize()
+            self._cycles_per_us[index] = cycles / max(begin.elapsed_time(end) * 1e3, 1e-3)
+        self.cycles_per_us = self._cycles_per_us[index]
+
+    def __call__(self, microseconds: float) -> None:
+        if microseconds > 0:
+            torch.cuda._sleep(int(microseconds * self.cycles_per_us))
+
+
+def _host_us(body: Callable[[], object], samples: int = HOST_SAMPLES) -> float:
+    """Median host time of ``body`` (which only enqueues work), microseconds."""
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        body()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
 
 
 def _repetitions(single_ms: float, target_ms: float) -> int:
@@ -104,8 +148,11 @@ def time_function(fn: Callable[[], object], device: torch.device | str, *, targe
     """Median and spread of ``fn``'s device time.
 
     CUDA: ``fn`` is warmed up (JIT, autotuning and lazy init stay out), then each repetition is
-    flush -> start event -> fn -> end event; with ``cuda_graph`` the launch is captured once and
-    replayed (falls back to plain launches, and says so in ``method``, if capture fails).
+    [spin] -> flush -> start event -> fn -> end event; the spin comes in only when enqueueing a
+    repetition costs the host more than 1/``HOST_LEAD`` of the flush's GPU time (the kernel's own
+    time is not counted: the first launch's estimate can hold host gaps itself), and ``method`` says so. With
+    ``cuda_graph`` the launch is captured once and replayed (falls back to plain launches, and says
+    so in ``method``, if capture fails).
     """
     device = torch.device(device)
     if device.type != "cuda":
@@ -134,13 +181,34 @@ def time_function(fn: Callable[[], object], device: torch.device | str, *, targe
     count = reps or _repetitions(single_ms, target_ms)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
-    torch.cuda.synchronize(device)
-    for start_event, end_event in zip(starts, ends):
+
+    def repetition(index: int) -> None:
         if flusher:
             flusher()
-        start_event.record(stream)
+        starts[index].record(stream)
         launch()
-        end_event.record(stream)
+        ends[index].record(stream)
+
+    # Host cost of one repetition against the flush's GPU time: spin ahead where the host could catch up.
+    torch.cuda.synchronize(device)
+    host_us = _host_us(lambda: repetition(0))
+    flush_us = 0.0
+    if flusher:
+        begin.record(stream)
+        flusher()
+        end.record(stream)
+    torch.cuda.synchronize(device)
+    if flusher:
+        flush_us = begin.elapsed_time(end) * 1e3
+    lead_us = HOST_LEAD * host_us - flush_us
+    spin = GpuSpin(device) if lead_us > 0 else None
+    if spin:
+        method += " (queued behind a GPU spin)"
+        spin(4 * HOST_LEAD * host_us)  # a head start for the first repetitions
+    for index in range(count):
+        if spin:
+            spin(lead_us)
+        repetition(index)
     torch.cuda.synchronize(device)
     samples = [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
-    return Timing.from_samples(samples, method, flusher.policy if flusher else "none (L2 warm)")
+    return Timing.from_samples(samples, method, flusher.policy if flusher else "none (L2 warm)", host_us=host_us)

@@ -287,10 +287,12 @@ def _paged_attention_kernel(
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr, SHARED_ROWS: tl.constexpr,
-    OFFSETS_32: tl.constexpr,
+    OFFSETS_32: tl.constexpr, LAUNCH_MERGE_EARLY: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
     one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits)."""
+    if LAUNCH_MERGE_EARLY:  # the merge kernel may start now; it waits for this grid before reading
+        tl.extra.cuda.gdc_launch_dependents()
     flat_idx = tl.program_id(0)
     kv_head = flat_idx % NUM_KV_HEADS
     q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS  # last (heaviest) tiles first
@@ -391,9 +393,12 @@ def _merge_splits_kernel(
     stride_pl_split, stride_pl_t,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, IS_CAUSAL: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
+    LAUNCH_MERGE_EARLY: tl.constexpr,
 ):
     """Merge the key chunks of every tile that was split, with log-sum-exp weights. Same tiles and
-    grid axis 0 as the attention kernel; tiles with a single chunk were written directly: skipped."""
+    grid axis 0 as the attention kernel; tiles with a single chunk were written directly: skipped.
+    With LAUNCH_MERGE_EARLY (programmatic dependent launch) it starts while the attention kernel
+    runs and waits for that grid to finish before it reads a partial result."""
     flat_idx = tl.program_id(0)
     kv_head = flat_idx % NUM_KV_HEADS
     q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
@@ -422,6 +427,8 @@ def _merge_splits_kernel(
     po_rows = row_token * stride_po_t + row_head * stride_po_h
     pl_rows = row_token * stride_pl_t + row_head
 
+    if LAUNCH_MERGE_EARLY:
+        tl.extra.cuda.gdc_wait()
     lse_max = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     for split in range(0, num_tile_splits):
         lse = tl.load(part_lse_ptr + split * stride_pl_split + pl_rows,
@@ -464,10 +471,6 @@ class KernelConfig:
     min_split_keys: int = 1 << 30
     use_tma: bool = False
     """Load K/V tiles through TMA descriptors where a tile sits inside one page (Hopper and newer)."""
-    unsplit_programs_per_sm: int = 0
-    """Never split launches whose tiles alone make at least this many programs per multiprocessor
-    (0: no such limit): they already fill the GPU, and partials plus a merge only cost (B64 decode on
-    the H100: 368 us unsplit against 378 us in 4 chunks)."""
     max_registers: int = 0
     """Cap on registers per thread (Triton's ``maxnreg``; 0 leaves it to the compiler): 128 lets two
     8-warp programs share a multiprocessor, at the price of some spills."""
@@ -475,8 +478,7 @@ class KernelConfig:
     def label(self) -> str:
         return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
                 f"{'-tma' if self.use_tma else ''}{f'-r{self.max_registers}' if self.max_registers else ''}"
-                f"-split{self.split_programs_per_sm}/{self.min_split_keys}"
-                f"{f'-u{self.unsplit_programs_per_sm}' if self.unsplit_programs_per_sm else ''}")
+                f"-split{self.split_programs_per_sm}/{self.min_split_keys}")
 
 
 def query_bucket(max_q_len: int) -> str:
@@ -498,15 +500,25 @@ def page_class(page_size: int) -> str:
     return "large"
 
 
-_DECODE = dict(split_programs_per_sm=8, min_split_keys=256)
+# Decode splits keys until about one program per SM where key tiles sit inside pages: fewer, longer
+# chunks stream better than many short ones (H100, page 256: B16 ctx 4096 108.5 us in 2 chunks, 115 us
+# in 9; B64 368 us unsplit, 378 us in 4 chunks). Smaller pages look every key's page up, which costs
+# latency that more programs hide: about 3 per SM (page 16: B16 ctx 16384 380 us in 4 chunks, 408 in 2).
+_DECODE = {"large": dict(split_programs_per_sm=1, min_split_keys=256),
+           "medium": dict(split_programs_per_sm=3, min_split_keys=256),
+           "small": dict(split_programs_per_sm=3, min_split_keys=256)}
 _SHORT = dict(split_programs_per_sm=4, min_split_keys=512)
-_LONG = dict(split_programs_per_sm=2, min_split_keys=2048)
+# Long queries split only where chunks stay long: B1 q512 ctx 2048 takes 61.5 us whole and 72.2 us
+# in two chunks of 1280 keys on the H100.
+_LONG = dict(split_programs_per_sm=2, min_split_keys=4096)
 
 
-FEW_PROGRAMS_PER_SM = 2
-"""A long-query launch whose table tiles would make fewer programs than this per multiprocessor (less
-than one wave of the two-per-SM 128-row tiles) takes the ``long-few`` entry instead: smaller tiles,
-more programs (a B1 q512 prefill: 128 programs of 128 rows 55.8 us, 256 of 64 rows 42.8 us on the H100)."""
+FEW_PROGRAMS_PER_SM = {"long": 2.0, "decode": 0.25}
+"""A launch whose table tiles would make fewer programs than this per multiprocessor takes its
+bucket's ``-few`` entry instead. Long queries: less than one wave of the two-per-SM 128-row tiles,
+so smaller tiles and more programs (a B1 q512 prefill: 128 programs of 128 rows 55.8 us, 256 of 64
+rows 42.8 us on the H100). Decode: so few sequences that even split, each SM streams one chunk on
+its own; 128-key steps keep more bytes in flight (B1 ctx 16384 at page 256: 46.6 us against 49.6)."""
 
 
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
@@ -516,12 +528,11 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
     register and spill report and checked for correctness on the GPU, not timed."""
     table = {}
     for page in ("small", "medium", "large"):
-        table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE)
-        # 2 stages; split to about 8 programs per SM unless the batch alone gives 3 (B64: unsplit,
-        # 2.87-2.92 TB/s on the H100; B16: 9 chunks)
-        table["decode", 128, page] = KernelConfig(16, 64, 4, 2, split_programs_per_sm=8, min_split_keys=256,
-                                                  unsplit_programs_per_sm=3)
-        table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE)
+        table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE[page])
+        # 2 stages (B64 ctx 4096 unsplit: 2.92 TB/s on the H100)
+        table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE[page])
+        table["decode-few", 128, page] = KernelConfig(16, 128, 4, 2, split_programs_per_sm=1, min_split_keys=128)
+        table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 256, page] = KernelConfig(64, 16, 4, 2, **_SHORT)
@@ -539,8 +550,8 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
 
 CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
 """Chosen configuration per (query bucket, head dim, page class). Head dims between the listed ones
-use the next larger listed one. ``long-few`` entries replace ``long`` ones for launches with few
-tiles (see ``FEW_PROGRAMS_PER_SM``)."""
+use the next larger listed one. ``long-few`` and ``decode-few`` entries replace ``long`` and
+``decode`` ones for launches with few tiles (see ``FEW_PROGRAMS_PER_SM``)."""
 
 
 def config_key(head_dim: int, page_size: int, max_q_len: int) -> tuple[str, int, str]:
@@ -571,6 +582,9 @@ class LaunchPlan:
     use_tma: bool = False
     one_query_per_seq: bool = False
     """Pure decode (as many tokens as sequences, none longer than 1): tile b is sequence b."""
+    launch_merge_early: bool = False
+    """The merge kernel goes out with programmatic dependent launch (Hopper and newer): its launch
+    overlaps the attention kernel instead of following it (about 2 us per split launch)."""
 
     def describe(self) -> dict:
         path = "per-key page lookup"
@@ -579,7 +593,7 @@ class LaunchPlan:
         return {"config": self.config.label(), **asdict(self.config), "block_m_used": self.block_m,
                 "block_q": self.block_q, "num_q_blocks": self.num_q_blocks,
                 "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path,
-                "one_query_per_seq": self.one_query_per_seq}
+                "one_query_per_seq": self.one_query_per_seq, "launch_merge_early": self.launch_merge_early}
 
 
 def _next_power_of_2(value: int) -> int:
@@ -589,10 +603,11 @@ def _next_power_of_2(value: int) -> int:
 def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
                 page_size: int, max_q_len: int, max_kv_len: int, num_sms: int,
                 config: KernelConfig | None = None, num_splits: int | None = None,
-                tma_possible: bool = False) -> LaunchPlan:
+                tma_possible: bool = False, pdl_possible: bool = False) -> LaunchPlan:
     """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
     must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
-    ``tma_possible`` says the device and the caches allow TMA descriptors."""
+    ``tma_possible`` says the device and the caches allow TMA descriptors, ``pdl_possible`` that
+    the device has programmatic dependent launch."""
     group = num_q_heads // num_kv_heads
     one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
 
@@ -607,14 +622,12 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     if config is None:
         bucket, table_dim, pages = config_key(head_dim, page_size, max_q_len)
         config = CONFIG_TABLE[bucket, table_dim, pages]
-        few = CONFIG_TABLE.get(("long-few", table_dim, pages)) if bucket == "long" else None
-        if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM * num_sms:
+        few = CONFIG_TABLE.get((f"{bucket}-few", table_dim, pages))
+        if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM[bucket] * num_sms:
             config = few
     block_m, block_q, num_q_blocks, programs = tiles(config)
     if num_splits is None:
         wanted = math.ceil(config.split_programs_per_sm * num_sms / programs)
-        if config.unsplit_programs_per_sm and programs >= config.unsplit_programs_per_sm * num_sms:
-            wanted = 1
         useful = math.ceil(max_kv_len / config.min_split_keys)
         num_splits = max(1, min(wanted, useful, MAX_SPLITS))
     if not 1 <= num_splits <= MAX_SPLITS:
@@ -625,7 +638,8 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == _next_power_of_2(head_dim)
     return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
                       num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
-                      use_tma=use_tma, one_query_per_seq=one_query_per_seq)
+                      use_tma=use_tma, one_query_per_seq=one_query_per_seq,
+                      launch_merge_early=pdl_possible and num_splits > 1)
 
 
 def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
@@ -653,6 +667,11 @@ def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) 
     num_pages, page_size, num_kv_heads, head_dim = k_cache.shape
     return all(cache.is_contiguous() and cache.data_ptr() % 16 == 0 for cache in (k_cache, v_cache)) \
         and num_pages * page_size < 2 ** 31 and (num_kv_heads * head_dim * k_cache.element_size()) % 16 == 0
+
+
+def pdl_possible(device: torch.device) -> bool:
+    """Programmatic dependent launch needs a Hopper-class GPU (the interpreter has no grid control)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _tma_descriptor(cache: torch.Tensor, block_n: int):
@@ -755,7 +774,7 @@ class PagedAttentionLauncher:
             NUM_KV_HEADS=num_kv_heads, GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim,
             BLOCK_D=_next_power_of_2(head_dim),
             BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, IS_CAUSAL=bool(causal),
-            ONE_QUERY_PER_SEQ=plan.one_query_per_seq,
+            ONE_QUERY_PER_SEQ=plan.one_query_per_seq, LAUNCH_MERGE_EARLY=plan.launch_merge_early,
         )
         self._attn_grid = (plan.num_q_blocks * num_kv_heads, plan.num_splits)
         self._attn_args = dict(
@@ -780,6 +799,7 @@ class PagedAttentionLauncher:
         self._merge_grid = (plan.num_q_blocks * num_kv_heads,)
         self._merge_args = dict(
             common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse, num_warps=4,
+            **({"launch_pdl": True} if plan.launch_merge_early else {}),
         ) if split_kv else None
 
     def register_report(self) -> dict:
@@ -809,7 +829,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
-                       config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache))
+                       config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
+                       pdl_possible=pdl_possible(q.device))
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)

@@ -1,6 +1,7 @@
 """The timer's statistics (CPU) and, on a GPU, its agreement with torch.profiler and with itself."""
 
 import statistics
+import time
 
 import pytest
 import torch
@@ -72,3 +73,30 @@ def test_cuda_graph_replay_is_labelled():
     fn = _matmul(1024)
     timing = time_function(fn, "cuda", target_ms=50, cuda_graph=True)
     assert timing.method.startswith("cuda graph") and timing.median_us > 0
+
+
+@pytest.mark.gpu
+def test_host_bound_launches_time_the_device_not_the_host():
+    """A launch that spends 300 us in Python before a ~20 us kernel: the events must see the kernel
+    (as the profiler does), not the host's launch cost; the timer says it queued behind a spin."""
+    from torch.profiler import ProfilerActivity, profile
+
+    data = torch.ones(16 << 20, device="cuda")
+
+    def slow_launch():
+        deadline = time.perf_counter() + 300e-6
+        while time.perf_counter() < deadline:
+            pass
+        data.mul_(1.0)
+
+    slow_launch()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        timing = time_function(slow_launch, "cuda", target_ms=30)
+    groups = _kernel_groups(prof)
+    kernel = next(name for name in groups if "mul" in name.lower() or "elementwise" in name.lower())
+    profiled = statistics.median(groups[kernel])
+    print(f"timer {timing.median_us:.1f} us, host {timing.host_us:.0f} us ({timing.method}); profiler {profiled:.1f} us")
+    assert timing.host_us > 250
+    assert "spin" in timing.method
+    assert timing.median_us == pytest.approx(profiled, rel=0.15, abs=3.0)

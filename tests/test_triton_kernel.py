@@ -301,9 +301,31 @@ def test_plan_takes_smaller_tiles_when_wide_ones_would_not_fill_the_gpu():
     forced = plan_launch(num_tokens=512, num_seqs=1, max_q_len=512, max_kv_len=1536,
                          config=CONFIG_TABLE["long", 128, "large"], **common)
     assert forced.block_m == 128
-    # decode launches are few programs too, but only long-query launches swap their tiles
+    # a B16 decode (128 programs) keeps the decode tiles; a B1 decode (8) takes 128-key steps
     decode = plan_launch(num_tokens=16, num_seqs=16, max_q_len=1, max_kv_len=4097, **common)
     assert decode.config == CONFIG_TABLE["decode", 128, "large"]
+    single = plan_launch(num_tokens=1, num_seqs=1, max_q_len=1, max_kv_len=16385, **common)
+    assert single.config == CONFIG_TABLE["decode-few", 128, "large"] and single.config.block_n == 128
+    assert single.num_splits * 8 >= 132 and single.split_size % 128 == 0
+
+
+def test_plan_splits_keys_only_into_long_chunks():
+    """Decode splits to about one program per SM and never below the config's chunk length; a long
+    query splits only where chunks stay long (a B1 q64 chunked prefill against 32k keys), not a
+    B1 q512 prefill with 2.5k keys (whole: 61.5 us, two chunks: 72.2 us on the H100)."""
+    common = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=256, num_sms=132)
+    b16 = plan_launch(num_tokens=16, num_seqs=16, max_q_len=1, max_kv_len=16385, **common)
+    assert b16.num_splits == 2
+    short_context = plan_launch(num_tokens=1, num_seqs=1, max_q_len=1, max_kv_len=1025, **common)
+    assert short_context.split_size >= short_context.config.min_split_keys
+    assert short_context.num_splits == 9
+    prefill = plan_launch(num_tokens=512, num_seqs=1, max_q_len=512, max_kv_len=2560, **common)
+    assert prefill.num_splits == 1
+    chunked = plan_launch(num_tokens=64, num_seqs=1, max_q_len=64, max_kv_len=32768, **common)
+    assert chunked.num_splits > 1 and chunked.split_size >= chunked.config.min_split_keys
+    assert not chunked.launch_merge_early  # the planner is told whether the device has PDL
+    assert plan_launch(num_tokens=64, num_seqs=1, max_q_len=64, max_kv_len=32768, pdl_possible=True,
+                       **common).launch_merge_early
 
 
 def test_adapter_imports_and_explains_without_triton():
