@@ -23,7 +23,7 @@ MIN_WARMUP = 3
 FLUSH_BYTES_FLOOR = 256 << 20
 HOST_LEAD = 2.0
 """Each repetition keeps the GPU busy for at least this many times its host enqueue cost (spinning
-first when the L2 flush alone is shorter), so the host runs ahead and launch gaps stay out."""
+first when flush plus launch are shorter), so the host runs ahead and launch gaps stay out."""
 HOST_SAMPLES = 8
 
 
@@ -114,6 +114,19 @@ def _host_us(body: Callable[[], object], samples: int = HOST_SAMPLES) -> float:
     return statistics.median(times)
 
 
+def _gap_free_us(launch: Callable[[], object], spin: GpuSpin, stream, host_us: float, count: int = 3) -> float:
+    """The launch's own GPU time, without host gaps: the best of ``count`` launches queued behind a
+    spin long enough for the host to enqueue them all (the first launch's estimate can hold gaps)."""
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
+    spin(HOST_LEAD * host_us * (count + 1))
+    for begin, end in events:
+        begin.record(stream)
+        launch()
+        end.record(stream)
+    torch.cuda.synchronize()
+    return min(begin.elapsed_time(end) for begin, end in events) * 1e3
+
+
 def _repetitions(single_ms: float, target_ms: float) -> int:
     return int(min(MAX_REPS, max(MIN_REPS, target_ms / max(single_ms, 1e-3))))
 
@@ -149,8 +162,8 @@ def time_function(fn: Callable[[], object], device: torch.device | str, *, targe
 
     CUDA: ``fn`` is warmed up (JIT, autotuning and lazy init stay out), then each repetition is
     [spin] -> flush -> start event -> fn -> end event; the spin comes in only when enqueueing a
-    repetition costs the host more than 1/``HOST_LEAD`` of the flush's GPU time (the kernel's own
-    time is not counted: the first launch's estimate can hold host gaps itself), and ``method`` says so. With
+    repetition costs the host more than 1/``HOST_LEAD`` of its GPU time (flush plus the launch's
+    gap-free time), and ``method`` says so. With
     ``cuda_graph`` the launch is captured once and replayed (falls back to plain launches, and says
     so in ``method``, if capture fails).
     """
@@ -189,7 +202,8 @@ def time_function(fn: Callable[[], object], device: torch.device | str, *, targe
         launch()
         ends[index].record(stream)
 
-    # Host cost of one repetition against the flush's GPU time: spin ahead where the host could catch up.
+    # Host cost of one repetition against its GPU time (flush + launch): spin ahead only where the
+    # host could catch up with the GPU, so that long kernels are timed exactly as without a spin.
     torch.cuda.synchronize(device)
     host_us = _host_us(lambda: repetition(0))
     flush_us = 0.0
@@ -201,7 +215,11 @@ def time_function(fn: Callable[[], object], device: torch.device | str, *, targe
     if flusher:
         flush_us = begin.elapsed_time(end) * 1e3
     lead_us = HOST_LEAD * host_us - flush_us
-    spin = GpuSpin(device) if lead_us > 0 else None
+    spin = None
+    if lead_us > 0:
+        spin = GpuSpin(device)
+        lead_us -= _gap_free_us(launch, spin, stream, host_us)
+        spin = spin if lead_us > 0 else None
     if spin:
         method += " (queued behind a GPU spin)"
         spin(4 * HOST_LEAD * host_us)  # a head start for the first repetitions
