@@ -821,8 +821,11 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
                             max_q_len: int, max_kv_len: int, causal: bool, scale: float,
                             out: torch.Tensor | None = None, config: KernelConfig | None = None,
-                            num_splits: int | None = None) -> PagedAttentionLauncher:
-    """Validate, plan and allocate (output and split workspace) once; the launcher only launches."""
+                            num_splits: int | None = None,
+                            launch_merge_early: bool | None = None) -> PagedAttentionLauncher:
+    """Validate, plan and allocate (output and split workspace) once; the launcher only launches.
+    ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
+    the early merge launch off, to measure what it gains."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out)
     num_tokens, num_q_heads, head_dim = q.shape
@@ -830,7 +833,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
-                       pdl_possible=pdl_possible(q.device))
+                       pdl_possible=pdl_possible(q.device) if launch_merge_early is None
+                       else launch_merge_early and pdl_possible(q.device))
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)

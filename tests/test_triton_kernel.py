@@ -55,13 +55,13 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref).norm() / ref.norm()).item()
 
 
-def run_kernel(batch, *, config=None, num_splits=None):
+def run_kernel(batch, *, config=None, num_splits=None, launch_merge_early=None):
     """Launch on ``batch`` with a NaN-poisoned output; return (output, plan)."""
     spec = batch.spec
     launcher = prepare_paged_attention(
         batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
         max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
-        config=config, num_splits=num_splits)
+        config=config, num_splits=num_splits, launch_merge_early=launch_merge_early)
     launcher.out.fill_(float("nan"))
     return launcher(), launcher.plan
 
@@ -375,6 +375,21 @@ class TestOnGPU:
             out, _ = run_kernel(batch, num_splits=num_splits)
             torch.cuda.synchronize()
             assert_matches_reference(batch, out, GPU_TOLERANCE[dtype])
+
+    @pytest.mark.parametrize("grammar", ["1q1c5000", "16q1c100-3000_2q33-500c100-1500"])
+    def test_merge_launched_early_matches(self, grammar):
+        """The merge kernel launched by programmatic dependent launch (Hopper) waits for every
+        partial: its output equals the one launched after the attention kernel, bit for bit."""
+        spec = BatchSpec.from_grammar(grammar, page_size=256)
+        batch = make_batch(spec, "cuda")
+        early, plan = run_kernel(batch, num_splits=7, launch_merge_early=True)
+        early = early.clone()
+        later, later_plan = run_kernel(batch, num_splits=7, launch_merge_early=False)
+        torch.cuda.synchronize()
+        assert plan.num_splits > 1 and not later_plan.launch_merge_early
+        assert plan.launch_merge_early == (torch.cuda.get_device_capability()[0] >= 9)
+        assert torch.equal(early, later)
+        assert_matches_reference(batch, early, GPU_TOLERANCE["bf16"])
 
     @pytest.mark.parametrize("seed", range(4))
     def test_tma_path(self, seed):
