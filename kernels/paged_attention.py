@@ -833,8 +833,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
-                       pdl_possible=pdl_possible(q.device) if launch_merge_early is None
-                       else launch_merge_early and pdl_possible(q.device))
+                       pdl_possible=launch_merge_early is not False and pdl_possible(q.device))
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
