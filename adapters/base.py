@@ -2,8 +2,12 @@
 
 An adapter turns the canonical `PagedBatch` into its backend's layout in `prepare` (the only place
 allowed to be slow, allocate or synchronise) and returns a `Prepared` whose `run()` is the timed
-launch and nothing else. Adding a backend means adding one module to `adapters/` that defines a
-subclass decorated with `@register`; discovery imports every module of the package.
+launch and nothing else. Adding a backend means adding one module to `adapters/backends/` that
+defines a subclass decorated with `@register`; discovery imports every module of that package.
+
+What the shared code needs to know about a backend (its role as the speed-up baseline, its plot
+colour, how it declares Q, the environment its worker process needs, the packages whose versions
+matter) is declared on the adapter class, never written into the harness or the reports.
 """
 
 from __future__ import annotations
@@ -13,16 +17,22 @@ import importlib
 import os
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from adapters.batch import BatchSpec, PagedBatch
+    from adapters.batch import BatchSpec, PagedBatch
 
 EXTRA_ADAPTER_MODULES_ENV = "PAGED_BENCH_EXTRA_ADAPTERS"
 """Comma-separated modules imported by `discover()` besides this package's (used for test-only backends)."""
 
-_NOT_ADAPTER_MODULES = {"base", "batch", "reference", "validation"}
+THD = "THD"
+"""The canonical query layout: packed ``[T, Hq, D]`` rows with ``cu_seqlens_q``."""
+
+RunResult = Union["torch.Tensor", tuple["torch.Tensor", "torch.Tensor"]]
+"""What ``Prepared.run`` returns: the output ``[T, Hq, D]``, or ``(output, lse)`` when the backend also
+returns the softmax statistics (in its own layout; ``Prepared.to_lse`` makes them canonical)."""
 
 
 class Unsupported(Exception):
@@ -31,19 +41,52 @@ class Unsupported(Exception):
 
 @dataclass
 class Prepared:
-    """A batch converted for one backend. ``run()`` launches the kernel(s) and returns ``[T, Hq, D]``.
+    """A batch converted for one backend. ``run()`` launches the kernel(s) and returns ``[T, Hq, D]``
+    (or ``(out, lse)``, see `RunResult`).
 
     ``out`` is the buffer ``run`` writes into when the backend accepts one (the gate poisons it with
     NaN before the checked run); ``notes`` holds what the results should record (entry point, chosen
     config, setup seconds such as compile or graph-build time). ``cuda_graph`` asks the timer to
     replay ``run`` as a captured CUDA graph (for backends that launch many small kernels from Python,
     whose event timings would otherwise measure host launch jitter); the row's ``method`` says so.
+
+    Softmax statistics (optional): when ``run`` returns ``(out, lse)``, ``to_lse(lse)`` gives the
+    canonical ``[T, Hq]`` float32 natural-log log-sum-exp of each query row's scaled scores (identity
+    when None); the gate checks it against the reference. A backend that cannot return it here says
+    why in ``lse_note``.
+
+    ``candidates`` offers several entry points for the same work (e.g. a varlen call and a decode
+    call): the harness gates each, times each briefly, keeps the fastest as ``run`` and records its
+    name as the row's entry point. Leave ``run`` unset then.
     """
 
-    run: Callable[[], torch.Tensor]
+    run: Callable[[], RunResult] | None = None
     out: torch.Tensor | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     cuda_graph: bool = False
+    to_lse: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lse_note: str = ""
+    candidates: dict[str, Callable[[], RunResult]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.run is None and not self.candidates:
+            raise ValueError("Prepared needs run() or at least one candidate entry point")
+        if self.run is None and len(self.candidates) == 1:
+            (name, only), = self.candidates.items()
+            self.run = only
+            self.notes.setdefault("entry_point", name)
+
+    def canonical_lse(self, raw: torch.Tensor) -> torch.Tensor:
+        """The backend's LSE as ``[T, Hq]`` float32 natural log (outside any timing)."""
+        return (self.to_lse(raw) if self.to_lse is not None else raw).float()
+
+
+def split_result(result: RunResult) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(out, lse or None) of what ``run()`` returned."""
+    if isinstance(result, tuple):
+        out, lse = result
+        return out, lse
+    return result, None
 
 
 class Adapter(abc.ABC):
@@ -55,6 +98,20 @@ class Adapter(abc.ABC):
     """Device types the backend runs on."""
     in_sweep: ClassVar[bool] = True
     """False for variants that only the capability probe runs (e.g. a layout users try that fails)."""
+    q_layout: ClassVar[str] = THD
+    """How the backend is handed Q: the canonical packed rows, or another declaration a probe-only
+    variant tries (the capability matrix's ``q_layout`` row)."""
+    baseline: ClassVar[bool] = False
+    """The backend the report measures speed-ups against (one per checkout: cuDNN)."""
+    color: ClassVar[str | None] = None
+    """A fixed plot colour (hex); None takes one from the report's palette."""
+    packages: ClassVar[tuple[str, ...]] = ()
+    """Distributions whose installed versions belong in every run's provenance."""
+
+    def worker_env(self, device_type: str) -> dict[str, str]:
+        """Environment variables a measuring process needs before it imports this backend (e.g. the
+        Triton interpreter on a CPU)."""
+        return {}
 
     @abc.abstractmethod
     def available(self, device: torch.device) -> tuple[bool, str]:
@@ -71,6 +128,16 @@ class Adapter(abc.ABC):
     def versions(self) -> dict[str, str]:
         """Library versions that belong in the results' provenance."""
         return {}
+
+    def close(self) -> None:
+        """Release what the adapter holds across cells (built graphs, handles, compiled functions);
+        a measuring process calls it before it exits."""
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The declared facts the harness and the reports use, as plain values (stored with each run)."""
+        return {"in_sweep": cls.in_sweep, "q_layout": cls.q_layout, "baseline": cls.baseline, "color": cls.color,
+                "devices": list(cls.devices)}
 
 
 def versions_of(adapter: Adapter) -> dict[str, str]:
@@ -94,17 +161,26 @@ def register(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
-def discover() -> dict[str, Adapter]:
-    """Import every adapter module (and any named in $PAGED_BENCH_EXTRA_ADAPTERS); return one
-    instance of each registered adapter, by name, in a stable order. Imports nothing heavy."""
-    import adapters as package
+def _import_backends() -> None:
+    import adapters.backends as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in _NOT_ADAPTER_MODULES and not module.ispkg:
-            importlib.import_module(f"adapters.{module.name}")
+        if not module.ispkg and not module.name.startswith("_"):
+            importlib.import_module(f"adapters.backends.{module.name}")
     for extra in filter(None, os.environ.get(EXTRA_ADAPTER_MODULES_ENV, "").split(",")):
         importlib.import_module(extra.strip())
-    return {name: _REGISTRY[name]() for name in sorted(_REGISTRY)}
+
+
+def adapter_classes() -> dict[str, type[Adapter]]:
+    """Every registered adapter class by name, in a stable order (imports the backend modules, which
+    import nothing heavy)."""
+    _import_backends()
+    return {name: _REGISTRY[name] for name in sorted(_REGISTRY)}
+
+
+def discover() -> dict[str, Adapter]:
+    """One new instance of each registered adapter, by name, in a stable order."""
+    return {name: cls() for name, cls in adapter_classes().items()}
 
 
 def get_adapter(name: str) -> Adapter:
@@ -112,3 +188,23 @@ def get_adapter(name: str) -> Adapter:
     if name not in adapters:
         raise KeyError(f"no adapter named {name!r}; known: {', '.join(adapters)}")
     return adapters[name]
+
+
+def baseline_name(classes: dict[str, type[Adapter]] | None = None) -> str | None:
+    """The registered backend declared as the speed-up baseline, if any."""
+    classes = adapter_classes() if classes is None else classes
+    return next((name for name, cls in classes.items() if cls.baseline), None)
+
+
+def worker_environment(names: list[str] | None, device_type: str) -> dict[str, str]:
+    """The environment the measuring processes of these backends (all registered ones when None) need."""
+    env: dict[str, str] = {}
+    for name, adapter in discover().items():
+        if names is None or name in names:
+            env.update(adapter.worker_env(device_type))
+    return env
+
+
+def declared_packages() -> list[str]:
+    """Every distribution some registered backend declares as version-relevant."""
+    return sorted({package for cls in adapter_classes().values() for package in cls.packages})

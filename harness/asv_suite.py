@@ -75,7 +75,7 @@ def measure_workload(workload: str) -> dict[str, dict]:
     from harness import provenance
     from harness.cell import TimerOptions
     from harness.runner import run_cells
-    from harness.store import ResultStore
+    from records.store import ResultStore
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ceilings = None

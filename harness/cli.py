@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import provenance
     from harness.cell import TimerOptions
     from harness.runner import run_cells
-    from harness.store import ResultStore
+    from records.store import ResultStore
 
     device = _device(args.device)
     _prepare_cpu_backends(device)

@@ -12,16 +12,8 @@ import torch
 from adapters.base import Adapter, Prepared, Unsupported
 from adapters.batch import PagedBatch
 from adapters.validation import BatchValidationError, validate_batch
+from records.schema import VERDICTS  # noqa: F401 - re-exported: the verdicts a gate gives
 
-VERDICTS: dict[str, str] = {
-    "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",
-    "unsupported": "the backend declines this layout (its reason is kept); a capability, not a failure",
-    "error": "the backend raised or its process died (message and exit status kept)",
-    "wrong": "it ran, but the output differs from the reference or leaves elements unwritten/non-finite",
-    "oom": "the cell does not fit in device memory",
-    "timeout": "the cell ran past its time limit and its process was stopped",
-    "skipped": "the backend is not available on this machine (reason kept); nothing was run",
-}
 
 
 @dataclass(frozen=True)

@@ -6,42 +6,18 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from adapters.batch import BatchSpec
 from harness import metrics
-from harness.gate import GateResult
 from harness.sweep import Case
-from harness.timer import Timing
+from records.schema import COLUMNS
 
-COLUMNS: list[str] = [
-    # identity
-    "cell_id", "run_id", "backend", "case", "workload", "grammar", "batch_size", "q_len", "context", "page_size",
-    "num_q_heads", "num_kv_heads", "head_dim", "dtype", "causal", "seed", "total_q", "total_kv",
-    # gate
-    "verdict", "reason", "rel_l2", "max_abs",
-    # timing (microseconds) and how it was taken
-    "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "method", "l2_policy", "host_us",
-    # derived figures
-    "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
-    # what the backend reported, and where
-    "setup_s", "entry_point", "config", "backend_versions", "env_id", "device", "finished_at",
-]
+if TYPE_CHECKING:
+    from adapters.batch import BatchSpec
+    from harness.gate import GateResult
+    from harness.timer import Timing
 
-GLOSSARY: dict[str, str] = {
-    "median_us": "median device time of one launch, microseconds (CUDA events, L2 flushed between launches)",
-    "q1_us": "first quartile of the launch times", "q3_us": "third quartile of the launch times",
-    "iqr_pct": "inter-quartile range as a percentage of the median: the cell's run-to-run noise",
-    "host_us": ("host time to enqueue one timed repetition (L2 flush, two events, the backend's launch), "
-                "microseconds; where it nears the GPU time the timer spins the GPU ahead so it stays out of median_us"),
-    "tflops": "matrix FLOPs (4*Hq*D*pairs, bottom-right causal pairs) per second, in 10^12",
-    "tbps": "bytes at least moved (Q and O once, each sequence's K and V once) per second, in 10^12",
-    "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",
-    "pct_copy_ceiling": "TB/s as a share of this machine's measured device-copy bandwidth",
-    "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
-    "q_len": "mean new (query) tokens per sequence", "context": "mean cached tokens before them per sequence",
-    "rel_l2": "||out - ref|| / ||ref|| against the fp32 reference",
-}
+
 
 
 def cell_id(backend: str, case: Case) -> str:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from harness.cell import TimerOptions
 from harness.gate import GateResult, failure_verdict
 from harness.results import cell_id, make_row
-from harness.store import RETRYABLE_VERDICTS, ResultStore
+from records.store import RETRYABLE_VERDICTS, ResultStore
 from harness.sweep import Case
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from harness.gate import VERDICTS
-from harness.results import GLOSSARY
+from records.schema import VERDICTS
+from records.schema import GLOSSARY
 from reports import plots
 from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from harness.results import COLUMNS
-from harness.store import RESULTS_FILE, ResultStore
+from records.schema import COLUMNS
+from records.store import RESULTS_FILE, ResultStore
 
 CAPABILITY_FILE = "capability.csv"
 

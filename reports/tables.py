@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import COLUMNS
+from records.schema import COLUMNS
 from reports.compare import noise_band
 from reports.model import OK, SKIPPED, WORKLOAD_ORDER, ResultSet
 

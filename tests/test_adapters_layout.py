@@ -16,13 +16,13 @@ import torch
 
 from adapters.base import discover
 from adapters.batch import BatchSpec, make_batch
-from adapters.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_layout, next_power_of_two, padded_rows,
+from adapters.backends.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_layout, next_power_of_two, padded_rows,
                                  page_table_view, ragged_offsets, refusal_reason, seq_len_tensors, trow_arguments)
-from adapters.flash_attn2 import FlashAttn2Adapter, cumulative_kv_lengths, decode_query_view, is_pure_decode
-from adapters.flex_paged import (FlexPagedAdapter, _smaller_tile, document_ids, logical_page_table, make_mask_mod,
+from adapters.backends.flash_attn2 import FlashAttn2Adapter, cumulative_kv_lengths, decode_query_view, is_pure_decode
+from adapters.backends.flex_paged import (FlexPagedAdapter, _smaller_tile, document_ids, logical_page_table, make_mask_mod,
                                  paged_block_mask_indices, physical_to_logical, query_positions)
 from adapters.reference import reference_attention
-from adapters.sdpa_gather import SdpaGatherAdapter, mask_kind
+from adapters.backends.sdpa_gather import SdpaGatherAdapter, mask_kind
 from harness.gate import run_gate
 
 ROOT = Path(__file__).resolve().parents[1]

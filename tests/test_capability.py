@@ -9,7 +9,7 @@ import torch
 
 from adapters.base import Adapter, Prepared, Unsupported
 from adapters.batch import BatchSpec, PagedBatch
-from adapters.sdpa_gather import SdpaGatherAdapter
+from adapters.backends.sdpa_gather import SdpaGatherAdapter
 from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe,
                                 read_capability, short_device_name, write_capability)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.gate import VERDICTS
-from harness.results import COLUMNS, GLOSSARY
+from records.schema import VERDICTS
+from records.schema import COLUMNS, GLOSSARY
 from reports.capability import capability_matrix, format_capability_text
 from reports.cli import main
 from reports.html import render_report, write_csv

@@ -20,7 +20,7 @@ import torch
 from harness.cell import TimerOptions
 from harness.results import cell_id
 from harness.runner import context_poisoned, describe_exit, order_by_case, run_cells, summarise_dump
-from harness.store import ResultStore
+from records.store import ResultStore
 from harness.sweep import Case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
 
 WRITER_SCRIPT = """
 import sys
-from harness.store import ResultStore
+from records.store import ResultStore
 
 store = ResultStore(sys.argv[1])
 name = sys.argv[2]

@@ -332,7 +332,7 @@ def test_adapter_imports_and_explains_without_triton():
     """Discovery imports every adapter on CPU machines: the module must import with no triton."""
     code = ("import sys; sys.modules['triton'] = None\n"
             "import torch\n"
-            "from adapters.triton_paged import TritonPagedAdapter\n"
+            "from adapters.backends.triton_paged import TritonPagedAdapter\n"
             "ok, reason = TritonPagedAdapter().available(torch.device('cpu'))\n"
             "assert not ok and 'triton' in reason, reason\n"
             "print('ok')\n")

@@ -51,6 +51,7 @@ def is_pure_decode(spec: BatchSpec) -> bool:
 @register
 class FlashAttn2Adapter(Adapter):
     name = "flash-attn2"
+    packages = ("flash-attn", "flash_attn")
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)

@@ -16,10 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-RESULTS_FILE = "results.jsonl"
-RUNS_FILE = "runs.jsonl"
-RETRYABLE_VERDICTS = frozenset({"timeout", "error"})
-"""Verdicts that `done_cell_ids(retry_failed=True)` does not count as done."""
+from records.schema import RESULTS_FILE, RETRYABLE_VERDICTS, RUNS_FILE  # noqa: F401 - RETRYABLE_VERDICTS re-exported
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -368,6 +368,9 @@ class CudnnSdpaAdapter(Adapter):
     """cuDNN SDPA, packed Q/O with ragged offsets over the NHD paged cache (module docstring)."""
 
     name = "cudnn"
+    baseline = True
+    color = "#76b900"
+    packages = ("nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return _available(torch.device(device))
@@ -420,6 +423,8 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
 
     name = "cudnn-trows"
     in_sweep = False
+    baseline = False
+    color = None
     q_layout = "T-row"
 
     def prepare(self, batch: PagedBatch) -> Prepared:

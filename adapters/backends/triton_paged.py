@@ -36,6 +36,11 @@ class TritonPagedAdapter(Adapter):
 
     name = "triton"
     devices = ("cuda", "cpu")
+    packages = ("triton",)
+
+    def worker_env(self, device_type: str) -> dict[str, str]:
+        """On a CPU the kernel runs under Triton's interpreter, which triton reads at import."""
+        return {"TRITON_INTERPRET": "1"} if device_type == "cpu" else {}
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)

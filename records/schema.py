@@ -1,0 +1,59 @@
+"""The results' schema, torch-free: the columns of a result row, the verdicts a cell can end with, a
+glossary of every figure, and the file names of a results folder. The harness writes rows with these
+columns; reports, asv glue and comparisons read them; none of them defines its own copy."""
+
+from __future__ import annotations
+
+RESULTS_FILE = "results.jsonl"
+"""One JSON row per finished cell (`COLUMNS`)."""
+RUNS_FILE = "runs.jsonl"
+"""One JSON object per run: run_id, env_id, provenance, ceilings, sweep, argv, started_at, availability."""
+CAPABILITY_FILE = "capability.csv"
+"""The capability probe's answers (`CAPABILITY_COLUMNS`), when the run probed."""
+REPORT_FILE = "report.html"
+
+VERDICTS: dict[str, str] = {
+    "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",
+    "unsupported": "the backend declines this layout (its reason is kept); a capability, not a failure",
+    "error": "the backend raised or its process died (message and exit status kept)",
+    "wrong": "it ran, but the output differs from the reference or leaves elements unwritten/non-finite",
+    "oom": "the cell does not fit in device memory",
+    "timeout": "the cell ran past its time limit and its process was stopped",
+    "skipped": "the backend is not available on this machine (reason kept); nothing was run",
+}
+
+RETRYABLE_VERDICTS = frozenset({"timeout", "error"})
+"""Verdicts that a resumed run with ``--retry-failed`` measures again (every other verdict is final)."""
+
+COLUMNS: list[str] = [
+    # identity
+    "cell_id", "run_id", "backend", "case", "workload", "grammar", "batch_size", "q_len", "context", "page_size",
+    "num_q_heads", "num_kv_heads", "head_dim", "dtype", "causal", "seed", "total_q", "total_kv",
+    # gate
+    "verdict", "reason", "rel_l2", "max_abs",
+    # timing (microseconds) and how it was taken
+    "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "method", "l2_policy", "host_us",
+    # derived figures
+    "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
+    # what the backend reported, and where
+    "setup_s", "entry_point", "config", "backend_versions", "env_id", "device", "finished_at",
+]
+
+GLOSSARY: dict[str, str] = {
+    "median_us": "median device time of one launch, microseconds (CUDA events, L2 flushed between launches)",
+    "q1_us": "first quartile of the launch times", "q3_us": "third quartile of the launch times",
+    "iqr_pct": "inter-quartile range as a percentage of the median: the cell's run-to-run noise",
+    "host_us": ("host time to enqueue one timed repetition (L2 flush, two events, the backend's launch), "
+                "microseconds; where it nears the GPU time the timer spins the GPU ahead so it stays out of median_us"),
+    "tflops": "matrix FLOPs (4*Hq*D*pairs, bottom-right causal pairs) per second, in 10^12",
+    "tbps": "bytes at least moved (Q and O once, each sequence's K and V once) per second, in 10^12",
+    "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",
+    "pct_copy_ceiling": "TB/s as a share of this machine's measured device-copy bandwidth",
+    "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
+    "q_len": "mean new (query) tokens per sequence", "context": "mean cached tokens before them per sequence",
+    "rel_l2": "||out - ref|| / ||ref|| against the fp32 reference",
+}
+
+CAPABILITY_COLUMNS: list[str] = ["backend", "feature", "value", "verdict", "reason", "rel_l2", "max_abs", "case",
+                                 "backend_versions", "device"]
+"""Columns of capability.csv: one row per (backend, feature, value) the probe answered."""
