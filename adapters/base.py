@@ -67,6 +67,9 @@ class Prepared:
     to_lse: Callable[[torch.Tensor], torch.Tensor] | None = None
     lse_note: str = ""
     candidates: dict[str, Callable[[], RunResult]] = field(default_factory=dict)
+    external_streams: bool = False
+    """``run`` enqueues its work on streams torch does not own (e.g. JAX's): CUDA events on torch's
+    stream cannot bracket it, so the timer reads the kernels' own times from the CUDA activity record."""
 
     def __post_init__(self) -> None:
         if self.run is None and not self.candidates:

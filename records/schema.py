@@ -30,13 +30,15 @@ COLUMNS: list[str] = [
     "cell_id", "run_id", "backend", "case", "workload", "grammar", "batch_size", "q_len", "context", "page_size",
     "num_q_heads", "num_kv_heads", "head_dim", "dtype", "causal", "seed", "total_q", "total_kv",
     # gate
-    "verdict", "reason", "rel_l2", "max_abs",
+    "verdict", "reason", "rel_l2", "max_abs", "lse_max_abs", "lse_note",
     # timing (microseconds) and how it was taken
     "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "method", "l2_policy", "host_us",
     # derived figures
     "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
     # what the backend reported, and where
-    "setup_s", "entry_point", "config", "backend_versions", "env_id", "device", "finished_at",
+    "setup_s", "entry_point", "config", "backend_versions", "env_id", "device", "gpu_index", "gpu_uuid", "finished_at",
+    # how to measure this one cell again
+    "reproducer",
 ]
 
 GLOSSARY: dict[str, str] = {
@@ -52,6 +54,11 @@ GLOSSARY: dict[str, str] = {
     "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
     "q_len": "mean new (query) tokens per sequence", "context": "mean cached tokens before them per sequence",
     "rel_l2": "||out - ref|| / ||ref|| against the fp32 reference",
+    "lse_max_abs": ("largest absolute error of the backend's softmax log-sum-exp (natural log, per query row and "
+                    "head) against the fp32 reference; empty when the backend returned none (lse_note says why)"),
+    "lse_note": "why the log-sum-exp was not checked: the backend cannot return it for this cell",
+    "gpu_index": "index of the GPU the cell ran on, among the GPUs of its host", "gpu_uuid": "that GPU's UUID",
+    "reproducer": "the paged-bench command that measures this one cell again",
 }
 
 CAPABILITY_COLUMNS: list[str] = ["backend", "feature", "value", "verdict", "reason", "rel_l2", "max_abs", "case",
