@@ -17,10 +17,17 @@ MATMUL_SIZE = 8192
 COPY_BYTES = 2 << 30
 
 
+def gpu_uuid(device: torch.device | str) -> str | None:
+    """The GPU's UUID as the driver reports it (None where torch does not expose it)."""
+    uuid = getattr(torch.cuda.get_device_properties(torch.device(device)), "uuid", None)
+    return str(uuid) if uuid is not None else None
+
+
 def _cache_file(device: torch.device) -> Path:
+    """One file per GPU (its UUID) and torch version: each GPU of a host is measured once."""
     root = Path(os.environ.get(CACHE_DIR_ENV, Path.home() / ".cache" / "paged-attn-bench"))
     name = torch.cuda.get_device_name(device).replace(" ", "_")
-    return root / f"ceilings-{name}-torch{torch.__version__}.json"
+    return root / f"ceilings-{name}-{gpu_uuid(device) or 'gpu'}-torch{torch.__version__}.json"
 
 
 def measure_ceilings(device: torch.device | str = "cuda") -> dict[str, float | str]:
@@ -43,7 +50,7 @@ def measure_ceilings(device: torch.device | str = "cuda") -> dict[str, float | s
 
 
 def machine_ceilings(device: torch.device | str = "cuda", *, refresh: bool = False) -> dict[str, float | str]:
-    """The stored ceilings of this GPU model, measuring them the first time (a few seconds)."""
+    """The stored ceilings of this GPU, measuring them the first time (a few seconds)."""
     device = torch.device(device)
     path = _cache_file(device)
     if path.exists() and not refresh:

@@ -4,170 +4,223 @@
                                      sweep (results written as measured), HTML report
     paged-bench env                  which backends are available here, and why not; provenance
     paged-bench capability           only the capability probe
-    paged-bench report DIR           render a report from existing results (--baseline OLD for a comparison)
+    paged-bench report DIR [DIR...]  render a report from existing results (several folders: machines
+                                     side by side; --baseline OLD for a version comparison)
     paged-bench compare OLD NEW      compare two result sets cell by cell (text table + HTML)
     paged-bench compare-envs A B     run one sweep in two Python environments and compare them
+
+A mistake on the command line (an unknown sweep, backend or workload, a folder that does not exist or
+cannot be written) is one line naming the value and the choices, exit status 2, and nothing is created.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shlex
 import subprocess
 import sys
-import uuid
 from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError
 
 DEFAULT_OUT = Path("bench-out")
+CPU_SWEEPS = ("cpu-tiny",)
+"""Named sweeps sized for a machine without a GPU (Triton's interpreter, eager Flex): the others
+would take hours there."""
 
 
-def _device(requested: str | None) -> str:
-    import torch
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is a `UsageError` (one line, exit status 2) like every other mistake."""
 
-    if requested:
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit("paged-bench: --device cuda was asked for, but torch sees no CUDA GPU here")
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _prepare_cpu_backends(device: str) -> None:
-    """On a CPU-only run the project's Triton kernel runs through Triton's interpreter."""
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def availability(device: str) -> list[dict[str, str]]:
-    """One row per registered adapter: whether it runs here, why not, and its versions."""
-    import torch
-
-    from adapters.base import discover, versions_of
-
-    rows = []
-    for name, adapter in discover().items():
-        try:
-            ok, why = adapter.available(torch.device(device))
-        except Exception as error:  # noqa: BLE001 - a broken probe is a reason, not a crash
-            ok, why = False, f"available() raised {type(error).__name__}: {error}"
-        versions = versions_of(adapter) if ok else {}
-        rows.append({"backend": name, "available": "yes" if ok else "no", "reason": why,
-                     "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-                     "in_sweep": "yes" if adapter.in_sweep else "probe only"})
-    return rows
-
-
-def print_availability(rows: list[dict[str, str]], device: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Backends on {device}", show_lines=False)
-    for column in ("backend", "available", "in_sweep", "versions", "reason"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        style = "green" if row["available"] == "yes" else "yellow"
-        table.add_row(*(row[c] for c in ("backend", "available", "in_sweep", "versions", "reason")), style=style)
-    Console(stderr=True).print(table)
-    skipped = [r for r in rows if r["available"] != "yes"]
-    if skipped:
-        print(f"paged-bench: skipping {len(skipped)} backend(s) not available on {device}: "
-              + "; ".join(f"{r['backend']} ({r['reason']})" for r in skipped), file=sys.stderr)
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog.removeprefix('paged-bench').strip() or 'arguments'}: {message}")
 
 
 def _log(message: str) -> None:
     print(f"paged-bench: {message}", file=sys.stderr, flush=True)
 
 
-def cmd_env(args: argparse.Namespace) -> int:
-    from harness import provenance
+# --- shared checks (nothing here creates a file) -------------------------------------------------
 
-    device = _device(args.device)
-    _prepare_cpu_backends(device)
-    print_availability(availability(device), device)
-    print(json.dumps(provenance.collect(), indent=1, default=str))
+def _device_type(requested: str | None) -> str:
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = requested.split(":")[0]
+    if kind not in ("cuda", "cpu"):
+        raise UsageError(f"--device {requested}: choose cuda or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
+    return kind
+
+
+def _writable_folder(path: Path, *, must_be_new: bool) -> Path:
+    """Check that ``path`` can be a results folder (without creating it)."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a folder")
+    if must_be_new and (path / "results.jsonl").exists():
+        raise UsageError(f"--out {path}: already holds results.jsonl; resume it (the default) or choose another --out")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: {probe} is not writable")
+    return path
+
+
+def _results_folder(text: str, option: str = "results folder") -> Path:
+    folder = Path(text)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {text}: no such folder")
+    if not (folder / "results.jsonl").exists():
+        raise UsageError(f"{option} {text}: holds no results.jsonl (not a results folder)")
+    return folder
+
+
+def _select(args: argparse.Namespace, device_type: str) -> tuple[str, list]:
+    """(sweep label, cases) from --sweep / --workloads, checked before anything runs."""
+    from harness.sweep import SWEEPS, select
+
+    name = args.sweep or ("default" if device_type == "cuda" else "cpu-tiny")
+    if name not in SWEEPS:
+        raise UsageError(f"--sweep {name}: unknown sweep; choose one of {', '.join(SWEEPS)}")
+    if device_type == "cpu" and name not in CPU_SWEEPS:
+        raise UsageError(f"--sweep {name} is sized for a GPU ({len(SWEEPS[name])} cases: hours under Triton's "
+                         f"interpreter); on the CPU use --sweep {' or '.join(CPU_SWEEPS)}, or run on a machine with a GPU")
+    workloads = [w.strip() for w in args.workloads.split(",")] if args.workloads else None
+    try:
+        cases = select(SWEEPS[name], workloads)
+    except ValueError as error:
+        raise UsageError(f"--workloads {args.workloads}: {error}") from None
+    if not cases:
+        raise UsageError(f"--workloads {args.workloads}: sweep {name} has no such cases")
+    return name, cases
+
+
+def _backend_names(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--backends {text!r}: name at least one backend")
+    return names
+
+
+def _session(args: argparse.Namespace, device_type: str, sweep_label: str):
+    import torch
+
+    from harness.cell import TimerOptions
+    from harness.session import RunSession, parse_gpus
+
+    try:
+        gpus = parse_gpus(args.gpus, torch.cuda.device_count() if device_type == "cuda" else 0) \
+            if getattr(args, "gpus", None) else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    timer = TimerOptions(target_ms=args.target_ms, flush_l2=not args.no_flush, cuda_graph=args.cuda_graph)
+    session = RunSession(out_dir=Path(args.out), device_type=device_type, backends=_backend_names(args.backends),
+                         timer=timer, gpus=gpus, sweep_label=sweep_label, argv=["paged-bench", *sys.argv[1:]],
+                         cell_timeout_s=args.cell_timeout)
+    unknown = session.unknown_backends()
+    if unknown:
+        known = ", ".join(row["backend"] for row in session.availability())
+        raise UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {known}")
+    return session
+
+
+# --- printing --------------------------------------------------------------------------------------
+
+def _versions_text(versions: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in versions.items())
+
+
+def print_availability(rows: list[dict[str, Any]], device_type: str) -> None:
+    """One line per backend, narrow enough for 80 columns: name, yes/no, and its versions or why not."""
+    from reports.text import text_table
+
+    table = [[row["backend"], row["available"], "" if row["in_sweep"] else "probe only",
+              _versions_text(row["versions"]) if row["available"] == "yes" else row["reason"]]
+             for row in rows]
+    print(f"Backends on {device_type}:\n" + text_table(["backend", "here", "", "versions / why not"], table),
+          file=sys.stderr)
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from adapters.base import declared_packages
+    from harness import provenance
+    from harness.session import availability
+    from adapters.base import worker_environment
+
+    device_type = _device_type(args.device)
+    rows = availability(device_type, worker_environment(None, device_type))
+    print_availability(rows, device_type)
+    versions = {row["backend"]: row["versions"] for row in rows if row["versions"]}
+    print(json.dumps(provenance.collect(packages=declared_packages(), backend_versions=versions), indent=1,
+                     default=str))
     return 0
 
 
-def _run_capability(device: str, out_dir: Path, backends: str | None = None) -> Path | None:
+def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None, env: dict[str, str]) -> Path | None:
     """The capability probe in its own process, so a crashing backend cannot take the main job down."""
     target = out_dir / "capability.csv"
-    command = [sys.executable, "-m", "harness.capability", "--device", device, "--out", str(target)]
+    command = [sys.executable, "-m", "harness.capability", "--device", device_type, "--out", str(target)]
     if backends:
-        command += ["--adapters", backends]
+        command += ["--adapters", ",".join(backends)]
     _log(f"capability probe: {shlex.join(command)}")
-    done = subprocess.run(command, env=os.environ.copy())
+    done = subprocess.run(command, env={**os.environ, **env})
     if done.returncode != 0 or not target.exists():
         _log(f"capability probe failed (exit status {done.returncode}); the sweep goes on without it")
         return None
     return target
 
 
-def _cells(args: argparse.Namespace, device: str, rows: list[dict[str, str]]):
-    from harness.sweep import get_sweep, select
-
-    known = {r["backend"]: r for r in rows}
-    names = args.backends.split(",") if args.backends else [n for n, r in known.items() if r["in_sweep"] == "yes"]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"paged-bench: unknown backend(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    sweep_name = args.sweep or ("default" if device.startswith("cuda") else "cpu-tiny")
-    cases = select(get_sweep(sweep_name), args.workloads.split(",") if args.workloads else None)
-    # Grouped by case, so a worker builds each batch and reference once for all backends.
-    return sweep_name, [(name, case) for case in cases for name in names]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
+    from harness.progress import ProgressReporter
 
-    from harness import provenance
-    from harness.cell import TimerOptions
-    from harness.runner import run_cells
-    from records.store import ResultStore
-
-    device = _device(args.device)
-    _prepare_cpu_backends(device)
-    out_dir = Path(args.out)
+    device_type = _device_type(args.device)
+    sweep_label, cases = _select(args, device_type)
+    session = _session(args, device_type, sweep_label)
+    out_dir = _writable_folder(Path(args.out), must_be_new=not args.resume)
+    print_availability(session.availability(), device_type)
+    skipped = [row for row in session.availability()
+               if row["backend"] in session.selected_backends() and row["available"] != "yes"]
+    if skipped:
+        _log(f"{len(skipped)} backend(s) not available on {device_type} are recorded as skipped: "
+             + "; ".join(f"{row['backend']} ({row['reason']})" for row in skipped))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume and (out_dir / "results.jsonl").exists():
-        raise SystemExit(f"paged-bench: {out_dir}/results.jsonl exists; use --resume to continue it, "
-                         "or choose another --out")
-    rows = availability(device)
-    print_availability(rows, device)
-    if device == "cpu":
-        _log("no CUDA GPU here: running the CPU-capable backends on the tiny CPU sweep; "
-             "GPU-only backends are recorded as skipped with their reason")
-    sweep_name, cells = _cells(args, device, rows)
-    ceilings = None
-    if device.startswith("cuda"):
-        from harness.ceilings import machine_ceilings
-
-        _log("machine ceilings (measured once per machine, then read from the cache) ...")
-        ceilings = machine_ceilings(device)
-        _log(f"  bf16 matmul {ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, copy {ceilings['copy_tbps']:.2f} TB/s "
-             f"on {torch.cuda.get_device_name(device)}")
-    timer = TimerOptions(target_ms=args.target_ms, flush_l2=not args.no_flush, cuda_graph=args.cuda_graph)
-    method = "cuda graph replay" if timer.cuda_graph else ("cuda events" if device.startswith("cuda") else "perf_counter")
-    record = provenance.collect(timer=method, l2_policy="flush" if timer.flush_l2 else "none")
-    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    store = ResultStore(out_dir)
-    store.append_run({"run_id": run_id, "env_id": record["env_id"], "provenance": record, "ceilings": ceilings,
-                      "sweep": sweep_name, "argv": sys.argv, "started_at": record["date"],
-                      "availability": rows})
-    if args.capability is None:
-        args.capability = device != "cpu"
-        if not args.capability:
+    if device_type == "cuda":
+        _log("machine ceilings (measured once per GPU, then read from the cache) ...")
+    session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"))
+    for slot in session.slots:
+        if slot.ceilings:
+            _log(f"  {slot.label}: bf16 matmul {slot.ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, "
+                 f"copy {slot.ceilings['copy_tbps']:.2f} TB/s on {slot.ceilings.get('gpu', '')}")
+    capability = args.capability
+    if capability is None:
+        capability = device_type == "cuda"
+        if not capability:
             _log("capability probe skipped on the CPU (its layouts are GPU-sized and Triton's interpreter "
                  "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
-    if args.capability:
-        _run_capability(device, out_dir, args.backends)
-    _log(f"sweep '{sweep_name}': {len(cells)} cells -> {out_dir / 'results.jsonl'}")
-    results = run_cells(cells, out_dir, device=device, timer=timer, ceilings=ceilings, env_id=record["env_id"],
-                        run_id=run_id, resume=args.resume, cell_timeout_s=args.cell_timeout,
-                        progress=not args.quiet, retry_failed=args.retry_failed)
+    if capability:
+        _run_capability(device_type, out_dir, session.backends, session.worker_env)
+    cells = len(cases) * len(session.selected_backends())
+    _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / 'results.jsonl'}")
+    reporter = ProgressReporter(cells, quiet=args.quiet)
+    try:
+        rows = session.run(cases, resume=args.resume, retry_failed=args.retry_failed, on_progress=reporter,
+                           on_slot_failure=lambda slot, why: _log(f"{slot} stopped: {why}; its cells go to the others"))
+    finally:
+        reporter.close()
     verdicts: dict[str, int] = {}
-    for row in results:
+    for row in rows:
         verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
     _log("verdicts: " + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())))
     if args.report:
@@ -176,35 +229,70 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _declarations() -> dict[str, dict[str, Any]]:
+    """What this checkout's adapters declare (baseline, colour), for results that did not record it."""
+    try:
+        from adapters.base import adapter_classes
+
+        return {name: cls.describe() for name, cls in adapter_classes().items()}
+    except Exception:  # noqa: BLE001 - a report must render even if an adapter module is broken
+        return {}
+
+
 def render(results_dir: Path, out_path: Path, baseline_dir: Path | None = None) -> Path:
     from reports.html import render_report
     from reports.model import load_results
 
+    results = load_results(results_dir)
     baseline = load_results(baseline_dir) if baseline_dir else None
-    return render_report(load_results(results_dir), out_path, baseline=baseline)
+    for result_set in filter(None, (results, baseline)):
+        for warning in result_set.warnings:
+            _log(f"warning: {warning}")
+    return render_report(results, out_path, baseline=baseline, declarations=_declarations())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.results) / "report.html"
-    _log(f"report: {render(Path(args.results), out, Path(args.baseline) if args.baseline else None)}")
+    folders = [_results_folder(text) for text in args.results]
+    baseline = _results_folder(args.baseline, "--baseline") if args.baseline else None
+    if len(folders) > 1:
+        if baseline is not None:
+            raise UsageError("--baseline compares two result sets; with several folders the report compares the machines")
+        from reports.machines import default_machines_out, format_machines_text, machine_set, render_machines_report
+
+        out = Path(args.out) if args.out else default_machines_out(folders)
+        _writable_folder(out.parent, must_be_new=False)
+        machines = machine_set(folders)
+        for machine in machines.machines:
+            for warning in machine.results.warnings:
+                _log(f"warning: {warning}")
+        print(format_machines_text(machines))
+        _log(f"machines report: {render_machines_report(machines, out)}")
+        return 1 if machines.errors else 0
+    out = Path(args.out) if args.out else folders[0] / "report.html"
+    _writable_folder(out.parent, must_be_new=False)
+    _log(f"report: {render(folders[0], out, baseline)}")
     return 0
 
 
 def cmd_capability(args: argparse.Namespace) -> int:
-    device = _device(args.device)
-    _prepare_cpu_backends(device)
-    out_dir = Path(args.out)
+    from adapters.base import worker_environment
+
+    device_type = _device_type(args.device)
+    out_dir = _writable_folder(Path(args.out), must_be_new=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return 0 if _run_capability(device, out_dir) else 1
+    return 0 if _run_capability(device_type, out_dir, _backend_names(args.backends),
+                                worker_environment(_backend_names(args.backends), device_type)) else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from reports.compare import compare_folders, format_comparison_text
 
-    comparison = compare_folders(Path(args.old), Path(args.new))
+    old, new = _results_folder(args.old, "OLD"), _results_folder(args.new, "NEW")
+    out = Path(args.out) if args.out else new / "comparison.html"
+    _writable_folder(out.parent, must_be_new=False)
+    comparison = compare_folders(old, new)
     print(format_comparison_text(comparison))
-    out = Path(args.out) if args.out else Path(args.new) / "comparison.html"
-    _log(f"comparison report: {render(Path(args.new), out, Path(args.old))}")
+    _log(f"comparison report: {render(new, out, old)}")
     return 1 if args.fail_on_regression and comparison.regressions else 0
 
 
@@ -212,12 +300,12 @@ def parse_env_spec(text: str) -> dict[str, str]:
     """``LABEL[,python=PATH][,pythonpath=DIR[:DIR]]`` -> {"label", "python", "pythonpath"}."""
     label, *options = text.split(",")
     if not label:
-        raise SystemExit(f"paged-bench: environment {text!r} needs a label first, e.g. 'fe-1.22,pythonpath=/tmp/fe122'")
+        raise UsageError(f"environment {text!r} needs a label first, e.g. 'fe-1.22,pythonpath=/tmp/fe122'")
     spec = {"label": label, "python": sys.executable, "pythonpath": ""}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or key not in ("python", "pythonpath"):
-            raise SystemExit(f"paged-bench: environment option {option!r} is not python=PATH or pythonpath=DIRS")
+            raise UsageError(f"environment option {option!r}: choose python=PATH or pythonpath=DIRS")
         spec[key] = value
     return spec
 
@@ -225,16 +313,17 @@ def parse_env_spec(text: str) -> dict[str, str]:
 def cmd_compare_envs(args: argparse.Namespace) -> int:
     """Run the same sweep at the same commit in two environments, then compare them."""
     out_root = Path(args.out)
+    specs = [parse_env_spec(text) for text in (args.old_env, args.new_env)]
+    _writable_folder(out_root, must_be_new=False)
     folders = []
-    for text in (args.old_env, args.new_env):
-        env_spec = parse_env_spec(text)
+    for env_spec in specs:
         folder = out_root / env_spec["label"]
         env = os.environ.copy()
         env["PAGED_BENCH_ENV_LABEL"] = env_spec["label"]
         if env_spec["pythonpath"]:
             env["PYTHONPATH"] = env_spec["pythonpath"] + os.pathsep + env.get("PYTHONPATH", "")
         command = [env_spec["python"], "-m", "harness.cli", "run", "--out", str(folder), "--no-report",
-                   "--sweep", args.sweep, "--resume"]
+                   "--sweep", args.sweep, "--resume", "--quiet"]
         for flag in ("backends", "workloads", "device"):
             if getattr(args, flag):
                 command += [f"--{flag}", getattr(args, flag)]
@@ -251,6 +340,8 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
     return cmd_compare(compare_args)
 
 
+# --- the parser ------------------------------------------------------------------------------------
+
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", help="default (GPU), short (quick check) or cpu-tiny; default: "
                                         "'default' with a GPU, 'cpu-tiny' without")
@@ -260,13 +351,14 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paged-bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command")
+    parser = _Parser(prog="paged-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = commands.add_parser("run", help="the main job (also what a bare `paged-bench` does)")
     _add_sweep_options(run)
     run.add_argument("--out", default=str(DEFAULT_OUT), help=f"results folder (default: {DEFAULT_OUT})")
+    run.add_argument("--gpus", help="measure on several GPUs of this host at once, one worker each: 'all', a count, "
+                                    "or indices like 0,2 (default: one worker on the current GPU)")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                      help="keep finished cells of an earlier run in --out and measure only the rest (default: on)")
     run.add_argument("--retry-failed", action="store_true",
@@ -280,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-flush", action="store_true", help="do not flush L2 between repetitions")
     run.add_argument("--target-ms", type=float, default=150.0, help="timed repetitions per cell, in ms (default 150)")
     run.add_argument("--cell-timeout", type=float, default=300.0, help="seconds before a cell is stopped (default 300)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress display (cells that fail are still listed)")
     run.set_defaults(func=cmd_run)
 
     env = commands.add_parser("env", help="backends available here and provenance")
@@ -289,13 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     capability = commands.add_parser("capability", help="only the capability probe")
     capability.add_argument("--device")
+    capability.add_argument("--backends", help="comma-separated backend names (default: all registered)")
     capability.add_argument("--out", default=str(DEFAULT_OUT))
     capability.set_defaults(func=cmd_capability)
 
-    report = commands.add_parser("report", help="render the HTML report of a results folder")
-    report.add_argument("results")
+    report = commands.add_parser("report", help="render the HTML report of one results folder, or of several "
+                                                "(machines side by side)")
+    report.add_argument("results", nargs="+")
     report.add_argument("--baseline", help="a second results folder to compare against (e.g. an older release)")
-    report.add_argument("--out", help="HTML path (default: <results>/report.html)")
+    report.add_argument("--out", help="HTML path (default: <results>/report.html; machines.html beside them for several)")
     report.set_defaults(func=cmd_report)
 
     compare = commands.add_parser("compare", help="compare two results folders cell by cell")
@@ -323,8 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "func", None):
+            raise UsageError("choose a command: run, env, capability, report, compare, compare-envs")
+        return args.func(args)
+    except UsageError as error:
+        print(f"paged-bench: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        _log("interrupted; every finished cell is in results.jsonl (run the same command again to resume)")
+        return 130
 
 
 if __name__ == "__main__":

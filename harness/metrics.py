@@ -43,8 +43,3 @@ def spec_bytes(spec: BatchSpec) -> int:
 def throughput(spec: BatchSpec, seconds: float) -> dict[str, float]:
     """TFLOP/s and TB/s of a batch that took ``seconds``."""
     return {"tflops": spec_flops(spec) / seconds / 1e12, "tbps": spec_bytes(spec) / seconds / 1e12}
-
-
-def floor_seconds(spec: BatchSpec, matmul_tflops: float, copy_tbps: float) -> float:
-    """The larger of compute time at the matmul ceiling and memory time at the copy ceiling."""
-    return max(spec_flops(spec) / (matmul_tflops * 1e12), spec_bytes(spec) / (copy_tbps * 1e12))

@@ -20,8 +20,8 @@ COMMIT_ENV = "PAGED_BENCH_COMMIT"
 ENV_LABEL_ENV = "PAGED_BENCH_ENV_LABEL"
 """A free-form name for the environment (e.g. 'cudnn-frontend-1.22.1'), shown in version comparisons."""
 
-_PACKAGES = ("torch", "triton", "nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "flash-attn",
-             "flash_attn", "pandas", "asv")
+CORE_PACKAGES = ("torch", "numpy", "pandas")
+"""Distributions every run depends on; each backend adds its own (`Adapter.packages`)."""
 
 
 def project_commit() -> str:
@@ -38,9 +38,9 @@ def project_commit() -> str:
         return "unknown"
 
 
-def _package_versions() -> dict[str, str]:
+def _package_versions(names) -> dict[str, str]:
     versions = {}
-    for name in _PACKAGES:
+    for name in dict.fromkeys(names):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -66,26 +66,17 @@ def _gpu() -> dict[str, Any]:
     return info
 
 
-def _cudnn() -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    if torch.backends.cudnn.is_available():
-        info["cudnn_torch"] = torch.backends.cudnn.version()
-    try:
-        import cudnn  # the frontend; optional
-
-        info["cudnn_backend"] = cudnn.backend_version()
-        info["cudnn_frontend"] = cudnn.__version__
-    except Exception:  # noqa: BLE001 - absent or broken frontend is recorded as absent
-        pass
-    return info
-
-
-def collect(timer: str = "", l2_policy: str = "") -> dict[str, Any]:
-    """A flat dict describing this machine and software; ``env_id`` hashes everything but the date."""
+def collect(timer: str = "", l2_policy: str = "", packages: tuple[str, ...] | list[str] = (),
+            backend_versions: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """A flat dict describing this machine and software: the GPU, the installed versions of the core
+    packages and of those the backends declare, what each available backend reports about itself
+    (``backend_versions``, e.g. the cuDNN release really loaded), the commit, timer and L2 policy.
+    ``env_id`` hashes everything but the host and the date."""
     record: dict[str, Any] = {
         "host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-        **_gpu(), **_cudnn(), "packages": _package_versions(), "commit": project_commit(),
-        "flash_attn_build": os.environ.get("FLASH_ATTN_BUILD_NOTE", ""),
+        "cudnn_torch": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        **_gpu(), "packages": _package_versions([*CORE_PACKAGES, *packages]),
+        "backend_versions": backend_versions or {}, "commit": project_commit(),
         "env_label": os.environ.get(ENV_LABEL_ENV, ""), "timer": timer, "l2_policy": l2_policy,
     }
     stable = {key: value for key, value in record.items() if key != "host"}

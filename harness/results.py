@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from harness.timer import Timing
 
 
-
-
 def cell_id(backend: str, case: Case) -> str:
     """Stable key of a cell: the backend and every field of the case (resume and comparisons use it)."""
     payload = json.dumps({"backend": backend, **case.as_dict()}, sort_keys=True)
@@ -28,7 +26,8 @@ def cell_id(backend: str, case: Case) -> str:
 
 def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
              ceilings: dict[str, Any] | None = None, backend_versions: dict[str, str] | None = None,
-             env_id: str = "", run_id: str = "", device: str = "") -> dict[str, Any]:
+             env_id: str = "", run_id: str = "", device: str = "", gpu_index: int | None = None,
+             gpu_uuid: str | None = None) -> dict[str, Any]:
     """One result row with every column present (missing values are None)."""
     spec: BatchSpec = case.spec()
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
@@ -39,7 +38,7 @@ def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | Non
         verdict=gate.verdict, reason=gate.reason, rel_l2=gate.rel_l2, max_abs=gate.max_abs,
         flops=metrics.spec_flops(spec), bytes=metrics.spec_bytes(spec),
         backend_versions=json.dumps(backend_versions or {}, sort_keys=True), env_id=env_id, device=device,
-        finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        gpu_index=gpu_index, gpu_uuid=gpu_uuid, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     notes = gate.notes
     row["setup_s"] = notes.get("setup_s")

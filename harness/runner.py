@@ -1,8 +1,10 @@
-"""Measuring many cells so that one failing backend costs only its own cell.
+"""Measuring many cells so that one failing backend costs only its own cell, on one device or many.
 
-Cells run in a worker process (start method ``spawn``, as CUDA requires) that measures one cell at a
-time with `CellMeasurer`, so torch/CUDA start-up and each case's batch and reference are paid once for
-many cells. The parent sends a cell and waits for its row with a time limit:
+Cells run in worker processes (start method ``spawn``, as CUDA requires), one per device slot (a
+GPU pinned with ``CUDA_VISIBLE_DEVICES``, or the CPU), each measuring one cell at a time with
+`CellMeasurer`, so torch/CUDA start-up and each case's batch and reference are paid once for many
+cells. The parent hands out whole cases (all their backends) from one queue, one thread per slot,
+sends each cell and waits for its row with a time limit:
 
 - the backend raises            -> `error` (the worker's gate turns the exception into the verdict);
 - the worker dies (abort, segfault, killed) -> `error` with the signal or exit status and the frame
@@ -11,10 +13,16 @@ many cells. The parent sends a cell and waits for its row with a time limit:
 - out of memory                 -> `oom` (checked before allocating, and caught when raised later);
 - a CUDA error that leaves the context unusable (illegal memory access, device-side assert, or a
   failing synchronize after the cell) -> `error`, and the worker exits so the next cell gets a
-  clean context.
+  clean context;
+- a slot whose worker cannot start twice in a row (a faulty GPU) is reported and left out; its
+  cells go to the other slots (the run stops only when no slot is left).
 
 Each finished row is appended to the `ResultStore` at once, so an interrupted sweep loses nothing it
-finished and resumes where it stopped.
+finished and resumes where it stopped (`cells_to_measure` is the one resume rule).
+
+Concurrent slots share nothing that a timing depends on: each worker is its own process with its own
+CUDA context on its own GPU, its own L2-flush buffer on that GPU, and the host threads it needs; the
+parent's threads only wait on pipes.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import dataclasses
 import faulthandler
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
+import queue
 import re
 import shutil
 import signal
@@ -36,21 +46,20 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import Any, Callable
 
 from harness.cell import TimerOptions
 from harness.gate import GateResult, failure_verdict
 from harness.results import cell_id, make_row
-from records.store import RETRYABLE_VERDICTS, ResultStore
 from harness.sweep import Case
+from records.schema import RETRYABLE_VERDICTS
+from records.store import ResultStore
 
 logger = logging.getLogger(__name__)
 
 WORKER_START_TIMEOUT_S = 180.0
-"""Time a fresh worker gets to import torch, create the CUDA context and say it is ready (not
-counted against any cell)."""
+"""Time a fresh worker gets to import torch, create the CUDA context and say it is ready (not counted
+against any cell)."""
 DUMP_WAIT_S = 2.0
 """After a timeout: how long the stuck worker gets to write where it is stuck before it is killed."""
 
@@ -61,15 +70,37 @@ _CONTEXT_POISONED = re.compile(
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker needs to measure cells as the parent would (picklable)."""
+class Slot:
+    """One place cells run: ``device`` as the worker sees it ("cuda" or "cpu"), the environment
+    that pins it (``CUDA_VISIBLE_DEVICES``), which physical GPU that is, and that GPU's measured
+    ceilings (each row reports its share of its own GPU's)."""
 
-    device: str
-    timer: TimerOptions
-    ceilings: dict[str, Any] | None
-    env_id: str
-    run_id: str
+    label: str
+    device: str = "cpu"
     env: dict[str, str] = field(default_factory=dict)
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    ceilings: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every worker of one run needs to measure cells as the parent would (picklable)."""
+
+    timer: TimerOptions = field(default_factory=TimerOptions)
+    env_id: str = ""
+    run_id: str = ""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Added to every worker's environment (e.g. what the selected backends declare they need)."""
+    cell_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class _WorkerSetup:
+    """A worker's own configuration: the run's, its slot's, and where it writes stack dumps."""
+
+    run: RunConfig
+    slot: Slot
     fault_log: str = ""
 
 
@@ -95,21 +126,26 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _error_row(backend: str, case: Case, gate: GateResult, config: WorkerConfig) -> dict[str, Any]:
-    import torch
+def _leave(code: int = 0) -> None:
+    """Exit without interpreter teardown: after a poisoned CUDA context teardown would run CUDA
+    cleanup on it, and libraries whose objects outlive teardown print leak reports. Named semaphores
+    that libraries created here are released first (multiprocessing's own exit hooks of priority 0,
+    which join no process), or the resource tracker reports them as leaked."""
+    with contextlib.suppress(Exception):
+        multiprocessing.util._run_finalizers(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
-    return make_row(backend=backend, case=case, gate=gate, ceilings=config.ceilings, env_id=config.env_id,
-                    run_id=config.run_id, device=str(torch.device(config.device)))
 
-
-def _measure_one(measurer, backend: str, case: Case, config: WorkerConfig) -> tuple[dict[str, Any], bool]:
+def _measure_one(measurer, backend: str, case: Case) -> tuple[dict[str, Any], bool]:
     """One cell's row, and whether this worker must exit afterwards (its CUDA context is poisoned)."""
     import torch
 
     try:
         row = measurer.measure(backend, case)
     except Exception as error:  # noqa: BLE001 - e.g. an unknown backend or a raising available()
-        row = _error_row(backend, case, failure_verdict(error, "measure"), config)
+        row = measurer.row_for(backend, case, failure_verdict(error, "measure"))
     poisoned = context_poisoned(row)
     if measurer.device.type == "cuda":
         try:
@@ -117,23 +153,21 @@ def _measure_one(measurer, backend: str, case: Case, config: WorkerConfig) -> tu
         except Exception as error:  # noqa: BLE001 - the cell left an asynchronous error behind
             poisoned = True
             if row["verdict"] != "error":
-                row = _error_row(backend, case, GateResult(
-                    "error", f"CUDA context failed after the cell: {type(error).__name__}: {error}"), config)
+                row = measurer.row_for(backend, case, GateResult(
+                    "error", f"CUDA context failed after the cell: {type(error).__name__}: {error}"))
         if row["verdict"] == "oom" and not poisoned:
-            import gc
-
-            gc.collect()
-            torch.cuda.empty_cache()
+            measurer.release()
     return row, poisoned
 
 
-def worker_main(conn, config: WorkerConfig) -> None:
-    """Entry point of a worker: report ready, then answer each (backend, case) with ("row", row, exits)
-    until told to stop (None) or the parent goes away."""
-    os.environ.update(config.env)
+def worker_main(conn, setup: _WorkerSetup) -> None:
+    """Entry point of a worker: report ready (with its GPU's identity and ceilings), then answer each
+    (backend, case) with ("row", row, exits) until told to stop (None) or the parent goes away."""
+    os.environ.update(setup.run.worker_env)
+    os.environ.update(setup.slot.env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
     _exit_with_parent(os.getppid())
-    fault_log = open(config.fault_log, "w") if config.fault_log else None  # noqa: SIM115 - lives as long as we do
+    fault_log = open(setup.fault_log, "w") if setup.fault_log else None  # noqa: SIM115 - lives as long as we do
     if fault_log is not None:
         faulthandler.enable(file=fault_log, all_threads=False)
         faulthandler.register(signal.SIGUSR1, file=fault_log, all_threads=False)
@@ -142,19 +176,13 @@ def worker_main(conn, config: WorkerConfig) -> None:
 
         from harness.cell import CellMeasurer
 
-        device = torch.device(config.device)
+        slot = setup.slot
+        device = torch.device(slot.device)
         if device.type == "cuda":
-            if device.index is not None:
-                torch.cuda.set_device(device)
             torch.zeros(1, device=device)  # create the context now rather than inside the first cell
-        measurer = CellMeasurer(device=device, timer=config.timer, ceilings=config.ceilings,
-                                env_id=config.env_id, run_id=config.run_id)
-        try:  # import the adapter modules now, so their import time is no cell's
-            from adapters.base import discover
-
-            discover()
-        except Exception:  # noqa: BLE001 - a broken adapter module shows up as the error of its cells
-            pass
+        measurer = CellMeasurer(device=device, timer=setup.run.timer, ceilings=slot.ceilings, env_id=setup.run.env_id,
+                                run_id=setup.run.run_id, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid)
+        measurer.load_adapters()  # their import time is no cell's
     except BaseException:  # noqa: BLE001 - tell the parent why this worker cannot measure anything
         conn.send(("init_error", traceback.format_exc()))
         return
@@ -163,16 +191,15 @@ def worker_main(conn, config: WorkerConfig) -> None:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            return
+            _leave(0)
         if message is None:
-            return
+            measurer.close()
+            _leave(0)
         backend, case = message
-        row, must_exit = _measure_one(measurer, backend, case, config)
+        row, must_exit = _measure_one(measurer, backend, case)
         conn.send(("row", row, must_exit))
-        if must_exit:  # skip interpreter teardown: it would run CUDA cleanup on a broken context
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        if must_exit:
+            _leave(0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,6 +223,10 @@ def _environ(extra: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+_SPAWN_LOCK = threading.Lock()
+"""Workers of several slots are spawned from several threads; the environment is process-wide."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -245,13 +276,11 @@ def summarise_dump(text: str) -> str:
 class _Worker:
     """One live worker process and the pipe to it."""
 
-    def __init__(self, config: WorkerConfig, context, start_timeout_s: float):
-        self.config = config
-        self.log_path = Path(config.fault_log)
+    def __init__(self, setup: _WorkerSetup, context, start_timeout_s: float):
+        self.log_path = Path(setup.fault_log)
         parent_conn, child_conn = context.Pipe()
-        with _environ(config.env):
-            self.process = context.Process(target=worker_main, args=(child_conn, config),
-                                           name="paged-bench-worker")
+        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}):
+            self.process = context.Process(target=worker_main, args=(child_conn, setup), name="paged-bench-worker")
             self.process.start()
         child_conn.close()
         self.conn = parent_conn
@@ -265,7 +294,7 @@ class _Worker:
         else:
             reason = f"{describe_exit(self.process.exitcode)} while starting; {self.crash_summary()}"
         self.kill()
-        raise WorkerStartError(f"measuring worker {reason}")
+        raise WorkerStartError(f"measuring worker on {setup.slot.label} {reason}")
 
     def receive(self, timeout_s: float) -> tuple[str, Any]:
         """("message", obj), ("timeout", None) or ("died", None)."""
@@ -289,10 +318,7 @@ class _Worker:
                 return "died", None
 
     def crash_summary(self) -> str:
-        try:
-            return summarise_dump(self.log_path.read_text(errors="replace"))
-        except OSError:
-            return ""
+        return summarise_dump(self._log_text())
 
     def dump_and_kill(self) -> str:
         """Ask a stuck worker where it is (faulthandler on SIGUSR1), then kill it; return the frame."""
@@ -328,13 +354,14 @@ class _Worker:
 
 
 class WorkerPool:
-    """Hands cells to one worker at a time, replacing it whenever it dies, hangs or is poisoned."""
+    """One slot's worker: hands it cells one at a time, replacing it whenever it dies, hangs or is poisoned."""
 
-    def __init__(self, config: WorkerConfig, *, start_timeout_s: float = WORKER_START_TIMEOUT_S):
+    def __init__(self, config: RunConfig, slot: Slot, *, start_timeout_s: float = WORKER_START_TIMEOUT_S):
         self.config = config
+        self.slot = slot
         self.start_timeout_s = start_timeout_s
         self.context = multiprocessing.get_context("spawn")
-        self.log_dir = Path(tempfile.mkdtemp(prefix="paged-bench-workers-"))
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"paged-bench-{slot.label}-"))
         self.worker: _Worker | None = None
         self.started = 0
         """Workers started so far (the first plus every replacement)."""
@@ -343,16 +370,16 @@ class WorkerPool:
         last_error: WorkerStartError | None = None
         for _ in range(2):  # one retry: a worker may die of something passing; twice means a broken setup
             self.started += 1
-            log = self.log_dir / f"worker-{self.started}.log"
-            config = dataclasses.replace(self.config, fault_log=str(log))
+            setup = _WorkerSetup(self.config, self.slot, str(self.log_dir / f"worker-{self.started}.log"))
             try:
-                return _Worker(config, self.context, self.start_timeout_s)
+                return _Worker(setup, self.context, self.start_timeout_s)
             except WorkerStartError as error:
                 last_error = error
-        raise RuntimeError(f"no measuring worker could be started: {last_error}")
+        raise WorkerStartError(f"no measuring worker could be started on {self.slot.label}: {last_error}")
 
-    def measure(self, backend: str, case: Case, timeout_s: float) -> dict[str, Any]:
-        """The row of one cell; never raises for anything the backend does."""
+    def measure(self, backend: str, case: Case) -> dict[str, Any]:
+        """The row of one cell; never raises for anything the backend does (`WorkerStartError` when
+        this slot cannot run a worker at all)."""
         if self.worker is not None and not self.worker.process.is_alive():
             self.worker.kill()  # it died between cells: not this cell's fault
             self.worker = None
@@ -363,6 +390,7 @@ class WorkerPool:
             worker.conn.send((backend, case))
         except (OSError, BrokenPipeError):
             pass  # it died between cells; receive() reports it
+        timeout_s = self.config.cell_timeout_s
         status, message = worker.receive(timeout_s)
         if status == "message" and message[0] == "row":
             _, row, exits = message
@@ -383,11 +411,9 @@ class WorkerPool:
         return self._row(backend, case, gate)
 
     def _row(self, backend: str, case: Case, gate: GateResult) -> dict[str, Any]:
-        import torch
-
-        return make_row(backend=backend, case=case, gate=gate, ceilings=self.config.ceilings,
-                        env_id=self.config.env_id, run_id=self.config.run_id,
-                        device=str(torch.device(self.config.device)))
+        slot = self.slot
+        return make_row(backend=backend, case=case, gate=gate, ceilings=slot.ceilings, env_id=self.config.env_id,
+                        run_id=self.config.run_id, device=slot.device, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker (kill it at once unless ``wait``: e.g. on Ctrl-C, mid-cell) and clean up."""
@@ -411,63 +437,130 @@ def order_by_case(cells: list[tuple[str, Case]]) -> list[tuple[str, Case]]:
     return [(backend, case) for case, backends in by_case.items() for backend in backends]
 
 
-def _log_verdict(row: dict[str, Any], progress: bool) -> None:
-    """One line per cell that did not pass; `skipped` backends were already named before the sweep."""
-    if row["verdict"] == "skipped":
-        return
-    reason = " ".join(str(row.get("reason") or "").split())
-    line = f"{row['verdict']:<11} {row['backend']} / {row['case']}: {reason[:300]}"
-    if progress:
-        tqdm.write(line)
-    else:
-        logger.info(line)
-
-
-def run_cells(cells: list[tuple[str, Case]], out_dir: Path, *, device: str = "cuda",
-              timer: TimerOptions = TimerOptions(), ceilings: dict | None = None, env_id: str = "",
-              run_id: str = "", resume: bool = True, cell_timeout_s: float = 300.0, progress: bool = True,
-              worker_env: dict[str, str] | None = None, retry_failed: bool = False) -> list[dict]:
-    """Measure (backend, case) cells in isolated worker processes; return their rows.
-
-    Each finished row is appended to ``out_dir/results.jsonl`` at once. With ``resume``, cells already
-    recorded there (for the same ``env_id`` when one is given) are not measured again and their
-    recorded rows are returned; ``retry_failed`` measures recorded `timeout`/`error` cells again.
-    ``worker_env`` is added to the workers' environment (e.g. ``TRITON_INTERPRET=1`` on a CPU).
-    Rows come back in the order of ``cells`` (duplicates dropped).
-    """
-    store = ResultStore(out_dir)
-    ordered = order_by_case(cells)
-    recorded = store.latest_rows(env_id=env_id or None) if resume else {}
-    rows: dict[str, dict[str, Any]] = {}
-    todo = []
-    for backend, case in ordered:
+def cells_to_measure(cells: list[tuple[str, Case]], recorded: dict[str, dict[str, Any]], *,
+                     retry_failed: bool = False) -> tuple[list[tuple[str, str, Case]], dict[str, dict[str, Any]]]:
+    """The resume rule, in one place: a cell recorded with any verdict is done (a backend that hangs
+    must not hang every resumed run), except `timeout`/`error` ones with ``retry_failed``.
+    Returns the cells still to measure as (cell_id, backend, case), in case order, and the reused rows."""
+    todo, reused = [], {}
+    for backend, case in order_by_case(cells):
         key = cell_id(backend, case)
         previous = recorded.get(key)
         if previous is not None and not (retry_failed and previous.get("verdict") in RETRYABLE_VERDICTS):
-            rows[key] = previous
+            reused[key] = previous
         else:
             todo.append((key, backend, case))
-    config = WorkerConfig(device=device, timer=timer, ceilings=ceilings, env_id=env_id, run_id=run_id,
-                          env=dict(worker_env or {}))
-    pool = WorkerPool(config)
-    bar = tqdm(total=len(ordered), initial=len(ordered) - len(todo), unit="cell", desc="cells",
-               disable=not progress, dynamic_ncols=True)
-    last = "-"
+    return todo, reused
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a progress callback is told after each measured cell."""
+
+    row: dict[str, Any]
+    done: int
+    total: int
+    slot: str
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class SlotFailure(RuntimeError):
+    """Every slot failed to start a worker: no cell can be measured."""
+
+
+def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunConfig = RunConfig(), *,
+              slots: list[Slot] | None = None, resume: bool = True, retry_failed: bool = False,
+              on_progress: ProgressCallback | None = None,
+              on_slot_failure: Callable[[Slot, str], None] | None = None) -> list[dict[str, Any]]:
+    """Measure (backend, case) cells in isolated worker processes, one per slot; return their rows.
+
+    Each finished row is appended to ``out_dir/results.jsonl`` at once. With ``resume``, cells already
+    recorded there for the same ``config.env_id`` (any environment when it is empty) are not measured
+    again and their recorded rows are returned (`cells_to_measure`). Whole cases go to one slot at a
+    time. Rows come back in the order of ``cells`` (duplicates dropped).
+    """
+    slots = slots or [Slot("cpu")]
+    store = ResultStore(out_dir)
+    recorded = store.latest_rows(env_id=config.env_id or None) if resume else {}
+    todo, rows = cells_to_measure(cells, recorded, retry_failed=retry_failed)
+    total = len(todo) + len(rows)
+    groups = _case_groups(todo)
+    work: queue.Queue = queue.Queue()
+    for group in groups:
+        work.put(group)
+    lock = threading.Lock()
+    state = {"done": len(rows), "alive": len(slots), "unfinished": len(groups)}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    pools = [WorkerPool(config, slot) for slot in slots]
+
+    def serve(pool: WorkerPool) -> None:
+        """Take whole cases until none is left unfinished (a failing slot may hand one back)."""
+        while not stop.is_set():
+            with lock:
+                if state["unfinished"] == 0:
+                    return
+            try:
+                group = work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            for index, (key, backend, case) in enumerate(group):
+                if stop.is_set():
+                    return
+                try:
+                    row = pool.measure(backend, case)
+                except WorkerStartError as error:  # this slot is broken: its unfinished cells go back
+                    work.put(group[index:])
+                    with lock:
+                        state["alive"] -= 1
+                        last = state["alive"] == 0
+                    if on_slot_failure is not None:
+                        on_slot_failure(pool.slot, str(error))
+                    if last:
+                        errors.append(SlotFailure(str(error)))
+                        stop.set()
+                    return
+                store.append(row)
+                with lock:
+                    rows[key] = row
+                    state["done"] += 1
+                    if on_progress is not None:
+                        on_progress(Progress(row=row, done=state["done"], total=total, slot=pool.slot.label))
+            with lock:
+                state["unfinished"] -= 1
+
+    threads = [threading.Thread(target=serve, args=(pool,), name=f"slot-{pool.slot.label}", daemon=True)
+               for pool in pools]
     try:
-        for key, backend, case in todo:
-            bar.set_postfix_str(f"{backend} / {case.name} | last: {last}")
-            row = pool.measure(backend, case, cell_timeout_s)
-            store.append(row)
-            rows[key] = row
-            last = row["verdict"]
-            if last != "ok":
-                _log_verdict(row, progress)
-            bar.update(1)
-        bar.set_postfix_str(f"last: {last}")
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
     except BaseException:  # Ctrl-C or a harness failure: every finished row is already on disk
-        pool.close(wait=False)
+        stop.set()
+        for pool in pools:
+            pool.close(wait=False)
         raise
     finally:
-        pool.close()
-        bar.close()
+        for pool in pools:
+            pool.close()
+    if errors:
+        raise errors[0]
+    missing = [key for key, _, _ in todo if key not in rows]
+    if missing:
+        raise SlotFailure(f"{len(missing)} cells were not measured: every slot stopped")
     return [rows[key] for key in dict.fromkeys(cell_id(backend, case) for backend, case in cells)]
+
+
+def _case_groups(todo: list[tuple[str, str, Case]]) -> list[list[tuple[str, str, Case]]]:
+    """Consecutive cells of one case, kept together so one worker builds its batch and reference once."""
+    groups: list[list[tuple[str, str, Case]]] = []
+    for item in todo:
+        if groups and groups[-1][0][2] == item[2]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ def _fsync_dir(directory: Path) -> None:
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line: lock, repair a partial last line, one write, fsync."""
     line = json.dumps(record, sort_keys=False, default=str, allow_nan=True) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -58,10 +58,11 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Every complete, parseable JSON object line of ``path`` and how many lines were skipped."""
+def _read_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every complete, parseable JSON object line of ``path``, and the (1-based) numbers of the lines
+    that were skipped (a writer killed mid-line before this format's fsynced appends, a garbled edit)."""
     if not path.exists():
-        return [], 0
+        return [], []
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
@@ -72,38 +73,39 @@ def _read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-    records, skipped = [], 0
+    records, skipped = [], []
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    for raw in lines:
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw)
         except ValueError:
-            skipped += 1  # the partial line of a writer killed mid-write (before this format's fsynced appends)
+            skipped.append(number)
             continue
         if isinstance(record, dict):
             records.append(record)
         else:
-            skipped += 1
+            skipped.append(number)
     return records, skipped
 
 
 class ResultStore:
-    """The results and runs of one output folder (created if missing)."""
+    """The results and runs of one output folder (created at the first write, never by reading)."""
 
     def __init__(self, out_dir: str | os.PathLike[str]):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = self.out_dir / RESULTS_FILE
         self.runs_path = self.out_dir / RUNS_FILE
-        self.skipped_lines = 0
-        """Unreadable (partial) lines met by the last read."""
+        self.skipped_results: list[int] = []
+        """Numbers of the unreadable lines of results.jsonl met by the last read."""
+        self.skipped_runs: list[int] = []
+        """The same for runs.jsonl."""
 
     def append(self, row: dict[str, Any]) -> None:
-        """Record one finished cell (a row of harness.results.COLUMNS, with its run_id) durably."""
+        """Record one finished cell (a row of records.schema.COLUMNS, with its run_id) durably."""
         _append_line(self.results_path, row)
 
     def append_run(self, meta: dict[str, Any]) -> None:
@@ -112,11 +114,11 @@ class ResultStore:
 
     def read_rows(self) -> list[dict[str, Any]]:
         """Every recorded row, in the order written (a cell measured twice appears twice)."""
-        rows, self.skipped_lines = _read_lines(self.results_path)
+        rows, self.skipped_results = _read_lines(self.results_path)
         return rows
 
     def read_runs(self) -> list[dict[str, Any]]:
-        runs, self.skipped_lines = _read_lines(self.runs_path)
+        runs, self.skipped_runs = _read_lines(self.runs_path)
         return runs
 
     def latest_rows(self, *, env_id: str | None = None) -> dict[str, dict[str, Any]]:
@@ -126,16 +128,3 @@ class ResultStore:
             if "cell_id" in row and (not env_id or row.get("env_id") == env_id):
                 latest[row["cell_id"]] = row
         return latest
-
-    def done_cell_ids(self, *, retry_failed: bool = False, env_id: str | None = None) -> set[str]:
-        """Cells a resumed run skips: every recorded cell (any verdict is final), except — with
-        ``retry_failed`` — those whose latest verdict is `timeout` or `error`. With ``env_id``, only
-        cells measured in that environment count."""
-        return {cell for cell, row in self.latest_rows(env_id=env_id).items()
-                if not (retry_failed and row.get("verdict") in RETRYABLE_VERDICTS)}
-
-    def to_frame(self, rows: Iterable[dict[str, Any]] | None = None):
-        """The rows as a pandas DataFrame (pandas is imported here only)."""
-        import pandas as pd
-
-        return pd.DataFrame(list(self.read_rows() if rows is None else rows))

@@ -26,7 +26,8 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 
 REPORT_GLOSSARY = {
-    "speed-up vs cuDNN": "cuDNN's median time divided by the backend's, on the same cell: above 1 the backend is faster",
+    "speed-up": "the baseline backend's median time divided by the backend's, on the same cell: above 1 the "
+                "backend is faster (the baseline is the backend whose adapter declares itself so: cuDNN)",
     "share of roofline": "the larger of % of the matmul ceiling and % of the copy ceiling: the ceiling that binds the case",
     "winner / margin": "the fastest ok backend of a case; margin = runner-up time / winner time; "
                        "'tie' when the margin is inside the two cells' noise band",
@@ -56,14 +57,25 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _registered_backends() -> list[str] | None:
-    """Backends the adapters registry of this checkout would sweep (None if discovery fails)."""
-    try:
-        from adapters.base import discover
+def effective_declarations(results: ResultSet, defaults: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """What each backend declares (baseline, colour, in_sweep): as recorded with the results, falling back
+    to ``defaults`` (e.g. the declarations of the checkout that renders) for results that recorded none."""
+    merged = {backend: dict(values) for backend, values in (defaults or {}).items()}
+    for backend, values in results.declarations().items():
+        merged.setdefault(backend, {}).update(values)
+    return merged
 
-        return [name for name, adapter in discover().items() if getattr(adapter, "in_sweep", True)]
-    except Exception:  # noqa: BLE001 - a broken adapter module must not stop the report
-        return None
+
+def baseline_backend(declarations: dict[str, dict[str, Any]]) -> str | None:
+    return next((backend for backend, values in sorted(declarations.items()) if values.get("baseline")), None)
+
+
+def _timer_words(results: ResultSet) -> str:
+    """How the rows were timed, in words for the page ("GPU launch times", or the CPU clock)."""
+    methods = " ".join(sorted(set(results.rows["method"]) - {""}))
+    if methods and "cuda" not in methods:
+        return "host wall-clock times (perf_counter: no GPU in these results)"
+    return "GPU launch times"
 
 
 def _result_rows(results: ResultSet) -> list[dict[str, Any]]:
@@ -150,18 +162,23 @@ def _headline(results: ResultSet) -> dict[str, str]:
 
 
 def build_context(results: ResultSet, *, baseline: ResultSet | None = None, title: str = "",
-                  registered: list[str] | None = None) -> dict[str, Any]:
+                  declarations: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data (figures already rendered to SVG)."""
+    declared = effective_declarations(results, declarations)
+    reference = baseline_backend(declared)
+    registered = [backend for backend, values in declared.items() if values.get("in_sweep", True)]
     win_table = winners(results)
-    figures = plots.result_figures(results)
-    colors = plots.backend_colors(sorted(set(results.rows["backend"]) - {""}))
+    colors = plots.backend_colors(sorted(set(results.rows["backend"]) - {""}),
+                                  {backend: values.get("color") for backend, values in declared.items()})
+    figures = plots.result_figures(results, colors, reference)
     comparison = compare(baseline, results) if baseline is not None else None
     sets = [("results", results)] + ([("baseline", baseline)] if baseline is not None else [])
     matrix = capability_matrix(results)
     return {
         "title": title or f"Paged-attention benchmark: {results.label}",
         "generated_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "label": results.label, "headline": _headline(results),
+        "label": results.label, "headline": _headline(results), "reference": reference,
+        "timer_words": _timer_words(results), "warnings": results.warnings + (baseline.warnings if baseline else []),
         "backends": backend_summaries(results, registered), "colors": colors,
         "verdicts": list(VERDICTS), "winners": win_table.to_dict("records") if len(win_table) else [],
         "win_counts": win_counts(win_table), "figures": figures,
@@ -174,19 +191,19 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
 
 
 def render_html(results: ResultSet, *, baseline: ResultSet | None = None, title: str = "",
-                registered: list[str] | None = None) -> str:
-    context = build_context(results, baseline=baseline, title=title, registered=registered)
+                declarations: dict[str, dict[str, Any]] | None = None) -> str:
+    context = build_context(results, baseline=baseline, title=title, declarations=declarations)
     return _environment().get_template(TEMPLATE).render(**context)
 
 
 def render_report(results: ResultSet, out_path: str | Path, *, baseline: ResultSet | None = None, title: str = "",
-                  registered: list[str] | None = None) -> Path:
+                  declarations: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the report page to ``out_path`` and return it. ``baseline`` adds the version comparison
-    (``results`` is the new side). ``registered``: backend names expected in the results (default: the
-    adapters this checkout registers); those without a row are listed in the summary."""
+    (``results`` is the new side). ``declarations``: what the backends of the rendering checkout declare
+    (baseline, colour, in_sweep), used where the results recorded none; backends registered but without
+    a row are listed in the summary."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if registered is None:
-        registered = _registered_backends()
-    out_path.write_text(render_html(results, baseline=baseline, title=title, registered=registered), encoding="utf-8")
+    out_path.write_text(render_html(results, baseline=baseline, title=title, declarations=declarations),
+                        encoding="utf-8")
     return out_path

@@ -7,8 +7,9 @@ A results folder holds (written by the harness; this module only reads):
                       ceilings ({matmul_bf16_tflops, copy_tbps, gpu} or null), sweep, argv, started_at
     capability.csv    optional: backend, feature, value, verdict, reason, rel_l2, backend_versions, device
 
-A trailing partial line (a run that was stopped mid-write) and any other unparsable line are skipped;
-when several rows share a cell_id (a resumed or repeated run) the last one wins.
+A trailing partial line (a run that was stopped mid-write) and any other unparsable line are skipped
+and reported in ``ResultSet.warnings`` (how many, which line numbers); when several rows share a
+cell_id (a resumed or repeated run) the last one wins.
 Every renderer (HTML, text, CSV, comparison) starts from a `ResultSet` and nothing else.
 """
 
@@ -21,13 +22,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from records.schema import COLUMNS
-from records.store import RESULTS_FILE, ResultStore
-
-CAPABILITY_FILE = "capability.csv"
-
-CAPABILITY_COLUMNS: list[str] = ["backend", "feature", "value", "verdict", "reason", "rel_l2",
-                                 "backend_versions", "device"]
+from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, COLUMNS, RESULTS_FILE, RUNS_FILE
+from records.store import ResultStore
 RUN_COLUMNS: list[str] = ["run_id", "env_id", "provenance", "ceilings", "sweep", "argv", "started_at"]
 
 NUMERIC_COLUMNS: list[str] = [
@@ -73,17 +69,18 @@ def runs_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def capability_frame(records: pd.DataFrame | Iterable[dict[str, Any]] | None) -> pd.DataFrame:
-    """Capability rows with CAPABILITY_COLUMNS first (harness.capability names the versions column
-    ``versions``: read as ``backend_versions``); one row per (backend, feature, value), the last wins."""
+    """Capability rows with CAPABILITY_COLUMNS first (files written before the column was renamed call
+    it ``versions``: read as ``backend_versions``); one row per (backend, feature, value), the last wins."""
     frame = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records or []))
     if "backend_versions" not in frame.columns and "versions" in frame.columns:
         frame = frame.rename(columns={"versions": "backend_versions"})
     for column in CAPABILITY_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    for column in ("backend", "feature", "value", "verdict", "reason", "backend_versions", "device"):
+    for column in ("backend", "feature", "value", "verdict", "reason", "backend_versions", "device", "case"):
         frame[column] = frame[column].where(frame[column].notna(), "").astype(str)
-    frame["rel_l2"] = pd.to_numeric(frame["rel_l2"], errors="coerce")
+    for column in ("rel_l2", "max_abs"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     if len(frame):
         frame = frame.drop_duplicates(["backend", "feature", "value"], keep="last").reset_index(drop=True)
     return frame[CAPABILITY_COLUMNS + [column for column in frame.columns if column not in CAPABILITY_COLUMNS]]
@@ -133,6 +130,8 @@ class ResultSet:
     capability: pd.DataFrame = field(default_factory=lambda: capability_frame(None))
     source: Path | None = None
     name: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """What reading the folder could not take in (unreadable lines, with their numbers)."""
 
     @classmethod
     def from_records(cls, rows: Iterable[dict[str, Any]], runs: Iterable[dict[str, Any]] = (),
@@ -210,6 +209,13 @@ class ResultSet:
                     found.update({r["backend"]: r for r in records if isinstance(r, dict) and "backend" in r})
         return found
 
+    def declarations(self) -> dict[str, dict[str, Any]]:
+        """Per backend, what its adapter declared when these results were measured (baseline, colour,
+        Q layout, whether it takes part in sweeps): the ``availability`` records of the runs."""
+        keys = ("in_sweep", "baseline", "color", "q_layout")
+        return {backend: {key: record[key] for key in keys if key in record}
+                for backend, record in self.availability().items()}
+
     def backend_versions(self) -> dict[str, dict[str, str]]:
         """Per backend, each version key with the distinct values its rows recorded ('a | b' if several)."""
         versions: dict[str, dict[str, list[str]]] = {}
@@ -235,6 +241,15 @@ def load_results(path: str | Path, name: str = "") -> ResultSet:
         raise FileNotFoundError(f"no results folder at {folder}")
     if not (folder / RESULTS_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {RESULTS_FILE}: not a results folder")
-    store = ResultStore(folder)  # its reader takes the writers' lock and skips a cut-off last line
-    return ResultSet(rows=rows_frame(store.read_rows()), runs=runs_frame(store.read_runs()),
-                     capability=_read_capability(folder / CAPABILITY_FILE), source=folder, name=name)
+    store = ResultStore(folder)  # its reader takes the writers' lock and skips unreadable lines
+    rows, runs = store.read_rows(), store.read_runs()
+    warnings = [f"{folder / name}: skipped {len(lines)} unreadable line{'s' if len(lines) > 1 else ''} "
+                f"(line{'s' if len(lines) > 1 else ''} {_line_list(lines)})"
+                for name, lines in ((RESULTS_FILE, store.skipped_results), (RUNS_FILE, store.skipped_runs)) if lines]
+    return ResultSet(rows=rows_frame(rows), runs=runs_frame(runs), capability=_read_capability(folder / CAPABILITY_FILE),
+                     source=folder, name=name, warnings=warnings)
+
+
+def _line_list(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")

@@ -3,8 +3,11 @@ external file, network or JavaScript library. Each function takes the model (a `
 `Comparison`) and returns `Figure`s; none reads files or knows about HTML.
 
 Figures: latency and throughput per backend (decode against context, prefill against tokens per
-sequence, one panel per page size and one row per batch size), speed-up against cuDNN as heat maps,
-share of the roofline per case, and the per-cell time ratio of a version comparison.
+sequence, one panel per page size and one row per batch size), speed-up against the baseline backend
+(the one whose adapter declares itself the baseline: cuDNN) as heat maps, share of the roofline per
+case, and the per-cell time ratio of a version comparison. Which backend is the baseline and which
+colour a backend gets come from the adapters' declarations stored with the results, never from names
+written here.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from reports.model import WORKLOAD_ORDER, ResultSet  # noqa: E402
 
-REFERENCE_BACKEND = "cudnn"
-FIXED_COLORS = {"cudnn": "#76b900"}
 PALETTE = ["#1f6fb4", "#d9472b", "#8a55c2", "#e89b0c", "#14a3b8", "#8c564b", "#d6559c", "#6b6b6b", "#a6a62a"]
 LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
 SPEEDUP_CMAP = "RdYlGn"
@@ -54,12 +55,14 @@ class Figure:
     svg: str
 
 
-def backend_colors(backends: list[str]) -> dict[str, str]:
-    """One colour per backend, stable for a given set (cuDNN is always NVIDIA green)."""
-    others = [b for b in sorted(backends) if b not in FIXED_COLORS]
-    colors = {b: c for b, c in FIXED_COLORS.items() if b in backends}
+def backend_colors(backends: list[str], fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """One colour per backend, stable for a given set: the colours backends declare (``fixed``), then
+    the palette for the others in name order."""
+    fixed = {backend: color for backend, color in (fixed or {}).items() if color and backend in backends}
+    others = [b for b in sorted(backends) if b not in fixed]
+    colors = dict(fixed)
     colors.update({b: PALETTE[i % len(PALETTE)] for i, b in enumerate(others)})
-    return colors
+    return {b: colors[b] for b in sorted(backends, key=lambda b: (b not in fixed, b))}
 
 
 def _svg(fig: plt.Figure, figure_id: str) -> str:
@@ -205,16 +208,20 @@ def throughput_figures(results: ResultSet, colors: dict[str, str]) -> list[Figur
         ceiling = (float(peak), f"bf16 matmul ceiling {float(peak):.0f} TFLOP/s") if peak else None
         fig = _line_panels(prefill, x="q_len", y="tflops", style_by="context", colors=colors, error_bars=False,
                            xlabel="tokens per sequence (q_len)", ylabel="TFLOP/s", ceiling=ceiling)
-        figures.append(Figure("plot-tflops-prefill", "Prefill compute throughput (TFLOP/s)", "Matrix FLOPs per second; dashed: this "
-                              "machine's measured bf16 matmul rate. Higher is better.", _svg(fig, "plot-tflops-prefill")))
+        caption = "Matrix FLOPs per second" + ("; dashed: this machine's measured bf16 matmul rate" if ceiling else
+                                               " (no ceiling drawn: none was measured with these results)")
+        figures.append(Figure("plot-tflops-prefill", "Prefill compute throughput (TFLOP/s)", caption + ". Higher is better.",
+                              _svg(fig, "plot-tflops-prefill")))
     decode = _ok(results, "decode").dropna(subset=["tbps"])
     if len(decode):
         peak = ceilings.get("copy_tbps")
         ceiling = (float(peak), f"device copy ceiling {float(peak):.2f} TB/s") if peak else None
         fig = _line_panels(decode, x="context", y="tbps", style_by=None, colors=colors, error_bars=False,
                            xlabel="context (cached tokens per sequence)", ylabel="TB/s", ceiling=ceiling)
-        figures.append(Figure("plot-tbps-decode", "Decode memory throughput (TB/s)", "Bytes at least moved per second; dashed: this "
-                              "machine's measured copy bandwidth. Higher is better.", _svg(fig, "plot-tbps-decode")))
+        caption = "Bytes at least moved per second" + ("; dashed: this machine's measured copy bandwidth" if ceiling else
+                                                       " (no ceiling drawn: none was measured with these results)")
+        figures.append(Figure("plot-tbps-decode", "Decode memory throughput (TB/s)", caption + ". Higher is better.",
+                              _svg(fig, "plot-tbps-decode")))
     return figures
 
 
@@ -233,9 +240,11 @@ def _speedup_grid(own: pd.DataFrame, ref: pd.Series, batches: list, columns: lis
     return grid, labels
 
 
-def speedup_figures(results: ResultSet, reference: str = REFERENCE_BACKEND) -> list[Figure]:
+def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
     """Per backend: time of ``reference`` / time of the backend over batch size x (q_len, context), one
     panel per page size (decode and prefill cases; > 1 means faster than the reference)."""
+    if not reference:
+        return []
     rows = results.rows[results.rows["workload"].isin(["decode", "prefill"])]
     ref = rows[(rows["backend"] == reference) & (rows["verdict"] == "ok")].set_index("case")["median_us"]
     if ref.empty:
@@ -410,13 +419,13 @@ def comparison_figure(comparison) -> Figure | None:
                   _svg(fig, "plot-comparison"))
 
 
-def result_figures(results: ResultSet) -> dict[str, list[Figure]]:
-    """Every figure of one result set, grouped by section: latency, throughput, speed-up, roofline."""
-    colors = backend_colors(sorted(set(results.rows["backend"]) - {""}))
+def result_figures(results: ResultSet, colors: dict[str, str], baseline: str | None) -> dict[str, list[Figure]]:
+    """Every figure of one result set, grouped by section: latency, throughput, speed-up against
+    ``baseline``, roofline."""
     with plt.rc_context(STYLE):
         roofline = roofline_figure(results, colors)
         return {"latency": latency_figures(results, colors), "throughput": throughput_figures(results, colors),
-                "speedup": speedup_figures(results), "roofline": [roofline] if roofline else []}
+                "speedup": speedup_figures(results, baseline), "roofline": [roofline] if roofline else []}
 
 
 def comparison_figures(comparison) -> list[Figure]:

@@ -101,8 +101,3 @@ def write_csv(results: ResultSet, path: str | Path) -> Path:
     rows = results.sorted_rows()
     rows[COLUMNS + [c for c in rows.columns if c not in COLUMNS]].to_csv(path, index=False)
     return path
-
-
-def verdict_order(verdict: str) -> int:
-    return [OK, "unsupported", "wrong", "error", "oom", "timeout", SKIPPED].index(verdict) \
-        if verdict in (OK, "unsupported", "wrong", "error", "oom", "timeout", SKIPPED) else 99

@@ -8,6 +8,7 @@ fault-segfault  run reads address 0                            -> error, SIGSEGV
 fault-oob       (CUDA) a Triton kernel reads 2**40 elements past its input: an illegal memory access that
                 poisons the CUDA context                       -> error, the worker is replaced
 good-ref        returns the fp32 reference cast to the batch dtype: a healthy neighbour (cpu and cuda)
+fault-wait      run writes its process id to $PAGED_BENCH_TEST_PIDFILE, then waits to be killed from outside
 """
 
 from __future__ import annotations
@@ -78,6 +79,23 @@ class SegfaultInRun(_Faulty):
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         return Prepared(run=_read_address_zero)
+
+
+PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"
+
+
+def _announce_and_wait() -> torch.Tensor:
+    with open(os.environ[PIDFILE_ENV], "w") as file:
+        file.write(str(os.getpid()))
+    return _sleep_forever()
+
+
+@register
+class WaitToBeKilled(_Faulty):
+    name = "fault-wait"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        return Prepared(run=_announce_and_wait)
 
 
 @register

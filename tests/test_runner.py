@@ -1,6 +1,7 @@
 """Isolation and durability: a backend that raises, aborts, segfaults or hangs costs only its own cell;
 finished rows survive kill -9; a resumed sweep neither loses nor repeats a cell; concurrent writers
-never corrupt a line. CPU only (tiny fp32 cases), except the `gpu` class at the end."""
+never corrupt a line; several workers (simulated devices: CPU slots) share one queue without running a
+cell twice. CPU only (tiny fp32 cases), except the `gpu` class at the end."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness import runner
 from harness.cell import TimerOptions
 from harness.results import cell_id
-from harness.runner import context_poisoned, describe_exit, order_by_case, run_cells, summarise_dump
-from records.store import ResultStore
+from harness.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, context_poisoned, describe_exit,
+                            order_by_case, run_cells, summarise_dump)
 from harness.sweep import Case
+from records.store import ResultStore
+from tests.faulty_adapters import PIDFILE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}
@@ -33,10 +38,12 @@ TIMER = TimerOptions(target_ms=2.0)
 HANG_TIMEOUT_S = 5.0
 
 
-def _run(cells, out_dir, **options):
-    options = {"device": "cpu", "timer": TIMER, "cell_timeout_s": HANG_TIMEOUT_S, "progress": False,
-               "worker_env": EXTRA, **options}
-    return run_cells(cells, out_dir, **options)
+def _config(run_id: str, cell_timeout_s: float = HANG_TIMEOUT_S, **env) -> RunConfig:
+    return RunConfig(timer=TIMER, run_id=run_id, worker_env={**EXTRA, **env}, cell_timeout_s=cell_timeout_s)
+
+
+def _run(cells, out_dir, run_id="test", cell_timeout_s=HANG_TIMEOUT_S, **options):
+    return run_cells(cells, out_dir, _config(run_id, cell_timeout_s), **options)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +102,29 @@ def test_healthy_neighbours_are_unaffected(faulty_sweep, clean_sweep):
     assert all(row["median_us"] > 0 for row in with_faults)
 
 
-def test_resume_skips_recorded_cells_and_returns_their_rows(faulty_sweep):
+def test_resume_skips_recorded_cells_and_returns_their_rows(faulty_sweep, monkeypatch):
     out_dir, cells, rows = faulty_sweep
-    started = time.monotonic()
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("a resumed run with every cell recorded must not start a worker")
+
+    monkeypatch.setattr(runner, "_Worker", no_worker)
     again = _run(cells, out_dir, run_id="again")
     assert again == rows
-    assert time.monotonic() - started < 2.0  # no worker was started
     assert len(ResultStore(out_dir).read_rows()) == len(cells)
+
+
+def test_the_resume_rule():
+    a, b = CASES
+    recorded = {cell_id("x", a): {"verdict": "ok"}, cell_id("y", a): {"verdict": "timeout"},
+                cell_id("x", b): {"verdict": "error"}, cell_id("z", b): {"verdict": "skipped"}}
+    cells = [("x", a), ("y", a), ("x", b), ("y", b), ("z", b)]
+    todo, reused = cells_to_measure(cells, recorded)
+    assert [(backend, case) for _, backend, case in todo] == [("y", b)]
+    assert set(reused) == set(recorded)
+    todo, reused = cells_to_measure(cells, recorded, retry_failed=True)
+    assert [(backend, case) for _, backend, case in todo] == [("y", a), ("x", b), ("y", b)]
+    assert set(reused) == {cell_id("x", a), cell_id("z", b)}
 
 
 # --- kill -9 in the middle of a sweep, then resume ------------------------------------------------
@@ -114,13 +137,13 @@ import sys
 from pathlib import Path
 
 from harness.cell import TimerOptions
-from harness.runner import run_cells
+from harness.runner import RunConfig, Slot, run_cells
 from harness.sweep import Case
 
 if __name__ == "__main__":
     cells = [{cells}]
-    run_cells(cells, Path(sys.argv[1]), device="cpu", timer=TimerOptions(target_ms=2.0), cell_timeout_s=600,
-              run_id="killed", progress=False, worker_env={extra!r})
+    config = RunConfig(timer=TimerOptions(target_ms=2.0), cell_timeout_s=600, run_id="killed", worker_env={extra!r})
+    run_cells(cells, Path(sys.argv[1]), config, slots=[Slot(f"cpu{{n}}") for n in range({slots})])
 """
 
 
@@ -144,9 +167,11 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slots):
     script = tmp_path / "sweep.py"
-    script.write_text(SWEEP_SCRIPT.format(cells=", ".join(f"({b!r}, {c!r})" for b, c in KILL_CELLS), extra=EXTRA))
+    script.write_text(SWEEP_SCRIPT.format(cells=", ".join(f"({b!r}, {c!r})" for b, c in KILL_CELLS), extra=EXTRA,
+                                          slots=slots))
     out_dir = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sweep = subprocess.Popen([sys.executable, str(script), str(out_dir)], cwd=ROOT, env=env)
@@ -157,7 +182,6 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
                 break
             time.sleep(0.1)
         assert sweep.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.3)  # now inside the hanging cell
         workers = _children(sweep.pid) if Path("/proc").exists() else []
         assert workers or not Path("/proc").exists(), "no worker process found"
         os.kill(sweep.pid, signal.SIGKILL)
@@ -167,19 +191,26 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
             sweep.kill()
     store = ResultStore(out_dir)
     before = store.read_rows()
-    assert [row["cell_id"] for row in before] == [cell_id(b, c) for b, c in KILL_CELLS[:2]]
+    # at least the good cells of the first two cases are done (with two workers the third may be too);
+    # the hanging one never finishes
+    good = {cell_id(b, c) for b, c in KILL_CELLS if b == "good-ref"}
+    assert {cell_id(b, c) for b, c in KILL_CELLS[:2]} <= {row["cell_id"] for row in before} <= good
     for worker in workers:  # an orphaned worker notices its parent is gone and exits
         deadline = time.monotonic() + 10
         while _alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(worker), f"worker {worker} outlived its killed parent"
 
-    rows = _run(KILL_CELLS, out_dir, run_id="resumed", cell_timeout_s=3.0)
+    rows = _run(KILL_CELLS, out_dir, run_id="resumed", cell_timeout_s=3.0,
+                slots=[Slot(f"cpu{n}") for n in range(slots)])
     assert [row["cell_id"] for row in rows] == [cell_id(b, c) for b, c in KILL_CELLS]
     stored = store.read_rows()
-    assert store.skipped_lines == 0
+    assert store.skipped_results == []
     assert sorted(row["cell_id"] for row in stored) == sorted(row["cell_id"] for row in rows)  # none lost, none twice
-    assert [row["run_id"] for row in rows] == ["killed", "killed", "resumed", "resumed"]
+    finished_before = {row["cell_id"] for row in before}
+    assert [row["run_id"] for row in rows] == ["killed" if row["cell_id"] in finished_before else "resumed"
+                                              for row in rows]
+    assert rows[2]["run_id"] == "resumed"
     assert [row["verdict"] for row in rows] == ["ok", "ok", "timeout", "ok"]
 
 
@@ -217,25 +248,80 @@ def test_a_partial_last_line_is_skipped_and_repaired(tmp_path):
     with open(store.results_path, "ab") as file:
         file.write(b'{"cell_id": "cut", "verd')  # a writer of an older format died here
     assert [row["cell_id"] for row in store.read_rows()] == ["one", "two"]
-    assert store.skipped_lines == 1
+    assert store.skipped_results == [3]
     store.append({"cell_id": "three", "verdict": "ok"})
     assert [row["cell_id"] for row in store.read_rows()] == ["one", "two", "three"]
-    assert store.skipped_lines == 1
+    assert store.skipped_results == [3]
     assert store.results_path.read_bytes().endswith(b'"verd\n{"cell_id": "three", "verdict": "ok"}\n')
-    assert store.done_cell_ids() == {"one", "two", "three"}
 
 
-def test_done_cells_with_retry_and_environment(tmp_path):
+def test_latest_rows_per_environment(tmp_path):
     store = ResultStore(tmp_path)
-    for cell, verdict, env in [("ok", "ok", "e1"), ("err", "error", "e1"), ("slow", "timeout", "e1"),
-                               ("skip", "skipped", "e1"), ("fixed", "error", "e1"), ("fixed", "ok", "e1"),
-                               ("other", "ok", "e2")]:
+    for cell, verdict, env in [("ok", "ok", "e1"), ("fixed", "error", "e1"), ("fixed", "ok", "e1"), ("other", "ok", "e2")]:
         store.append({"cell_id": cell, "verdict": verdict, "env_id": env})
-    assert store.done_cell_ids() == {"ok", "err", "slow", "skip", "fixed", "other"}
-    assert store.done_cell_ids(retry_failed=True) == {"ok", "skip", "fixed", "other"}
-    assert store.done_cell_ids(env_id="e2") == {"other"}
+    assert {cell: row["verdict"] for cell, row in store.latest_rows().items()} == {"ok": "ok", "fixed": "ok", "other": "ok"}
+    assert set(store.latest_rows(env_id="e2")) == {"other"}
     store.append_run({"run_id": "r1", "env_id": "e1", "argv": ["paged-bench", "run"]})
     assert store.read_runs() == [{"run_id": "r1", "env_id": "e1", "argv": ["paged-bench", "run"]}]
+
+
+def test_reading_creates_nothing(tmp_path):
+    store = ResultStore(tmp_path / "absent")
+    assert store.read_rows() == [] and store.latest_rows() == {}
+    assert not (tmp_path / "absent").exists()
+
+
+# --- several workers (simulated devices) ----------------------------------------------------------
+
+SLOT_CASES = [Case(name=f"runner-slots-{n}", grammar=f"2q{n}c6", page_size=4, **TINY) for n in range(1, 7)]
+
+
+def test_two_workers_share_the_queue_and_measure_each_cell_once(tmp_path):
+    cells = [(backend, case) for case in SLOT_CASES for backend in ("good-ref", "sdpa-gather")]
+    seen = []
+    rows = _run(cells, tmp_path, slots=[Slot("cpu0"), Slot("cpu1")], on_progress=seen.append, cell_timeout_s=120)
+    assert [(row["backend"], row["case"]) for row in rows] == [(b, c.name) for b, c in cells]
+    assert all(row["verdict"] == "ok" for row in rows), [row["reason"] for row in rows]
+    stored = ResultStore(tmp_path).read_rows()
+    assert sorted(row["cell_id"] for row in stored) == sorted(cell_id(b, c) for b, c in cells)  # none twice
+    by_slot = {}
+    for progress in seen:
+        by_slot.setdefault(progress.slot, set()).add(progress.row["case"])
+    assert set(by_slot) == {"cpu0", "cpu1"}, "both workers should have taken cases"
+    assert not by_slot["cpu0"] & by_slot["cpu1"], "a case's backends stay on one worker"
+    assert [p.done for p in seen] == list(range(1, len(cells) + 1))
+
+
+def test_a_worker_killed_mid_cell_costs_only_that_cell(tmp_path, monkeypatch):
+    pidfile = tmp_path / "worker.pid"
+    cells = [("good-ref", SLOT_CASES[0]), ("fault-wait", SLOT_CASES[1]), *[("good-ref", c) for c in SLOT_CASES[1:]]]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(rows=run_cells(
+        cells, tmp_path, _config("killed-worker", cell_timeout_s=120, **{PIDFILE_ENV: str(pidfile)}),
+        slots=[Slot("cpu0"), Slot("cpu1")])))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline and thread.is_alive(), "the waiting cell never started"
+        time.sleep(0.05)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    thread.join(180)
+    rows = {(row["backend"], row["case"]): row for row in result["rows"]}
+    killed = rows[("fault-wait", SLOT_CASES[1].name)]
+    assert killed["verdict"] == "error" and "killed by SIGKILL" in killed["reason"]
+    assert [row["verdict"] for key, row in rows.items() if key[0] == "good-ref"] == ["ok"] * len(SLOT_CASES)
+
+
+def test_a_slot_whose_worker_cannot_start_hands_its_cells_to_the_others(tmp_path):
+    broken = Slot("broken", env={"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters,no_such_module_here"})
+    failures = []
+    cells = [("good-ref", case) for case in SLOT_CASES[:3]]
+    rows = _run(cells, tmp_path, slots=[broken, Slot("cpu")], cell_timeout_s=120,
+                on_slot_failure=lambda slot, why: failures.append(slot))
+    assert [row["verdict"] for row in rows] == ["ok"] * 3
+    assert [slot.label for slot in failures] == ["broken"]
+    with pytest.raises(SlotFailure, match="no_such_module_here"):
+        _run(cells, tmp_path / "none", slots=[broken])
 
 
 # --- small pieces ---------------------------------------------------------------------------------
@@ -289,13 +375,15 @@ class TestGpuIsolation:
         real = [name for name, adapter in discover().items()
                 if adapter.in_sweep and not name.startswith("fault-") and name != "good-ref"]
         healthy = [*real, "good-ref"]
-        options = {"device": "cuda", "timer": TimerOptions(target_ms=10.0), "cell_timeout_s": 300.0,
-                   "progress": False, "worker_env": EXTRA}
+        slots = [Slot("gpu", device="cuda")]
+
+        def config(run_id):
+            return RunConfig(timer=TimerOptions(target_ms=10.0), run_id=run_id, worker_env=EXTRA, cell_timeout_s=300.0)
+
         # fault-oob first in each case: every later cell of the case runs right after a poisoned context
         with_oob = run_cells([(b, c) for c in GPU_CASES for b in ["fault-oob", *healthy]], tmp_path / "oob",
-                             run_id="oob", **options)
-        clean = run_cells([(b, c) for c in GPU_CASES for b in healthy], tmp_path / "clean", run_id="clean",
-                          **options)
+                             config("oob"), slots=slots)
+        clean = run_cells([(b, c) for c in GPU_CASES for b in healthy], tmp_path / "clean", config("clean"), slots=slots)
         faults = _by_backend(with_oob, "fault-oob")
         assert [row["verdict"] for row in faults] == ["error"] * len(GPU_CASES), [r["reason"] for r in faults]
         assert all(context_poisoned(row) for row in faults), [row["reason"] for row in faults]

@@ -1,0 +1,89 @@
+"""How a run shows its progress: a live bar on a terminal, and on anything else (a log file, CI, a
+pipe) one plain line every few cells, so logs stay readable. Cells that did not pass are always
+reported, one line each, even with ``--quiet`` (which only hides the progress itself)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+from harness.runner import Progress
+
+NOT_REPORTED = frozenset({"ok", "skipped"})
+"""Verdicts that need no line of their own (skipped backends are named once, before the sweep)."""
+LINES_PER_RUN = 20
+"""A non-terminal log gets about this many progress lines per run (and at least one a minute)."""
+LINE_EVERY_S = 60.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def failure_line(progress: Progress) -> str:
+    row = progress.row
+    reason = " ".join(str(row.get("reason") or "").split())
+    return f"{row['verdict']:<11} {row['backend']} / {row['case']}: {reason[:300]}"
+
+
+class ProgressReporter:
+    """A `harness.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
+
+    def __init__(self, total: int, *, done: int = 0, quiet: bool = False, stream: IO[str] | None = None,
+                 prefix: str = "paged-bench: "):
+        self.stream = stream or sys.stderr
+        self.total, self.quiet, self.prefix = total, quiet, prefix
+        self.started = time.monotonic()
+        self.first_done = done
+        self.last_line_at = self.started
+        self.every = max(1, total // LINES_PER_RUN)
+        self.counts: dict[str, int] = {}
+        self.bar = None
+        if not quiet and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="cell", desc="cells", file=self.stream,
+                            dynamic_ncols=True)
+
+    def _eta(self, done: int) -> str:
+        measured = done - self.first_done
+        if measured <= 0:
+            return "?"
+        elapsed = time.monotonic() - self.started
+        return _duration(elapsed / measured * (self.total - done))
+
+    def __call__(self, progress: Progress) -> None:
+        verdict = progress.row["verdict"]
+        self.counts[verdict] = self.counts.get(verdict, 0) + 1
+        if verdict not in NOT_REPORTED:
+            self._write(failure_line(progress))
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{progress.row['backend']} / {progress.row['case']}"[:60])
+            self.bar.update(progress.done - self.bar.n)
+            return
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if progress.done % self.every == 0 or progress.done == self.total or now - self.last_line_at >= LINE_EVERY_S:
+            self.last_line_at = now
+            tally = ", ".join(f"{n} {v}" for v, n in sorted(self.counts.items()))
+            self._write(f"{self.prefix}{progress.done}/{self.total} cells ({tally}); "
+                        f"elapsed {_duration(now - self.started)}, about {self._eta(progress.done)} left")
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

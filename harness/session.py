@@ -1,0 +1,175 @@
+"""One measuring run, the same for the command line and for asv: which backends run here (and why
+the others do not), on which devices, the run's record in ``runs.jsonl`` (provenance built from the
+adapters' own declarations, the machine's ceilings per GPU, the sweep, the command line), and the
+cells measured through the isolated runner. Callers only choose the cells and how to show progress.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.cell import TimerOptions
+from harness.runner import ProgressCallback, RunConfig, Slot, _environ, run_cells
+from harness.sweep import Case
+from records.store import ResultStore
+
+
+def new_run_id() -> str:
+    """Unique across hosts and runs (time, then random): folders from many machines merge without collisions."""
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def parse_gpus(text: str | None, device_count: int) -> list[int] | None:
+    """``--gpus``: ``all``, a count (the first N GPUs) or a comma-separated list of indices -> GPU
+    indices; None (no option) keeps one worker on the current GPU. Raises ValueError naming the value."""
+    if text is None:
+        return None
+    text = text.strip().lower()
+    if device_count < 1:
+        raise ValueError(f"--gpus {text}: no CUDA GPU is visible here")
+    if text == "all":
+        return list(range(device_count))
+    if text.isdigit():
+        count = int(text)
+        if not 1 <= count <= device_count:
+            raise ValueError(f"--gpus {text}: choose 1..{device_count} (the GPUs visible here), 'all', "
+                             "or indices like 0,2")
+        return list(range(count))
+    try:
+        indices = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--gpus {text!r}: expected 'all', a count, or GPU indices like 0,2,3") from None
+    bad = [index for index in indices if not 0 <= index < device_count]
+    if bad or len(set(indices)) != len(indices):
+        raise ValueError(f"--gpus {text}: indices must be distinct, in 0..{device_count - 1}")
+    return indices
+
+
+def availability(device_type: str, worker_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per registered adapter: whether it runs here (judged in the environment its worker
+    will have), why not, its versions and what it declares (baseline, colour, Q layout)."""
+    import torch
+
+    from adapters.base import discover, versions_of
+
+    rows = []
+    with _environ(worker_env or {}):
+        for name, adapter in discover().items():
+            try:
+                ok, why = adapter.available(torch.device(device_type))
+            except Exception as error:  # noqa: BLE001 - a broken probe is a reason, not a crash
+                ok, why = False, f"available() raised {type(error).__name__}: {error}"
+            rows.append({"backend": name, "available": "yes" if ok else "no", "reason": why,
+                         "versions": versions_of(adapter) if ok else {}, **adapter.describe()})
+    return rows
+
+
+@dataclass
+class RunSession:
+    """A run into ``out_dir`` on ``device_type`` ("cuda" or "cpu"), on the GPUs ``gpus`` (None: one
+    worker on the current GPU), with the backends ``backends`` (None: every backend that takes part in
+    sweeps). `start` writes the run's record; `run` measures cells (resumable)."""
+
+    out_dir: Path
+    device_type: str
+    backends: list[str] | None = None
+    timer: TimerOptions = field(default_factory=TimerOptions)
+    gpus: list[int] | None = None
+    sweep_label: str = ""
+    argv: list[str] = field(default_factory=list)
+    cell_timeout_s: float = 300.0
+    run_id: str = field(default_factory=new_run_id)
+    env_id: str = ""
+    slots: list[Slot] = field(default_factory=list)
+    slot_failures: list[tuple[str, str]] = field(default_factory=list)
+    _availability: list[dict[str, Any]] | None = None
+
+    # --- what runs here ---------------------------------------------------------------------
+    @property
+    def worker_env(self) -> dict[str, str]:
+        from adapters.base import worker_environment
+
+        return worker_environment(self.backends, self.device_type)
+
+    def availability(self) -> list[dict[str, Any]]:
+        if self._availability is None:
+            self._availability = availability(self.device_type, self.worker_env)
+        return self._availability
+
+    def selected_backends(self) -> list[str]:
+        """The backends of this run: those asked for, or every registered one that takes part in sweeps."""
+        known = {row["backend"]: row for row in self.availability()}
+        if self.backends is not None:
+            return list(self.backends)
+        return [name for name, row in known.items() if row["in_sweep"]]
+
+    def unknown_backends(self) -> list[str]:
+        known = {row["backend"] for row in self.availability()}
+        return [name for name in (self.backends or []) if name not in known]
+
+    # --- devices ------------------------------------------------------------------------------
+    def _prepare_slots(self, on_slot_failure: Callable[[str, str], None] | None) -> list[Slot]:
+        """One slot per GPU (ceilings measured on each, once per GPU and then cached), or one for the
+        CPU. A GPU on which the ceilings cannot even be measured is reported and left out."""
+        if self.device_type != "cuda":
+            return [Slot("cpu")]
+        from harness.ceilings import gpu_uuid, machine_ceilings
+
+        if self.gpus is None:
+            return [Slot("gpu", device="cuda", ceilings=machine_ceilings("cuda"), gpu_uuid=gpu_uuid("cuda"))]
+        slots = []
+        for index in self.gpus:
+            try:
+                slot = Slot(f"gpu{index}", device="cuda", env={"CUDA_VISIBLE_DEVICES": str(index)}, gpu_index=index,
+                            gpu_uuid=gpu_uuid(f"cuda:{index}"), ceilings=machine_ceilings(f"cuda:{index}"))
+            except Exception as error:  # noqa: BLE001 - a faulty GPU is reported; the others go on
+                self._slot_failed(f"gpu{index}", f"{type(error).__name__}: {error}", on_slot_failure)
+                continue
+            slots.append(slot)
+        if not slots:
+            raise RuntimeError("no GPU of --gpus could be used: " + "; ".join(f"{s}: {w}" for s, w in self.slot_failures))
+        return slots
+
+    def _slot_failed(self, label: str, why: str, callback: Callable[[str, str], None] | None) -> None:
+        self.slot_failures.append((label, why))
+        if callback is not None:
+            callback(label, why)
+
+    # --- the run ----------------------------------------------------------------------------
+    def start(self, *, extra: dict[str, Any] | None = None,
+              on_slot_failure: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+        """Measure or read the ceilings, collect provenance, and append the run's record to runs.jsonl."""
+        from adapters.base import declared_packages
+        from harness import provenance
+
+        self.slots = self._prepare_slots(on_slot_failure)
+        method = ("cuda graph replay" if self.timer.cuda_graph else "cuda events") if self.device_type == "cuda" \
+            else "perf_counter"
+        versions = {row["backend"]: row["versions"] for row in self.availability() if row["versions"]}
+        record = provenance.collect(timer=method, l2_policy="flush" if self.timer.flush_l2 else "none",
+                                    packages=declared_packages(), backend_versions=versions)
+        self.env_id = record["env_id"]
+        gpus = [{"index": s.gpu_index, "uuid": s.gpu_uuid, "ceilings": s.ceilings} for s in self.slots if s.ceilings]
+        meta = {"run_id": self.run_id, "env_id": self.env_id, "provenance": record,
+                "ceilings": self.slots[0].ceilings, "gpus": gpus, "sweep": self.sweep_label, "argv": self.argv,
+                "started_at": record["date"], "availability": self.availability(), **(extra or {})}
+        ResultStore(self.out_dir).append_run(meta)
+        return meta
+
+    def run(self, cases: list[Case], *, resume: bool = True, retry_failed: bool = False,
+            on_progress: ProgressCallback | None = None,
+            on_slot_failure: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+        """Gate and time every (backend, case) cell, cases in order, each case's backends together."""
+        if not self.slots:
+            raise RuntimeError("RunSession.start() must come before run()")
+        names = self.selected_backends()
+        cells = [(name, case) for case in cases for name in names]
+        config = RunConfig(timer=self.timer, env_id=self.env_id, run_id=self.run_id, worker_env=self.worker_env,
+                           cell_timeout_s=self.cell_timeout_s)
+        return run_cells(cells, self.out_dir, config, slots=self.slots, resume=resume, retry_failed=retry_failed,
+                         on_progress=on_progress,
+                         on_slot_failure=lambda slot, why: self._slot_failed(slot.label, why, on_slot_failure))
