@@ -1,8 +1,14 @@
 """The fp32 reference every backend is checked against: each sequence's K/V gathered through the
 block table, attention computed per sequence in float32, in query chunks so that a 32k-context decode
-or a B=8 x 4k prefill fits in GPU memory."""
+or a B=8 x 4k prefill fits in GPU memory.
+
+Besides the output it gives the softmax statistics serving engines merge split attention with: the
+log-sum-exp (LSE) of each query row, ``lse[t, h] = log(sum_j exp(s_tj))`` over the scaled, masked scores
+``s_tj = scale * q_t . k_j`` of the keys row t sees (natural log, float32, ``[T, Hq]``)."""
 
 from __future__ import annotations
+
+from typing import Literal, overload
 
 import torch
 
@@ -22,14 +28,29 @@ def gather_sequence_kv(batch: PagedBatch, seq: int) -> tuple[torch.Tensor, torch
     return keys.float(), values.float()
 
 
-def reference_attention(batch: PagedBatch, chunk_elements: int = REFERENCE_CHUNK_ELEMENTS) -> torch.Tensor:
-    """Attention of ``batch`` in float32 -> ``[T, Hq, D]`` float32 on the batch's device.
+@overload
+def reference_attention(batch: PagedBatch, chunk_elements: int = ..., *,
+                        with_lse: Literal[False] = ...) -> torch.Tensor: ...
+
+
+@overload
+def reference_attention(batch: PagedBatch, chunk_elements: int = ..., *,
+                        with_lse: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def reference_attention(batch: PagedBatch, chunk_elements: int = REFERENCE_CHUNK_ELEMENTS, *,
+                        with_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``batch`` in float32 -> ``[T, Hq, D]`` float32 on the batch's device; with
+    ``with_lse`` also the log-sum-exp of each row's scaled, masked scores -> ``[T, Hq]`` float32
+    (natural log), as ``(out, lse)``.
 
     Query i of sequence b (0-based among its q_len new tokens) sees key j iff
     ``j <= i + kv_len - q_len`` when causal (bottom-right), every key otherwise.
     """
     spec = batch.spec
     out = torch.empty(spec.total_q, spec.num_q_heads, spec.head_dim, dtype=torch.float32, device=batch.device)
+    lse = (torch.empty(spec.total_q, spec.num_q_heads, dtype=torch.float32, device=batch.device)
+           if with_lse else None)
     q_start = 0
     for seq, (q_len, kv_len) in enumerate(zip(spec.q_lens, spec.kv_lens)):
         keys, values = gather_sequence_kv(batch, seq)
@@ -39,13 +60,16 @@ def reference_attention(batch: PagedBatch, chunk_elements: int = REFERENCE_CHUNK
         rows_per_chunk = max(1, chunk_elements // (spec.num_q_heads * kv_len))
         for row in range(0, q_len, rows_per_chunk):
             rows = min(rows_per_chunk, q_len - row)
-            query = batch.q[q_start + row: q_start + row + rows].float().transpose(0, 1)  # [Hq, rows, D]
+            packed = slice(q_start + row, q_start + row + rows)
+            query = batch.q[packed].float().transpose(0, 1)  # [Hq, rows, D]
             scores = torch.matmul(query, keys.transpose(1, 2)) * spec.scale  # [Hq, rows, kv_len]
             if spec.causal:
                 query_pos = torch.arange(row, row + rows, device=batch.device)[:, None] + (kv_len - q_len)
                 key_pos = torch.arange(kv_len, device=batch.device)[None, :]
                 scores.masked_fill_(key_pos > query_pos, float("-inf"))
+            if lse is not None:
+                lse[packed] = torch.logsumexp(scores, dim=-1).transpose(0, 1)
             probs = torch.softmax(scores, dim=-1)
-            out[q_start + row: q_start + row + rows] = torch.matmul(probs, values).transpose(0, 1)
+            out[packed] = torch.matmul(probs, values).transpose(0, 1)
         q_start += q_len
-    return out
+    return (out, lse) if lse is not None else out

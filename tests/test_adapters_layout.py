@@ -140,6 +140,88 @@ def test_cudnn_refusal_reason_puts_the_backend_words_first():
     assert refusal_reason("validate", ValueError("bad")) == "cuDNN validate: ValueError: bad"
 
 
+def test_cudnn_layout_takes_the_pool_size_from_the_tensors():
+    batch = make_batch(SMALL)
+    pool = int(batch.k_cache.shape[0])
+    assert cudnn_layout(SMALL, num_pages=pool + 6).cache_dims == (pool + 6, 2, 4, 8)
+    assert cudnn_layout(SMALL, num_pages=pool).cache_dims == cudnn_layout(SMALL).cache_dims
+
+
+def test_cudnn_stats_are_declared_padded_bhsd():
+    layout = cudnn_layout(SMALL)
+    assert layout.stats_dims == (2, 4, 4, 1)       # [B, Hq, S_q, 1]
+    assert layout.stats_strides == (16, 4, 1, 1)   # packed BHSD: [Hq*S_q, S_q, 1, 1]
+
+
+class FakeCudnn:
+    """Just enough of ``import cudnn`` for the adapter's graph cache: every build records its key, a graph
+    with Stats is refused when ``refuse_stats`` (as a backend that declines the stats output would)."""
+
+    def __init__(self, refuse_stats: bool):
+        self.refuse_stats, self.builds, self.destroyed = refuse_stats, [], []
+
+    def create_handle(self):
+        return object()
+
+    def destroy_handle(self, handle):
+        self.destroyed.append(handle)
+
+
+def _fake_build(fake):
+    from adapters.backends import cudnn_sdpa
+
+    def build(cudnn, key, handle, *, ragged):
+        fake.builds.append(key)
+        if key.stats and fake.refuse_stats:
+            raise cudnn_sdpa.Unsupported("cuDNN backend (check_support): no engine for the Stats output")
+        return cudnn_sdpa._BuiltGraph(graph=None, tensors={"stats": 1} if key.stats else {}, workspace_bytes=0,
+                                      build_s=0.01)
+
+    return build
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_cudnn_stats_refusal_costs_one_build_and_is_noted(monkeypatch, refuse):
+    from adapters.backends import cudnn_sdpa
+
+    fake = FakeCudnn(refuse)
+    monkeypatch.setattr(cudnn_sdpa, "_build", _fake_build(fake))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
+    adapter = CudnnSdpaAdapter()
+    key = cudnn_sdpa.GraphKey(variant="packed", device=0, dtype="bf16", causal=True, scale=0.1, q_dims=(2, 4, 4, 8),
+                              q_strides=(128, 8, 32, 1), cache_dims=(10, 2, 4, 8), cache_strides=(64, 8, 16, 1),
+                              page_table_dims=(2, 1, 8, 1), max_seq_len_kv=32, ragged_dtype="int32")
+    device = torch.device("cuda", 0)
+    first = adapter._graph_with_stats(fake, key, device, ragged=True)
+    second = adapter._graph_with_stats(fake, key, device, ragged=True)
+    assert [k.stats for k in fake.builds] == ([True, False] if refuse else [True])
+    assert second[1] is True  # cached
+    if refuse:
+        assert "refused the Stats" in first[2] and "no engine for the Stats output" in second[2]
+    else:
+        assert first[2] == "" and "stats" in first[0].tensors
+    monkeypatch.setenv(cudnn_sdpa.STATS_ENV, "0")
+    assert "PAGED_BENCH_CUDNN_STATS=0" in adapter._graph_with_stats(fake, key, device, ragged=True)[2]
+    monkeypatch.setitem(sys.modules, "cudnn", fake)
+    adapter.close()
+    assert adapter._graphs == {} and adapter._handles == {} and len(fake.destroyed) == 1
+
+
+def test_cudnn_graphs_live_on_the_instance():
+    from adapters.backends import cudnn_sdpa
+
+    assert not hasattr(cudnn_sdpa, "_GRAPHS") and not hasattr(cudnn_sdpa, "_HANDLES")
+    one, two = CudnnSdpaAdapter(), CudnnSdpaAdapter()
+    assert one._graphs is not two._graphs
+
+
+def test_cudnn_version_text():
+    from adapters.backends.cudnn_sdpa import _version_text
+
+    assert _version_text(92801) == "9.28.1" and _version_text(91900) == "9.19.0" and _version_text(8907) == "8.9.7"
+
+
 # ------------------------------------------------------------------------------------------ flash-attn
 
 def test_flash_cumulative_kv_lengths_by_hand():

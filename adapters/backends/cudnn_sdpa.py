@@ -15,19 +15,32 @@ How the canonical batch is declared to cuDNN (see docs/backends.md for the traps
 - Causal is bottom-right: ``diagonal_alignment=BOTTOM_RIGHT, diagonal_band_right_bound=0``
   (``use_causal_mask`` would be top-left).
 
-Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached by everything
-that changes them (`GraphKey`); ``run`` only binds the stream and executes. A graph that cuDNN
-refuses to validate or build becomes `Unsupported` with cuDNN's own message.
+- Softmax statistics (the LSE, for the gate): the SDPA node's ``Stats`` output
+  (``generate_stats=True``), float32, natural log. With ragged Q it is declared padded, not ragged:
+  ``[B, Hq, S_q, 1]`` with packed BHSD strides ``[Hq*S_q, S_q, 1, 1]`` (the layout the frontend infers
+  for an undeclared Stats and the one its own ragged tests read back; the backend honours declared
+  Stats strides from 9.12). Row i of sequence b, head h is ``stats[b, h, i]``; `stats_index` maps the
+  packed rows to it and ``Prepared.to_lse`` gathers ``[T, Hq]`` outside any timing. The buffer starts
+  as NaN, so rows cuDNN does not write are caught. Where cuDNN refuses the graph with Stats it is
+  built without, the row's ``lse_note`` keeps cuDNN's words, and the refusal is remembered per graph
+  key (one failed build, not one per cell). ``PAGED_BENCH_CUDNN_STATS=0`` builds without Stats.
+
+Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached on the adapter
+instance by everything that changes them (`GraphKey`); ``run`` only binds the stream and executes.
+``close()`` drops graphs and handles. A graph that cuDNN refuses to validate or build becomes
+`Unsupported` with cuDNN's own message.
 
 The argument builders (`cudnn_layout`, `ragged_offsets`, `page_table_view`, `seq_len_tensors`,
-`cache_view`, `trow_arguments`) are pure functions of CPU or GPU tensors and need no cudnn.
+`cache_view`, `trow_arguments`, `stats_index`) are pure functions of CPU or GPU tensors and need no cudnn.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -74,10 +87,21 @@ class CudnnLayout:
     def o_strides(self) -> tuple[int, int, int, int]:
         return self.q_strides
 
+    @property
+    def stats_dims(self) -> tuple[int, int, int, int]:
+        """The Stats output: ``[B, Hq, S_q, 1]`` float32, padded (not ragged)."""
+        return (self.batch, self.q_dims[1], self.s_q, 1)
 
-def cudnn_layout(spec: BatchSpec) -> CudnnLayout:
-    """The declared shapes for ``spec`` (packed Q/O with ragged offsets, NHD cache as HND strides)."""
+    @property
+    def stats_strides(self) -> tuple[int, int, int, int]:
+        return (self.q_dims[1] * self.s_q, self.s_q, 1, 1)
+
+
+def cudnn_layout(spec: BatchSpec, num_pages: int | None = None) -> CudnnLayout:
+    """The declared shapes for ``spec`` (packed Q/O with ragged offsets, NHD cache as HND strides).
+    ``num_pages``: the cache pool's real size (``k_cache.shape[0]``); the spec's by default."""
     heads, head_dim, page = spec.num_q_heads, spec.head_dim, spec.page_size
+    pool = spec.num_pages if num_pages is None else num_pages
     s_q = next_power_of_two(spec.max_q_len)
     max_pages = next_power_of_two(spec.max_pages)
     padded_elements = max(spec.total_q + s_q, spec.batch_size * s_q) * heads * head_dim
@@ -87,7 +111,7 @@ def cudnn_layout(spec: BatchSpec) -> CudnnLayout:
         max_pages=max_pages,
         q_dims=(spec.batch_size, heads, s_q, head_dim),
         q_strides=(s_q * heads * head_dim, head_dim, heads * head_dim, 1),
-        cache_dims=(spec.num_pages, spec.num_kv_heads, page, head_dim),
+        cache_dims=(pool, spec.num_kv_heads, page, head_dim),
         cache_strides=(page * spec.num_kv_heads * head_dim, head_dim, spec.num_kv_heads * head_dim, 1),
         page_table_dims=(spec.batch_size, 1, max_pages, 1),
         page_table_strides=(max_pages, max_pages, 1, 1),
@@ -97,6 +121,23 @@ def cudnn_layout(spec: BatchSpec) -> CudnnLayout:
         pad_rows=max(s_q, spec.batch_size * s_q - spec.total_q),
         ragged_dtype=torch.int32 if padded_elements <= _INT32_MAX else torch.int64,
     )
+
+
+def stats_index(cu_seqlens_q: torch.Tensor, heads: int, s_q: int) -> torch.Tensor:
+    """int64 ``[T, Hq]``: where packed row t (query i of sequence b), head h sits in the flattened padded
+    Stats ``[B, Hq, S_q, 1]``: ``(b * Hq + h) * S_q + i``."""
+    cu = cu_seqlens_q.to(torch.int64)
+    lengths = cu[1:] - cu[:-1]
+    total = int(cu[-1])
+    sequence = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths, output_size=total)
+    position = torch.arange(total, device=cu.device) - cu[:-1][sequence]
+    head = torch.arange(heads, device=cu.device)
+    return (sequence[:, None] * heads + head[None, :]) * s_q + position[:, None]
+
+
+def gather_stats(stats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The canonical LSE ``[T, Hq]`` float32 of a Stats buffer, through `stats_index`."""
+    return stats.reshape(-1)[index].float()
 
 
 def ragged_offsets(cu_seqlens_q: torch.Tensor, heads: int, head_dim: int,
@@ -166,6 +207,10 @@ def trow_arguments(spec: BatchSpec, block_table: torch.Tensor) -> TRowArguments:
 # ----------------------------------------------------------------------------------------------
 # cuDNN graph building (needs `import cudnn`)
 
+STATS_ENV = "PAGED_BENCH_CUDNN_STATS"
+"""Set to 0 to build every graph without the Stats output (no LSE; the row's lse_note says so)."""
+
+
 @dataclass(frozen=True)
 class GraphKey:
     """Everything that changes a graph: a key that forgets one of these returns a wrong graph."""
@@ -182,6 +227,8 @@ class GraphKey:
     page_table_dims: tuple[int, ...]
     max_seq_len_kv: int
     ragged_dtype: str
+    stats: bool = False
+    """Whether the graph has the Stats (LSE) output."""
 
 
 @dataclass
@@ -194,21 +241,9 @@ class _BuiltGraph:
     """Who serves the selected plan: "cudnn backend", or the frontend's python engine by name."""
 
 
-_GRAPHS: dict[GraphKey, _BuiltGraph] = {}
-_HANDLES: dict[int, Any] = {}
-
-
 def _cudnn_types(cudnn) -> dict[Any, Any]:
     return {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF,
             torch.int32: cudnn.data_type.INT32, torch.int64: cudnn.data_type.INT64}
-
-
-def _handle(cudnn, device: torch.device) -> Any:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _HANDLES:
-        with torch.cuda.device(index):
-            _HANDLES[index] = cudnn.create_handle()
-    return _HANDLES[index]
 
 
 def _is_cudnn_refusal(error: BaseException) -> bool:
@@ -231,7 +266,8 @@ def refusal_reason(stage: str, error: BaseException) -> str:
 
 
 def _sdpa(cudnn, graph, q, k, v, *, scale: float, causal: bool, seq_q, seq_kv, table_k, table_v,
-          max_seq_len_kv: int):
+          max_seq_len_kv: int, stats: bool):
+    """The SDPA node -> [O, Stats] (Stats None without ``stats``)."""
     options: dict[str, Any] = dict(
         name="paged_sdpa", attn_scale=scale, use_padding_mask=True, seq_len_q=seq_q, seq_len_kv=seq_kv,
         paged_attention_k_table=table_k, paged_attention_v_table=table_v,
@@ -240,9 +276,9 @@ def _sdpa(cudnn, graph, q, k, v, *, scale: float, causal: bool, seq_q, seq_kv, t
     if causal:
         options.update(diagonal_alignment=cudnn.diagonal_alignment.BOTTOM_RIGHT, diagonal_band_right_bound=0)
     try:
-        return graph.sdpa(q=q, k=k, v=v, generate_stats=False, **options)
+        return graph.sdpa(q=q, k=k, v=v, generate_stats=stats, **options)
     except TypeError:  # frontends before generate_stats: the deprecated spelling
-        return graph.sdpa(q=q, k=k, v=v, is_inference=True, **options)
+        return graph.sdpa(q=q, k=k, v=v, is_inference=not stats, **options)
 
 
 def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
@@ -251,7 +287,7 @@ def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
     started = time.perf_counter()
     graph = cudnn.pygraph(io_data_type=io_type, intermediate_data_type=cudnn.data_type.FLOAT,
                           compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-    batch = key.q_dims[0]
+    batch, heads, s_q = key.q_dims[0], key.q_dims[1], key.q_dims[2]
     int32 = cudnn.data_type.INT32
     t: dict[str, Any] = {}
     t["q"] = graph.tensor(name="q", dim=list(key.q_dims), stride=list(key.q_strides), data_type=io_type)
@@ -270,12 +306,18 @@ def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
         t["o_offsets"] = graph.tensor(name="o_ragged_offsets", dim=[batch + 1, 1, 1, 1], stride=[1, 1, 1, 1],
                                       data_type=ragged_type)
         t["q"].set_ragged_offset(t["q_offsets"])
-    o, _ = _sdpa(cudnn, graph, t["q"], t["k"], t["v"], scale=key.scale, causal=key.causal, seq_q=t["seq_q"],
-                 seq_kv=t["seq_kv"], table_k=t["table_k"], table_v=t["table_v"], max_seq_len_kv=key.max_seq_len_kv)
+    o, stats = _sdpa(cudnn, graph, t["q"], t["k"], t["v"], scale=key.scale, causal=key.causal, seq_q=t["seq_q"],
+                     seq_kv=t["seq_kv"], table_k=t["table_k"], table_v=t["table_v"],
+                     max_seq_len_kv=key.max_seq_len_kv, stats=key.stats)
     o.set_output(True).set_dim(list(key.q_dims)).set_stride(list(key.q_strides)).set_data_type(io_type)
     if ragged:
         o.set_ragged_offset(t["o_offsets"])
     t["o"] = o
+    if key.stats:
+        # padded [B, Hq, S_q, 1] float32 in packed BHSD strides, no ragged offset (module docstring)
+        stats.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([batch, heads, s_q, 1]) \
+            .set_stride([heads * s_q, s_q, 1, 1])
+        t["stats"] = stats
     stage = "validate"
     try:
         graph.validate()
@@ -304,30 +346,38 @@ def _engine_name(graph) -> str:
     return "cudnn backend" if engine is None else str(getattr(engine, "name", engine))
 
 
-def _graph(cudnn, key: GraphKey, device: torch.device, *, ragged: bool) -> tuple[_BuiltGraph, bool]:
-    """The cached graph for ``key`` (built now if new) and whether it was cached."""
-    built = _GRAPHS.get(key)
-    if built is not None:
-        return built, True
-    built = _build(cudnn, key, _handle(cudnn, device), ragged=ragged)
-    _GRAPHS[key] = built
-    return built, False
-
-
-def _make_run(cudnn, built: _BuiltGraph, pack: dict[Any, torch.Tensor], workspace: torch.Tensor,
-              device: torch.device, result: torch.Tensor):
-    handle = _handle(cudnn, device)
+def _make_run(cudnn, built: _BuiltGraph, pack: dict[Any, torch.Tensor], workspace: torch.Tensor, handle,
+              device: torch.device, result: torch.Tensor, stats: torch.Tensor | None):
     bound_stream: list[int | None] = [None]
+    returned = result if stats is None else (result, stats)
 
-    def run() -> torch.Tensor:
+    def run():
         stream = torch.cuda.current_stream(device).cuda_stream
         if stream != bound_stream[0]:  # host-side call, no sync: keep the handle on torch's stream
             cudnn.set_stream(handle=handle, stream=stream)
             bound_stream[0] = stream
         built.graph.execute(pack, workspace, handle=handle)
-        return result
+        return returned
 
     return run
+
+
+def _version_text(number: int) -> str:
+    """cuDNN's integer version (e.g. 92801 or 8907) as 'major.minor.patch'."""
+    if number >= 90000:
+        return f"{number // 10000}.{number % 10000 // 100}.{number % 100}"
+    return f"{number // 1000}.{number % 1000 // 100}.{number % 100}"
+
+
+def _loaded_library(stem: str) -> str:
+    """Path of the shared library ``stem`` (e.g. 'libcudnn_graph.so') this process has mapped, read
+    from /proc/self/maps: which release's files really run, whatever was asked for."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split(None, 5)[-1].strip() for line in maps if stem in line}
+    except OSError:
+        return ""
+    return " | ".join(sorted(path for path in paths if path.startswith("/")))
 
 
 def _versions() -> dict[str, str]:
@@ -335,9 +385,17 @@ def _versions() -> dict[str, str]:
         import cudnn
     except Exception as error:  # noqa: BLE001
         return {"cudnn": f"not importable ({type(error).__name__})"}
-    backend = int(cudnn.backend_version())
-    return {"cudnn_backend": f"{backend // 10000}.{backend % 10000 // 100}.{backend % 100}",
-            "cudnn_frontend": str(getattr(cudnn, "__version__", "?"))}
+    versions = {"cudnn_backend": _version_text(int(cudnn.backend_version())),
+                "cudnn_frontend": str(getattr(cudnn, "__version__", "?"))}
+    try:
+        torch_cudnn = torch.backends.cudnn.version()
+        versions["torch_cudnn"] = _version_text(int(torch_cudnn)) if torch_cudnn else "none"
+    except Exception as error:  # noqa: BLE001 - recorded in place of the version
+        versions["torch_cudnn"] = f"unknown ({type(error).__name__})"
+    library = _loaded_library("libcudnn_graph.so")
+    if library:
+        versions["cudnn_graph_library"] = library
+    return versions
 
 
 def _available(device: torch.device) -> tuple[bool, str]:
@@ -363,6 +421,11 @@ def _supports(spec: BatchSpec) -> tuple[bool, str]:
     return True, ""
 
 
+def stats_wanted() -> bool:
+    """Whether graphs get the Stats output (``PAGED_BENCH_CUDNN_STATS``, default on)."""
+    return os.environ.get(STATS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 @register
 class CudnnSdpaAdapter(Adapter):
     """cuDNN SDPA, packed Q/O with ragged offsets over the NHD paged cache (module docstring)."""
@@ -371,6 +434,12 @@ class CudnnSdpaAdapter(Adapter):
     baseline = True
     color = "#76b900"
     packages = ("nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
+
+    def __init__(self) -> None:
+        self._graphs: dict[GraphKey, _BuiltGraph] = {}
+        self._handles: dict[int, Any] = {}
+        self._stats_refused: dict[GraphKey, str] = {}
+        """cuDNN's refusal of the Stats output, by the key of the graph without it."""
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return _available(torch.device(device))
@@ -381,18 +450,86 @@ class CudnnSdpaAdapter(Adapter):
     def versions(self) -> dict[str, str]:
         return _versions()
 
+    def close(self) -> None:
+        """Drop the built graphs and destroy the handles (objects left alive at interpreter exit are what
+        nanobind reports as leaked)."""
+        self._graphs.clear()
+        self._stats_refused.clear()
+        handles, self._handles = self._handles, {}
+        if handles:
+            try:
+                import cudnn
+
+                destroy = getattr(cudnn, "destroy_handle", None)
+                for handle in handles.values():
+                    if destroy is not None:
+                        destroy(handle)
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    # --- graphs and handles of this instance ------------------------------------------------------
+    def _handle(self, cudnn, device: torch.device) -> Any:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._handles:
+            with torch.cuda.device(index):
+                self._handles[index] = cudnn.create_handle()
+        return self._handles[index]
+
+    def _graph(self, cudnn, key: GraphKey, device: torch.device, *, ragged: bool) -> tuple[_BuiltGraph, bool]:
+        """The cached graph for ``key`` (built now if new) and whether it was cached."""
+        built = self._graphs.get(key)
+        if built is not None:
+            return built, True
+        built = _build(cudnn, key, self._handle(cudnn, device), ragged=ragged)
+        self._graphs[key] = built
+        return built, False
+
+    def _graph_with_stats(self, cudnn, key: GraphKey, device: torch.device, *,
+                          ragged: bool) -> tuple[_BuiltGraph, bool, str]:
+        """The graph with the Stats output where cuDNN builds it, else without: (graph, cached, lse_note).
+        A refusal of Stats is remembered for ``key``, so it costs one build attempt."""
+        if not stats_wanted():
+            built, cached = self._graph(cudnn, key, device, ragged=ragged)
+            return built, cached, f"LSE not requested ({STATS_ENV}=0): the graph has no Stats output"
+        refused = self._stats_refused.get(key)
+        if refused is None:
+            try:
+                built, cached = self._graph(cudnn, dataclasses.replace(key, stats=True), device, ragged=ragged)
+                return built, cached, ""
+            except Unsupported as refusal:
+                refused = str(refusal)
+            built, cached = self._graph(cudnn, key, device, ragged=ragged)  # Unsupported here: the layout itself
+            self._stats_refused[key] = refused
+        else:
+            built, cached = self._graph(cudnn, key, device, ragged=ragged)
+        return built, cached, f"cuDNN refused the Stats (LSE) output for this graph: {refused}"
+
+    def _prepared(self, cudnn, built: _BuiltGraph, cached: bool, lse_note: str, pack: dict[Any, torch.Tensor],
+                  device: torch.device, out: torch.Tensor, stats_shape: tuple[int, ...],
+                  to_lse: Callable[[torch.Tensor], torch.Tensor], notes: dict[str, Any]) -> Prepared:
+        stats = None
+        if "stats" in built.tensors:
+            stats = torch.full(stats_shape, float("nan"), dtype=torch.float32, device=device)
+            pack[built.tensors["stats"]] = stats
+        workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
+        run = _make_run(cudnn, built, pack, workspace, self._handle(cudnn, device), device, out, stats)
+        notes = {"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached, "cudnn_engine": built.engine,
+                 "cudnn_stats": stats is not None, **notes}
+        return Prepared(run=run, out=out, notes=notes, to_lse=to_lse if stats is not None else None,
+                        lse_note=lse_note)
+
     def prepare(self, batch: PagedBatch) -> Prepared:
         import cudnn
 
         spec, device = batch.spec, batch.device
-        layout = cudnn_layout(spec)
+        layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]))
         key = GraphKey(
             variant="packed", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
             q_dims=layout.q_dims, q_strides=layout.q_strides, cache_dims=layout.cache_dims,
             cache_strides=layout.cache_strides, page_table_dims=layout.page_table_dims,
             max_seq_len_kv=layout.max_seq_len_kv, ragged_dtype=str(layout.ragged_dtype).removeprefix("torch."),
         )
-        built, cached = _graph(cudnn, key, device, ragged=True)
+        built, cached, lse_note = self._graph_with_stats(cudnn, key, device, ragged=True)
         q_buffer = padded_rows(batch.q, layout.pad_rows)
         o_buffer = torch.zeros_like(q_buffer)
         offsets = ragged_offsets(batch.cu_seqlens_q, spec.num_q_heads, spec.head_dim, layout.ragged_dtype)
@@ -405,14 +542,11 @@ class CudnnSdpaAdapter(Adapter):
             t["table_k"]: table, t["table_v"]: table, t["seq_q"]: seq_q, t["seq_kv"]: seq_kv,
             t["q_offsets"]: offsets, t["o_offsets"]: offsets, t["o"]: o_buffer,
         }
-        workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
-        out = o_buffer[: spec.total_q]
-        return Prepared(
-            run=_make_run(cudnn, built, pack, workspace, device, out), out=out,
-            notes={"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached,
-                   "graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages,
-                   "workspace_bytes": built.workspace_bytes, "cudnn_engine": built.engine},
-        )
+        index = stats_index(batch.cu_seqlens_q, spec.num_q_heads, layout.s_q)
+        return self._prepared(
+            cudnn, built, cached, lse_note, pack, device, o_buffer[: spec.total_q], layout.stats_dims,
+            lambda stats: gather_stats(stats, index),
+            {"graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages, "workspace_bytes": built.workspace_bytes})
 
 
 @register
@@ -431,7 +565,7 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
         import cudnn
 
         spec, device = batch.spec, batch.device
-        layout = cudnn_layout(spec)
+        layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]))
         args = trow_arguments(spec, batch.block_table)
         key = GraphKey(
             variant="t-rows", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
@@ -439,7 +573,7 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
             cache_strides=layout.cache_strides, page_table_dims=tuple(args.page_table.shape),
             max_seq_len_kv=spec.max_pages * spec.page_size, ragged_dtype="none",
         )
-        built, cached = _graph(cudnn, key, device, ragged=False)
+        built, cached, lse_note = self._graph_with_stats(cudnn, key, device, ragged=False)
         out = torch.zeros_like(batch.q)
         t = built.tensors
         pack = {
@@ -447,7 +581,7 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
             t["table_k"]: args.page_table, t["table_v"]: args.page_table, t["seq_q"]: args.seq_len_q,
             t["seq_kv"]: args.seq_len_kv, t["o"]: out.view(args.q_dims),
         }
-        workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
-        return Prepared(run=_make_run(cudnn, built, pack, workspace, device, out), out=out,
-                        notes={"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached,
-                               "cudnn_engine": built.engine})
+        heads = spec.num_q_heads
+        # one "batch" per token, S_q = 1: Stats [T, Hq, 1, 1] is already the canonical [T, Hq]
+        return self._prepared(cudnn, built, cached, lse_note, pack, device, out, (spec.total_q, heads, 1, 1),
+                              lambda stats: stats.reshape(spec.total_q, heads).float(), {})

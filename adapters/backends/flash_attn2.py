@@ -1,12 +1,24 @@
 """flash-attn 2 over the paged cache: ``flash_attn_varlen_func`` with ``block_table`` for every batch,
-and for pure-decode batches (every q_len == 1) also ``flash_attn_with_kvcache``; both are timed in
-``prepare`` and the faster is kept (``notes["entry_point"]`` says which, ``notes["entry_point_us"]``
-the medians that decided it).
+and for pure-decode batches (every q_len == 1) also ``flash_attn_with_kvcache``. Both are offered as
+``Prepared.candidates``: the gate checks each, the harness times each briefly and keeps the faster
+(the row's ``entry_point`` says which). The adapter itself times nothing.
 
 Arguments: packed q ``[T, Hq, D]`` and the NHD caches as they are; ``cu_seqlens_q`` (B+1, int32);
 ``cu_seqlens_k`` the cumulative **kv** lengths (B+1, int32; FA3/FA4's ``seqused_k`` is a different
 argument, do not cross-wire); causal is bottom-right in flash-attn 2, as here. The decode entry point
 takes q as ``[B, 1, Hq, D]`` (a view of the packed rows) and ``cache_seqlens = kv_lens``.
+
+Softmax statistics (the LSE, natural log, float32), read from flash-attn 2.8.3's sources:
+``flash_attn_varlen_func(..., return_attn_probs=True)`` returns ``(out, softmax_lse, S_dmask)`` with
+``softmax_lse`` ``[Hq, T]`` (the varlen API has no ``return_softmax_lse``; with dropout 0 no
+probabilities are computed, ``S_dmask`` is empty, and the LSE is computed either way), so ``to_lse`` is a
+transpose. ``flash_attn_with_kvcache(..., return_softmax_lse=True)`` returns ``(out, softmax_lse)`` with
+``softmax_lse`` ``[B, Hq, 1]`` for the ``[B, 1, Hq, D]`` decode query: a reshape to ``[T = B, Hq]``.
+Known from the sources: for a GQA decode batch the varlen call runs with the query heads swapped into
+the sequence dimension (``seqlenq_ngroups_swapped``); the LSE it writes without a KV split is laid out
+``[Hkv, B, groups]`` while the API reshapes it as ``[Hq, B]``, so its LSE can come back permuted for
+B > 1 (fixed in forks, e.g. vLLM's). The gate checks each entry point's LSE, so this shows as
+``wrong`` (``entry point flash_attn_varlen_func: LSE off: ...``) where it happens.
 
 Limits checked up front (flash-attn's own words where it has them): page size a multiple of 256,
 fp16/bf16 only, head dim <= 256 and a multiple of 8, SM80 or newer.
@@ -15,7 +27,6 @@ fp16/bf16 only, head dim <= 256 and a multiple of 8, SM80 or newer.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 
@@ -26,8 +37,6 @@ PAGE_SIZE_MULTIPLE = 256
 MAX_HEAD_DIM = 256
 ENTRY_VARLEN = "flash_attn_varlen_func"
 ENTRY_KVCACHE = "flash_attn_with_kvcache"
-SELECTION_TARGET_MS = 5.0
-"""Time spent timing each candidate entry point in prepare (CUDA events, harness.timer)."""
 
 
 def cumulative_kv_lengths(kv_lens: torch.Tensor) -> torch.Tensor:
@@ -102,34 +111,36 @@ class FlashAttn2Adapter(Adapter):
         cu_seqlens_k = cumulative_kv_lengths(batch.kv_lens)
         max_q, max_k = spec.max_q_len, spec.max_kv_len
         q, k_cache, v_cache, block_table = batch.q, batch.k_cache, batch.v_cache, batch.block_table
+        total, heads, dim = q.shape
 
-        def run_varlen() -> torch.Tensor:
-            return flash_attn_varlen_func(q, k_cache, v_cache, batch.cu_seqlens_q, cu_seqlens_k, max_q, max_k,
-                                          softmax_scale=spec.scale, causal=spec.causal, block_table=block_table)
+        def run_varlen() -> tuple[torch.Tensor, torch.Tensor]:
+            out, lse, _ = flash_attn_varlen_func(q, k_cache, v_cache, batch.cu_seqlens_q, cu_seqlens_k, max_q, max_k,
+                                                 softmax_scale=spec.scale, causal=spec.causal, block_table=block_table,
+                                                 return_attn_probs=True)
+            return out, lse  # lse [Hq, T]
 
         candidates = {ENTRY_VARLEN: run_varlen}
         if is_pure_decode(spec):
             q_decode = decode_query_view(q, spec.batch_size)
-            total, heads, dim = q.shape
 
-            def run_kvcache() -> torch.Tensor:
-                out = flash_attn_with_kvcache(q_decode, k_cache, v_cache, cache_seqlens=batch.kv_lens,
-                                              block_table=block_table, softmax_scale=spec.scale, causal=spec.causal)
-                return out.view(total, heads, dim)
+            def run_kvcache() -> tuple[torch.Tensor, torch.Tensor]:
+                out, lse = flash_attn_with_kvcache(q_decode, k_cache, v_cache, cache_seqlens=batch.kv_lens,
+                                                   block_table=block_table, softmax_scale=spec.scale,
+                                                   causal=spec.causal, return_softmax_lse=True)
+                return out.view(total, heads, dim), lse  # lse [B, Hq, 1]
 
             candidates[ENTRY_KVCACHE] = run_kvcache
+        return Prepared(candidates=candidates, to_lse=canonical_lse_of(total, heads))
 
-        notes: dict[str, object] = {}
-        started = time.perf_counter()
-        if len(candidates) == 1:
-            chosen = ENTRY_VARLEN
-        else:
-            from harness.timer import time_function
 
-            medians = {name: time_function(fn, batch.device, target_ms=SELECTION_TARGET_MS).median_us
-                       for name, fn in candidates.items()}
-            chosen = min(medians, key=medians.get)
-            notes["entry_point_us"] = {name: round(us, 2) for name, us in medians.items()}
-        notes["entry_point"] = chosen
-        notes["setup_s"] = time.perf_counter() - started
-        return Prepared(run=candidates[chosen], notes=notes)
+def canonical_lse_of(total: int, heads: int):
+    """``to_lse`` for both entry points: varlen's ``[Hq, T]`` is transposed, with_kvcache's ``[B, Hq, 1]``
+    (B = T in a decode batch) reshaped; the result is ``[T, Hq]`` float32."""
+    def to_lse(lse: torch.Tensor) -> torch.Tensor:
+        if lse.dim() == 2 and tuple(lse.shape) == (heads, total):
+            return lse.transpose(0, 1).float()
+        if lse.dim() == 3 and tuple(lse.shape) == (total, heads, 1):
+            return lse.reshape(total, heads).float()
+        raise ValueError(f"unexpected flash-attn softmax_lse shape {tuple(lse.shape)} for T={total}, Hq={heads}")
+
+    return to_lse

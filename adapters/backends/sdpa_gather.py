@@ -29,6 +29,10 @@ from adapters.base import Adapter, Prepared, register
 from adapters.batch import BatchSpec, PagedBatch
 
 
+LSE_NOTE = ("torch.nn.functional.scaled_dot_product_attention returns only the output; its log-sum-exp "
+            "stays inside the private aten kernels")
+
+
 @dataclass(frozen=True)
 class SequencePlan:
     """What run() does for one sequence: rows [row_start, row_end) of q/out, its page ids (a device
@@ -104,4 +108,4 @@ class SdpaGatherAdapter(Adapter):
             return out
 
         return Prepared(run=run, out=out, notes={"masks": sorted({p.mask for p in plans})},
-                        cuda_graph=batch.device.type == "cuda")
+                        cuda_graph=batch.device.type == "cuda", lse_note=LSE_NOTE)
