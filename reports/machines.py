@@ -115,10 +115,6 @@ FACTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("driver", (r"^driver$",)),
     ("CUDA", (r"^cuda$",)),
     ("torch", (r"^torch$", r"^packages\.torch$")),
-    ("triton", (r"^packages\.triton$",)),
-    ("cuDNN backend", (r"cudnn_backend$", r"^cudnn_torch$")),
-    ("cuDNN frontend", (r"cudnn_frontend$", r"^packages\.nvidia-cudnn-frontend$")),
-    ("flash-attn", (r"^packages\.flash[-_]attn$", r"flash_attn$")),
     ("commit", (r"^commit$",)),
     ("env label", (r"^env_label$",)),
     ("env id", (r"^env_id$",)),
@@ -167,8 +163,13 @@ class Machine:
                  "copy ceiling": _ceiling_text(results, "copy_tbps", "TB/s", 2)}
         for name, patterns in FACTS:
             facts[name] = " | ".join(_field(results, *patterns))
-        if not facts["cuDNN frontend"]:
-            facts["cuDNN frontend"] = results.backend_versions().get("cudnn", {}).get("cudnn_frontend", "")
+        # every library version the backends reported with their rows (no backend is named here)
+        reported: dict[str, list[str]] = {}
+        for versions in results.backend_versions().values():
+            for key, value in versions.items():
+                if not key.endswith("_build") and value not in reported.setdefault(key, []):
+                    reported[key].append(value)
+        facts["backend versions"] = ", ".join(f"{key} {' | '.join(values)}" for key, values in sorted(reported.items()))
         facts["runs"] = str(len(results.runs))
         facts["cells"] = f"{len(rows)} ({int((rows['verdict'] == OK).sum())} ok)"
         facts["folder"] = self.source
@@ -761,7 +762,7 @@ def render_machines_report(result_sets: MachineSet | Sequence[SOURCE], out_path:
 
 
 # --- the terminal --------------------------------------------------------------------------------
-TEXT_FACTS = ("GPU", "hosts", "bf16 matmul ceiling", "copy ceiling", "torch", "cuDNN frontend", "commit", "runs", "cells")
+TEXT_FACTS = ("GPU", "hosts", "bf16 matmul ceiling", "copy ceiling", "torch", "commit", "runs", "cells")
 
 
 def _cell_line(mset: MachineSet, record: dict[str, Any]) -> list[str]:
