@@ -67,8 +67,18 @@ def _writable_folder(path: Path, *, must_be_new: bool) -> Path:
     probe = path
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"--out {path}: {probe} is not writable")
+    return path
+
+
+def _create(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {path}: cannot be created ({error.strerror or error})") from None
     return path
 
 
@@ -188,14 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     device_type = _device_type(args.device)
     sweep_label, cases = _select(args, device_type)
     session = _session(args, device_type, sweep_label)
-    out_dir = _writable_folder(Path(args.out), must_be_new=not args.resume)
+    out_dir = _create(_writable_folder(Path(args.out), must_be_new=not args.resume))
     print_availability(session.availability(), device_type)
     skipped = [row for row in session.availability()
                if row["backend"] in session.selected_backends() and row["available"] != "yes"]
     if skipped:
         _log(f"{len(skipped)} backend(s) not available on {device_type} are recorded as skipped: "
              + "; ".join(f"{row['backend']} ({row['reason']})" for row in skipped))
-    out_dir.mkdir(parents=True, exist_ok=True)
     if device_type == "cuda":
         _log("machine ceilings (measured once per GPU, then read from the cache) ...")
     session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"))
@@ -278,8 +287,7 @@ def cmd_capability(args: argparse.Namespace) -> int:
     from adapters.base import worker_environment
 
     device_type = _device_type(args.device)
-    out_dir = _writable_folder(Path(args.out), must_be_new=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _create(_writable_folder(Path(args.out), must_be_new=False))
     return 0 if _run_capability(device_type, out_dir, _backend_names(args.backends),
                                 worker_environment(_backend_names(args.backends), device_type)) else 1
 

@@ -1,0 +1,172 @@
+"""The command line as a newcomer meets it, through the real console script in a subprocess: the main
+command and `env` work on a CPU machine, every mistake is one line with exit status 2 and creates
+nothing, progress in a log is plain lines, failures stay visible with --quiet, and unreadable lines of
+a results file are reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(sys.executable).parent / "paged-bench"
+PUBLISHED = ROOT / "results" / "h100-repeat" / "short-b"
+
+
+def paged_bench(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                timeout: float = 900) -> subprocess.CompletedProcess:
+    assert SCRIPT.exists(), f"the console script {SCRIPT} is missing: pip install -e . first"
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+
+
+def _one_line_usage_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1 and lines[0].startswith("paged-bench: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--workloads", "bogus"], ["bogus", "decode", "prefill", "mixed"]),
+    (["--sweep", "nosuch"], ["nosuch", "cpu-tiny"]),
+    (["--sweep", "short", "--device", "cpu"], ["short", "GPU", "cpu-tiny"]),
+    (["--sweep", "default", "--device", "cpu"], ["default", "cpu-tiny"]),
+    (["--backends", "nosuch-backend", "--device", "cpu"], ["nosuch-backend", "sdpa-gather"]),
+    (["--gpus", "all", "--device", "cpu"], ["--gpus"]),
+    (["--no-such-option"], ["--no-such-option"]),
+])
+def test_a_mistake_is_one_line_and_creates_nothing(tmp_path, args, needles):
+    out = tmp_path / "out"
+    done = paged_bench("run", "--out", str(out), *args)
+    _one_line_usage_error(done, *needles)
+    assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    _one_line_usage_error(paged_bench("--device", "cpu", "--out", str(blocker / "out")), "is a file, not a folder")
+    _one_line_usage_error(paged_bench("--device", "cpu", "--out", "/proc/paged-bench-out"), "/proc/paged-bench-out")
+    assert not Path("/proc/paged-bench-out").exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["report", "/nonexistent/results"], ["/nonexistent/results", "no such folder"]),
+    (["compare", "/nonexistent/old", str(PUBLISHED)], ["/nonexistent/old"]),
+    (["compare", str(PUBLISHED), "/nonexistent/new"], ["/nonexistent/new"]),
+    (["report", str(ROOT / "docs")], ["no results.jsonl"]),
+])
+def test_reading_commands_name_a_missing_folder(args, needles):
+    _one_line_usage_error(paged_bench(*args), *needles)
+
+
+def test_unreadable_lines_are_reported_by_line_number(tmp_path):
+    folder = tmp_path / "damaged"
+    shutil.copytree(PUBLISHED, folder)
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    damaged = lines[:4] + ["{this is not json"] + lines[4:-1] + [lines[-1][: len(lines[-1]) // 2]]
+    (folder / "results.jsonl").write_text("\n".join(damaged))
+    done = paged_bench("report", str(folder), "--out", str(tmp_path / "r.html"))
+    assert done.returncode == 0, done.stderr
+    expected = f"skipped 2 unreadable lines (lines 5, {len(damaged)})"
+    assert expected in done.stderr
+    assert expected in (tmp_path / "r.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """The README's main command on a CPU machine, in a fresh folder, output not a terminal."""
+    out = tmp_path_factory.mktemp("first") / "bench-out"
+    done = paged_bench(cwd=out.parent)
+    return out, done
+
+
+def test_the_main_command_runs_the_tiny_sweep_on_the_cpu(first_run):
+    out, done = first_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    from adapters.base import discover
+    from harness.sweep import SWEEPS
+
+    in_sweep = [name for name, adapter in discover().items() if adapter.in_sweep]
+    assert len(rows) == len(in_sweep) * len(SWEEPS["cpu-tiny"])
+    verdicts = {(row["backend"], row["verdict"]) for row in rows}
+    for backend in ("sdpa-gather", "triton"):
+        assert (backend, "ok") in verdicts, [r for r in rows if r["backend"] == backend][:1]
+    assert all(row["verdict"] in ("ok", "skipped", "unsupported") for row in rows), \
+        [(r["backend"], r["verdict"], r["reason"]) for r in rows if r["verdict"] not in ("ok", "skipped", "unsupported")]
+    html = (out / "report.html").read_text()
+    assert "host wall-clock times" in html and "GPU launch times" not in html
+    assert "dashed:" not in html
+
+
+def test_progress_in_a_log_is_plain_lines(first_run):
+    _, done = first_run
+    assert "\r" not in done.stderr
+    progress = [line for line in done.stderr.splitlines() if " cells (" in line and "left" in line]
+    assert progress, done.stderr
+    done_count, total = progress[-1].split()[1].split("/")
+    assert done_count == total and len(progress) <= 25
+    assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr
+
+
+def test_the_backend_table_has_one_line_per_backend(first_run):
+    _, done = first_run
+    from adapters.base import adapter_classes
+
+    table = done.stderr.split("Backends on cpu:")[1].split("paged-bench:")[0]
+    for name in adapter_classes():
+        assert sum(1 for line in table.splitlines() if line.split()[:1] == [name]) == 1, name
+
+
+def test_env_lists_backends_and_provenance():
+    done = paged_bench("env", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["env_id"] and record["packages"]["torch"]
+    assert "triton" in record["backend_versions"]
+    assert "Backends on cpu:" in done.stderr
+
+
+def test_quiet_keeps_the_lines_of_failing_cells(tmp_path):
+    done = paged_bench("--quiet", "--device", "cpu", "--backends", "fault-raise,good-ref", "--workloads", "decode",
+                       "--out", str(tmp_path / "out"), "--no-report",
+                       env={"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "error       fault-raise / tiny-decode-b4-q1-c64-p16: prepare: RuntimeError" in done.stderr
+    assert " cells (" not in done.stderr  # no progress lines
+
+
+def test_the_default_output_folder_is_ignored_by_git():
+    done = subprocess.run(["git", "check-ignore", "-q", "bench-out/results.jsonl"], cwd=ROOT)
+    assert done.returncode == 0
+
+
+def test_asv_keeps_its_working_results_out_of_the_published_folders():
+    text = (ROOT / "asv.conf.json").read_text()
+    config = json.loads("\n".join(line for line in text.splitlines() if not line.strip().startswith("//")))
+    assert not config["results_dir"].startswith("results")
+    assert subprocess.run(["git", "check-ignore", "-q", config["results_dir"] + "/x.json"], cwd=ROOT).returncode == 0
+
+
+def test_cpu_workers_get_the_environment_their_backends_declare():
+    """asv and the command line share one session: on a CPU the Triton kernel's interpreter is set for
+    its workers (it used to be set by the command line only, so asv showed triton as n/a)."""
+    code = ("import os; from pathlib import Path; from harness.session import RunSession\n"
+            "session = RunSession(out_dir=Path('/nonexistent'), device_type='cpu')\n"
+            "assert session.worker_env.get('TRITON_INTERPRET') == '1', session.worker_env\n"
+            "rows = {row['backend']: row for row in session.availability()}\n"
+            "assert rows['triton']['available'] == 'yes', rows['triton']['reason']\n"
+            "assert 'TRITON_INTERPRET' not in os.environ  # the parent's own environment is left alone\n")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
