@@ -1,0 +1,114 @@
+"""Measuring one cell: the out-of-memory pre-check counts a case's inputs once (not again for every
+backend after the first) and frees the previous case before it looks at free memory; several entry
+points are timed and the fastest kept; rows of the CPU backends are the same as before the redesign."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters.base import Prepared
+from harness import cell
+from harness.cell import CellMeasurer, TimerOptions, backend_bytes, choose_entry_point, input_bytes
+from harness.sweep import Case
+
+ROOT = Path(__file__).resolve().parent.parent
+CASE_A = Case(name="cell-a", grammar="4q1c64", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=32, dtype="fp32")
+CASE_B = Case(name="cell-b", grammar="2q32c32", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=32, dtype="fp32")
+
+
+class _FakeDevice:
+    """torch.cuda.mem_get_info and empty_cache as a log of calls, with a settable free size."""
+
+    def __init__(self, free: int):
+        self.free = free
+        self.calls: list[str] = []
+
+    def mem_get_info(self, device=None):
+        self.calls.append("mem_get_info")
+        return self.free, 1 << 40
+
+    def empty_cache(self):
+        self.calls.append("empty_cache")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    fake = _FakeDevice(free=1 << 40)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", fake.mem_get_info)
+    monkeypatch.setattr(torch.cuda, "empty_cache", fake.empty_cache)
+    return fake
+
+
+def test_inputs_count_once_per_case(fake_cuda):
+    measurer = CellMeasurer(device=torch.device("cuda"))
+    needed_new = input_bytes(CASE_A) + backend_bytes(CASE_A)
+    fake_cuda.free = needed_new - 1
+    assert "GiB free" in measurer._fits(CASE_A)  # a new case: its inputs and the backend's working set
+    fake_cuda.free = needed_new + 1
+    assert measurer._fits(CASE_A) == ""
+    measurer._case = CASE_A  # its batch and reference are built
+    fake_cuda.free = backend_bytes(CASE_A) + 1
+    assert measurer._fits(CASE_A) == "", "the current case's own inputs were counted again"
+
+
+def test_the_previous_case_is_freed_before_free_memory_is_read(fake_cuda):
+    measurer = CellMeasurer(device=torch.device("cuda"))
+    measurer._case, measurer._batch, measurer._reference = CASE_A, object(), object()
+    fake_cuda.calls.clear()
+    measurer._fits(CASE_B)
+    assert fake_cuda.calls == ["empty_cache", "mem_get_info"]
+    assert measurer._batch is None and measurer._reference is None and measurer._case is None
+
+
+def test_the_fastest_entry_point_is_kept(monkeypatch):
+    times = {"slow": 20.0, "fast": 5.0}
+
+    def fake_time(prepared, device, timer, *, target_ms=None):
+        return type("T", (), {"median_us": times[prepared.run.__name__]})()
+
+    def slow():
+        return None
+
+    def fast():
+        return None
+
+    monkeypatch.setattr(cell, "time_prepared", fake_time)
+    prepared = Prepared(candidates={"slow": slow, "fast": fast})
+    choose_entry_point(prepared, torch.device("cpu"), TimerOptions())
+    assert prepared.run is fast
+    assert prepared.notes["entry_point"] == "fast" and prepared.notes["entry_point_us"] == {"slow": 20.0, "fast": 5.0}
+
+
+GOLDEN = ROOT / "tests" / "data" / "golden_cpu_tiny.jsonl"
+SAME_NUMERICS = {"sdpa-gather", "triton"}
+"""Backends whose computation the redesign did not change: their error figures must match exactly. Flex
+now runs decode and uniform prefill batches through its batched paged path (another kernel, other
+rounding): its verdicts must match, its errors stay within the tolerance."""
+
+
+def test_rows_are_the_same_as_before_the_redesign(tmp_path):
+    """The cpu-tiny sweep through today's session gives the rows recorded before the redesign
+    (tests/data/golden_cpu_tiny.jsonl, written by the old harness): same cells, verdicts and errors."""
+    from harness.session import RunSession
+    from harness.sweep import SWEEPS
+
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    backends = sorted({row["backend"] for row in golden})
+    session = RunSession(out_dir=tmp_path, device_type="cpu", backends=backends, timer=TimerOptions(target_ms=2.0))
+    session.start()
+    rows = {row["cell_id"]: row for row in session.run(SWEEPS["cpu-tiny"])}
+    assert set(rows) == {row["cell_id"] for row in golden}
+    for old in golden:
+        new = rows[old["cell_id"]]
+        for key in ("backend", "case", "grammar", "batch_size", "q_len", "context", "page_size", "num_q_heads",
+                    "num_kv_heads", "head_dim", "dtype", "causal", "seed", "total_q", "total_kv", "flops", "bytes",
+                    "verdict"):
+            assert new[key] == old[key], (old["backend"], old["case"], key, new[key], old[key])
+        if old["backend"] in SAME_NUMERICS:
+            assert (new["rel_l2"], new["max_abs"]) == (old["rel_l2"], old["max_abs"]), (old["backend"], old["case"])
+        elif old["verdict"] == "ok":
+            assert new["rel_l2"] <= 2e-3, (old["backend"], old["case"], new["rel_l2"])
