@@ -7,7 +7,7 @@ GPU and compare their PTX and ptxas register/spill reports, configuration by con
     python scripts/kernel_ptx_diff.py --report [--configs ...]      # registers and spills of one tree
 
 ``--base`` and ``--head`` are git revisions (``WORKTREE``, the default head, is the checkout as it
-is); their ``kernels/`` folders are exported to a temporary directory and each is compiled in its
+is; a directory stands for the ``kernels/`` folder inside it); their ``kernels/`` folders are exported to a temporary directory and each is compiled in its
 own subprocess. ``--triton-path`` puts another triton first on ``sys.path`` (e.g. triton 3.6
 installed with ``pip install --target DIR triton==3.6.0``: the GPU machine's version).
 
@@ -15,8 +15,8 @@ For each configuration (a batch shape planned for a 132-SM H100/H200 with TMA an
 dependent launch, ``CONFIGS`` below) both kernels (attention, and the split merge where the plan
 splits keys) are specialised exactly as ``JITFunction.run`` would for those arguments and compiled
 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 64))``. PTX is compared after
-dropping debug line information (``.loc``, ``.file``, the ``.debug_*`` sections), which moves with
-the source lines. Three columns per kernel:
+dropping debug information (``.loc``, ``.file``, the ``$L__tmp`` labels that only the
+``.debug_*`` sections use, those sections), which moves with the source lines and helper structure. Three columns per kernel:
 
 * ``as-is``: base and head as the launcher specialises them;
 * ``retyped``: the base compiled with the parameter types of the head (where the head declares a
@@ -200,10 +200,12 @@ def worker(args) -> int:
 # Driver
 
 def export_tree(rev: str, into: Path) -> str:
-    """The repository's ``kernels/`` at ``rev`` (``WORKTREE``: as checked out) under ``into``."""
+    """The repository's ``kernels/`` at ``rev`` (``WORKTREE``: as checked out; a directory: the
+    ``kernels/`` folder inside it) under ``into``."""
     into.mkdir(parents=True, exist_ok=True)
-    if rev == "WORKTREE":
-        subprocess.run(["cp", "-r", str(REPO / "kernels"), str(into)], check=True)
+    if rev == "WORKTREE" or (Path(rev) / "kernels").is_dir():
+        source = REPO if rev == "WORKTREE" else Path(rev)
+        subprocess.run(["cp", "-r", str(source / "kernels"), str(into)], check=True)
     else:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "kernels"], check=True,
                                  capture_output=True).stdout
@@ -222,8 +224,13 @@ def run_worker(tree: str, out: Path, configs: list[str], triton_path: str | None
     return json.loads((out / "summary.json").read_text())
 
 
+DEBUG_LABEL = re.compile(r"^\$L__tmp\d+:$")
+"""Labels that only the debug sections use (ranges of inlined helpers); branch targets are ``$L__BB``."""
+
+
 def normalise(ptx: str) -> list[str]:
-    """PTX lines without debug line information (which follows the source lines) and comments."""
+    """PTX lines without debug information (line directives, debug-only labels and sections, which
+    follow the source lines and the helper structure) and comments."""
     lines, in_debug = [], False
     for line in ptx.splitlines():
         stripped = line.strip()
@@ -233,7 +240,7 @@ def normalise(ptx: str) -> list[str]:
             if stripped == "}":
                 in_debug = False
             continue
-        if stripped.startswith((".loc", ".file", "//")) or not stripped or stripped.startswith("$L__func_end"):
+        if stripped.startswith((".loc", ".file", "//", "$L__func_end")) or not stripped or DEBUG_LABEL.match(stripped):
             continue
         lines.append(line.rstrip())
     return lines

@@ -30,11 +30,9 @@ pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed
 
 if HAVE_TRITON:
     from kernels.paged_attention import (  # noqa: E402
-        CONFIG_TABLE, KernelConfig, config_key, paged_attention, plan_launch, prepare_paged_attention,
-        select_config)
-    from kernels import paged_attention as kernel_module  # noqa: E402
+        CONFIG_TABLE, KernelConfig, config_key, interpreted, paged_attention, plan_launch, prepare_paged_attention)
 
-    INTERPRETED = type(kernel_module._paged_attention_kernel).__name__ == "InterpretedFunction"
+    INTERPRETED = interpreted()
 else:  # pragma: no cover - only without triton
     INTERPRETED = False
 
@@ -273,7 +271,7 @@ def test_config_key_uses_buckets_only():
     assert config_key(128, 256, 2048) == config_key(128, 64, 300) == ("long", 128, "large")
     assert config_key(128, 32, 300) == ("long", 128, "medium")
     assert config_key(96, 3, 9) == ("short", 128, "small")
-    assert select_config(128, 16, 512) == select_config(128, 16, 4096)
+    assert config_key(128, 16, 512) == config_key(128, 16, 4096)
 
 
 def test_plan_splits_decode_not_prefill():

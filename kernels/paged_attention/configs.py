@@ -1,0 +1,119 @@
+"""Launch configurations: ``KernelConfig``, the buckets a configuration depends on, and the table.
+
+The table is keyed on what changes the winner (head dim, page-size class, bucketed max query
+length) and never on raw per-batch lengths. The measurements behind each entry are in
+``docs/triton_kernel_notes.md``, section "Why the table is what it is"; the comments here name the
+subsection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch configuration of the attention kernel.
+
+    block_m: rows of a tile (``block_m // group`` queries x ``group`` heads; raised to the group
+    size where that is larger); block_n: keys per inner step; split_programs_per_sm: split the keys
+    until about this many programs per multiprocessor are launched; min_split_keys: never split
+    below this many keys per chunk.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    split_programs_per_sm: int = 0
+    min_split_keys: int = 1 << 30
+    use_tma: bool = False
+    """Load K/V tiles through TMA descriptors where a tile sits inside one page (Hopper and newer)."""
+    max_registers: int = 0
+    """Cap on registers per thread (Triton's ``maxnreg``; 0 leaves it to the compiler): 128 lets two
+    8-warp programs share a multiprocessor, at the price of some spills."""
+
+    def label(self) -> str:
+        return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
+                f"{'-tma' if self.use_tma else ''}{f'-r{self.max_registers}' if self.max_registers else ''}"
+                f"-split{self.split_programs_per_sm}/{self.min_split_keys}")
+
+
+TABLE_HEAD_DIMS = (64, 128, 256)
+"""Head dims with table entries; the others use the next larger one."""
+
+
+def query_bucket(max_q_len: int) -> str:
+    """Bucketed max query length: the only length the config depends on."""
+    if max_q_len <= 1:
+        return "decode"
+    if max_q_len <= 16:
+        return "short"
+    return "long"
+
+
+def page_class(page_size: int) -> str:
+    """Page sizes that behave alike: below 16 every key looks its page up; from 64 a 64-key tile
+    can sit inside one page (and load through TMA)."""
+    if page_size < 16:
+        return "small"
+    if page_size < 64:
+        return "medium"
+    return "large"
+
+
+def config_key(head_dim: int, page_size: int, max_q_len: int) -> tuple[str, int, str]:
+    """(query bucket, table head dim, page class): the key of ``CONFIG_TABLE``."""
+    table_dim = next((d for d in TABLE_HEAD_DIMS if head_dim <= d), TABLE_HEAD_DIMS[-1])
+    return query_bucket(max_q_len), table_dim, page_class(page_size)
+
+
+# Decode splits keys until about one program per SM where key tiles sit inside pages (fewer, longer
+# chunks stream better), about three per SM on smaller pages (per-key page lookups need more programs
+# to hide their latency): notes, "Decode: how far to split".
+_DECODE = {"large": dict(split_programs_per_sm=1, min_split_keys=256),
+           "medium": dict(split_programs_per_sm=3, min_split_keys=256),
+           "small": dict(split_programs_per_sm=3, min_split_keys=256)}
+_SHORT = dict(split_programs_per_sm=4, min_split_keys=512)
+# Long queries split only where chunks stay long (4096+ keys): notes, "Long queries: when to split".
+_LONG = dict(split_programs_per_sm=2, min_split_keys=4096)
+
+
+FEW_PROGRAMS_PER_SM = {"long": 2.0, "decode": 0.25}
+"""A launch whose table tiles would make fewer programs than this per multiprocessor takes its
+bucket's ``-few`` entry instead. Long queries: less than one wave of the two-per-SM 128-row tiles,
+so smaller tiles and more programs. Decode: so few sequences that even split, each SM streams one
+chunk on its own, and 128-key steps keep more bytes in flight. Notes, "Few-tile launches"."""
+
+
+def _table() -> dict[tuple[str, int, str], KernelConfig]:
+    """(query bucket, head dim, page class) -> config. The D=128 decode and long entries are the
+    winners measured on an H100 by scripts/triton_tune.py (bf16, Hq 32, Hkv 8, pages 16 and 256);
+    the short bucket and D=64/256 were chosen from the compiler's register and spill report and
+    checked for correctness on the GPU, not timed (notes, "Untimed entries")."""
+    table = {}
+    for page in ("small", "medium", "large"):
+        table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE[page])
+        # 2 stages: fewer registers, more programs per SM (notes, "Decode: stages")
+        table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE[page])
+        table["decode-few", 128, page] = KernelConfig(16, 128, 4, 2, split_programs_per_sm=1, min_split_keys=128)
+        table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE[page])
+        table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
+        table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
+        table["short", 256, page] = KernelConfig(64, 16, 4, 2, **_SHORT)
+        table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
+        # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,
+        # two 8-warp programs share a multiprocessor (notes, "Long queries: 128-row tiles")
+        table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
+        table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
+        table["long-few", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
+    # pages of 64+ keys hold a whole key tile: TMA loads win there (notes, "TMA on large pages")
+    table["long", 128, "large"] = KernelConfig(128, 64, 8, 2, use_tma=True, max_registers=128, **_LONG)
+    table["long-few", 128, "large"] = KernelConfig(64, 64, 4, 3, use_tma=True, **_LONG)
+    return table
+
+
+CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
+"""Chosen configuration per (query bucket, head dim, page class). Head dims between the listed ones
+use the next larger listed one. ``long-few`` and ``decode-few`` entries replace ``long`` and
+``decode`` ones for launches with few tiles (see ``FEW_PROGRAMS_PER_SM``)."""

@@ -1,0 +1,241 @@
+"""Host side of a launch: input validation, what the device allows (TMA, programmatic dependent
+launch, multiprocessor count), and the launcher that binds one batch's arguments once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .configs import KernelConfig
+from .device import _merge_splits_kernel, _paged_attention_kernel
+from .plan import LaunchPlan, allocate_workspace, next_power_of_2, plan_launch
+
+LOG2E = 1.4426950408889634
+"""log2(e): scores are kept in the log2 domain so that the softmax uses exp2."""
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM = 16
+MAX_HEAD_DIM = 256
+"""Head dims from 16 to 256; those that are not a power of two (96, 192) run padded to the next one."""
+INTERPRETER_SM_COUNT = 4
+"""Stands in for the multiprocessor count when the kernel runs under the interpreter (CPU tensors)."""
+
+
+def interpreted() -> bool:
+    """Whether the kernels were built for Triton's interpreter (TRITON_INTERPRET=1 when this package
+    was first imported): they then run on CPU tensors only, and never on a GPU."""
+    return type(_paged_attention_kernel).__name__ == "InterpretedFunction"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the device allows
+# --------------------------------------------------------------------------------------------------
+
+def offsets_fit_int32(tensor: torch.Tensor) -> bool:
+    """Every element offset of ``tensor`` (from its strides) fits in int32."""
+    return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) < 2**31 - 1
+
+
+def tma_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """TMA descriptors need a Hopper-class GPU (or the interpreter, on CPU tensors), caches that are
+    contiguous and 16-byte aligned, and row coordinates that fit in int32."""
+    if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    num_pages, page_size, num_kv_heads, head_dim = k_cache.shape
+    return all(cache.is_contiguous() and cache.data_ptr() % 16 == 0 for cache in (k_cache, v_cache)) \
+        and num_pages * page_size < 2 ** 31 and (num_kv_heads * head_dim * k_cache.element_size()) % 16 == 0
+
+
+def pdl_possible(device: torch.device) -> bool:
+    """Programmatic dependent launch needs a Hopper-class GPU (the interpreter has no grid control)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SM_COUNT
+
+
+def _tma_descriptor(cache: torch.Tensor, block_n: int):
+    """Descriptor of ``cache`` viewed ``[num_pages * page_size, Hkv * D]``, block ``[block_n, D]``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    num_pages, page_size, num_kv_heads, head_dim = cache.shape
+    rows = cache.view(num_pages * page_size, num_kv_heads * head_dim)
+    return TensorDescriptor(base=rows, shape=list(rows.shape), strides=list(rows.stride()),
+                            block_shape=[block_n, head_dim])
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def validate_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
+                    max_q_len: int, max_kv_len: int, scale: float, out: torch.Tensor | None) -> None:
+    """Raise ValueError naming the first argument that does not fit the canonical layout."""
+    _check(q.dim() == 3, f"q must be [T, Hq, D], got shape {tuple(q.shape)}")
+    _check(k_cache.dim() == 4, f"k_cache must be [num_pages, page_size, Hkv, D], got shape {tuple(k_cache.shape)}")
+    _check(v_cache.shape == k_cache.shape,
+           f"v_cache shape {tuple(v_cache.shape)} differs from k_cache shape {tuple(k_cache.shape)}")
+    _check(q.dtype in SUPPORTED_DTYPES, f"q dtype {q.dtype} is not one of {SUPPORTED_DTYPES}")
+    _check(k_cache.dtype == q.dtype and v_cache.dtype == q.dtype,
+           f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype} differ from q dtype {q.dtype}")
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    _check(k_cache.shape[3] == head_dim, f"k_cache head dim {k_cache.shape[3]} differs from q head dim {head_dim}")
+    _check(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0,
+           f"head_dim={head_dim} must be a multiple of 8 in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+    _check(num_kv_heads >= 1 and num_q_heads % num_kv_heads == 0,
+           f"num_q_heads={num_q_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    _check(k_cache.shape[1] >= 1, f"page_size={k_cache.shape[1]} must be at least 1")
+    for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check(tensor.stride(-1) == 1, f"{name} must be contiguous in its last dim, stride {tensor.stride()}")
+        _check(tensor.device == q.device, f"{name} is on {tensor.device}, q on {q.device}")
+    _check(block_table.dim() == 2 and block_table.dtype == torch.int32,
+           f"block_table must be [B, max_pages] int32, got {tuple(block_table.shape)} {block_table.dtype}")
+    _check(block_table.stride(1) == 1, f"block_table must be contiguous in its last dim, stride {block_table.stride()}")
+    num_seqs = block_table.shape[0]
+    _check(cu_seqlens_q.shape == (num_seqs + 1,) and cu_seqlens_q.dtype == torch.int32,
+           f"cu_seqlens_q must be [B + 1] = [{num_seqs + 1}] int32, got {tuple(cu_seqlens_q.shape)} {cu_seqlens_q.dtype}")
+    _check(kv_lens.shape == (num_seqs,) and kv_lens.dtype == torch.int32,
+           f"kv_lens must be [B] = [{num_seqs}] int32, got {tuple(kv_lens.shape)} {kv_lens.dtype}")
+    for name, tensor in (("block_table", block_table), ("cu_seqlens_q", cu_seqlens_q), ("kv_lens", kv_lens)):
+        _check(tensor.device == q.device, f"{name} is on {tensor.device}, q on {q.device}")
+    _check(cu_seqlens_q.is_contiguous() and kv_lens.is_contiguous(), "cu_seqlens_q and kv_lens must be contiguous")
+    _check(max_q_len >= 1, f"max_q_len={max_q_len} must be at least 1")
+    _check(max_kv_len >= max_q_len, f"max_kv_len={max_kv_len} is below max_q_len={max_q_len}")
+    _check(max_kv_len <= block_table.shape[1] * k_cache.shape[1],
+           f"max_kv_len={max_kv_len} exceeds the block table's reach "
+           f"{block_table.shape[1]} pages x {k_cache.shape[1]} = {block_table.shape[1] * k_cache.shape[1]}")
+    _check(math.isfinite(scale) and scale > 0, f"scale={scale} must be a positive finite number")
+    if out is not None:
+        _check(out.shape == q.shape and out.dtype == q.dtype and out.device == q.device,
+               f"out must be {tuple(q.shape)} {q.dtype} on {q.device}, got {tuple(out.shape)} {out.dtype} on {out.device}")
+        _check(out.stride(-1) == 1, f"out must be contiguous in its last dim, stride {out.stride()}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch
+# --------------------------------------------------------------------------------------------------
+
+class PagedAttentionLauncher:
+    """Bound arguments of one batch: ``__call__`` only launches (the attention kernel, then the
+    merge kernel when keys are split) and returns ``out``. Build it outside any timed region."""
+
+    def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor,
+                 out: torch.Tensor, *, causal: bool, scale: float, plan: LaunchPlan,
+                 workspace: tuple[torch.Tensor, torch.Tensor] | None):
+        num_tokens, num_q_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[2]
+        split_kv = plan.num_splits > 1
+        if split_kv and workspace is None:
+            raise ValueError(f"plan splits keys {plan.num_splits} ways but no workspace was given")
+        part_out, part_lse = workspace if split_kv else (out, out)
+        if split_kv:
+            _check(part_out.shape[0] >= plan.num_splits and part_out.shape[1:] == q.shape,
+                   f"workspace partial outputs {tuple(part_out.shape)} do not fit {plan.num_splits} x {tuple(q.shape)}")
+        po_strides = part_out.stride()[:3] if split_kv else (0, 0, 0)
+        pl_strides = part_lse.stride()[:2] if split_kv else (0, 0)
+        self.out = out
+        self.plan = plan
+        self._empty = num_tokens == 0
+        common = dict(
+            cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens,
+            num_seqs=block_table.shape[0], num_q_blocks=plan.num_q_blocks, split_size=plan.split_size,
+            stride_o_t=out.stride(0), stride_o_h=out.stride(1),
+            stride_po_split=po_strides[0], stride_po_t=po_strides[1], stride_po_h=po_strides[2],
+            stride_pl_split=pl_strides[0], stride_pl_t=pl_strides[1],
+            NUM_KV_HEADS=num_kv_heads, GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim,
+            BLOCK_D=next_power_of_2(head_dim),
+            BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, IS_CAUSAL=bool(causal),
+            ONE_QUERY_PER_SEQ=plan.one_query_per_seq, LAUNCH_MERGE_EARLY=plan.launch_merge_early,
+        )
+        self._attn_grid = (plan.num_q_blocks * num_kv_heads, plan.num_splits)
+        self._attn_args = dict(
+            common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
+            q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+            k_desc=_tma_descriptor(k_cache, plan.config.block_n) if plan.use_tma else None,
+            v_desc=_tma_descriptor(v_cache, plan.config.block_n) if plan.use_tma else None,
+            block_table_ptr=block_table,
+            qk_scale=float(scale) * LOG2E,
+            stride_q_t=q.stride(0), stride_q_h=q.stride(1),
+            stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
+            stride_v_page=v_cache.stride(0), stride_v_slot=v_cache.stride(1), stride_v_head=v_cache.stride(2),
+            stride_bt_seq=block_table.stride(0),
+            PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
+            SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
+            SHARED_ROWS=k_cache.stride()[:2] == v_cache.stride()[:2],
+            OFFSETS_32=offsets_fit_int32(k_cache) and offsets_fit_int32(v_cache),
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            num_warps=plan.config.num_warps, num_stages=plan.config.num_stages,
+            **({"maxnreg": plan.config.max_registers} if plan.config.max_registers else {}),
+        )
+        self._merge_grid = (plan.num_q_blocks * num_kv_heads,)
+        self._merge_args = dict(
+            common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse, num_warps=4,
+            **({"launch_pdl": True} if plan.launch_merge_early else {}),
+        ) if split_kv else None
+
+    def register_report(self) -> dict:
+        """Registers per thread and spilled bytes of the attention kernel as compiled (after the first
+        call; empty under the interpreter): what decides how many programs share a multiprocessor."""
+        compiled = getattr(self, "_compiled", None)
+        return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
+
+    def __call__(self) -> torch.Tensor:
+        if self._empty:
+            return self.out
+        self._compiled = _paged_attention_kernel[self._attn_grid](**self._attn_args)
+        if self._merge_args is not None:
+            _merge_splits_kernel[self._merge_grid](**self._merge_args)
+        return self.out
+
+
+def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
+                            max_q_len: int, max_kv_len: int, causal: bool, scale: float,
+                            out: torch.Tensor | None = None, config: KernelConfig | None = None,
+                            num_splits: int | None = None,
+                            launch_merge_early: bool | None = None) -> PagedAttentionLauncher:
+    """Validate, plan and allocate (output and split workspace) once; the launcher only launches.
+    ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
+    the early merge launch off, to measure what it gains."""
+    validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
+                    max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out)
+    num_tokens, num_q_heads, head_dim = q.shape
+    plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
+                       num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
+                       max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
+                       config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
+                       pdl_possible=launch_merge_early is not False and pdl_possible(q.device))
+    if out is None:
+        out = torch.empty_like(q)
+    workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
+    return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
+                                  causal=causal, scale=scale, plan=plan, workspace=workspace)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                    cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
+                    causal: bool, scale: float, out: torch.Tensor | None = None,
+                    config: KernelConfig | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
+    ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given).
+
+    ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
+    the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
+    bottom-right. ``config`` / ``num_splits`` override the tuned table and the split heuristic.
+    For repeated calls on one batch, build a launcher once with ``prepare_paged_attention``.
+    """
+    return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
+                                   max_q_len=max_q_len, max_kv_len=max_kv_len, causal=causal,
+                                   scale=scale, out=out, config=config, num_splits=num_splits)()

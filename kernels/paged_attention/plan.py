@@ -1,0 +1,99 @@
+"""Planning on the host, with no device synchronisation: tiles, grid and key split of a launch
+from host-side upper bounds, and the split-KV workspace."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .configs import CONFIG_TABLE, FEW_PROGRAMS_PER_SM, KernelConfig, config_key
+
+MAX_SPLITS = 1024
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything about a launch that follows from host values: tiles, grid, key split."""
+
+    config: KernelConfig
+    block_m: int
+    block_q: int
+    num_q_blocks: int
+    num_splits: int
+    split_size: int
+    tile_in_page: bool
+    use_tma: bool = False
+    one_query_per_seq: bool = False
+    """Pure decode (as many tokens as sequences, none longer than 1): tile b is sequence b."""
+    launch_merge_early: bool = False
+    """The merge kernel goes out with programmatic dependent launch (Hopper and newer): its launch
+    overlaps the attention kernel instead of following it (about 2 us per split launch)."""
+
+    def describe(self) -> dict:
+        path = "per-key page lookup"
+        if self.tile_in_page:
+            path = "tile-in-page, TMA" if self.use_tma else "tile-in-page"
+        return {"config": self.config.label(), **asdict(self.config), "block_m_used": self.block_m,
+                "block_q": self.block_q, "num_q_blocks": self.num_q_blocks,
+                "num_splits": self.num_splits, "split_size": self.split_size, "page_path": path,
+                "one_query_per_seq": self.one_query_per_seq, "launch_merge_early": self.launch_merge_early}
+
+
+def next_power_of_2(value: int) -> int:
+    return 1 << max(0, (value - 1).bit_length())
+
+
+def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                page_size: int, max_q_len: int, max_kv_len: int, num_sms: int,
+                config: KernelConfig | None = None, num_splits: int | None = None,
+                tma_possible: bool = False, pdl_possible: bool = False) -> LaunchPlan:
+    """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
+    must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
+    ``tma_possible`` says the device and the caches allow TMA descriptors, ``pdl_possible`` that
+    the device has programmatic dependent launch."""
+    group = num_q_heads // num_kv_heads
+    one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
+
+    def tiles(config: KernelConfig) -> tuple[int, int, int, int]:
+        """(block_m, block_q, num_q_blocks, programs: real tiles x KV heads, an upper bound)."""
+        block_m = max(config.block_m, next_power_of_2(group), 16)
+        block_q = block_m // group
+        num_q_blocks = num_seqs if one_query_per_seq else num_tokens // block_q + num_seqs
+        real_tiles = min(num_q_blocks, num_seqs * math.ceil(max_q_len / block_q))
+        return block_m, block_q, num_q_blocks, max(1, real_tiles * num_kv_heads)
+
+    if config is None:
+        bucket, table_dim, pages = config_key(head_dim, page_size, max_q_len)
+        config = CONFIG_TABLE[bucket, table_dim, pages]
+        few = CONFIG_TABLE.get((f"{bucket}-few", table_dim, pages))
+        if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM[bucket] * num_sms:
+            config = few
+    block_m, block_q, num_q_blocks, programs = tiles(config)
+    if num_splits is None:
+        wanted = math.ceil(config.split_programs_per_sm * num_sms / programs)
+        useful = math.ceil(max_kv_len / config.min_split_keys)
+        num_splits = max(1, min(wanted, useful, MAX_SPLITS))
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits={num_splits} must lie in 1..{MAX_SPLITS}")
+    split_size = math.ceil(math.ceil(max(max_kv_len, 1) / num_splits) / config.block_n) * config.block_n
+    num_splits = math.ceil(max(max_kv_len, 1) / split_size)
+    tile_in_page = page_size % config.block_n == 0
+    use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == next_power_of_2(head_dim)
+    return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
+                      num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
+                      use_tma=use_tma, one_query_per_seq=one_query_per_seq,
+                      launch_merge_early=pdl_possible and num_splits > 1)
+
+
+def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
+                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """fp32 partial outputs ``[num_splits, T, Hq, D]`` and log2-sum-exp ``[num_splits, T, Hq]``;
+    None when the plan does not split keys."""
+    if plan.num_splits == 1:
+        return None
+    part_out = torch.empty(plan.num_splits, num_tokens, num_q_heads, head_dim, dtype=torch.float32,
+                           device=device)
+    part_lse = torch.empty(plan.num_splits, num_tokens, num_q_heads, dtype=torch.float32, device=device)
+    return part_out, part_lse
