@@ -314,6 +314,51 @@ class _PartWriter(io.RawIOBase):
         super().close()
 
 
+class _ExternalXz(io.RawIOBase):
+    """Writes go to ``xz -T0`` (every core; python's lzma uses one), whose output a thread copies to ``sink``."""
+
+    def __init__(self, sink: BinaryIO, preset: int):
+        import threading
+
+        self._process = subprocess.Popen(["xz", "-z", "-c", "-T0", f"-{preset}"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
+        self._failure: list[BaseException] = []
+
+        def pump() -> None:
+            try:
+                shutil.copyfileobj(self._process.stdout, sink, 1 << 20)
+            except BaseException as error:  # noqa: BLE001 - re-raised in close()
+                self._failure.append(error)
+
+        self._thread = threading.Thread(target=pump, daemon=True)
+        self._thread.start()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._process.stdin.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._process.stdin.close()
+            self._thread.join()
+            status = self._process.wait()
+            super().close()
+            if self._failure:
+                raise self._failure[0]
+            if status != 0:
+                raise ReleaseError(f"xz failed with exit status {status}")
+
+
+def _compressor(sink: BinaryIO, preset: int) -> BinaryIO:
+    """An xz stream into ``sink``: the ``xz`` tool on every core where installed, else python's lzma."""
+    if shutil.which("xz") and os.environ.get("PAGED_BENCH_PURE_LZMA") != "1":
+        return _ExternalXz(sink, preset)
+    return lzma.open(sink, "wb", preset=preset)
+
+
 def archive_prefix(version: str) -> str:
     return f"cudnn-{version}.tar.xz.part-"
 
@@ -332,7 +377,7 @@ def pack_release(version_or_dir: str | Path, out: str | Path, *, part_bytes: int
     for stale in out.glob(f"{prefix.name}*"):
         stale.unlink()
     writer = _PartWriter(prefix, part_bytes)
-    with writer, lzma.open(writer, "wb", preset=preset) as compressed, tarfile.open(fileobj=compressed, mode="w") as tar:
+    with writer, _compressor(writer, preset) as compressed, tarfile.open(fileobj=compressed, mode="w|") as tar:
         if not (folder / MANIFEST).exists():
             data = (json.dumps(info, indent=1) + "\n").encode()
             member = tarfile.TarInfo(f"cudnn-{version}/{MANIFEST}")

@@ -158,9 +158,11 @@ def test_a_broken_wheel_is_refused(cache, tmp_path):
 
 # ------------------------------------------------------------------------------------------ carrying
 
-def test_pack_in_parts_and_unpack_elsewhere(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pure_lzma", ["1", "0"], ids=["python-lzma", "xz-tool-if-installed"])
+def test_pack_in_parts_and_unpack_elsewhere(tmp_path, monkeypatch, pure_lzma):
     here, there = tmp_path / "here", tmp_path / "there"
     monkeypatch.setenv(cudnn_release.CACHE_ENV, str(here))
+    monkeypatch.setenv("PAGED_BENCH_PURE_LZMA", pure_lzma)
     folder = ensure_release(str(fake_wheel(tmp_path, size=40_000)))
     parts = pack_release("9.28.1.4", tmp_path / "kit", part_bytes=20_000, preset=0)
     assert len(parts) >= 3 and all(p.stat().st_size <= 20_000 for p in parts)
