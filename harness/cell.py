@@ -90,7 +90,7 @@ class CellMeasurer:
     _adapters: dict[str, Adapter] = field(default_factory=dict)
     _case: Case | None = None
     _batch: PagedBatch | None = None
-    _reference: torch.Tensor | None = None
+    _reference: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def load_adapters(self) -> dict[str, Adapter]:
         if not self._adapters:
@@ -119,11 +119,12 @@ class CellMeasurer:
                 pass
         self.release()
 
-    def _inputs(self, case: Case) -> tuple[PagedBatch, torch.Tensor]:
+    def _inputs(self, case: Case) -> tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]:
+        """The case's batch and its fp32 reference (output and LSE), built once per case."""
         if case != self._case:
             self.release()
             batch = make_batch(case.spec(), self.device)
-            self._reference = reference_attention(batch)
+            self._reference = reference_attention(batch, with_lse=True)
             self._batch, self._case = batch, case
         return self._batch, self._reference
 

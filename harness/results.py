@@ -36,6 +36,7 @@ def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | Non
         **case.axes(), num_q_heads=spec.num_q_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, causal=spec.causal, seed=spec.seed, total_q=spec.total_q, total_kv=spec.total_kv,
         verdict=gate.verdict, reason=gate.reason, rel_l2=gate.rel_l2, max_abs=gate.max_abs,
+        lse_max_abs=gate.lse_max_abs, lse_note=gate.lse_note,
         flops=metrics.spec_flops(spec), bytes=metrics.spec_bytes(spec),
         backend_versions=json.dumps(backend_versions or {}, sort_keys=True), env_id=env_id, device=device,
         gpu_index=gpu_index, gpu_uuid=gpu_uuid, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
