@@ -195,7 +195,7 @@ def test_cudnn_stats_refusal_costs_one_build_and_is_noted(monkeypatch, refuse):
     device = torch.device("cuda", 0)
     first = adapter._graph_with_stats(fake, key, device, ragged=True)
     second = adapter._graph_with_stats(fake, key, device, ragged=True)
-    assert [k.stats for k in fake.builds] == ([True, False] if refuse else [True])
+    assert [k.stats for k in fake.builds] == (["padded", ""] if refuse else ["padded"])
     assert second[1] is True  # cached
     if refuse:
         assert "refused the Stats" in first[2] and "no engine for the Stats output" in second[2]
@@ -206,6 +206,36 @@ def test_cudnn_stats_refusal_costs_one_build_and_is_noted(monkeypatch, refuse):
     monkeypatch.setitem(sys.modules, "cudnn", fake)
     adapter.close()
     assert adapter._graphs == {} and adapter._handles == {} and len(fake.destroyed) == 1
+
+
+def test_cudnn_ragged_stats_only_where_q_is_ragged(monkeypatch):
+    from adapters.backends import cudnn_sdpa
+
+    fake = FakeCudnn(False)
+    monkeypatch.setattr(cudnn_sdpa, "_build", _fake_build(fake))
+    monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
+    monkeypatch.setenv(cudnn_sdpa.STATS_ENV, "ragged")
+    adapter = CudnnSdpaAdapter()
+    key = cudnn_sdpa.GraphKey(variant="packed", device=0, dtype="bf16", causal=True, scale=0.1, q_dims=(2, 4, 4, 8),
+                              q_strides=(128, 8, 32, 1), cache_dims=(10, 2, 4, 8), cache_strides=(64, 8, 16, 1),
+                              page_table_dims=(2, 1, 8, 1), max_seq_len_kv=32, ragged_dtype="int32")
+    device = torch.device("cuda", 0)
+    adapter._graph_with_stats(fake, key, device, ragged=True)
+    adapter._graph_with_stats(fake, cudnn_sdpa.dataclasses.replace(key, variant="t-rows"), device, ragged=False)
+    assert [k.stats for k in fake.builds] == ["ragged", "padded"]
+
+
+def test_cudnn_stats_layout_choice(monkeypatch):
+    from adapters.backends.cudnn_sdpa import STATS_ENV, stats_layout
+
+    monkeypatch.delenv(STATS_ENV, raising=False)
+    assert stats_layout() == "padded"
+    for value, layout in (("ragged", "ragged"), ("0", ""), ("off", ""), ("1", "padded"), ("PADDED", "padded")):
+        monkeypatch.setenv(STATS_ENV, value)
+        assert stats_layout() == layout
+    monkeypatch.setenv(STATS_ENV, "packed")
+    with pytest.raises(ValueError, match="choose padded, ragged or 0"):
+        stats_layout()
 
 
 def test_cudnn_graphs_live_on_the_instance():

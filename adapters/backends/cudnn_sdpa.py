@@ -16,14 +16,23 @@ How the canonical batch is declared to cuDNN (see docs/backends.md for the traps
   (``use_causal_mask`` would be top-left).
 
 - Softmax statistics (the LSE, for the gate): the SDPA node's ``Stats`` output
-  (``generate_stats=True``), float32, natural log. With ragged Q it is declared padded, not ragged:
-  ``[B, Hq, S_q, 1]`` with packed BHSD strides ``[Hq*S_q, S_q, 1, 1]`` (the layout the frontend infers
-  for an undeclared Stats and the one its own ragged tests read back; the backend honours declared
-  Stats strides from 9.12). Row i of sequence b, head h is ``stats[b, h, i]``; `stats_index` maps the
-  packed rows to it and ``Prepared.to_lse`` gathers ``[T, Hq]`` outside any timing. The buffer starts
-  as NaN, so rows cuDNN does not write are caught. Where cuDNN refuses the graph with Stats it is
-  built without, the row's ``lse_note`` keeps cuDNN's words, and the refusal is remembered per graph
-  key (one failed build, not one per cell). ``PAGED_BENCH_CUDNN_STATS=0`` builds without Stats.
+  (``generate_stats=True``), float32, natural log, in one of two layouts (``PAGED_BENCH_CUDNN_STATS``):
+
+  - ``padded`` (default): ``[B, Hq, S_q, 1]`` with packed BHSD strides ``[Hq*S_q, S_q, 1, 1]`` and no
+    ragged offset (the layout the frontend infers for an undeclared Stats and the one its own ragged
+    tests read back; the backend honours declared Stats strides from 9.12). Row i of sequence b,
+    head h is ``stats[b, h, i]``; `stats_index` maps the packed rows to it.
+  - ``ragged``: the packed ``[T, Hq]`` that serving engines bind (FlashInfer's cuDNN prefill):
+    ``[B, Hq, S_q, 1]`` with token-major strides ``[S_q*Hq, 1, Hq, 1]`` and a ragged offset
+    ``cu_seqlens_q * Hq``. FlashInfer records a cuDNN bug in exactly this layout (NVBug 6783545: the
+    s_q == 1 decode kernel with Hq != Hkv leaves most heads of a ragged Stats unwritten; the output is
+    right; fixed in 9.27.0), so a release comparison in this mode shows it as ``LSE off`` before 9.27.
+  - ``0``: no Stats output (no LSE; the row's ``lse_note`` says so).
+
+  ``Prepared.to_lse`` makes ``[T, Hq]`` outside any timing. The buffer starts as NaN, so rows cuDNN
+  does not write are caught. Where cuDNN refuses the graph with Stats it is built without, the row's
+  ``lse_note`` keeps cuDNN's words, and the refusal is remembered per graph key (one failed build,
+  not one per cell). The timed launch is the graph with Stats (writing it costs 4 bytes per row and head).
 
 Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached on the adapter
 instance by everything that changes them (`GraphKey`); ``run`` only binds the stream and executes.
@@ -208,7 +217,8 @@ def trow_arguments(spec: BatchSpec, block_table: torch.Tensor) -> TRowArguments:
 # cuDNN graph building (needs `import cudnn`)
 
 STATS_ENV = "PAGED_BENCH_CUDNN_STATS"
-"""Set to 0 to build every graph without the Stats output (no LSE; the row's lse_note says so)."""
+"""The Stats layout: "padded" (default), "ragged" (the packed [T, Hq] serving engines bind), or 0 (none)."""
+STATS_LAYOUTS = ("padded", "ragged")
 
 
 @dataclass(frozen=True)
@@ -227,8 +237,8 @@ class GraphKey:
     page_table_dims: tuple[int, ...]
     max_seq_len_kv: int
     ragged_dtype: str
-    stats: bool = False
-    """Whether the graph has the Stats (LSE) output."""
+    stats: str = ""
+    """The Stats (LSE) output's layout: "" (none), "padded" or "ragged" (module docstring)."""
 
 
 @dataclass
@@ -308,15 +318,20 @@ def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
         t["q"].set_ragged_offset(t["q_offsets"])
     o, stats = _sdpa(cudnn, graph, t["q"], t["k"], t["v"], scale=key.scale, causal=key.causal, seq_q=t["seq_q"],
                      seq_kv=t["seq_kv"], table_k=t["table_k"], table_v=t["table_v"],
-                     max_seq_len_kv=key.max_seq_len_kv, stats=key.stats)
+                     max_seq_len_kv=key.max_seq_len_kv, stats=bool(key.stats))
     o.set_output(True).set_dim(list(key.q_dims)).set_stride(list(key.q_strides)).set_data_type(io_type)
     if ragged:
         o.set_ragged_offset(t["o_offsets"])
     t["o"] = o
     if key.stats:
-        # padded [B, Hq, S_q, 1] float32 in packed BHSD strides, no ragged offset (module docstring)
-        stats.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([batch, heads, s_q, 1]) \
-            .set_stride([heads * s_q, s_q, 1, 1])
+        stats.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([batch, heads, s_q, 1])
+        if key.stats == "ragged" and ragged:  # packed [T, Hq]: token-major strides, offsets cu_seqlens_q * Hq
+            stats.set_stride([s_q * heads, 1, heads, 1])
+            t["stats_offsets"] = graph.tensor(name="stats_ragged_offsets", dim=[batch + 1, 1, 1, 1],
+                                              stride=[1, 1, 1, 1], data_type=ragged_type)
+            stats.set_ragged_offset(t["stats_offsets"])
+        else:  # padded [B, Hq, S_q, 1] in packed BHSD strides, no ragged offset
+            stats.set_stride([heads * s_q, s_q, 1, 1])
         t["stats"] = stats
     stage = "validate"
     try:
@@ -421,9 +436,17 @@ def _supports(spec: BatchSpec) -> tuple[bool, str]:
     return True, ""
 
 
-def stats_wanted() -> bool:
-    """Whether graphs get the Stats output (``PAGED_BENCH_CUDNN_STATS``, default on)."""
-    return os.environ.get(STATS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+def stats_layout() -> str:
+    """The Stats layout asked for (``PAGED_BENCH_CUDNN_STATS``): "padded" (default, also for 1/on),
+    "ragged", or "" for none (0/off/no/false). Anything else is an error naming the choices."""
+    value = os.environ.get(STATS_ENV, "padded").strip().lower()
+    if value in ("", "1", "on", "yes", "true", "padded"):
+        return "padded"
+    if value in ("0", "off", "no", "false", "none"):
+        return ""
+    if value == "ragged":
+        return "ragged"
+    raise ValueError(f"{STATS_ENV}={value!r}: choose padded, ragged or 0")
 
 
 @register
@@ -439,7 +462,7 @@ class CudnnSdpaAdapter(Adapter):
         self._graphs: dict[GraphKey, _BuiltGraph] = {}
         self._handles: dict[int, Any] = {}
         self._stats_refused: dict[GraphKey, str] = {}
-        """cuDNN's refusal of the Stats output, by the key of the graph without it."""
+        """cuDNN's refusal of the Stats output, by the key of the graph with it."""
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return _available(torch.device(device))
@@ -488,35 +511,43 @@ class CudnnSdpaAdapter(Adapter):
                           ragged: bool) -> tuple[_BuiltGraph, bool, str]:
         """The graph with the Stats output where cuDNN builds it, else without: (graph, cached, lse_note).
         A refusal of Stats is remembered for ``key``, so it costs one build attempt."""
-        if not stats_wanted():
+        layout = stats_layout()
+        if not layout:
             built, cached = self._graph(cudnn, key, device, ragged=ragged)
             return built, cached, f"LSE not requested ({STATS_ENV}=0): the graph has no Stats output"
-        refused = self._stats_refused.get(key)
+        if not ragged:
+            layout = "padded"  # one "batch" per row: the padded layout is already [T, Hq]
+        refused = self._stats_refused.get(dataclasses.replace(key, stats=layout))
         if refused is None:
             try:
-                built, cached = self._graph(cudnn, dataclasses.replace(key, stats=True), device, ragged=ragged)
+                built, cached = self._graph(cudnn, dataclasses.replace(key, stats=layout), device, ragged=ragged)
                 return built, cached, ""
             except Unsupported as refusal:
                 refused = str(refusal)
             built, cached = self._graph(cudnn, key, device, ragged=ragged)  # Unsupported here: the layout itself
-            self._stats_refused[key] = refused
+            self._stats_refused[dataclasses.replace(key, stats=layout)] = refused
         else:
             built, cached = self._graph(cudnn, key, device, ragged=ragged)
         return built, cached, f"cuDNN refused the Stats (LSE) output for this graph: {refused}"
 
     def _prepared(self, cudnn, built: _BuiltGraph, cached: bool, lse_note: str, pack: dict[Any, torch.Tensor],
-                  device: torch.device, out: torch.Tensor, stats_shape: tuple[int, ...],
-                  to_lse: Callable[[torch.Tensor], torch.Tensor], notes: dict[str, Any]) -> Prepared:
-        stats = None
+                  device: torch.device, out: torch.Tensor,
+                  stats_buffers: dict[str, tuple[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]]],
+                  notes: dict[str, Any]) -> Prepared:
+        """``stats_buffers``: per Stats layout, the buffer's shape and its ``to_lse``."""
+        stats, to_lse, layout = None, None, ""
         if "stats" in built.tensors:
-            stats = torch.full(stats_shape, float("nan"), dtype=torch.float32, device=device)
+            layout = "ragged" if "stats_offsets" in built.tensors else "padded"
+            shape, to_lse = stats_buffers[layout]
+            stats = torch.full(shape, float("nan"), dtype=torch.float32, device=device)
             pack[built.tensors["stats"]] = stats
+            if layout == "ragged":
+                pack[built.tensors["stats_offsets"]] = stats_buffers["offsets"]
         workspace = torch.empty(max(built.workspace_bytes, 1), dtype=torch.uint8, device=device)
         run = _make_run(cudnn, built, pack, workspace, self._handle(cudnn, device), device, out, stats)
         notes = {"setup_s": 0.0 if cached else built.build_s, "graph_cached": cached, "cudnn_engine": built.engine,
-                 "cudnn_stats": stats is not None, **notes}
-        return Prepared(run=run, out=out, notes=notes, to_lse=to_lse if stats is not None else None,
-                        lse_note=lse_note)
+                 "cudnn_stats": layout or "none", **notes}
+        return Prepared(run=run, out=out, notes=notes, to_lse=to_lse, lse_note=lse_note)
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         import cudnn
@@ -542,10 +573,16 @@ class CudnnSdpaAdapter(Adapter):
             t["table_k"]: table, t["table_v"]: table, t["seq_q"]: seq_q, t["seq_kv"]: seq_kv,
             t["q_offsets"]: offsets, t["o_offsets"]: offsets, t["o"]: o_buffer,
         }
-        index = stats_index(batch.cu_seqlens_q, spec.num_q_heads, layout.s_q)
+        heads, total = spec.num_q_heads, spec.total_q
+        index = stats_index(batch.cu_seqlens_q, heads, layout.s_q)
+        stats_buffers = {
+            "padded": (layout.stats_dims, lambda stats: gather_stats(stats, index)),
+            # packed rows, padded like Q and O so the nominal [B, Hq, S_q] span stays inside the buffer
+            "ragged": ((total + layout.pad_rows, heads), lambda stats: stats[:total].float()),
+            "offsets": ragged_offsets(batch.cu_seqlens_q, heads, 1, layout.ragged_dtype),
+        }
         return self._prepared(
-            cudnn, built, cached, lse_note, pack, device, o_buffer[: spec.total_q], layout.stats_dims,
-            lambda stats: gather_stats(stats, index),
+            cudnn, built, cached, lse_note, pack, device, o_buffer[:total], stats_buffers,
             {"graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages, "workspace_bytes": built.workspace_bytes})
 
 
@@ -583,5 +620,5 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
         }
         heads = spec.num_q_heads
         # one "batch" per token, S_q = 1: Stats [T, Hq, 1, 1] is already the canonical [T, Hq]
-        return self._prepared(cudnn, built, cached, lse_note, pack, device, out, (spec.total_q, heads, 1, 1),
-                              lambda stats: stats.reshape(spec.total_q, heads).float(), {})
+        stats_buffers = {"padded": ((spec.total_q, heads, 1, 1), lambda stats: stats.reshape(spec.total_q, heads).float())}
+        return self._prepared(cudnn, built, cached, lse_note, pack, device, out, stats_buffers, {})
