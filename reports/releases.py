@@ -276,7 +276,7 @@ def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> st
     lines += ["Releases:", text_table(["release", "asked for", "cudnn ran", "torch cudnn", "cells", "ok", "slower",
                                        "faster", "lost", "gained", "changed"], table), ""]
     for label, why in rc.failed.items():
-        lines.append(f"NOT RUN: {label}: {why}")
+        lines.append(f"{'INCOMPLETE' if label in rc.sets else 'NOT RUN'}: {label}: {why}")
     for problem in rc.version_problems():
         lines.append(f"WARNING: {problem}")
     if rc.failed or rc.version_problems():
@@ -448,7 +448,8 @@ def build_releases_context(rc: ReleaseComparison, title: str = "") -> dict[str, 
         "title": title or f"cuDNN releases against {rc.baseline}",
         "generated_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "baseline": rc.baseline, "labels": rc.labels, "releases": rc.release_rows(), "verdict": verdict_line(rc),
-        "rule": NOISE_RULE, "failed": rc.failed, "problems": rc.version_problems(), "loaded": rc.loaded(),
+        "rule": NOISE_RULE, "failed": {label: ("Incomplete" if label in rc.sets else "Not run", why)
+                                       for label, why in rc.failed.items()}, "problems": rc.version_problems(), "loaded": rc.loaded(),
         "regressions": listed(rc.regressions), "improvements": listed(rc.improvements),
         "capability_changes": listed(rc.capability_changes), "missing": listed(rc.missing),
         "cells": grid_cells, "figures": release_figures(rc), "markup": Markup,

@@ -243,3 +243,16 @@ def test_the_releases_report_is_torch_free():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.stdout.strip() == "[]"
+
+
+def test_a_release_that_stopped_midway_is_compared_and_marked_incomplete(tmp_path, capsys):
+    inner = fake_runner(plan_of(), [])
+
+    def runner(env, folder, args):
+        status = inner(env, folder, args)
+        return 1 if env.label == "cudnn-9.28" else status
+
+    assert run_releases(ENVS, None, tmp_path, runner=runner, log=lambda m: None) == 2
+    out = capsys.readouterr().out
+    assert "INCOMPLETE: cudnn-9.28" in out and "its finished cells are compared" in out
+    assert "cudnn-9.28: 1 cell gained" in out
