@@ -15,17 +15,27 @@ from typing import Literal
 import torch
 
 from adapters.grammar import (  # noqa: F401 (re-exported)
-    LengthGroup, SequenceKind, classify_sequence, format_grammar, parse_grammar, resolve_lengths,
+    DTYPE_NAMES, Distribution, LengthGroup, SequenceKind, classify_sequence, format_grammar, parse_grammar,
+    resolve_lengths,
 )
+from adapters.validation import NULL_PAGE, validate_spec  # noqa: F401 (NULL_PAGE re-exported)
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+"""`DTYPE_NAMES` as torch dtypes."""
 BatchKind = Literal["decode", "prefill", "mixed"]
 
-NULL_PAGE = 0
-"""Page id 0 is never owned by a sequence: it is zero-filled and pads the block table."""
-
 SPARE_PAGE_FRACTION = 0.25
-"""Extra pages in the pool beyond those the sequences own, so page ids are scattered, not dense."""
+"""Extra pages in the pool beyond those the sequences own, so page ids are scattered, not dense
+(the pool of a spec that sets neither ``pool_pages`` nor ``pool_gib``)."""
+
+GIB = 1 << 30
+
+
+def pool_pages_for_gib(gib: float, page_size: int, num_kv_heads: int, head_dim: int, elem_bytes: int) -> int:
+    """Pages of a pool of ``gib`` GiB of device memory for the K and V caches together (as a serving
+    engine sizes its KV cache): ``floor(gib * 2^30 / (2 * page_size * Hkv * D * elem_bytes))``."""
+    return int(gib * GIB) // (2 * page_size * num_kv_heads * head_dim * elem_bytes)
+
 
 @dataclass(frozen=True)
 class BatchSpec:
@@ -33,6 +43,11 @@ class BatchSpec:
 
     ``q_lens[b]`` new tokens of sequence b attend to ``kv_lens[b] >= q_lens[b]`` cached tokens, the
     new ones being the last ``q_lens[b]`` of them (causal is bottom-right).
+
+    The page pool (``num_pages``, the first dim of each cache, null page included) is ``pool_pages``
+    when set, else as many pages as ``pool_gib`` GiB of K and V caches hold, else the null page, the
+    pages the batch owns and `SPARE_PAGE_FRACTION` more. The batch's pages are scattered over the
+    whole pool, so a serving-sized pool spreads them over gigabytes (and past 2^31 elements).
     """
 
     q_lens: tuple[int, ...]
@@ -45,10 +60,10 @@ class BatchSpec:
     causal: bool = True
     seed: int = 0
     label: str = ""
+    pool_pages: int | None = None
+    pool_gib: float | None = None
 
     def __post_init__(self) -> None:
-        from adapters.validation import validate_spec  # validation imports this module
-
         validate_spec(self)
 
     @classmethod
@@ -88,10 +103,27 @@ class BatchSpec:
         return max(self.pages_per_seq)
 
     @property
+    def owned_pages(self) -> int:
+        """Pages the sequences own (the pool holds these and the null page at least)."""
+        return sum(self.pages_per_seq)
+
+    @property
     def num_pages(self) -> int:
-        """Pool size: the null page, the owned pages and a share of spare ones."""
-        owned = sum(self.pages_per_seq)
+        """Pool size in pages, the null page included: ``pool_pages``, or what ``pool_gib`` holds, or
+        the null page, the owned pages and a share of spare ones."""
+        if self.pool_pages is not None:
+            return self.pool_pages
+        if self.pool_gib is not None:
+            return pool_pages_for_gib(self.pool_gib, self.page_size, self.num_kv_heads, self.head_dim,
+                                      self.elem_bytes)
+        owned = self.owned_pages
         return 1 + owned + math.ceil(owned * SPARE_PAGE_FRACTION)
+
+    @property
+    def cache_elements(self) -> int:
+        """Elements of one cache (K or V): ``num_pages * page_size * Hkv * D``; above 2^31 - 1 an
+        element offset no longer fits in int32."""
+        return self.num_pages * self.page_size * self.num_kv_heads * self.head_dim
 
     @property
     def group_size(self) -> int:
@@ -117,12 +149,15 @@ class BatchSpec:
 
     def cache_bytes(self) -> int:
         """Bytes of K and V caches together, for sizing before allocation."""
-        return 2 * self.num_pages * self.page_size * self.num_kv_heads * self.head_dim * self.elem_bytes
+        return 2 * self.cache_elements * self.elem_bytes
 
     def describe(self) -> str:
         name = self.label or f"B{self.batch_size}"
+        pool = ""
+        if self.pool_pages is not None or self.pool_gib is not None:
+            pool = f" pool {self.num_pages} pages ({self.cache_bytes() / GIB:.3g} GiB)"
         return (f"{name} page {self.page_size} H {self.num_q_heads}/{self.num_kv_heads} D {self.head_dim} "
-                f"{self.dtype} {'causal' if self.causal else 'non-causal'}")
+                f"{self.dtype} {'causal' if self.causal else 'non-causal'}{pool}")
 
 
 @dataclass

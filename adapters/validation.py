@@ -1,6 +1,7 @@
 """Checks that a batch is well formed before anything is launched on it.
 
-`validate_spec` looks at the host-side `BatchSpec` only (cheap; `BatchSpec` runs it on construction).
+`validate_spec` looks at the host-side `BatchSpec` only (cheap; `BatchSpec` runs it on construction),
+the page pool included (`validate_pool`: pages or GiB, room for the null page and the batch's pages).
 `validate_batch` also checks the tensors of a `PagedBatch`: shapes against the spec, dtypes, one
 device, contiguity, and the index tensors' values (page ids in the pool, no page owned twice, query
 offsets, kv lengths covered by owned pages). It copies the small index tensors to the host, so it may
@@ -27,6 +28,10 @@ SUPPORTED_HEAD_DIMS: tuple[int, ...] = (8, 16, 32, 64, 96, 128, 192, 256)
 INDEX_DTYPE = torch.int32
 """dtype of block_table, cu_seqlens_q and kv_lens."""
 
+NULL_PAGE = 0
+"""Page id 0 is never owned by a sequence: it is zero-filled and pads the block table (adapters.batch
+re-exports it; defined here so that validation never imports the batch module back)."""
+
 
 class BatchValidationError(ValueError):
     """A batch or spec that no backend should be run on; ``field`` names the offending field."""
@@ -47,7 +52,7 @@ def _integer(field: str, value: Any) -> int:
 
 def validate_spec(spec: "BatchSpec") -> None:
     """Raise `BatchValidationError` unless ``spec`` describes a batch the suite can build and run."""
-    from adapters.batch import DTYPES
+    from adapters.grammar import DTYPE_NAMES
 
     q_lens = [_integer(f"q_lens[{i}]", value) for i, value in enumerate(spec.q_lens)]
     kv_lens = [_integer(f"kv_lens[{i}]", value) for i, value in enumerate(spec.kv_lens)]
@@ -75,9 +80,35 @@ def validate_spec(spec: "BatchSpec") -> None:
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise BatchValidationError("head_dim", f"{head_dim} is not supported; choose one of "
                                    f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
-    if spec.dtype not in DTYPES:
-        raise BatchValidationError("dtype", f"{spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    if spec.dtype not in DTYPE_NAMES:
+        raise BatchValidationError("dtype", f"{spec.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     _integer("seed", spec.seed)
+    validate_pool(spec)
+
+
+def validate_pool(spec: "BatchSpec") -> None:
+    """The page pool: at most one of ``pool_pages`` / ``pool_gib``, and room for the null page and every
+    page the batch owns (``kv_lens`` and ``page_size`` must be valid already)."""
+    pages, gib = getattr(spec, "pool_pages", None), getattr(spec, "pool_gib", None)
+    if pages is None and gib is None:
+        return
+    needed = 1 + sum(math.ceil(kv / spec.page_size) for kv in spec.kv_lens)
+    if pages is not None and gib is not None:
+        raise BatchValidationError("pool_pages", f"{pages} and pool_gib {gib} are both set: give the pool "
+                                   "in pages or in GiB, not both")
+    if pages is not None:
+        pages = _integer("pool_pages", pages)
+        if pages < needed:
+            raise BatchValidationError("pool_pages", f"{pages}: too small for the batch, which needs {needed} "
+                                       f"pages (the null page and its {needed - 1} pages of {spec.page_size} tokens)")
+        return
+    if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
+        raise BatchValidationError("pool_gib", f"{gib!r} is not a positive number of GiB")
+    if spec.num_pages < needed:
+        page_bytes = 2 * spec.page_size * spec.num_kv_heads * spec.head_dim * spec.elem_bytes
+        raise BatchValidationError("pool_gib", f"{gib:g} GiB holds {spec.num_pages} pages of {page_bytes} bytes "
+                                   f"(K and V), too few for the batch, which needs {needed} (the null page and "
+                                   f"its {needed - 1} pages)")
 
 
 def _check_tensor(field: str, tensor: Any, shape: tuple[int, ...] | None, dtype: torch.dtype,
@@ -134,8 +165,6 @@ def _check_query_offsets(batch: "PagedBatch") -> None:
 
 def _check_pages(batch: "PagedBatch", allow_shared_pages: bool) -> None:
     """kv_lens against q_lens and the block table; page ids in the pool; no page owned twice."""
-    from adapters.batch import NULL_PAGE
-
     spec = batch.spec
     kv_lens = batch.kv_lens.cpu().tolist()
     block_table = batch.block_table.cpu().long()

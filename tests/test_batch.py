@@ -86,3 +86,65 @@ def test_token_position_maps_to_page_and_offset_by_hand():
     assert torch.equal(keys[5], batch.k_cache[page, 1])
     assert torch.equal(values[5], batch.v_cache[page, 1])
     assert keys.shape == (8, 2, 8)
+
+
+# ---------------------------------------------------------------------------------------------- distributions
+
+def test_grammar_distributions_parse_format_and_round_trip():
+    from adapters.batch import Distribution
+
+    text = "64q1c~lognormal(median=2k,sigma=1,max=32k)_2q2kc0-4k_4q~exponential(mean=4)c8k"
+    groups = parse_grammar(text)
+    assert groups[0].context == Distribution("lognormal", (("median", 2048.0), ("sigma", 1.0), ("max", 32768.0)))
+    assert groups[2].q_len == Distribution("exponential", (("mean", 4.0),))
+    assert format_grammar(groups) == text
+    assert format_grammar(parse_grammar("8q1c~normal(mean=4096, sd=1.5k)")) == "8q1c~normal(mean=4k,sd=1536)"
+
+
+def test_distribution_draws_are_seeded_clipped_and_leave_old_strings_alone():
+    text = "200q1c~lognormal(median=2k,sigma=1,min=64,max=8k)_50q~exponential(mean=3)c16k"
+    q_lens, kv_lens = resolve_lengths(text, seed=7)
+    contexts = [kv - q for q, kv in zip(q_lens, kv_lens)]
+    assert resolve_lengths(text, seed=7) == (q_lens, kv_lens)
+    assert resolve_lengths(text, seed=8) != (q_lens, kv_lens)
+    assert all(64 <= c <= 8192 for c in contexts[:200]) and min(contexts[:200]) < 2048 < max(contexts[:200])
+    assert 8192 in contexts[:200]  # the tail is clipped, not redrawn
+    assert all(q >= 1 for q in q_lens[200:]) and len(set(q_lens[200:])) > 3  # a q_len is never below 1
+    # strings without a distribution draw exactly as before (same generator calls)
+    assert resolve_lengths("3q1c4k_5q9-20c0-7", seed=3) == (
+        (1, 1, 1, 12, 14, 19, 18, 16), (4097, 4097, 4097, 14, 21, 20, 18, 20))
+
+
+@pytest.mark.parametrize("text,words", [
+    ("4q1c~lognormal(median=2k)", "lognormal needs sigma"),
+    ("4q1c~zipf(a=1)", "unknown distribution 'zipf'; choose one of lognormal, exponential, normal"),
+    ("4q1c~lognormal(median=2k,sigma=0)", "sigma=0 must be positive"),
+    ("4q1c~lognormal(median=x,sigma=1)", "median='x' is not a number"),
+    ("4q1c~normal(mean=1,sd=1,min=5,max=1)", "max=1 is below min=5"),
+    ("4q1c~exponential(mean=3,bogus=1)", "unknown parameter 'bogus'; it takes mean (and optional min, max)"),
+    ("4q1c~exponential(mean=3,mean=4)", "given twice"),
+    ("4q1c~exponential(mean)", "is not key=value"),
+])
+def test_bad_distributions_are_named(text, words):
+    with pytest.raises(ValueError, match="batch string") as caught:
+        parse_grammar(text)
+    assert words in str(caught.value)
+
+
+def test_workload_kinds_spec_decode_is_a_verify_step_on_context():
+    from adapters.grammar import classify_workload
+
+    assert classify_workload((1, 1), (5, 9)) == "decode"
+    assert classify_workload((4, 4), (4000, 900)) == "spec-decode"
+    assert classify_workload((1, 4, 8), (4000, 900, 100)) == "spec-decode"
+    assert classify_workload((4,), (4,)) == "prefill"          # no context: a short prefill
+    assert classify_workload((17, 4), (4000, 900)) == "prefill"  # past 16 new tokens: prefill chunks
+    assert classify_workload((1, 512), (4000, 900)) == "mixed"
+    assert BatchSpec(q_lens=(4, 4), kv_lens=(4000, 900)).kind == "prefill"  # the adapters' own kinds stay
+
+
+def test_dtype_names_and_torch_dtypes_agree():
+    from adapters.batch import DTYPE_NAMES, DTYPES
+    from harness.sweep import DTYPE_NAMES as SWEEP_DTYPES
+
+    assert tuple(DTYPES) == DTYPE_NAMES == SWEEP_DTYPES
