@@ -1,6 +1,13 @@
 """What the asv benchmark classes (benchmarks/bench_*.py) share: their parameters (from harness.sweep, the one sweep
 definition), and one gated, GPU-timed measurement of a whole workload per asv `setup_cache`.
 
+The sweep is the built-in one named by ``$PAGED_BENCH_SWEEP`` (default: 'default'), or the sweep file
+at ``$PAGED_BENCH_SWEEP_FILE`` (harness/sweepfile.py). Classes ``Decode``, ``Prefill`` and ``Mixed``
+take their workload's axes (backend x batch x q_len x context x page, or backend x mix x page, then
+heads / dtype / causal when the axes vary them); class ``Cases`` (workload `CASES`) takes every other
+case of the sweep by name (the default sweep's curated head, dtype, spec-decode and pool cells; a
+file's [[case]] entries and spec-decode axes).
+
 asv starts a fresh process for every parameter combination. Those processes only look values up in
 the cache, so this module must import without torch: the backend names come from a small file
 that discovery writes once (keyed by the adapter sources), and the measuring imports are lazy.
@@ -9,20 +16,50 @@ that discovery writes once (keyed by the adapter sources), and the measuring imp
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from harness.sweep import SWEEP_AXES, Axes, Case, case_for, cases_from_axes
+from harness.sweep import BUILTIN_SWEEPS, SWEEP_AXES, Axes, Case, Sweep, case_for, cases_from_axes
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_ENV = "PAGED_BENCH_SWEEP"
+SWEEP_FILE_ENV = "PAGED_BENCH_SWEEP_FILE"
+"""A sweep file (TOML, harness/sweepfile.py) for asv to run instead of a built-in sweep."""
 CELLS_ENV = "PAGED_BENCH_ASV_CELLS"
 """Where each asv run keeps its gated rows (verdicts, reasons, timings) for the report."""
 
+AXES_WORKLOADS = ("decode", "prefill", "mixed")
+"""Workloads with their own asv class, parameterised over their axes."""
+CASES = "cases"
+"""The asv class of every other case, parameterised over backend x case name."""
+NO_CASE = "none"
+"""The one parameter value of a class whose workload the sweep does not have (its setup skips it)."""
+
+
+@functools.lru_cache(maxsize=4)
+def _sweep_file(path: str, mtime: float) -> Sweep:
+    from harness.sweepfile import load_sweep_file
+
+    return load_sweep_file(path, validate=False)
+
+
+def current_sweep() -> Sweep:
+    """The sweep asv runs: ``$PAGED_BENCH_SWEEP_FILE`` if set, else the built-in ``$PAGED_BENCH_SWEEP``."""
+    path = os.environ.get(SWEEP_FILE_ENV)
+    if path:
+        if os.environ.get(SWEEP_ENV):
+            raise ValueError(f"${SWEEP_ENV} and ${SWEEP_FILE_ENV} are both set; set one")
+        resolved = Path(path).expanduser().resolve()
+        return _sweep_file(str(resolved), resolved.stat().st_mtime if resolved.exists() else 0.0)
+    return BUILTIN_SWEEPS[sweep_name()]
+
 
 def sweep_name() -> str:
+    if os.environ.get(SWEEP_FILE_ENV) and not os.environ.get(SWEEP_ENV):
+        return current_sweep().name
     name = os.environ.get(SWEEP_ENV, "default")
     if name not in SWEEP_AXES:
         raise ValueError(f"${SWEEP_ENV}={name!r}: choose one of {', '.join(SWEEP_AXES)}")
@@ -31,7 +68,7 @@ def sweep_name() -> str:
 
 def _adapter_fingerprint() -> str:
     digest = hashlib.sha1(os.environ.get("PAGED_BENCH_EXTRA_ADAPTERS", "").encode())
-    for path in sorted((ROOT / "adapters").glob("*.py")):
+    for path in sorted((ROOT / "adapters").rglob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -39,7 +76,8 @@ def _adapter_fingerprint() -> str:
 def backend_names() -> list[str]:
     """Every registered backend that takes part in sweeps (unavailable ones too: asv shows them
     as skipped with their reason rather than leaving them out)."""
-    cache = ROOT / ".asv" / f"backends-{_adapter_fingerprint()}.json"
+    cache = Path(os.environ.get("PAGED_BENCH_CACHE", Path.home() / ".cache" / "paged-attn-bench")) \
+        / f"asv-backends-{_adapter_fingerprint()}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     from adapters.base import discover
@@ -50,51 +88,74 @@ def backend_names() -> list[str]:
     return names
 
 
-def workload_axes(workload: str) -> Axes:
-    return SWEEP_AXES[sweep_name()][workload]
+def workload_axes(workload: str) -> Axes | None:
+    """The axes of one of `AXES_WORKLOADS` in the current sweep (None: the sweep has none)."""
+    if workload not in AXES_WORKLOADS:
+        return None
+    return current_sweep().axes.get(workload)
+
+
+def workload_cases(workload: str) -> list[Case]:
+    """The cases one asv class measures: its workload's axes, or (`CASES`) every other case."""
+    sweep = current_sweep()
+    if workload != CASES:
+        axes = workload_axes(workload)
+        return cases_from_axes(workload, axes) if axes is not None else []
+    covered = {case.name for name in AXES_WORKLOADS if name in sweep.axes
+               for case in cases_from_axes(name, sweep.axes[name])}
+    return [case for case in sweep.all_cases() if case.name not in covered]
 
 
 def asv_params(workload: str) -> tuple[list[list], list[str]]:
-    """asv ``params`` and ``param_names`` of one workload: backend x the sweep's axes."""
+    """asv ``params`` and ``param_names`` of one workload: backend x the sweep's axes (plus heads, dtype
+    and causal when the axes vary them), or backend x case name for `CASES` and for a workload the
+    sweep has no axes for (a single `NO_CASE` value then)."""
     axes = workload_axes(workload)
+    if axes is None:
+        names = [case.name for case in workload_cases(workload)] if workload == CASES else []
+        return [backend_names(), names or [NO_CASE]], ["backend", "case"]
+    extra = axes.extra_axes()
+    extra_params, extra_names = [list(values) for _, values in extra], [name for name, _ in extra]
     if workload == "mixed":
-        return [backend_names(), list(axes.mixes), list(axes.page_sizes)], ["backend", "mix", "page_size"]
-    return ([backend_names(), list(axes.batch_sizes), list(axes.q_lens), list(axes.contexts), list(axes.page_sizes)],
-            ["backend", "batch_size", "q_len", "context", "page_size"])
+        return ([backend_names(), list(axes.mixes), list(axes.page_sizes), *extra_params],
+                ["backend", "mix", "page_size", *extra_names])
+    return ([backend_names(), list(axes.batch_sizes), list(axes.q_lens), list(axes.contexts), list(axes.page_sizes),
+             *extra_params], ["backend", "batch_size", "q_len", "context", "page_size", *extra_names])
 
 
-def workload_case(workload: str, *axis_values) -> Case:
-    return case_for(workload, workload_axes(workload), *axis_values)
+def workload_case(workload: str, *axis_values) -> Case | None:
+    """The case at one asv parameter point (None for `NO_CASE` or a name the sweep does not have)."""
+    axes = workload_axes(workload)
+    if axes is None:
+        (name,) = axis_values
+        return next((case for case in workload_cases(workload) if case.name == name), None)
+    return case_for(workload, axes, *axis_values)
 
 
 def measure_workload(workload: str) -> dict[str, dict]:
-    """Gate and time every (backend, case) of a workload through the suite's isolated runner;
-    return plain rows keyed by ``backend|case`` (asv pickles this: no tensors)."""
+    """Gate and time every (backend, case) of a workload through the same run session as the command
+    line (availability, provenance, ceilings, isolated workers with the environment the backends
+    declare); return plain rows keyed by ``backend|case`` (asv pickles this: no tensors)."""
     import torch
 
-    from harness import provenance
-    from harness.cell import TimerOptions
-    from harness.runner import run_cells
-    from records.store import ResultStore
+    from harness.session import RunSession
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ceilings = None
-    if device == "cuda":
-        from harness.ceilings import machine_ceilings
-
-        ceilings = machine_ceilings(device)
-    cases = cases_from_axes(workload, workload_axes(workload))
-    cells = [(backend, case) for case in cases for backend in backend_names()]
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = workload_cases(workload)
+    if not cases:
+        return {}
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    commit = os.environ.get("ASV_COMMIT", provenance.project_commit())[:12]
+    commit = os.environ.get("ASV_COMMIT", "")[:12]
+    if not commit:
+        from harness.provenance import project_commit
+
+        commit = project_commit()[:12]
     out_dir = Path(os.environ.get(CELLS_ENV, ROOT / ".asv" / "cells")) / f"{commit}-{sweep_name()}-{stamp}"
-    record = provenance.collect(timer="cuda events" if device == "cuda" else "perf_counter", l2_policy="flush")
-    run_id = f"asv-{workload}-{stamp}"
-    ResultStore(out_dir).append_run({"run_id": run_id, "env_id": record["env_id"], "provenance": record,
-                                     "ceilings": ceilings, "sweep": f"asv:{sweep_name()}:{workload}",
-                                     "argv": ["asv"], "started_at": record["date"]})
-    rows = run_cells(cells, out_dir, device=device, timer=TimerOptions(), ceilings=ceilings,
-                     env_id=record["env_id"], run_id=run_id, resume=False, progress=False)
+    session = RunSession(out_dir=out_dir, device_type=device_type, backends=backend_names(),
+                         sweep_label=f"asv:{sweep_name()}:{workload}", argv=["asv"],
+                         run_id=f"asv-{workload}-{stamp}")
+    session.start()
+    rows = session.run(cases, resume=False)
     keep = ("verdict", "reason", "median_us", "iqr_pct", "tflops", "tbps")
     return {f"{row['backend']}|{row['case']}": {key: row[key] for key in keep} for row in rows}
 
@@ -107,6 +168,8 @@ class WorkloadBenchmark:
 
     def setup(self, cache: dict[str, dict], backend: str, *axis_values) -> None:
         case = workload_case(self.workload, *axis_values)
+        if case is None:
+            raise NotImplementedError(f"the '{sweep_name()}' sweep has no {self.workload} case {axis_values}")
         row = cache.get(f"{backend}|{case.name}")
         if row is None:
             raise NotImplementedError(f"{case.name} is not in the '{sweep_name()}' sweep")

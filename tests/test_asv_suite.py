@@ -21,13 +21,77 @@ def test_asv_parameters_are_exactly_the_sweeps_cases(monkeypatch, sweep):
     import itertools
 
     monkeypatch.setenv(asv_suite.SWEEP_ENV, sweep)
-    names = set()
-    for workload in SWEEP_AXES[sweep]:
+    names = []
+    for workload in (*asv_suite.AXES_WORKLOADS, asv_suite.CASES):
         params, param_names = asv_suite.asv_params(workload)
         assert param_names[0] == "backend"
         for values in itertools.product(*params[1:]):
-            names.add(asv_suite.workload_case(workload, *values).name)
-    assert names == {case.name for case in SWEEPS[sweep]}
+            case = asv_suite.workload_case(workload, *values)
+            if values == (asv_suite.NO_CASE,):
+                assert case is None
+                continue
+            names.append(case.name)
+    assert sorted(names) == sorted(case.name for case in SWEEPS[sweep])  # each case in exactly one class
+
+
+def test_existing_asv_parameters_keep_their_names_and_values():
+    """asv keys history on (class, parameter names, values): the default sweep's classes keep theirs
+    (prefill lost context 1024, mixed gained the traffic mix; the new cells are class Cases)."""
+    params, names = asv_suite.asv_params("decode")
+    assert names == ["backend", "batch_size", "q_len", "context", "page_size"]
+    assert params[1:] == [[1, 16, 64], [1], [1024, 4096, 16384], [16, 256]]
+    params, names = asv_suite.asv_params("prefill")
+    assert names == ["backend", "batch_size", "q_len", "context", "page_size"]
+    assert params[1:] == [[1, 4, 8], [512, 2048], [0, 2048], [16, 256]]
+    params, names = asv_suite.asv_params("mixed")
+    assert names == ["backend", "mix", "page_size"]
+    assert params[1][:2] == ["mixed-8d3000-8p2000", "mixed-32d-2p4k"]
+    params, names = asv_suite.asv_params(asv_suite.CASES)
+    assert names == ["backend", "case"] and "decode-b64-q1-c4096-p16-h16x8d256" in params[1]
+
+
+SWEEP_FILE = """
+name = "mine"
+[defaults]
+model = "llama-3-70b-tp8"
+[[case]]
+name = "serve"
+grammar = "8q1c~lognormal(median=1k,sigma=1)_1q64c0"
+[axes.decode]
+batch_sizes = [4]
+contexts = [1024]
+page_sizes = [16]
+dtypes = ["bf16", "fp16"]
+[axes.spec-decode]
+batch_sizes = [4]
+q_lens = [4]
+contexts = [2048]
+page_sizes = [16]
+"""
+
+
+def test_asv_reads_a_sweep_file_from_the_environment(monkeypatch, tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(SWEEP_FILE)
+    monkeypatch.delenv(asv_suite.SWEEP_ENV, raising=False)
+    monkeypatch.setenv(asv_suite.SWEEP_FILE_ENV, str(path))
+    assert asv_suite.sweep_name() == "mine"
+    params, names = asv_suite.asv_params("decode")
+    assert names == ["backend", "batch_size", "q_len", "context", "page_size", "heads", "dtype"]
+    assert params[1:] == [[4], [1], [1024], [16], ["8/1/128"], ["bf16", "fp16"]]
+    case = asv_suite.workload_case("decode", 4, 1, 1024, 16, "8/1/128", "fp16")
+    assert case.name == "decode-b4-q1-c1024-p16-h8x1d128-fp16" and case.num_kv_heads == 1
+    params, names = asv_suite.asv_params("prefill")  # the file has no prefill axes
+    assert names == ["backend", "case"] and params[1] == [asv_suite.NO_CASE]
+    params, names = asv_suite.asv_params(asv_suite.CASES)
+    assert params[1] == ["specdec-b4-q4-c2048-p16-h8x1d128", "serve-p16-h8x1d128"]
+    bench = asv_suite.WorkloadBenchmark()
+    bench.workload = "prefill"
+    with pytest.raises(NotImplementedError, match="no prefill case"):
+        bench.setup({}, "triton", asv_suite.NO_CASE)
+    monkeypatch.setenv(asv_suite.SWEEP_ENV, "short")
+    with pytest.raises(ValueError, match="both set"):
+        asv_suite.current_sweep()
 
 
 def test_a_cell_that_did_not_pass_the_gate_is_skipped_with_its_reason():
@@ -46,6 +110,18 @@ def test_benchmark_modules_import_without_torch():
     """asv starts one process per parameter: those must not pay for importing torch."""
     asv_suite.backend_names()  # discovery writes the names once
     code = ("import sys; import benchmarks.bench_decode, benchmarks.bench_prefill, benchmarks.bench_mixed; "
+            "from harness import asv_suite; asv_suite.asv_params(asv_suite.CASES); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_a_sweep_file_is_read_without_torch(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(SWEEP_FILE)
+    code = ("import sys; from harness import asv_suite; import benchmarks.bench_decode; "
+            "asv_suite.asv_params(asv_suite.CASES); assert 'torch' not in sys.modules, 'torch imported'")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, asv_suite.SWEEP_FILE_ENV: str(path)}
+    env.pop(asv_suite.SWEEP_ENV, None)
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)

@@ -1,0 +1,45 @@
+"""The command that measures one cell again: ``reproducer(backend, case)`` is an exact, shell-quoted
+``paged-bench run`` line whose options re-create the same case (same name and fields, so the same
+``cell_id``) and nothing else:
+
+    paged-bench run --backends triton --case 'decode-b64-q1-c4096-p16=64q1c4k' --page-size 16 \\
+        --heads 32/8/128 --dtype bf16 --seed 0 --no-capability --out bench-repro/<cell_id>
+
+``--case NAME=GRAMMAR`` carries the case's exact name, ``--no-causal`` and ``--pool-pages`` /
+``--pool-gib`` appear only when the case sets them. Timer options are not part of a cell; pass them in
+``extra`` (e.g. ``("--cuda-graph",)``) to re-measure the same way. The output folder is the cell's own,
+so the command never resumes another run's rows.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Iterable
+
+from harness.sweep import Case, heads_text
+
+PROGRAM = "paged-bench"
+DEFAULT_OUT = "bench-repro/{cell_id}"
+
+
+def reproducer_argv(backend: str, case: Case, *, out: str | None = None, extra: Iterable[str] = ()) -> list[str]:
+    """The reproducer as a list of words (``argv[0]`` is ``paged-bench``)."""
+    from harness.results import cell_id
+
+    argv = [PROGRAM, "run", "--backends", backend, "--case", f"{case.name}={case.grammar}",
+            "--page-size", str(case.page_size), "--heads", heads_text(case), "--dtype", case.dtype,
+            "--seed", str(case.seed)]
+    if not case.causal:
+        argv.append("--no-causal")
+    if case.pool_pages is not None:
+        argv += ["--pool-pages", str(case.pool_pages)]
+    elif case.pool_gib is not None:
+        argv += ["--pool-gib", repr(float(case.pool_gib))]
+    argv += ["--no-capability", *extra, "--out", (out or DEFAULT_OUT).format(cell_id=cell_id(backend, case))]
+    return argv
+
+
+def reproducer(backend: str, case: Case, *, out: str | None = None, extra: Iterable[str] = ()) -> str:
+    """The exact, shell-quoted command that measures the cell (``backend``, ``case``) again; ``out``
+    may hold ``{cell_id}`` (default ``bench-repro/{cell_id}``)."""
+    return shlex.join(reproducer_argv(backend, case, out=out, extra=extra))
