@@ -373,10 +373,13 @@ def test_cudnn_stats_index_maps_packed_rows_to_padded_stats():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,grammar,page", [
-    ("cudnn", "8q1c3000_2q64c500", 16), ("cudnn", "4q1c4096", 256), ("flash-attn2", "8q1c3000_2q64c500", 256),
-    ("flash-attn2", "4q1c4096", 256), ("flash-attn2", "64q1c1024", 256),
+    ("cudnn", "8q1c3000_2q64c500", 16), ("cudnn", "4q1c4096", 256), ("cudnn", "64q1c1024", 16),
+    ("flash-attn2", "8q1c3000_2q64c500", 256), ("flash-attn2", "4q1c4096", 256), ("flash-attn2", "64q1c1024", 256),
 ])
 def test_gpu_backends_lse_is_checked(name, grammar, page):
+    """Each backend's LSE is compared with the reference. Expected from flash-attn 2.8.3's sources: a
+    GQA decode batch large enough that the varlen call runs without a KV split (B64 here) gets its LSE
+    back permuted ([Hkv, B, groups] written, [Hq, B] returned): that is a finding, marked xfail."""
     from adapters.base import discover
 
     adapter = discover()[name]
@@ -386,8 +389,11 @@ def test_gpu_backends_lse_is_checked(name, grammar, page):
     spec = BatchSpec.from_grammar(grammar, page_size=page, seed=1)
     batch = make_batch(spec, "cuda")
     gate, _ = run_gate(adapter, batch, reference_attention(batch, with_lse=True))
+    adapter.close()
+    if gate.verdict == "wrong" and gate.reason.startswith(f"entry point flash_attn_varlen_func: {LSE_OFF}"):
+        pytest.xfail(f"flash-attn 2 varlen decode LSE: {gate.reason}")
     assert gate.verdict == "ok", gate.reason
     assert gate.lse_max_abs is not None or gate.lse_note, "neither an LSE figure nor a note"
     if gate.lse_max_abs is None:
         pytest.xfail(f"{name} returned no LSE here: {gate.lse_note}")
-    adapter.close()
+    assert gate.lse_max_abs <= TOLERANCES[spec.dtype].lse_max_abs
