@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -32,6 +33,16 @@ BASE_GRAMMAR = "2q1c100_2q37c60"
 BASE_FIELDS: dict[str, Any] = dict(page_size=16, num_q_heads=8, num_kv_heads=2, head_dim=128, dtype="bf16",
                                    causal=True, seed=0)
 THD, T_ROW = "THD", "T-row"
+
+LARGE_POOL_GIB = 16.0
+"""The large pool row: 16 GiB of K and V cache, so each cache holds 2^32 elements in bf16 (twice the
+2^31 where int32 element offsets overflow). The batch's pages are scattered over the whole pool, so
+most of them lie past element 2^31 (tests/test_pool.py checks the page ids). It fits a 40 GB GPU: the
+fp32 reference gathers only the sequences' own pages, and the probe keeps one large batch at a time."""
+LARGE_POOL = ">2^31 elements"
+LARGE_BATCH_BYTES = 1 << 30
+"""Batches whose caches take more than this are not kept for later adapters (one large batch at a time)."""
+
 
 FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("page_size", "1", {"page_size": 1}),
@@ -56,10 +67,14 @@ FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dtype", "fp16", {"dtype": "fp16"}),
     ("q_layout", THD, {}),
     ("q_layout", T_ROW, {}),
+    ("pool", "default", {}),
+    ("pool", LARGE_POOL, {"pool_gib": LARGE_POOL_GIB}),
 )
 """(feature, value, overrides): each row changes the base case by its overrides only. ``grammar``
 replaces the batch string; ``q_layout`` is how the adapter declares Q (its ``q_layout`` attribute,
-THD unless it says otherwise) and selects the adapters that answer the row."""
+THD unless it says otherwise) and selects the adapters that answer the row; ``pool`` is the page pool
+(default: the batch's pages plus 25%; `LARGE_POOL`: each cache holds more than 2^31 elements, where
+32-bit offsets overflow)."""
 
 COLUMNS = ("backend", "feature", "value", "verdict", "reason", "rel_l2", "max_abs", "case", "versions", "device")
 REASON_CHARS = 300
@@ -106,8 +121,30 @@ def short_device_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower()) or "device"
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a probe may allocate on ``device``: free device memory on a GPU, half the available host
+    memory on the CPU (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_verdict(spec: BatchSpec, device: torch.device) -> GateResult | None:
+    """``oom`` (with the sizes) when the caches of ``spec`` cannot fit on ``device``, else None."""
+    free = free_memory(device)
+    needed = spec.cache_bytes()
+    if free is None or needed <= 0.9 * free:
+        return None
+    return GateResult("oom", f"the K/V caches need {needed / 2**30:.1f} GiB ({spec.num_pages} pages); "
+                             f"{free / 2**30:.1f} GiB usable on {device}")
+
+
 class _Cases:
-    """Batches and references by spec, built once per probe and shared by every adapter."""
+    """Batches and references by spec, built once per probe and shared by every adapter; a batch of
+    more than `LARGE_BATCH_BYTES` is dropped as soon as another spec is asked for."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -115,12 +152,21 @@ class _Cases:
 
     def get(self, spec: BatchSpec) -> tuple[PagedBatch, torch.Tensor]:
         if spec not in self._cache:
+            large = [other for other in self._cache if other.cache_bytes() > LARGE_BATCH_BYTES]
+            for other in large:
+                del self._cache[other]
+            if large and self.device.type == "cuda":
+                torch.cuda.empty_cache()
             batch = make_batch(spec, self.device)
             self._cache[spec] = (batch, reference_attention(batch))
         return self._cache[spec]
 
 
 def _gate(adapter: Adapter, spec: BatchSpec, cases: _Cases) -> GateResult:
+    if spec not in cases._cache:
+        too_large = memory_verdict(spec, cases.device)
+        if too_large is not None:
+            return too_large
     try:
         batch, reference = cases.get(spec)
     except Exception as error:  # noqa: BLE001 - e.g. oom while building the inputs
