@@ -63,6 +63,12 @@ CONFIGS: dict[str, dict] = {
     "long-d256-p16": dict(batch=4, q_len=2048, kv_len=2048, page=16, head_dim=256),
     "long-d256-p256": dict(batch=4, q_len=2048, kv_len=2048, page=256, head_dim=256),
 }
+LSE_CONFIGS: dict[str, dict] = {
+    f"{name}-lse": dict(CONFIGS[name], lse=True)
+    for name in ("decode-d128-p16-split", "decode-d128-p256-unsplit", "long-d128-p256-tma-r128",
+                 "long-few-d128-p256-tma", "long-d64-p16", "long-d256-p16")
+}
+"""The same launches with the LSE output on (``--configs lse``; for trees that have it)."""
 QUICK = ["decode-d128-p16-split", "long-d128-p256-tma-r128", "long-few-d128-p256-tma", "long-d64-p16",
          "long-d256-p16"]
 """The handful compared by default (``--configs all`` for every entry)."""
@@ -106,13 +112,14 @@ def _launcher_args(spec: dict, config_override: dict | None):
     cu_seqlens_q = torch.zeros(batch + 1, dtype=torch.int32)
     kv_lens = torch.zeros(batch, dtype=torch.int32)
     config = kp.KernelConfig(**config_override) if config_override else None
+    lse = {"lse": torch.empty(num_tokens, GQA["num_q_heads"], dtype=torch.float32)} if spec.get("lse") else {}
     plan = kp.plan_launch(num_tokens=num_tokens, num_seqs=batch, head_dim=head_dim, page_size=page,
                           max_q_len=q_len, max_kv_len=kv_len, num_sms=NUM_SMS, config=config,
                           tma_possible=True, pdl_possible=True, **GQA)
     workspace = kp.allocate_workspace(plan, num_tokens, GQA["num_q_heads"], head_dim, torch.device("cpu"))
     launcher = kp.PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                                          torch.empty_like(q), causal=spec.get("causal", True),
-                                         scale=head_dim ** -0.5, plan=plan, workspace=workspace)
+                                         scale=head_dim ** -0.5, plan=plan, workspace=workspace, **lse)
     attn, merge = dict(launcher._attn_args), launcher._merge_args and dict(launcher._merge_args)
     for args in (attn, merge):
         for name, value in (spec.get("overrides") or {}).items():
@@ -173,7 +180,7 @@ def worker(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"triton": triton.__version__, "tree": args.tree, "configs": {}}
     for name in args.configs:
-        spec = CONFIGS[name]
+        spec = {**CONFIGS, **LSE_CONFIGS}[name]
         attn, merge, plan = _launcher_args(spec, spec.get("config"))
         row = {"plan": plan}
         for kernel_name, kernel, kernel_args in (("attn", module._paged_attention_kernel, attn),
@@ -260,7 +267,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="git revision to compare against")
     parser.add_argument("--head", default="WORKTREE")
-    parser.add_argument("--configs", nargs="*", default=QUICK)
+    parser.add_argument("--configs", nargs="*", default=QUICK,
+                        help="names from CONFIGS / LSE_CONFIGS, 'all' (every CONFIGS entry) or 'lse'")
     parser.add_argument("--triton-path", default=None)
     parser.add_argument("--out", default=None, help="keep the PTX and reports here (default: a temp dir)")
     parser.add_argument("--report", action="store_true", help="registers and spills of --head only")
@@ -271,6 +279,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.configs == ["all"]:
         args.configs = list(CONFIGS)
+    elif args.configs == ["lse"]:
+        args.configs = list(LSE_CONFIGS)
     if args.worker:
         return worker(args)
 

@@ -11,8 +11,13 @@ annotations (it types integers by value), which changes nothing for the tiny CPU
 
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
+
+LN2: tl.constexpr = tl.constexpr(math.log(2.0))
+"""ln(2): turns a log2-sum-exp into the natural-log one the LSE output holds."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +84,14 @@ def _tile_rows(tile_start, q_len, kv_head, GROUP: tl.constexpr, BLOCK_M: tl.cons
     row_head = kv_head * GROUP + offs_m % GROUP
     row_valid = (offs_m < BLOCK_Q * GROUP) & (row_query < q_len)
     return row_query, row_head, row_valid
+
+
+@triton.jit
+def _store_lse(lse_ptr,  # [T, Hq] fp32, contiguous
+               row_token, row_head, row_valid, lse2, NUM_Q_HEADS: tl.constexpr):
+    """Store each row's log-sum-exp, given in the log2 domain (``lse2``, the kernel's units), as a
+    natural log: ``lse[token, head] = ln(sum_j exp(scale * q . k_j))`` over the row's visible keys."""
+    tl.store(lse_ptr + row_token * NUM_Q_HEADS + row_head, lse2 * LN2, mask=row_valid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +247,7 @@ def _attend_keys(acc, l_i, m_i, q,
 @triton.jit
 def _paged_attention_kernel(
     out_ptr,  # [T, Hq, D] output, q's dtype
+    lse_ptr,  # [T, Hq] fp32 log-sum-exp of each row (WRITE_LSE), else None
     part_out_ptr,  # [num_splits, T, Hq, D] fp32 partial outputs (SPLIT_KV only)
     part_lse_ptr,  # [num_splits, T, Hq] fp32 partial log2-sum-exp (SPLIT_KV only)
     q_ptr,  # [T, Hq, D]
@@ -257,10 +271,11 @@ def _paged_attention_kernel(
     PAGE_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, SPLIT_KV: tl.constexpr, TILE_IN_PAGE: tl.constexpr, USE_TMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr, SHARED_ROWS: tl.constexpr,
-    OFFSETS_32: tl.constexpr, LAUNCH_MERGE_EARLY: tl.constexpr,
+    OFFSETS_32: tl.constexpr, LAUNCH_MERGE_EARLY: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
     """One program: one tile (BLOCK_Q queries x the GROUP heads of one KV head) and, with SPLIT_KV,
-    one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits)."""
+    one chunk of ``split_size`` keys. Grid: (num_q_blocks * Hkv, num_splits). With WRITE_LSE a tile
+    written directly also writes its rows' log-sum-exp; split tiles leave it to the merge kernel."""
     if LAUNCH_MERGE_EARLY:  # the merge kernel may start now; it waits for this grid before reading
         tl.extra.cuda.gdc_launch_dependents()
     flat_idx = tl.program_id(0)
@@ -338,11 +353,15 @@ def _paged_attention_kernel(
     else:
         o_ptrs = out_ptr + (row_token * stride_o_t + row_head * stride_o_h)[:, None] + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_d_mask)
+        if WRITE_LSE:
+            _store_lse(lse_ptr, row_token, row_head, row_valid, lse2=m_i + tl.math.log2(l_safe),
+                       NUM_Q_HEADS=NUM_KV_HEADS * GROUP)
 
 
 @triton.jit
 def _merge_splits_kernel(
     out_ptr,  # [T, Hq, D] output, q's dtype
+    lse_ptr,  # [T, Hq] fp32 log-sum-exp of each row (WRITE_LSE), else None
     part_out_ptr,  # [num_splits, T, Hq, D] fp32
     part_lse_ptr,  # [num_splits, T, Hq] fp32
     cu_seqlens_q_ptr,  # [B + 1] int32
@@ -353,10 +372,11 @@ def _merge_splits_kernel(
     stride_pl_split: tl.int64, stride_pl_t: tl.int64,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, IS_CAUSAL: tl.constexpr, ONE_QUERY_PER_SEQ: tl.constexpr,
-    LAUNCH_MERGE_EARLY: tl.constexpr,
+    LAUNCH_MERGE_EARLY: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
-    """Merge the key chunks of every tile that was split, with log-sum-exp weights. Same tiles and
-    grid axis 0 as the attention kernel; tiles with a single chunk were written directly: skipped.
+    """Merge the key chunks of every tile that was split, with log-sum-exp weights (and, with
+    WRITE_LSE, write the rows' total log-sum-exp). Same tiles and grid axis 0 as the attention
+    kernel; tiles with a single chunk were written directly: skipped.
     With LAUNCH_MERGE_EARLY (programmatic dependent launch) it starts while the attention kernel
     runs and waits for that grid to finish before it reads a partial result."""
     flat_idx = tl.program_id(0)
@@ -398,6 +418,10 @@ def _merge_splits_kernel(
                        + po_rows[:, None] + offs_d[None, :], mask=row_d_mask, other=0.0)
         acc += weight[:, None] * part
         weight_sum += weight
-    out = acc / tl.where(weight_sum > 0.0, weight_sum, 1.0)[:, None]
+    weight_safe = tl.where(weight_sum > 0.0, weight_sum, 1.0)  # 0 only in rows past the end
+    out = acc / weight_safe[:, None]
     o_ptrs = out_ptr + (row_token * stride_o_t + row_head * stride_o_h)[:, None] + offs_d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_d_mask)
+    if WRITE_LSE:
+        _store_lse(lse_ptr, row_token, row_head, row_valid, lse2=lse_max + tl.math.log2(weight_safe),
+                   NUM_Q_HEADS=NUM_KV_HEADS * GROUP)

@@ -128,13 +128,20 @@ def validate_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 class PagedAttentionLauncher:
     """Bound arguments of one batch: ``__call__`` only launches (the attention kernel, then the
-    merge kernel when keys are split) and returns ``out``. Build it outside any timed region."""
+    merge kernel when keys are split) and returns ``out``, or ``(out, lse)`` when an ``lse`` tensor
+    ``[T, Hq]`` float32 (contiguous) was given: each row's natural-log log-sum-exp of the scaled
+    scores ``scale * q . k`` over its visible keys. Build it outside any timed region."""
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor,
                  out: torch.Tensor, *, causal: bool, scale: float, plan: LaunchPlan,
-                 workspace: tuple[torch.Tensor, torch.Tensor] | None):
+                 workspace: tuple[torch.Tensor, torch.Tensor] | None, lse: torch.Tensor | None = None):
         num_tokens, num_q_heads, head_dim = q.shape
+        if lse is not None:
+            _check(lse.shape == q.shape[:2] and lse.dtype == torch.float32 and lse.device == q.device
+                   and lse.is_contiguous(),
+                   f"lse must be a contiguous {tuple(q.shape[:2])} float32 tensor on {q.device}, "
+                   f"got {tuple(lse.shape)} {lse.dtype} on {lse.device}")
         num_kv_heads = k_cache.shape[2]
         split_kv = plan.num_splits > 1
         if split_kv and workspace is None:
@@ -146,9 +153,11 @@ class PagedAttentionLauncher:
         po_strides = part_out.stride()[:3] if split_kv else (0, 0, 0)
         pl_strides = part_lse.stride()[:2] if split_kv else (0, 0)
         self.out = out
+        self.lse = lse
         self.plan = plan
         self._empty = num_tokens == 0
         common = dict(
+            lse_ptr=lse, WRITE_LSE=lse is not None,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens,
             num_seqs=block_table.shape[0], num_q_blocks=plan.num_q_blocks, split_size=plan.split_size,
             stride_o_t=out.stride(0), stride_o_h=out.stride(1),
@@ -191,24 +200,25 @@ class PagedAttentionLauncher:
         compiled = getattr(self, "_compiled", None)
         return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
 
-    def __call__(self) -> torch.Tensor:
-        if self._empty:
-            return self.out
-        self._compiled = _paged_attention_kernel[self._attn_grid](**self._attn_args)
-        if self._merge_args is not None:
-            _merge_splits_kernel[self._merge_grid](**self._merge_args)
-        return self.out
+    def __call__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not self._empty:
+            self._compiled = _paged_attention_kernel[self._attn_grid](**self._attn_args)
+            if self._merge_args is not None:
+                _merge_splits_kernel[self._merge_grid](**self._merge_args)
+        return self.out if self.lse is None else (self.out, self.lse)
 
 
 def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
                             max_q_len: int, max_kv_len: int, causal: bool, scale: float,
                             out: torch.Tensor | None = None, config: KernelConfig | None = None,
-                            num_splits: int | None = None,
-                            launch_merge_early: bool | None = None) -> PagedAttentionLauncher:
-    """Validate, plan and allocate (output and split workspace) once; the launcher only launches.
+                            num_splits: int | None = None, launch_merge_early: bool | None = None,
+                            return_lse: bool = False) -> PagedAttentionLauncher:
+    """Validate, plan and allocate (output, split workspace, LSE) once; the launcher only launches.
     ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
-    the early merge launch off, to measure what it gains."""
+    the early merge launch off, to measure what it gains. ``return_lse``: the launcher also writes
+    ``launcher.lse`` ``[T, Hq]`` float32, each row's natural-log log-sum-exp of ``scale * q . k``
+    over its visible keys, and returns ``(out, lse)``."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out)
     num_tokens, num_q_heads, head_dim = q.shape
@@ -220,16 +230,19 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
+    lse = torch.empty(num_tokens, num_q_heads, dtype=torch.float32, device=q.device) if return_lse else None
     return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
-                                  causal=causal, scale=scale, plan=plan, workspace=workspace)
+                                  causal=causal, scale=scale, plan=plan, workspace=workspace, lse=lse)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                     cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
                     causal: bool, scale: float, out: torch.Tensor | None = None,
-                    config: KernelConfig | None = None, num_splits: int | None = None) -> torch.Tensor:
+                    config: KernelConfig | None = None, num_splits: int | None = None,
+                    return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
-    ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given).
+    ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given);
+    with ``return_lse`` -> ``(out, lse)``, lse ``[T, Hq]`` float32 as in ``prepare_paged_attention``.
 
     ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
     the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
@@ -238,4 +251,5 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """
     return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                                    max_q_len=max_q_len, max_kv_len=max_kv_len, causal=causal,
-                                   scale=scale, out=out, config=config, num_splits=num_splits)()
+                                   scale=scale, out=out, config=config, num_splits=num_splits,
+                                   return_lse=return_lse)()
