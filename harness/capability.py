@@ -23,16 +23,17 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
-from adapters.base import Adapter, discover, versions_of
+from adapters.base import THD, Adapter, discover, versions_of
 from adapters.batch import BatchSpec, PagedBatch, make_batch
 from adapters.reference import reference_attention
 from harness.gate import GateResult, run_gate
+from records.schema import CAPABILITY_COLUMNS
 
 BASE_GRAMMAR = "2q1c100_2q37c60"
 """Mixed: two decodes with 100 tokens of context, two 37-token prefills after 60 tokens of context."""
 BASE_FIELDS: dict[str, Any] = dict(page_size=16, num_q_heads=8, num_kv_heads=2, head_dim=128, dtype="bf16",
                                    causal=True, seed=0)
-THD, T_ROW = "THD", "T-row"
+T_ROW = "T-row"
 
 LARGE_POOL_GIB = 16.0
 """The large pool row: 16 GiB of K and V cache, so each cache holds 2^32 elements in bf16 (twice the
@@ -42,7 +43,6 @@ fp32 reference gathers only the sequences' own pages, and the probe keeps one la
 LARGE_POOL = ">2^31 elements"
 LARGE_BATCH_BYTES = 1 << 30
 """Batches whose caches take more than this are not kept for later adapters (one large batch at a time)."""
-
 
 FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("page_size", "1", {"page_size": 1}),
@@ -67,16 +67,17 @@ FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dtype", "fp16", {"dtype": "fp16"}),
     ("q_layout", THD, {}),
     ("q_layout", T_ROW, {}),
+    ("lse", "returned", {}),
     ("pool", "default", {}),
     ("pool", LARGE_POOL, {"pool_gib": LARGE_POOL_GIB}),
 )
 """(feature, value, overrides): each row changes the base case by its overrides only. ``grammar``
-replaces the batch string; ``q_layout`` is how the adapter declares Q (its ``q_layout`` attribute,
-THD unless it says otherwise) and selects the adapters that answer the row; ``pool`` is the page pool
-(default: the batch's pages plus 25%; `LARGE_POOL`: each cache holds more than 2^31 elements, where
-32-bit offsets overflow)."""
+replaces the batch string; ``q_layout`` is how the adapter declares Q (`Adapter.q_layout`) and
+selects the adapters that answer the row; ``lse`` says whether the backend returns the softmax
+log-sum-exp on the base case (`unsupported` with its reason when it does not); ``pool`` is the page pool (default: the batch's pages plus
+25%; `LARGE_POOL`: each cache holds more than 2^31 elements, where 32-bit offsets overflow)."""
 
-COLUMNS = ("backend", "feature", "value", "verdict", "reason", "rel_l2", "max_abs", "case", "versions", "device")
+COLUMNS = tuple(CAPABILITY_COLUMNS)
 REASON_CHARS = 300
 DEFAULT_DIR = Path("results/capability")
 
@@ -89,10 +90,6 @@ def case_spec(overrides: dict[str, Any], page_size: int | None = None) -> BatchS
         fields["page_size"] = page_size
     fields.update({k: v for k, v in overrides.items() if k != "grammar"})
     return BatchSpec.from_grammar(overrides.get("grammar", BASE_GRAMMAR), **fields)
-
-
-def adapter_q_layout(adapter: Adapter) -> str:
-    return getattr(adapter, "q_layout", THD)
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
@@ -148,9 +145,9 @@ class _Cases:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._cache: dict[BatchSpec, tuple[PagedBatch, torch.Tensor]] = {}
+        self._cache: dict[BatchSpec, tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def get(self, spec: BatchSpec) -> tuple[PagedBatch, torch.Tensor]:
+    def get(self, spec: BatchSpec) -> tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]:
         if spec not in self._cache:
             large = [other for other in self._cache if other.cache_bytes() > LARGE_BATCH_BYTES]
             for other in large:
@@ -158,7 +155,7 @@ class _Cases:
             if large and self.device.type == "cuda":
                 torch.cuda.empty_cache()
             batch = make_batch(spec, self.device)
-            self._cache[spec] = (batch, reference_attention(batch))
+            self._cache[spec] = (batch, reference_attention(batch, with_lse=True))
         return self._cache[spec]
 
 
@@ -180,12 +177,22 @@ def _row(adapter: Adapter, feature: str, value: str, result: GateResult, spec: B
          versions: str, device: str) -> dict[str, Any]:
     return {"backend": adapter.name, "feature": feature, "value": value, "verdict": result.verdict,
             "reason": one_line(result.reason), "rel_l2": result.rel_l2, "max_abs": result.max_abs,
-            "case": spec.describe() if spec else "", "versions": versions, "device": device}
+            "lse_max_abs": result.lse_max_abs, "lse_note": one_line(result.lse_note),
+            "case": spec.describe() if spec else "", "backend_versions": versions, "device": device}
+
+
+def lse_answer(result: GateResult) -> GateResult:
+    """The ``lse`` row: the base case's verdict, except that an ok cell whose backend returned no
+    softmax statistics is `unsupported` with the reason it gave."""
+    if result.ok and result.lse_max_abs is None:
+        return GateResult("unsupported", result.lse_note or "the backend returns no log-sum-exp",
+                          rel_l2=result.rel_l2, max_abs=result.max_abs, lse_note=result.lse_note)
+    return result
 
 
 def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict]]:
     """The feature rows one adapter answers: probe-only adapters just their own q_layout row."""
-    layout = adapter_q_layout(adapter)
+    layout = adapter.q_layout
     rows = []
     for feature, value, overrides in features:
         if feature == "q_layout":
@@ -240,7 +247,8 @@ def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress:
             if feature == "page_size":
                 continue
             spec = case_spec(overrides, page_size=base_page)
-            out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
+            result = lse_answer(answer(spec)) if feature == "lse" else answer(spec)
+            out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -253,22 +261,20 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="capability", unit="cell", file=sys.stderr, dynamic_ncols=True,
-                disable=not enabled)
+                disable=not (enabled and sys.stderr.isatty()))  # a log gets the summary, not bar frames
 
 
 def version_tag(df: pd.DataFrame) -> str:
-    """A short file-name tag of the versions in ``df``, e.g. 'cudnn9.19.0_flash-attn2.8.3_torch2.11.0'."""
+    """A short file-name tag of every version the probed backends reported, in key order, e.g.
+    'cudnn_backend9.19.0_flash_attn2.8.3_torch2.11.0_triton3.6.0' (no backend is named here)."""
     merged: dict[str, str] = {}
-    for text in df["versions"].dropna().unique():
+    for text in df["backend_versions"].dropna().unique():
         try:
-            merged.update(json.loads(text))
-        except (TypeError, ValueError):
+            merged.update({k: str(v) for k, v in json.loads(text).items() if not k.endswith("_build")})
+        except (TypeError, ValueError, AttributeError):
             continue
-    parts = []
-    for key, label in (("cudnn_backend", "cudnn"), ("flash_attn", "fa"), ("torch", "torch"), ("triton", "triton")):
-        value = merged.get(key, "")
-        if value and not value.startswith("not importable"):
-            parts.append(f"{label}{value.split('+')[0]}")
+    parts = [f"{key}{value.split('+')[0]}" for key, value in sorted(merged.items())
+             if value and not value.startswith("not importable") and key != "error"]
     return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts))
 
 
@@ -287,8 +293,9 @@ def write_capability(df: pd.DataFrame, path: Path | str | None = None) -> Path:
 
 
 def read_capability(path: Path | str) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"value": str, "reason": str, "case": str, "versions": str},
+    df = pd.read_csv(path, dtype={"value": str, "reason": str, "case": str, "versions": str, "backend_versions": str},
                      keep_default_na=False, na_values={"rel_l2": [""], "max_abs": [""]})
+    df = df.rename(columns={"versions": "backend_versions"})  # files written before the column was renamed
     return df[[c for c in COLUMNS if c in df.columns]]
 
 
@@ -326,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             cell = f"{row.feature}={row.value}"
             print(f"  {row.backend:12s} {cell:20s} {row.verdict:11s} {row.reason[:200]}")
     print(f"\nwrote {path} ({len(df)} rows)")
+    for adapter in adapters.values():
+        adapter.close()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: GPU libraries still holding objects then print leak reports

@@ -29,6 +29,11 @@ class TimerOptions:
     flush_l2: bool = True
     cuda_graph: bool = False
 
+    def args(self) -> tuple[str, ...]:
+        """The command-line options that give these settings (what a reproducer must repeat)."""
+        return ((("--cuda-graph",) if self.cuda_graph else ()) + (("--no-flush",) if not self.flush_l2 else ())
+                + ((f"--target-ms={self.target_ms:g}",) if self.target_ms != DEFAULT_TARGET_MS else ()))
+
 
 def input_bytes(case: Case) -> int:
     """Device memory of a case's inputs and reference at their peak: caches, q, output, the float32
@@ -133,7 +138,7 @@ class CellMeasurer:
         return make_row(backend=backend, case=case, gate=gate, timing=timing, ceilings=self.ceilings,
                         backend_versions=versions_of(adapter) if adapter is not None else None,
                         env_id=self.env_id, run_id=self.run_id, device=str(self.device.type),
-                        gpu_index=self.gpu_index, gpu_uuid=self.gpu_uuid)
+                        gpu_index=self.gpu_index, gpu_uuid=self.gpu_uuid, timer_args=self.timer.args())
 
     def _fits(self, case: Case) -> str:
         """Empty when the cell fits in free device memory, else the `oom` reason. The case's inputs
@@ -164,6 +169,7 @@ class CellMeasurer:
             if prepared is not None:
                 choose_entry_point(prepared, self.device, self.timer)
                 gate.notes.update(prepared.notes)
+                gate.use_candidate(prepared.notes.get("entry_point", ""))
                 timing = time_prepared(prepared, self.device, self.timer)
         except Exception as error:  # noqa: BLE001 - every failure becomes a verdict
             self.release()

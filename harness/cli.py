@@ -7,7 +7,9 @@
     paged-bench report DIR [DIR...]  render a report from existing results (several folders: machines
                                      side by side; --baseline OLD for a version comparison)
     paged-bench compare OLD NEW      compare two result sets cell by cell (text table + HTML)
-    paged-bench compare-envs A B     run one sweep in two Python environments and compare them
+    paged-bench compare-envs A B     run one sweep in two environments (e.g. cuDNN releases) and compare them
+    paged-bench releases R1 R2 ...   one sweep across cuDNN releases, each compared with the first
+    paged-bench models               the model presets (attention shapes per GPU shard) for --model
 
 A mistake on the command line (an unknown sweep, backend or workload, a folder that does not exist or
 cannot be written) is one line naming the value and the choices, exit status 2, and nothing is created.
@@ -94,23 +96,16 @@ def _results_folder(text: str, option: str = "results folder") -> Path:
 
 
 def _select(args: argparse.Namespace, device_type: str) -> tuple[str, list]:
-    """(sweep label, cases) from --sweep / --workloads, checked before anything runs."""
-    from harness.sweep import SWEEPS, select
+    """(label, cases) from the selection options (harness.selection), checked before anything runs;
+    a built-in sweep sized for a GPU is refused on the CPU."""
+    from harness.selection import select_cases
 
-    name = args.sweep or ("default" if device_type == "cuda" else "cpu-tiny")
-    if name not in SWEEPS:
-        raise UsageError(f"--sweep {name}: unknown sweep; choose one of {', '.join(SWEEPS)}")
-    if device_type == "cpu" and name not in CPU_SWEEPS:
-        raise UsageError(f"--sweep {name} is sized for a GPU ({len(SWEEPS[name])} cases: hours under Triton's "
-                         f"interpreter); on the CPU use --sweep {' or '.join(CPU_SWEEPS)}, or run on a machine with a GPU")
-    workloads = [w.strip() for w in args.workloads.split(",")] if args.workloads else None
-    try:
-        cases = select(SWEEPS[name], workloads)
-    except ValueError as error:
-        raise UsageError(f"--workloads {args.workloads}: {error}") from None
-    if not cases:
-        raise UsageError(f"--workloads {args.workloads}: sweep {name} has no such cases")
-    return name, cases
+    selection = select_cases(args, device_type)
+    if device_type == "cpu" and selection.sweep is not None and selection.sweep not in CPU_SWEEPS:
+        raise UsageError(f"--sweep {selection.sweep} is sized for a GPU ({len(selection.cases)} cases: hours under "
+                         f"Triton's interpreter); on the CPU use --sweep {' or '.join(CPU_SWEEPS)} or --case, "
+                         "or run on a machine with a GPU")
+    return selection.label, selection.cases
 
 
 def _backend_names(text: str | None) -> list[str] | None:
@@ -178,12 +173,24 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_probe_variants(backends: list[str]) -> list[str]:
+    """The backends and the probe-only variants of them (e.g. a layout users try that the backend
+    refuses), so that a probe of one backend answers its variants' rows too."""
+    from adapters.base import adapter_classes
+
+    classes = adapter_classes()
+    chosen = [classes[name] for name in backends if name in classes]
+    variants = [name for name, cls in classes.items()
+                if not cls.in_sweep and name not in backends and any(issubclass(cls, base) for base in chosen)]
+    return [*backends, *variants]
+
+
 def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None, env: dict[str, str]) -> Path | None:
     """The capability probe in its own process, so a crashing backend cannot take the main job down."""
     target = out_dir / "capability.csv"
     command = [sys.executable, "-m", "harness.capability", "--device", device_type, "--out", str(target)]
     if backends:
-        command += ["--adapters", ",".join(backends)]
+        command += ["--adapters", ",".join(with_probe_variants(backends))]
     _log(f"capability probe: {shlex.join(command)}")
     done = subprocess.run(command, env={**os.environ, **env})
     if done.returncode != 0 or not target.exists():
@@ -304,57 +311,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_regression and comparison.regressions else 0
 
 
-def parse_env_spec(text: str) -> dict[str, str]:
-    """``LABEL[,python=PATH][,pythonpath=DIR[:DIR]]`` -> {"label", "python", "pythonpath"}."""
-    label, *options = text.split(",")
-    if not label:
-        raise UsageError(f"environment {text!r} needs a label first, e.g. 'fe-1.22,pythonpath=/tmp/fe122'")
-    spec = {"label": label, "python": sys.executable, "pythonpath": ""}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or key not in ("python", "pythonpath"):
-            raise UsageError(f"environment option {option!r}: choose python=PATH or pythonpath=DIRS")
-        spec[key] = value
-    return spec
-
-
 def cmd_compare_envs(args: argparse.Namespace) -> int:
-    """Run the same sweep at the same commit in two environments, then compare them."""
+    """Run the same selection at the same commit in two environments (e.g. two cuDNN releases), then compare."""
+    from harness.environments import parse_env_spec, run_environment
+    from harness.selection import selection_argv
+
     out_root = Path(args.out)
     specs = [parse_env_spec(text) for text in (args.old_env, args.new_env)]
+    _select(args, _device_type(args.device))  # the same checks as `run`, before anything starts
     _writable_folder(out_root, must_be_new=False)
-    folders = []
-    for env_spec in specs:
-        folder = out_root / env_spec["label"]
-        env = os.environ.copy()
-        env["PAGED_BENCH_ENV_LABEL"] = env_spec["label"]
-        if env_spec["pythonpath"]:
-            env["PYTHONPATH"] = env_spec["pythonpath"] + os.pathsep + env.get("PYTHONPATH", "")
-        command = [env_spec["python"], "-m", "harness.cli", "run", "--out", str(folder), "--no-report",
-                   "--sweep", args.sweep, "--resume", "--quiet"]
-        for flag in ("backends", "workloads", "device"):
-            if getattr(args, flag):
-                command += [f"--{flag}", getattr(args, flag)]
-        if not args.capability:
-            command.append("--no-capability")
-        _log(f"environment {env_spec['label']}: {shlex.join(command)}")
-        done = subprocess.run(command, env=env)
-        if done.returncode != 0:
-            _log(f"environment {env_spec['label']} failed with exit status {done.returncode}")
-            return done.returncode
-        folders.append(folder)
-    compare_args = argparse.Namespace(old=str(folders[0]), new=str(folders[1]), out=str(out_root / "comparison.html"),
-                                      fail_on_regression=args.fail_on_regression)
+    run_args = ["--no-report", "--resume", "--quiet", *selection_argv(args),
+                "--capability" if args.capability else "--no-capability"]
+    for flag in ("backends", "device"):
+        if getattr(args, flag):
+            run_args += [f"--{flag}", getattr(args, flag)]
+    for spec in specs:
+        status = run_environment(spec, out_root / spec.label, run_args)
+        if status != 0:
+            return status
+    compare_args = argparse.Namespace(old=str(out_root / specs[0].label), new=str(out_root / specs[1].label),
+                                      out=str(out_root / "comparison.html"), fail_on_regression=args.fail_on_regression)
     return cmd_compare(compare_args)
 
 
 # --- the parser ------------------------------------------------------------------------------------
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sweep", help="default (GPU), short (quick check) or cpu-tiny; default: "
-                                        "'default' with a GPU, 'cpu-tiny' without")
+    from harness.selection import add_selection_options
+
+    add_selection_options(parser)
     parser.add_argument("--backends", help="comma-separated backend names (default: every backend in the sweep)")
-    parser.add_argument("--workloads", help="comma-separated workload kinds: decode, prefill, mixed")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
 
@@ -408,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     envs = commands.add_parser("compare-envs", help="run one sweep in two environments and compare them",
-                               description="Each environment is LABEL[,python=PATH][,pythonpath=DIRS], e.g. "
-                                           "'fe-1.32' and 'fe-1.22.1,pythonpath=/tmp/fe122'.")
+                               description="Each environment is LABEL[,python=PATH][,pythonpath=DIRS][,cudnn=VERSION|DIR], "
+                                           "e.g. 'cudnn-9.19' and 'cudnn-9.28,cudnn=9.28.1.4'.")
     envs.add_argument("old_env")
     envs.add_argument("new_env")
     _add_sweep_options(envs)
@@ -418,6 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("--capability", action=argparse.BooleanOptionalAction, default=False)
     envs.add_argument("--fail-on-regression", action="store_true")
     envs.set_defaults(func=cmd_compare_envs)
+
+    from harness.releases import add_releases_arguments, cmd_releases
+
+    releases = commands.add_parser("releases", help="one sweep across several cuDNN releases, each compared with a baseline",
+                                   description="Did a new cuDNN release regress or fix anything? Each RELEASE is a "
+                                               "version of nvidia-cudnn-cu13 (fetched once, cached) or an environment.")
+    add_releases_arguments(releases)
+    releases.set_defaults(func=cmd_releases)
+
+    from harness.models import add_models_parser
+
+    add_models_parser(commands)
     return parser
 
 
@@ -428,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
-            raise UsageError("choose a command: run, env, capability, report, compare, compare-envs")
+            raise UsageError("choose a command: run, env, capability, report, compare, compare-envs, releases, models")
         return args.func(args)
     except UsageError as error:
         print(f"paged-bench: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from harness.cudnn_release import PRELOAD, ReleaseError, ensure_release, is_version
+from harness.errors import UsageError
 
 ENV_LABEL_VAR = "PAGED_BENCH_ENV_LABEL"
 CUDNN_RELEASE_VAR = "PAGED_BENCH_CUDNN_RELEASE"
@@ -37,7 +38,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class EnvSpecError(ValueError):
+class EnvSpecError(UsageError):
     """An environment spec that does not parse; the message is one line naming the bad part and the choices."""
 
 

@@ -262,7 +262,7 @@ def _run_one(fn: Callable[[], RunResult], prepared: Prepared, batch: PagedBatch)
 
 
 def _merged(results: dict[str, GateResult], prepared: Prepared) -> GateResult:
-    """All candidates passed: one ok verdict with the worst figures of any, each one's in notes."""
+    """The candidates that passed: one ok verdict with the worst figures of any, each one's in notes."""
     def worst(name: str) -> float | None:
         values = [getattr(r, name) for r in results.values() if getattr(r, name) is not None]
         return max(values) if values else None
@@ -305,6 +305,7 @@ def run_gate(adapter: Adapter, batch: PagedBatch, reference: torch.Tensor | tupl
         return failure_verdict(error, "prepare"), None
     lazy_lse = _ReferenceLse(batch, reference_lse)
     results: dict[str, GateResult] = {}
+    failed: dict[str, GateResult] = {}
     for name, fn in _entry_points(prepared).items():
         try:
             result = _run_one(fn, prepared, batch)
@@ -315,12 +316,22 @@ def run_gate(adapter: Adapter, batch: PagedBatch, reference: torch.Tensor | tupl
         if name is None:
             gate.notes.update(prepared.notes)
             return gate, (prepared if gate.ok else None)
-        if not gate.ok:
-            gate.reason = f"entry point {name}: {gate.reason}"
-            gate.notes.update(prepared.notes)
-            gate.notes["candidates"] = {**{n: r.figures() for n, r in results.items()}, name: gate.figures()}
-            return gate, None
-        results[name] = gate
+        (results if gate.ok else failed)[name] = gate
+    figures = {name: r.figures() for name, r in {**results, **failed}.items()}
+    if not results:  # no entry point passed: the first failure is the cell's verdict
+        name, gate = next(iter(failed.items()))
+        gate.reason = f"entry point {name}: {gate.reason}"
+        gate.notes.update(prepared.notes)
+        gate.notes["candidates"] = figures
+        return gate, None
     merged = _merged(results, prepared)
     merged.notes.update(prepared.notes)
+    merged.notes["candidates"] = figures
+    if failed:
+        # The backend's other entry point(s) passed: the cell is timed on those, and the failure stays
+        # on the row (a finding: the library is wrong through that call), never silently dropped.
+        prepared.candidates = {name: fn for name, fn in prepared.candidates.items() if name in results}
+        merged.reason = "; ".join(f"entry point {name} not used: {gate.verdict}: {gate.reason}"
+                                  for name, gate in failed.items())
+        merged.notes["candidates_failed"] = list(failed)
     return merged, prepared

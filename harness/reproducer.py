@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from typing import Iterable
 
-from harness.sweep import Case, heads_text
+from harness.sweep import Case, cell_id, heads_text
 
 PROGRAM = "paged-bench"
 DEFAULT_OUT = "bench-repro/{cell_id}"
@@ -24,8 +24,6 @@ DEFAULT_OUT = "bench-repro/{cell_id}"
 
 def reproducer_argv(backend: str, case: Case, *, out: str | None = None, extra: Iterable[str] = ()) -> list[str]:
     """The reproducer as a list of words (``argv[0]`` is ``paged-bench``)."""
-    from harness.results import cell_id
-
     argv = [PROGRAM, "run", "--backends", backend, "--case", f"{case.name}={case.grammar}",
             "--page-size", str(case.page_size), "--heads", heads_text(case), "--dtype", case.dtype,
             "--seed", str(case.seed)]

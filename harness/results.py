@@ -4,12 +4,11 @@ nowhere else, so that the CLI, asv and the report agree on what a result is."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
 from harness import metrics
-from harness.sweep import Case
+from harness.sweep import Case, cell_id  # noqa: F401 - cell_id re-exported: results and resume key on it
 from records.schema import COLUMNS
 
 if TYPE_CHECKING:
@@ -18,23 +17,22 @@ if TYPE_CHECKING:
     from harness.timer import Timing
 
 
-def cell_id(backend: str, case: Case) -> str:
-    """Stable key of a cell: the backend and every field of the case (resume and comparisons use it)."""
-    payload = json.dumps({"backend": backend, **case.as_dict()}, sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()[:16]
-
-
 def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
              ceilings: dict[str, Any] | None = None, backend_versions: dict[str, str] | None = None,
              env_id: str = "", run_id: str = "", device: str = "", gpu_index: int | None = None,
-             gpu_uuid: str | None = None) -> dict[str, Any]:
-    """One result row with every column present (missing values are None)."""
+             gpu_uuid: str | None = None, timer_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One result row with every column present (missing values are None). ``timer_args``: the
+    command-line options that made the timing differ from the default (kept in the reproducer)."""
+    from harness.reproducer import reproducer
+
     spec: BatchSpec = case.spec()
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(
-        cell_id=cell_id(backend, case), run_id=run_id, backend=backend, case=case.name, grammar=case.grammar,
+        cell_id=cell_id(backend, case), run_id=run_id, backend=backend, case=case.name, variant=case.variant,
+        grammar=case.grammar,
         **case.axes(), num_q_heads=spec.num_q_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, causal=spec.causal, seed=spec.seed, total_q=spec.total_q, total_kv=spec.total_kv,
+        num_pages=spec.num_pages, reproducer=reproducer(backend, case, extra=timer_args),
         verdict=gate.verdict, reason=gate.reason, rel_l2=gate.rel_l2, max_abs=gate.max_abs,
         lse_max_abs=gate.lse_max_abs, lse_note=gate.lse_note,
         flops=metrics.spec_flops(spec), bytes=metrics.spec_bytes(spec),

@@ -413,7 +413,8 @@ class WorkerPool:
     def _row(self, backend: str, case: Case, gate: GateResult) -> dict[str, Any]:
         slot = self.slot
         return make_row(backend=backend, case=case, gate=gate, ceilings=slot.ceilings, env_id=self.config.env_id,
-                        run_id=self.config.run_id, device=slot.device, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid)
+                        run_id=self.config.run_id, device=slot.device, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid,
+                        timer_args=self.config.timer.args())
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker (kill it at once unless ``wait``: e.g. on Ctrl-C, mid-cell) and clean up."""

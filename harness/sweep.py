@@ -19,6 +19,9 @@ per-parameter processes stay light.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
@@ -98,6 +101,13 @@ class Case:
         return {"workload": classify_workload(q_lens, kv_lens), "batch_size": batch,
                 "q_len": round(sum(q_lens) / batch, 1), "context": round(sum(contexts) / batch, 1),
                 "page_size": self.page_size}
+
+    @property
+    def variant(self) -> str:
+        """What sets the case apart from the standard layer (32/8/128 bf16 causal, default pool, seed 0),
+        e.g. ``"h16x8d256"`` or ``"fp16"``; empty for a standard case. Reports keep variants out of the
+        standard cells' curves and show them beside their twins."""
+        return variant_suffix(_normalise(self.fields()), _normalise(STANDARD_FIELDS)).lstrip("-")
 
     def fields(self) -> dict[str, Any]:
         """Every field besides name, grammar and page size (`VARIANT_FIELDS`)."""
@@ -374,3 +384,10 @@ def select(cases: list[Case], workloads: list[str] | None = None) -> list[Case]:
 def heads_text(case: Case) -> str:
     """``"HQ/HKV/D"`` of a case (the form ``--heads`` takes)."""
     return format_heads(case.num_q_heads, case.num_kv_heads, case.head_dim)
+
+
+def cell_id(backend: str, case: Case) -> str:
+    """Stable key of a cell: the backend and every identity field of the case (`Case.as_dict`); resume
+    and comparisons across runs, environments and machines match cells on it."""
+    payload = json.dumps({"backend": backend, **case.as_dict()}, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -29,9 +29,9 @@ RUN_COLUMNS: list[str] = ["run_id", "env_id", "provenance", "ceilings", "sweep",
 NUMERIC_COLUMNS: list[str] = [
     "batch_size", "q_len", "context", "page_size", "num_q_heads", "num_kv_heads", "head_dim", "seed", "total_q",
     "total_kv", "rel_l2", "max_abs", "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "flops",
-    "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling", "setup_s", "host_us",
+    "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling", "setup_s", "host_us", "lse_max_abs",
 ]
-WORKLOAD_ORDER: tuple[str, ...] = ("decode", "prefill", "mixed")
+WORKLOAD_ORDER: tuple[str, ...] = ("decode", "spec-decode", "prefill", "mixed")
 OK = "ok"
 SKIPPED = "skipped"
 
@@ -49,7 +49,7 @@ def rows_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame["causal"] = frame["causal"].map(lambda value: None if value is None else bool(value))
     for column in ("reason", "entry_point", "config", "backend_versions", "method", "l2_policy", "env_id",
-                   "run_id", "device", "workload", "verdict", "backend", "case"):
+                   "run_id", "device", "workload", "verdict", "backend", "case", "lse_note", "reproducer", "variant"):
         frame[column] = frame[column].where(frame[column].notna(), "").astype(str)
     if len(frame):
         keyed = frame["cell_id"].notna() & (frame["cell_id"].astype(str) != "")
@@ -77,9 +77,9 @@ def capability_frame(records: pd.DataFrame | Iterable[dict[str, Any]] | None) ->
     for column in CAPABILITY_COLUMNS:
         if column not in frame.columns:
             frame[column] = None
-    for column in ("backend", "feature", "value", "verdict", "reason", "backend_versions", "device", "case"):
+    for column in ("backend", "feature", "value", "verdict", "reason", "backend_versions", "device", "case", "lse_note"):
         frame[column] = frame[column].where(frame[column].notna(), "").astype(str)
-    for column in ("rel_l2", "max_abs"):
+    for column in ("rel_l2", "max_abs", "lse_max_abs"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     if len(frame):
         frame = frame.drop_duplicates(["backend", "feature", "value"], keep="last").reset_index(drop=True)
@@ -155,6 +155,18 @@ class ResultSet:
     @property
     def backends(self) -> list[str]:
         return sorted((set(self.rows["backend"]) | set(self.capability["backend"])) - {""})
+
+    @property
+    def main_variant(self) -> str:
+        """The variant most cells share (the standard layer in a default sweep): the curves and heat maps
+        show these cells; the others (other heads, dtypes, pools) are shown beside them."""
+        counts = self.rows["variant"].value_counts()
+        return str(counts.index[0]) if len(counts) else ""
+
+    @property
+    def variant_rows(self) -> pd.DataFrame:
+        """Rows of cases that are not of the main variant."""
+        return self.rows[self.rows["variant"] != self.main_variant]
 
     @property
     def ok_rows(self) -> pd.DataFrame:

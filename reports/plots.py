@@ -95,8 +95,9 @@ def short_case(row) -> str:
 
 
 def _ok(results: ResultSet, workload: str) -> pd.DataFrame:
+    """Timed rows of one workload kind and of the main variant (variants get their own figure)."""
     rows = results.ok_rows
-    return rows[rows["workload"] == workload]
+    return rows[(rows["workload"] == workload) & (rows["variant"] == results.main_variant)]
 
 
 def _log2_axis(ax, values) -> None:
@@ -245,7 +246,8 @@ def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
     panel per page size (decode and prefill cases; > 1 means faster than the reference)."""
     if not reference:
         return []
-    rows = results.rows[results.rows["workload"].isin(["decode", "prefill"])]
+    rows = results.rows[results.rows["workload"].isin(["decode", "prefill"])
+                        & (results.rows["variant"] == results.main_variant)]
     ref = rows[(rows["backend"] == reference) & (rows["verdict"] == "ok")].set_index("case")["median_us"]
     if ref.empty:
         return []
@@ -419,13 +421,71 @@ def comparison_figure(comparison) -> Figure | None:
                   _svg(fig, "plot-comparison"))
 
 
+def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | None) -> Figure | None:
+    """The cells outside the main variant (other head configurations, dtypes, pools), each next to its
+    twin of the main variant: per backend, the speed-up against ``reference`` (its time / the
+    backend's), one group of bars per cell. Without a reference, each backend's time."""
+    variants = results.variant_rows
+    if variants.empty:
+        return None
+    rows = results.rows[results.rows["verdict"] == "ok"]
+    main = results.main_variant
+    cases = list(dict.fromkeys(variants["case"]))
+    twins = {case: case[: -len(variant) - 1] if variant and case.endswith("-" + variant) else None
+             for case, variant in zip(variants["case"], variants["variant"])}
+    labels, groups = [], []
+    for case in cases:
+        twin = twins.get(case)
+        for name in ([twin] if twin and main == "" and (rows["case"] == twin).any() else []) + [case]:
+            if name not in labels:
+                labels.append(name)
+                groups.append(rows[rows["case"] == name].set_index("backend")["median_us"])
+    backends = [b for b in colors if any(b in group.index for group in groups)]
+    if not backends:
+        return None
+    height = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(layout="constrained", figsize=(9.5, 0.32 * len(labels) * max(2, len(backends)) / 2 + 1.4))
+    for b, backend in enumerate(backends):
+        ys, values = [], []
+        for y, group in enumerate(groups):
+            if backend not in group.index:
+                continue
+            if reference:
+                if reference not in group.index:
+                    continue
+                values.append(group[reference] / group[backend])
+            else:
+                values.append(group[backend])
+            ys.append(y - 0.4 + height * (b + 0.5))
+        ax.barh(ys, values, height=height, color=colors[backend], label=backend)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×" if reference else _compact_tick(v)))
+    if reference:
+        ax.axvline(1, color="#333", linewidth=0.9)
+        ax.set_xlabel(f"speed-up against {reference} ({reference} time / backend time)")
+    else:
+        ax.set_xlabel("median µs")
+    ax.grid(axis="y", visible=False)
+    fig.legend(handles=[Patch(color=colors[b], label=b) for b in backends], loc="outside upper center",
+               ncol=min(len(backends), 6), frameon=False)
+    what = f"speed-up against {reference}: right of 1 is faster" if reference else "median time: shorter is faster"
+    return Figure("plot-variants", "Other head configurations, dtypes and pools",
+                  f"Cells outside the standard layer, each under its standard twin where the sweep has one; {what}.",
+                  _svg(fig, "plot-variants"))
+
+
 def result_figures(results: ResultSet, colors: dict[str, str], baseline: str | None) -> dict[str, list[Figure]]:
     """Every figure of one result set, grouped by section: latency, throughput, speed-up against
-    ``baseline``, roofline."""
+    ``baseline`` (the standard cells' maps, then the variants beside their twins), roofline."""
     with plt.rc_context(STYLE):
         roofline = roofline_figure(results, colors)
+        variants = variant_figure(results, colors, baseline)
         return {"latency": latency_figures(results, colors), "throughput": throughput_figures(results, colors),
-                "speedup": speedup_figures(results, baseline), "roofline": [roofline] if roofline else []}
+                "speedup": speedup_figures(results, baseline) + ([variants] if variants else []),
+                "roofline": [roofline] if roofline else []}
 
 
 def comparison_figures(comparison) -> list[Figure]:

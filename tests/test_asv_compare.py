@@ -26,12 +26,19 @@ def _git(repo: Path, *args: str) -> str:
                                "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin"}).stdout.strip()
 
 
+def _results_dir() -> str:
+    """asv's results folder as asv.conf.json names it (JSON with // comments)."""
+    text = (ROOT / "asv.conf.json").read_text()
+    return json.loads("\n".join(line for line in text.splitlines() if not line.strip().startswith("//")))["results_dir"]
+
+
 def test_asv_compare_flags_a_20_percent_slowdown_and_not_noise(tmp_path):
     repo = tmp_path / "repo"
-    (repo / "results" / "asv" / "h100").mkdir(parents=True)
+    results = repo / _results_dir()
+    (results / "h100").mkdir(parents=True)
     shutil.copy(ROOT / "asv.conf.json", repo)
-    shutil.copy(ROOT / "results" / "asv" / "benchmarks.json", repo / "results" / "asv")
-    shutil.copy(H100 / "machine.json", repo / "results" / "asv" / "h100")
+    shutil.copy(ROOT / "results" / "asv" / "benchmarks.json", results)
+    shutil.copy(H100 / "machine.json", results / "h100")
     _git(repo, "init", "-q", "-b", "main")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "old")
@@ -52,7 +59,7 @@ def test_asv_compare_flags_a_20_percent_slowdown_and_not_noise(tmp_path):
                     if value is None or value != value:
                         continue
                     values[index] = value * (1.2 if (name, index) == slowed else rng.uniform(0.98, 1.02))
-        path = repo / "results" / "asv" / "h100" / f"{commit[:8]}-{result['env_name']}.json"
+        path = results / "h100" / f"{commit[:8]}-{result['env_name']}.json"
         path.write_text(json.dumps(result))
 
     done = subprocess.run([sys.executable, "-m", "asv", "compare", old, new, "--machine", "h100", "--factor", "1.1",

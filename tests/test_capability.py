@@ -86,7 +86,7 @@ def test_probe_rows_verdicts_and_base_page_fallback():
     trow = df[df.backend == "trow-probe"]
     assert len(trow) == 1 and trow.iloc[0].value == T_ROW and trow.iloc[0].verdict == "unsupported"
     assert trow.iloc[0].reason == "pageTableKDim[0] != b second line"
-    assert json.loads(by[("big-pages", "kind", "decode")].versions) == {"torch": "9.9.9"}
+    assert json.loads(by[("big-pages", "kind", "decode")].backend_versions) == {"torch": "9.9.9"}
     assert set(df.device) == {"cpu"}
 
 

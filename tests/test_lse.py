@@ -221,9 +221,10 @@ def test_bad_elements_of_a_diffuse_error(batch):
 # ------------------------------------------------------------------------------------------ candidates
 
 class TwoEntries(Backend):
-    """Two entry points for the same work; ``bad`` names one that returns a wrong LSE, ``raising`` one that raises."""
+    """Two entry points for the same work; ``bad`` names those that return a wrong LSE, ``raising`` those
+    that raise."""
 
-    def __init__(self, bad=None, raising=None):
+    def __init__(self, bad=(), raising=()):
         super().__init__(name="two-entries")
         self.bad, self.raising = bad, raising
 
@@ -233,10 +234,10 @@ class TwoEntries(Backend):
 
         def entry(name):
             def run():
-                if name == self.raising:
+                if name in self.raising:
                     raise RuntimeError("kernel launch failed")
                 out.copy_(reference)
-                return out, (heads_permuted(lse) if name == self.bad else lse).transpose(0, 1)
+                return out, (heads_permuted(lse) if name in self.bad else lse).transpose(0, 1)
             return run
 
         return Prepared(candidates={"varlen": entry("varlen"), "decode": entry("decode")}, out=out,
@@ -254,11 +255,26 @@ def test_every_candidate_is_gated_and_kept_for_timing(batch):
     assert gate.rel_l2 == 1.25e-3
 
 
-@pytest.mark.parametrize("kwargs,verdict,words", [
-    (dict(bad="decode"), "wrong", f"entry point decode: {LSE_OFF}"),
-    (dict(raising="varlen"), "error", "entry point varlen: run varlen: RuntimeError: kernel launch failed"),
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(bad=("decode",)), f"entry point decode not used: wrong: {LSE_OFF}"),
+    (dict(raising=("varlen",)), "entry point varlen not used: error: run varlen: RuntimeError: kernel launch failed"),
 ])
-def test_a_failing_candidate_fails_the_cell_by_name(batch, kwargs, verdict, words):
+def test_a_failing_candidate_is_named_and_the_others_are_timed(batch, kwargs, words):
+    """A library wrong through one entry point is a finding on the row; the cell is timed on the entry
+    points that passed."""
+    gate, prepared = run_gate(TwoEntries(**kwargs), batch, reference_attention(batch, with_lse=True))
+    assert gate.verdict == "ok" and prepared is not None
+    assert gate.reason.startswith(words), gate.reason
+    failed = (kwargs.get("bad") or kwargs.get("raising"))[0]
+    assert failed not in prepared.candidates and len(prepared.candidates) == 1
+    assert gate.notes["candidates_failed"] == [failed]
+
+
+@pytest.mark.parametrize("kwargs,verdict,words", [
+    (dict(bad=("varlen", "decode")), "wrong", f"entry point varlen: {LSE_OFF}"),
+    (dict(raising=("varlen", "decode")), "error", "entry point varlen: run varlen: RuntimeError: kernel launch failed"),
+])
+def test_when_every_candidate_fails_the_cell_fails_by_name(batch, kwargs, verdict, words):
     gate, prepared = run_gate(TwoEntries(**kwargs), batch, reference_attention(batch, with_lse=True))
     assert gate.verdict == verdict and prepared is None
     assert gate.reason.startswith(words), gate.reason

@@ -42,16 +42,27 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "old": old, "new": new}
 
 
+def checkout_declarations() -> dict[str, dict]:
+    """What this checkout's real backends declare (the command line passes it to the report)."""
+    from adapters.base import adapter_classes
+
+    return {name: cls.describe() for name, cls in adapter_classes().items() if cls.__module__.startswith("adapters.backends")}
+
+
+BASELINE_ONLY = {"cudnn": {"baseline": True, "in_sweep": True, "color": "#76b900"}}
+
+
 @pytest.fixture(scope="module")
 def page(folders) -> str:
     """The page of the new set alone (adapters of this checkout expected in the summary)."""
-    return render_report(load_results(folders["new"]), folders["root"] / "report.html").read_text()
+    return render_report(load_results(folders["new"]), folders["root"] / "report.html",
+                         declarations=checkout_declarations()).read_text()
 
 
 @pytest.fixture(scope="module")
 def comparison_page(folders) -> str:
     out = render_report(load_results(folders["new"]), folders["root"] / "comparison.html",
-                        baseline=load_results(folders["old"]), registered=[])
+                        baseline=load_results(folders["old"]), declarations=BASELINE_ONLY)
     return out.read_text()
 
 
@@ -107,10 +118,8 @@ def test_summary_names_backends_verdicts_and_the_skip_reason(page):
 
 def test_every_registered_adapter_appears(page):
     """style.md 15: no backend goes missing silently (a registered one without rows is named)."""
-    from adapters.base import discover
-
-    for name, adapter in discover().items():
-        if getattr(adapter, "in_sweep", True):
+    for name, declared in checkout_declarations().items():
+        if declared["in_sweep"]:
             assert f'id="backend-{name}"' in page, name
 
 
@@ -170,8 +179,8 @@ def test_without_cudnn_ceilings_runs_or_capability(tmp_path):
     rows = [dict(row, pct_matmul_ceiling=None, pct_copy_ceiling=None) for row in synthetic_rows(case_list=small_cases()[:3])
             if row["backend"] != "cudnn"]
     folder = write_results_folder(tmp_path / "bare", rows, runs=[])
-    html = render_report(load_results(folder), tmp_path / "bare.html", registered=[]).read_text()
-    assert "plot-speedup" not in html and "cuDNN (backend “cudnn”) has no ok cells" in html
+    html = render_report(load_results(folder), tmp_path / "bare.html", declarations=BASELINE_ONLY).read_text()
+    assert "plot-speedup" not in html and "the baseline backend “cudnn” has no ok cells" in html
     assert 'id="plot-roofline"' not in html and 'id="plot-latency-decode"' in html
     assert "no run record" in html
     assert "Derived from the sweep" in html and FA2_PAGE_REASON in section(html, "capability-matrix")
@@ -219,7 +228,8 @@ def test_summary_uses_the_runs_availability_for_backends_without_rows(tmp_path):
     runs = synthetic_runs()
     runs[0]["availability"] = [{"backend": "fa4", "available": "no", "reason": "flash_attn.cute is not importable"}]
     folder = write_results_folder(tmp_path / "r", rows, runs)
-    html = render_report(load_results(folder), tmp_path / "r.html", registered=[*PROFILES, "fa4", "fa5"]).read_text()
+    declared = {name: {"in_sweep": True} for name in [*PROFILES, "fa4", "fa5"]}
+    html = render_report(load_results(folder), tmp_path / "r.html", declarations=declared).read_text()
     summary = section(html, "summary")
     assert 'id="backend-fa4"' in summary and "flash_attn.cute is not importable" in summary
     assert 'id="backend-fa5"' in summary and "registered in this checkout but absent" in summary

@@ -42,7 +42,8 @@ def report(tmp_path_factory) -> Path:
                                      run_id="run-2", versions={"cudnn_frontend": "1.22.1"}),
         synthetic_runs(env_id="env-new", run_id="run-2", frontend="1.22.1", label="fe-1.22.1"),
         synthetic_capability(lost=("cudnn", "page_size", "16")))
-    return render_report(load_results(new), root / "report.html", baseline=load_results(old))
+    return render_report(load_results(new), root / "report.html", baseline=load_results(old),
+                         declarations={"cudnn": {"baseline": True, "in_sweep": True}})
 
 
 def test_the_error_capture_catches_planted_faults(browser, tmp_path):
