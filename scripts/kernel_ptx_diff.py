@@ -62,6 +62,8 @@ CONFIGS: dict[str, dict] = {
     "decode-d256-p16-split": dict(batch=16, q_len=1, kv_len=4096, page=16, head_dim=256),
     "long-d256-p16": dict(batch=4, q_len=2048, kv_len=2048, page=16, head_dim=256),
     "long-d256-p256": dict(batch=4, q_len=2048, kv_len=2048, page=256, head_dim=256),
+    "short-d256-p16-split": dict(batch=8, q_len=8, kv_len=1024, page=16, head_dim=256),
+    "long-d256-p256-chunked-split": dict(batch=1, q_len=64, kv_len=32768, page=256, head_dim=256),
 }
 LSE_CONFIGS: dict[str, dict] = {
     f"{name}-lse": dict(CONFIGS[name], lse=True)
@@ -69,6 +71,53 @@ LSE_CONFIGS: dict[str, dict] = {
                  "long-few-d128-p256-tma", "long-d64-p16", "long-d256-p16")
 }
 """The same launches with the LSE output on (``--configs lse``; for trees that have it)."""
+
+
+def _candidates() -> dict[str, dict]:
+    """Tile alternatives for head dims 64 and 256 (and the table's own entries) in each query bucket,
+    pages 16 and 256 (TMA ones at 256 only), for register / spill / shared-memory reports
+    (``--configs candidates``): the groundwork for a GPU tuning session."""
+    shapes = {"long": dict(batch=4, q_len=2048, kv_len=2048), "short": dict(batch=8, q_len=8, kv_len=1024),
+              "decode": dict(batch=16, q_len=1, kv_len=4096)}
+    splits = {"long": dict(split_programs_per_sm=2, min_split_keys=4096),
+              "short": dict(split_programs_per_sm=4, min_split_keys=512),
+              "decode": dict(split_programs_per_sm=3, min_split_keys=256)}
+    tiles = {  # (block_m, block_n, num_warps, num_stages); the table's entry first
+        (64, "long"): [(128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2),
+                       (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3)],
+        (64, "short"): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 128, 4, 2)],
+        (64, "decode"): [(16, 64, 4, 3), (16, 64, 4, 2), (16, 128, 4, 2), (16, 128, 4, 3)],
+        (256, "long"): [(128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (128, 16, 8, 2), (64, 32, 4, 2),
+                        (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2)],
+        (256, "short"): [(64, 16, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 32, 8, 2)],
+        (256, "decode"): [(16, 32, 4, 3), (16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 8, 2), (16, 128, 8, 2)],
+    }
+    found = {}
+    for (head_dim, bucket), rows in tiles.items():
+        for page in (16, 256):
+            for block_m, block_n, warps, stages in rows:
+                for tma in (False, True):
+                    if tma and (page != 256 or bucket == "decode"):
+                        continue
+                    label = f"M{block_m}-N{block_n}-w{warps}-s{stages}{'-tma' if tma else ''}"
+                    found[f"cand-d{head_dim}-{bucket}-p{page}-{label}"] = dict(
+                        shapes[bucket], page=page, head_dim=head_dim,
+                        config=dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
+                                    use_tma=tma, **splits[bucket]))
+    for name in ("long-d64-p16", "long-d256-p16", "decode-d256-p16-split"):
+        found[f"cand-fp16-{name}"] = dict(CONFIGS[name], dtype="fp16")
+    # the merge kernel of split 64- and 128-row D=256 tiles, at more warps than the launcher's 4
+    chunked = dict(batch=1, q_len=64, kv_len=32768, page=256, head_dim=256)
+    for warps in (4, 8, 16, 32):
+        found[f"cand-d256-short-p16-merge-w{warps}"] = dict(
+            shapes["short"], page=16, head_dim=256, merge_overrides={"num_warps": warps})
+        found[f"cand-d256-long-chunked-merge-w{warps}"] = dict(chunked, merge_overrides={"num_warps": warps})
+        found[f"cand-d128-long-chunked-merge-w{warps}"] = dict(chunked, head_dim=128,
+                                                               merge_overrides={"num_warps": warps})
+    return found
+
+
+CANDIDATES = _candidates()
 QUICK = ["decode-d128-p16-split", "long-d128-p256-tma-r128", "long-few-d128-p256-tma", "long-d64-p16",
          "long-d256-p16"]
 """The handful compared by default (``--configs all`` for every entry)."""
@@ -125,6 +174,8 @@ def _launcher_args(spec: dict, config_override: dict | None):
         for name, value in (spec.get("overrides") or {}).items():
             if args is not None and name in args:
                 args[name] = value
+    if merge is not None:
+        merge.update(spec.get("merge_overrides") or {})
     return attn, merge, plan.describe()
 
 
@@ -180,7 +231,7 @@ def worker(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"triton": triton.__version__, "tree": args.tree, "configs": {}}
     for name in args.configs:
-        spec = {**CONFIGS, **LSE_CONFIGS}[name]
+        spec = {**CONFIGS, **LSE_CONFIGS, **CANDIDATES}[name]
         attn, merge, plan = _launcher_args(spec, spec.get("config"))
         row = {"plan": plan}
         for kernel_name, kernel, kernel_args in (("attn", module._paged_attention_kernel, attn),
@@ -195,7 +246,8 @@ def worker(args) -> int:
             (out / f"{name}.{kernel_name}.ptx").write_text(ptx)
             typed = {param.name: param.annotation_type for param in kernel.params if param.annotation_type}
             row[kernel_name] = {"signature": {k: str(v) for k, v in signature.items()},
-                                "annotated": typed, **_ptxas_report(ptx)}
+                                "annotated": typed, "shared": compiled.metadata.shared,
+                                "num_warps": options.num_warps, **_ptxas_report(ptx)}
             print(f"{name} {kernel_name}: {row[kernel_name]['regs']} registers, "
                   f"{row[kernel_name]['spill_stores']} B spill stores", file=sys.stderr, flush=True)
         summary["configs"][name] = row
@@ -233,6 +285,19 @@ def run_worker(tree: str, out: Path, configs: list[str], triton_path: str | None
 
 DEBUG_LABEL = re.compile(r"^\$L__tmp\d+:$")
 """Labels that only the debug sections use (ranges of inlined helpers); branch targets are ``$L__BB``."""
+
+
+REGISTERS_PER_SM = 65536
+SHARED_PER_SM = 233472  # 228 KiB on sm_90, of which 1 KiB is reserved per program
+
+
+def programs_per_sm(kernel: dict) -> str:
+    """"regs/smem": programs of this kernel one sm_90 multiprocessor holds by its registers
+    (allocated per warp in units of 256) and by its shared memory."""
+    per_warp = -(-kernel["regs"] * 32 // 256) * 256
+    by_regs = min(64, REGISTERS_PER_SM // per_warp) // kernel["num_warps"]
+    by_smem = SHARED_PER_SM // (kernel["shared"] + 1024)
+    return f"{by_regs}/{by_smem}"
 
 
 def normalise(ptx: str) -> list[str]:
@@ -281,6 +346,8 @@ def main() -> int:
         args.configs = list(CONFIGS)
     elif args.configs == ["lse"]:
         args.configs = list(LSE_CONFIGS)
+    elif args.configs == ["candidates"]:
+        args.configs = list(CANDIDATES)
     if args.worker:
         return worker(args)
 
@@ -288,11 +355,13 @@ def main() -> int:
     head_tree = export_tree(args.head, work / "tree-head")
     head = run_worker(head_tree, work / "head", args.configs, args.triton_path, None)
     if args.report or not args.base:
+        print(f"triton {head['triton']}, sm_90; programs per SM allowed by registers / by shared memory")
         for name, row in head["configs"].items():
             for kernel in ("attn", "merge"):
                 if kernel in row:
-                    print(f"{name:36} {kernel:5} regs {row[kernel]['regs']:3} spill stores "
-                          f"{row[kernel]['spill_stores']:4} loads {row[kernel]['spill_loads']:4}  "
+                    k = row[kernel]
+                    print(f"{name:44} {kernel:5} regs {k['regs']:3} spills {k['spill_stores']:4}/{k['spill_loads']:<4} "
+                          f"smem {k['shared'] // 1024:3} KiB  per SM {programs_per_sm(k):>5}  "
                           f"{row['plan']['config']} splits {row['plan']['num_splits']}")
         return 0
 

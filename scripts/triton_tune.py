@@ -3,6 +3,7 @@
 launch configurations each, next to cuDNN where it can be built; print a short table last.
 
     python3 scripts/triton_tune.py [--budget-s 330] [--out DIR] [--cases ...] [--pages 16 256]
+                                   [--head-dims 64 128 256] [--dtype bf16|fp16] [--heads 32 8]
 
 Every timed configuration is first checked against ``reference_attention`` with the gate's own
 comparison (NaN-poisoned output, the dtype's tolerance from ``harness.gate.TOLERANCES``). Times come
@@ -10,7 +11,8 @@ from the suite's timer (``harness.time_function``: CUDA events, L2 flushed betwe
 and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.metrics``
 and ``harness.ceilings``; cuDNN through the project's adapter. Full rows go to
 ``DIR/tune.jsonl``. Configurations are tried in order and skipped once ``--budget-s`` is spent, so
-the table always comes out.
+the table always comes out. Each (head dim, case, page) cell tries the table's choice, then the
+candidates of its bucket and table head dim (``CANDIDATES``), then the table's choice again.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(16, 32, 2, 2, **_D), 1),
     (KernelConfig(16, 32, 4, 2, **_D), 2),
 ]
-"""(config, num_splits or None for the heuristic) for the decode bucket; TMA ones only where a
-tile fits in a page."""
+"""(config, num_splits or None for the heuristic) for the decode bucket at D=128; TMA ones only
+where a tile fits in a page."""
 
 _L = dict(split_programs_per_sm=2, min_split_keys=2048)
 _R = dict(max_registers=128, **_L)
@@ -67,7 +69,54 @@ LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(128, 64, 8, 3, **_R512), None),
     (KernelConfig(128, 64, 8, 2, use_tma=True, **_R512), None),
 ]
-"""Candidates for the long-query bucket (prefill and mixed)."""
+"""Candidates for the long-query bucket (prefill and mixed) at D=128."""
+
+# Head dims 64 and 256 were never timed. These candidates come from the sm_90 register, spill and
+# shared-memory report (``scripts/kernel_ptx_diff.py --report --configs candidates``, triton 3.6;
+# docs/triton_kernel_notes.md, "Head dims 64 and 256: register reports"): none spills, and each
+# changes how many programs or warps share a multiprocessor against the table's entry.
+_L4 = dict(split_programs_per_sm=2, min_split_keys=4096)
+_D3 = dict(split_programs_per_sm=3, min_split_keys=256)
+D64_LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(128, 64, 8, 2, **_L4), None),  # 122 to 128 registers: two 8-warp programs per SM
+    (KernelConfig(128, 64, 8, 2, use_tma=True, **_L4), None),
+    (KernelConfig(128, 64, 8, 3, use_tma=True, **_L4), None),
+    (KernelConfig(128, 64, 4, 2, **_L4), None),
+    (KernelConfig(64, 64, 4, 3, **_L4), None),  # 138 registers: three programs per SM
+    (KernelConfig(64, 64, 4, 3, use_tma=True, **_L4), None),
+    (KernelConfig(128, 32, 4, 3, use_tma=True, **_L4), None),
+    (KernelConfig(128, 128, 8, 2, use_tma=True, **_L4), None),
+]
+D64_DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(16, 64, 4, 2, **_D3), None),
+    (KernelConfig(16, 128, 4, 2, **_D3), None),
+    (KernelConfig(16, 64, 4, 3, split_programs_per_sm=1, min_split_keys=256), None),
+    (KernelConfig(16, 64, 4, 2, **_D3), 1),
+]
+D256_LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(128, 32, 8, 3, merge_warps=16, **_L4), None),
+    (KernelConfig(128, 32, 8, 3, use_tma=True, merge_warps=16, **_L4), None),
+    (KernelConfig(128, 64, 8, 2, merge_warps=16, **_L4), None),  # 192 KiB of shared memory
+    (KernelConfig(128, 16, 8, 2, merge_warps=16, **_L4), None),
+    (KernelConfig(128, 16, 8, 2, use_tma=True, merge_warps=16, **_L4), None),
+    (KernelConfig(64, 32, 4, 3, merge_warps=8, **_L4), None),  # two 4-warp programs per SM
+    (KernelConfig(64, 64, 8, 2, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 64, 8, 2, use_tma=True, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 32, 8, 2, merge_warps=8, **_L4), None),
+]
+D256_DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
+    (KernelConfig(16, 32, 4, 2, **_D3), None),  # 110 registers (table: 168): four programs per SM
+    (KernelConfig(16, 64, 4, 2, **_D3), None),
+    (KernelConfig(16, 64, 8, 2, **_D3), None),
+    (KernelConfig(16, 128, 8, 2, **_D3), None),
+    (KernelConfig(16, 32, 4, 2, split_programs_per_sm=1, min_split_keys=256), None),
+]
+CANDIDATES: dict[tuple[str, int], list[tuple[KernelConfig, int | None]]] = {
+    ("decode", 64): D64_DECODE_CANDIDATES, ("long", 64): D64_LONG_CANDIDATES,
+    ("decode", 128): DECODE_CANDIDATES, ("long", 128): LONG_CANDIDATES,
+    ("decode", 256): D256_DECODE_CANDIDATES, ("long", 256): D256_LONG_CANDIDATES,
+}
+"""Candidate pools by (decode or not, the table's head dim)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +162,8 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig, int
     """The table's choice first, then the bucket's candidates (TMA ones only where a key tile fits
     in a page), then the table's choice again: the spread between the two runs of one build."""
     table = table_choice(spec, device)
-    pool = DECODE_CANDIDATES if query_bucket(spec.max_q_len) == "decode" else LONG_CANDIDATES
+    kind = "decode" if query_bucket(spec.max_q_len) == "decode" else "long"
+    pool = CANDIDATES[kind, config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
     pool = [c for c in pool if c != (table, None) and (not c[0].use_tma or spec.page_size % c[0].block_n == 0)]
     return [(table, None)] + pool + [(table, None)]
 
@@ -126,11 +176,18 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--no-cudnn", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--head-dims", nargs="*", type=int, default=None,
+                        help="head dims to tune (default 128; 32 with --smoke)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default=None, help="default bf16 (fp16 with --smoke)")
+    parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
+                        help="query and KV heads (default 32 8; 4 2 with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
-    shape = dict(num_q_heads=4, num_kv_heads=2, head_dim=32, dtype="fp16") if args.smoke else dict(dtype="bf16")
+    head_dims = args.head_dims or ([32] if args.smoke else [128])
+    num_q_heads, num_kv_heads = args.heads or ((4, 2) if args.smoke else (32, 8))
+    dtype = args.dtype or ("fp16" if args.smoke else "bf16")
     if args.smoke:
         args.cases, args.reps, args.no_cudnn = ["2q1c40", "2q20c10_1q1c30"], 3, True
     started = time.perf_counter()
@@ -158,75 +215,77 @@ def main() -> int:
     emit({"env": env})
     summary = []
 
-    for case in args.cases:
-        for page in args.pages:
-            spec = BatchSpec.from_grammar(case, page_size=page, **shape)
-            batch = make_batch(spec, device)
-            ref = reference_attention(batch)
-            fl, by = spec_flops(spec), spec_bytes(spec)
-            row_base = {"case": case, "page": page, "flops": fl, "bytes": by, "key": list(config_key(
-                spec.head_dim, spec.page_size, spec.max_q_len))}
-            cudnn_us = None
-            if not args.no_cudnn:
-                try:
-                    run, out = cudnn_runner(batch)
-                    out.fill_(float("nan"))
-                    run()
-                    _sync(device)
-                    verdict = check(out, ref, batch)
-                    timing = time_launches(run, device, args.reps) if verdict["ok"] else None
-                    cudnn_us = timing["median_us"] if timing else None
-                    emit({**row_base, "backend": "cudnn", **verdict, **(timing or {})})
-                    print(f"{case} p{page} cudnn " + (f"{cudnn_us:.1f} us rel_l2 {verdict['rel_l2']:.1e}"
-                                                      if cudnn_us else f"WRONG: {verdict['reason']}"), flush=True)
-                except Exception as error:  # noqa: BLE001
-                    emit({**row_base, "backend": "cudnn", "error": repr(error)[:600]})
-                    print(f"{case} p{page} cudnn error {error!r}"[:400], flush=True)
-            results = []
-            candidates = candidates_for(spec, device)
-            for index, (config, num_splits) in enumerate(candidates):
-                repeat = index == len(candidates) - 1
-                if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:
-                    emit({**row_base, "config": config.label(), "skipped": "budget"})
-                    continue
-                try:
-                    compile_start = time.perf_counter()
-                    launcher = prepare_paged_attention(
-                        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                        batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                        causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits)
-                    launcher.out.fill_(float("nan"))
-                    launcher()
-                    _sync(device)
-                    first_s = time.perf_counter() - compile_start
-                    verdict = check(launcher.out, ref, batch)
-                    timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
-                    row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
-                           **launcher.plan.describe(), **launcher.register_report(),
-                           "first_call_s": first_s, **verdict, **timing}
-                except Exception:  # noqa: BLE001 - the traceback is the row's record
-                    row = {**row_base, "backend": "triton", "table": index == 0, "config": config.label(),
-                           "num_splits_req": num_splits, "error": traceback.format_exc()[-1500:]}
-                emit(row)
-                results.append(row)
-                us = row.get("median_us")
-                print(f"{case} p{page} {row.get('config')} splits {row.get('num_splits', num_splits)} "
-                      f"{'table ' if index == 0 else 'repeat ' if repeat else ''}"
-                      + (f"{us:.1f} us ({fl / us / 1e6:.0f} TFLOP/s, {by / us / 1e6:.2f} TB/s) "
-                         f"rel_l2 {row['rel_l2']:.1e} first {row['first_call_s']:.1f}s regs {row.get('regs')} spills {row.get('spills')}" if us else
-                         f"FAILED {row.get('error', '')[-300:] or row.get('reason')}"), flush=True)
-            timed = [r for r in results if r.get("median_us")]
-            table_row = next((r for r in results if r.get("table")), {})
-            repeat_row = next((r for r in results if r.get("repeat")), {})
-            best = min(timed, key=lambda r: r["median_us"]) if timed else {}
-            summary.append((case, page, table_row, repeat_row, best, cudnn_us, fl, by))
-            del batch, ref
-            if device == "cuda":
-                torch.cuda.empty_cache()
+    for head_dim, case, page in ((d, c, p) for d in head_dims for c in args.cases for p in args.pages):
+        spec = BatchSpec.from_grammar(case, page_size=page, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
+                                      head_dim=head_dim, dtype=dtype)
+        batch = make_batch(spec, device)
+        ref = reference_attention(batch)
+        fl, by = spec_flops(spec), spec_bytes(spec)
+        row_base = {"case": case, "page": page, "head_dim": head_dim, "dtype": dtype,
+                    "heads": [num_q_heads, num_kv_heads], "flops": fl, "bytes": by,
+                    "key": list(config_key(spec.head_dim, spec.page_size, spec.max_q_len))}
+        cudnn_us = None
+        if not args.no_cudnn:
+            try:
+                run, out = cudnn_runner(batch)
+                out.fill_(float("nan"))
+                run()
+                _sync(device)
+                verdict = check(out, ref, batch)
+                timing = time_launches(run, device, args.reps) if verdict["ok"] else None
+                cudnn_us = timing["median_us"] if timing else None
+                emit({**row_base, "backend": "cudnn", **verdict, **(timing or {})})
+                print(f"{case} D{head_dim} p{page} cudnn "
+                      + (f"{cudnn_us:.1f} us rel_l2 {verdict['rel_l2']:.1e}" if cudnn_us else f"WRONG: {verdict['reason']}"),
+                      flush=True)
+            except Exception as error:  # noqa: BLE001
+                emit({**row_base, "backend": "cudnn", "error": repr(error)[:600]})
+                print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
+        results = []
+        candidates = candidates_for(spec, device)
+        for index, (config, num_splits) in enumerate(candidates):
+            repeat = index == len(candidates) - 1
+            if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:
+                emit({**row_base, "config": config.label(), "skipped": "budget"})
+                continue
+            try:
+                compile_start = time.perf_counter()
+                launcher = prepare_paged_attention(
+                    batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                    batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                    causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits)
+                launcher.out.fill_(float("nan"))
+                launcher()
+                _sync(device)
+                first_s = time.perf_counter() - compile_start
+                verdict = check(launcher.out, ref, batch)
+                timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
+                row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
+                       **launcher.plan.describe(), **launcher.register_report(),
+                       "first_call_s": first_s, **verdict, **timing}
+            except Exception:  # noqa: BLE001 - the traceback is the row's record
+                row = {**row_base, "backend": "triton", "table": index == 0, "config": config.label(),
+                       "num_splits_req": num_splits, "error": traceback.format_exc()[-1500:]}
+            emit(row)
+            results.append(row)
+            us = row.get("median_us")
+            print(f"{case} D{head_dim} p{page} {row.get('config')} splits {row.get('num_splits', num_splits)} "
+                  f"{'table ' if index == 0 else 'repeat ' if repeat else ''}"
+                  + (f"{us:.1f} us ({fl / us / 1e6:.0f} TFLOP/s, {by / us / 1e6:.2f} TB/s) "
+                     f"rel_l2 {row['rel_l2']:.1e} first {row['first_call_s']:.1f}s regs {row.get('regs')} spills {row.get('spills')}" if us else
+                     f"FAILED {row.get('error', '')[-300:] or row.get('reason')}"), flush=True)
+        timed = [r for r in results if r.get("median_us")]
+        table_row = next((r for r in results if r.get("table")), {})
+        repeat_row = next((r for r in results if r.get("repeat")), {})
+        best = min(timed, key=lambda r: r["median_us"]) if timed else {}
+        summary.append((f"{case} D{head_dim}", page, table_row, repeat_row, best, cudnn_us, fl, by))
+        del batch, ref
+        if device == "cuda":
+            torch.cuda.empty_cache()
 
-    print(f"\nGPU {env['gpu']}, copy {env['copy_tbps']:.2f} TB/s, bf16 mm {env['matmul_bf16_tflops']:.0f} TFLOP/s, "
-          f"triton {env['triton']}, cudnn {env['cudnn']}; elapsed {time.perf_counter() - started:.0f}s")
-    header = (f"{'case':26} {'pg':>3} {'table us':>9} {'again':>7} {'x cudnn':>7} {'best us':>9} {'TFLOP/s':>7} "
+    print(f"\n{dtype}, Hq {num_q_heads}, Hkv {num_kv_heads}; GPU {env['gpu']}, copy {env['copy_tbps']:.2f} TB/s, "
+          f"bf16 mm {env['matmul_bf16_tflops']:.0f} TFLOP/s, triton {env['triton']}, cudnn {env['cudnn']}; elapsed {time.perf_counter() - started:.0f}s")
+    header = (f"{'case':30} {'pg':>3} {'table us':>9} {'again':>7} {'x cudnn':>7} {'best us':>9} {'TFLOP/s':>7} "
               f"{'TB/s':>5} {'cudnn us':>9} {'x cudnn':>7}  best config")
     print(header)
     nan = float("nan")
@@ -234,7 +293,7 @@ def main() -> int:
         best_us, table_us = best.get("median_us"), table_row.get("median_us")
         ratio = f"{cudnn_us / best_us:.2f}" if (cudnn_us and best_us) else "-"
         table_ratio = f"{cudnn_us / table_us:.2f}" if (cudnn_us and table_us) else "-"
-        print(f"{case:26} {page:>3} {table_us or nan:9.1f} {repeat_row.get('median_us', nan):7.1f} {table_ratio:>7} "
+        print(f"{case:30} {page:>3} {table_us or nan:9.1f} {repeat_row.get('median_us', nan):7.1f} {table_ratio:>7} "
               f"{best_us or nan:9.1f} {fl / best_us / 1e6 if best_us else 0:7.0f} "
               f"{by / best_us / 1e6 if best_us else 0:5.2f} {cudnn_us or nan:9.1f} {ratio:>7}  "
               f"{best.get('config', '-')} splits {best.get('num_splits', '-')}")

@@ -326,6 +326,22 @@ def test_plan_splits_keys_only_into_long_chunks():
                        **common).launch_merge_early
 
 
+def test_d256_split_merge_gets_more_warps():
+    """At D=256 the merge kernel's tile (block_m x 256 fp32, twice) spills at 4 warps: the D=256 short
+    and long entries give it 8 and 16; every other entry keeps 4 (docs/triton_kernel_notes.md)."""
+    assert {key: config.merge_warps for key, config in CONFIG_TABLE.items() if config.merge_warps != 4} == {
+        (bucket, 256, page): warps for bucket, warps in (("short", 8), ("long", 16))
+        for page in ("small", "medium", "large")}
+    spec = BatchSpec.from_grammar("1q40c2000", page_size=16, dtype="fp16", num_q_heads=2, num_kv_heads=1,
+                                  head_dim=256)
+    batch = make_batch(spec, "cpu")
+    launcher = prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table,
+                                       batch.cu_seqlens_q, batch.kv_lens, max_q_len=40, max_kv_len=2040,
+                                       causal=True, scale=spec.scale, num_splits=2)
+    assert launcher.plan.config.label().startswith("M128-N32-w8-s2-mw16")
+    assert launcher._merge_args["num_warps"] == 16
+
+
 def test_adapter_imports_and_explains_without_triton():
     """Discovery imports every adapter on CPU machines: the module must import with no triton."""
     code = ("import sys; sys.modules['triton'] = None\n"

@@ -32,10 +32,14 @@ class KernelConfig:
     max_registers: int = 0
     """Cap on registers per thread (Triton's ``maxnreg``; 0 leaves it to the compiler): 128 lets two
     8-warp programs share a multiprocessor, at the price of some spills."""
+    merge_warps: int = 4
+    """Warps of the split-merge kernel, whose tile holds ``block_m x D`` fp32 values twice (the sum
+    and one chunk's partial output): at D=256 four warps spill."""
 
     def label(self) -> str:
         return (f"M{self.block_m}-N{self.block_n}-w{self.num_warps}-s{self.num_stages}"
                 f"{'-tma' if self.use_tma else ''}{f'-r{self.max_registers}' if self.max_registers else ''}"
+                f"{f'-mw{self.merge_warps}' if self.merge_warps != 4 else ''}"
                 f"-split{self.split_programs_per_sm}/{self.min_split_keys}")
 
 
@@ -100,12 +104,13 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
-        table["short", 256, page] = KernelConfig(64, 16, 4, 2, **_SHORT)
+        # D=256: the merge of a split 64- or 128-row tile spills at 4 warps (notes, "Untimed entries")
+        table["short", 256, page] = KernelConfig(64, 16, 4, 2, merge_warps=8, **_SHORT)
         table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,
         # two 8-warp programs share a multiprocessor (notes, "Long queries: 128-row tiles")
         table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
-        table["long", 256, page] = KernelConfig(128, 32, 8, 2, **_LONG)
+        table["long", 256, page] = KernelConfig(128, 32, 8, 2, merge_warps=16, **_LONG)
         table["long-few", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
     # pages of 64+ keys hold a whole key tile: TMA loads win there (notes, "TMA on large pages")
     table["long", 128, "large"] = KernelConfig(128, 64, 8, 2, use_tma=True, max_registers=128, **_LONG)

@@ -190,7 +190,8 @@ class PagedAttentionLauncher:
         )
         self._merge_grid = (plan.num_q_blocks * num_kv_heads,)
         self._merge_args = dict(
-            common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse, num_warps=4,
+            common, out_ptr=out, part_out_ptr=part_out, part_lse_ptr=part_lse,
+            num_warps=plan.config.merge_warps,
             **({"launch_pdl": True} if plan.launch_merge_early else {}),
         ) if split_kv else None
 
