@@ -321,7 +321,8 @@ def _paged_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # keys every row sees, with no mask; then the diagonal and the ragged end, masked
+    # two passes, unrolled at compile time: keys every row sees, with no mask; then the diagonal
+    # and the ragged end, masked (MASKED is a constexpr in each copy)
     for masked_part in tl.static_range(2):
         if masked_part == 0:
             part_lo = kv_lo
