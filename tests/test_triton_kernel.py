@@ -208,9 +208,10 @@ def test_adapter_prepare_and_run_on_cpu():
     batch = make_batch(spec, "cpu")
     prepared = adapter.prepare(batch)
     prepared.out.fill_(float("nan"))
-    out = prepared.run()
+    out, lse = prepared.run()
     assert out.data_ptr() == prepared.out.data_ptr()
     assert_matches_reference(batch, out, CPU_TOLERANCE["fp16"])
+    assert lse.shape == (spec.total_q, spec.num_q_heads) and lse.dtype == torch.float32
     for key in ("config", "setup_s", "num_splits", "page_path", "entry_point"):
         assert key in prepared.notes
     assert adapter.versions()["triton"]
@@ -437,6 +438,6 @@ class TestOnGPU:
         batch = make_batch(spec, "cuda")
         prepared = adapter.prepare(batch)
         prepared.out.fill_(float("nan"))
-        out = prepared.run()
+        out, _ = prepared.run()
         torch.cuda.synchronize()
         assert_matches_reference(batch, out, GPU_TOLERANCE["bf16"])

@@ -2,8 +2,8 @@
 
 Takes the canonical batch as is: packed q, NHD page caches, block table, cu_seqlens_q and kv_lens
 (no conversion). ``prepare`` plans the launch from the spec's host-side lengths, allocates the
-output and the split-KV workspace, and compiles by running once (reported as ``setup_s``); ``run``
-only launches. On the CPU it runs under Triton's interpreter (TRITON_INTERPRET=1), fp16/fp32 only.
+output, the log-sum-exp buffer and the split-KV workspace, and compiles by running once (reported as
+``setup_s``); ``run`` only launches and returns ``(out, lse)`` (``lse`` ``[T, Hq]`` float32, natural log). On the CPU it runs under Triton's interpreter (TRITON_INTERPRET=1), fp16/fp32 only.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ ENTRY_POINT = "kernels.paged_attention.prepare_paged_attention"
 
 def _interpreting() -> bool:
     """Whether the kernels run (or, not yet imported, will run) under Triton's interpreter: triton
-    decides when the kernel module is imported, from TRITON_INTERPRET at that moment."""
-    module = sys.modules.get("kernels.paged_attention")
-    if module is not None:
-        return type(module._paged_attention_kernel).__name__ == "InterpretedFunction"
+    decides when the kernel package is imported, from TRITON_INTERPRET at that moment."""
+    if "kernels.paged_attention" in sys.modules:
+        from kernels.paged_attention import interpreted
+
+        return interpreted()
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -86,7 +87,7 @@ class TritonPagedAdapter(Adapter):
         launcher = prepare_paged_attention(
             batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
             max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
-            out=out)
+            out=out, return_lse=True)
         launcher()  # compiles (or loads from Triton's cache) outside the timed region
         if batch.device.type == "cuda":
             torch.cuda.synchronize(batch.device)
