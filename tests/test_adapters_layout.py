@@ -1,7 +1,7 @@
 """CPU checks of the backend adapters: the argument builders against hand-computed values (cuDNN
-dims/strides/ragged offsets, flash-attn cumulative kv lengths, Flex page mapping and block mask), the
-adapters that run on the CPU (sdpa-gather, flex-paged) through the gate, and discovery without GPU
-libraries. Needs no GPU, cudnn or flash_attn."""
+dims/strides/ragged offsets, flash-attn cumulative kv lengths), the
+adapter that runs on the CPU (sdpa-gather) through the gate, and discovery without GPU
+libraries (the Flex adapter's checks are in test_flex_paged.py). Needs no GPU, cudnn or flash_attn."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from adapters.batch import BatchSpec, make_batch
 from adapters.backends.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_layout, next_power_of_two, padded_rows,
                                  page_table_view, ragged_offsets, refusal_reason, seq_len_tensors, trow_arguments)
 from adapters.backends.flash_attn2 import FlashAttn2Adapter, cumulative_kv_lengths, decode_query_view, is_pure_decode
-from adapters.backends.flex_paged import (FlexPagedAdapter, _smaller_tile, document_ids, logical_page_table, make_mask_mod,
-                                 paged_block_mask_indices, physical_to_logical, query_positions)
 from adapters.reference import reference_attention
 from adapters.backends.sdpa_gather import SdpaGatherAdapter, mask_kind
 from harness.gate import run_gate
@@ -291,102 +289,6 @@ def test_flash_versions_carry_the_build_note(monkeypatch):
     assert versions["flash_attn_build"] == "built here" and "flash_attn" in versions
 
 
-# ------------------------------------------------------------------------------------------------ Flex
-
-def test_flex_documents_positions_and_page_maps_by_hand():
-    assert document_ids((2, 3)).tolist() == [0, 0, 1, 1, 1]
-    assert query_positions((2, 3), (5, 4)).tolist() == [3, 4, 1, 2, 3]
-    block_table = torch.tensor([[3, 1, 0], [2, 5, 4]], dtype=torch.int32)
-    p2l = physical_to_logical(block_table, (2, 3), 6)
-    assert p2l.tolist() == [[-1, 1, -1, 0, -1, -1], [-1, -1, 0, -1, 2, 1]]
-    assert logical_page_table(block_table, (2, 3), 6).tolist() == [[3, 1, -1, -1, -1, -1], [2, 5, 4, -1, -1, -1]]
-
-
-# q_lens (2, 3), kv_lens (5, 4), page 2: seq 0 owns pages [3, 1, 6], seq 1 pages [2, 5]; T = 5 rows:
-# rows 0-1 are seq 0 at positions 3, 4; rows 2-4 are seq 1 at positions 1, 2, 3. Query blocks of 4 rows.
-TINY = BatchSpec(q_lens=(2, 3), kv_lens=(5, 4), page_size=2, num_q_heads=2, num_kv_heads=1, head_dim=8, dtype="fp32")
-TINY_TABLE = torch.tensor([[3, 1, 6], [2, 5, 0]], dtype=torch.int32)
-
-
-def test_flex_block_mask_by_hand_causal():
-    indices = paged_block_mask_indices(TINY, TINY_TABLE, q_block=4)
-    assert indices.kv_num_blocks.shape == (1, 1, 2)
-    assert indices.kv_indices.shape == (1, 1, 2, TINY.num_pages)
-    # block 0 (rows 0-3) holds two sequences: every page partial; seq 1 rows 2-3 (positions 1-2) see pages 0-1
-    assert indices.lists(0) == ([3, 1, 6, 2, 5], [])
-    # block 1 (row 4, seq 1 at position 3) is one sequence and sees keys 0..3 = both pages entirely
-    assert indices.lists(1) == ([], [2, 5])
-
-
-def test_flex_block_mask_by_hand_non_causal():
-    indices = paged_block_mask_indices(TINY.replace(causal=False), TINY_TABLE, q_block=4)
-    assert indices.lists(0) == ([3, 1, 6, 2, 5], [])
-    assert indices.lists(1) == ([], [2, 5])
-    # a longer sequence: 4 queries after 3 tokens of context (kv 7, pages [4, 2, 5, 1]); blocks of 2 rows
-    spec = BatchSpec(q_lens=(4,), kv_lens=(7,), page_size=2, num_q_heads=1, num_kv_heads=1, head_dim=8, dtype="fp32")
-    table = torch.tensor([[4, 2, 5, 1]], dtype=torch.int32)
-    causal = paged_block_mask_indices(spec, table, q_block=2)
-    # rows 0-1 at positions 3-4: pages 0-1 (keys 0-3) visible to both -> full; page 2 (keys 4-5) partial
-    assert causal.lists(0) == ([5], [4, 2])
-    # rows 2-3 at positions 5-6: keys 0-5 visible to both -> pages 0-2 full; page 3 (key 6, 7 > kv) partial
-    assert causal.lists(1) == ([1], [4, 2, 5])
-    non_causal = paged_block_mask_indices(spec.replace(causal=False), table, q_block=2)
-    assert non_causal.lists(0) == ([1], [4, 2, 5])  # last page only half inside kv 7
-
-
-def test_flex_mask_mod_by_hand():
-    p2l = physical_to_logical(TINY_TABLE, TINY.pages_per_seq, TINY.num_pages)
-    mask = make_mask_mod(document_ids(TINY.q_lens), query_positions(TINY.q_lens, TINY.kv_lens), p2l,
-                         torch.tensor(TINY.kv_lens), TINY.page_size, causal=True)
-
-    def allowed(row: int, slot: int) -> bool:
-        return bool(mask(torch.tensor(0), torch.tensor(0), torch.tensor(row), torch.tensor(slot)))
-
-    assert allowed(4, 10) and allowed(4, 11)           # seq 1 page 5 = logical keys 2, 3 <= position 3
-    assert not allowed(2, 11)                          # row 2 (position 1) may not see key 3
-    assert not allowed(4, 12)                          # page 6 belongs to seq 0
-    assert not allowed(0, 12) and allowed(1, 12)       # key 4 of seq 0: position 3 no, position 4 yes
-    assert not allowed(1, 13)                          # key 5 of seq 0 is past kv_len 5
-    assert not allowed(0, 0)                           # the null page belongs to nobody
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_flex_block_mask_covers_exactly_the_mask(causal):
-    """Every pair the mask_mod allows lies in a listed page of its query block; full pages are fully allowed."""
-    spec = BatchSpec.from_grammar("2q1c13_1q9c5_1q20c0_1q3c30", page_size=4, num_q_heads=2, num_kv_heads=1,
-                                  head_dim=8, dtype="fp32", causal=causal)
-    batch = make_batch(spec)
-    q_block = 8
-    indices = paged_block_mask_indices(spec, batch.block_table, q_block=q_block)
-    p2l = physical_to_logical(batch.block_table, spec.pages_per_seq, spec.num_pages)
-    mask = make_mask_mod(document_ids(spec.q_lens), query_positions(spec.q_lens, spec.kv_lens), p2l,
-                         batch.kv_lens, spec.page_size, causal)
-    rows = torch.arange(spec.total_q)[:, None]
-    slots = torch.arange(spec.num_pages * spec.page_size)[None, :]
-    dense = mask(torch.tensor(0), torch.tensor(0), rows, slots)  # [T, N]
-    for block in range((spec.total_q + q_block - 1) // q_block):
-        partial, full = indices.lists(block)
-        assert not set(partial) & set(full)
-        block_rows = dense[block * q_block:(block + 1) * q_block].view(-1, spec.num_pages, spec.page_size)
-        needed = set(block_rows.any(dim=(0, 2)).nonzero().flatten().tolist())
-        assert needed <= set(partial) | set(full), f"block {block} misses pages {needed - set(partial) - set(full)}"
-        for page in full:
-            assert bool(block_rows[:, page].all()), f"block {block}: page {page} listed full but partly masked"
-
-
-def test_flex_shared_memory_ladder_keeps_the_tile_dividing_the_page():
-    def ladder(page, options):
-        steps = []
-        while (step := _smaller_tile(options, page)) is not None:
-            options.update(step)
-            steps.append(step)
-        return steps
-
-    assert ladder(64, {"FORCE_USE_FLEX_ATTENTION": True}) == [{"num_stages": 2}, {"BLOCK_N": 32}, {"BLOCK_N": 16}]
-    assert ladder(16, {"BLOCK_N": 16}) == [{"num_stages": 2}]
-    assert ladder(16, {"BLOCK_N": 16, "num_stages": 1}) == []
-
-
 # ------------------------------------------------------------------------------- adapters through the gate
 
 GATE_CASES = [
@@ -421,21 +323,6 @@ def test_sdpa_gather_mask_choice():
     assert mask_kind(20, 20, True) == "causal"
     assert mask_kind(20, 50, True) == "lower_right"
     assert mask_kind(20, 50, False) == "none"
-
-
-@pytest.mark.parametrize("case", GATE_CASES, ids=lambda c: f"{c['text']}-p{c['page_size']}")
-def test_flex_eager_passes_the_gate_on_cpu(case):
-    result = _gate(FlexPagedAdapter(compile=False), case)
-    assert result.verdict == "ok", result.reason
-    assert result.notes["compiled"] is False
-
-
-def test_flex_compiled_passes_the_gate_on_cpu():
-    """The compiled kernel reads the block mask (eager ignores it): two query blocks, full and partial pages."""
-    case = dict(text="1q150c10_2q20c0", page_size=16, heads=(4, 2), causal=True)
-    result = _gate(FlexPagedAdapter(), case, head_dim=16)
-    assert result.verdict == "ok", result.reason
-    assert result.notes["compiled"] is True and result.notes["setup_s"] > 0
 
 
 # ------------------------------------------------------------------------------------------- discovery

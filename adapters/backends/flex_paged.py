@@ -3,42 +3,54 @@ physical cache, with a block mask that lists each query block's physical pages a
 that maps physical slots back to logical positions, as
 ``torch.nn.attention.experimental._paged_attention.PagedAttention`` does.
 
-Layout:
-- Queries stay packed: one Flex "batch" of T query rows ``[1, Hq, T, D]`` (a view of ``[T, Hq, D]``),
-  each row tagged with its sequence (document id) and its logical position ``kv_len - q_len + i``.
-- The physical caches are Flex's ``[1, Hkv, num_pages * page_size, D]``: our NHD pages viewed through
-  strides (``k_cache.view(1, N, Hkv, D).permute(0, 2, 1, 3)``). Flex only needs the last dim
-  contiguous, so this costs nothing, neither in prepare nor in the timed call.
-- The block mask has query blocks of `Q_BLOCK` (128) rows and KV blocks of one page, the
-  granularity `PagedAttention.convert_logical_block_mask` requires (``BLOCK_SIZE[1] == page_size``).
-  Per query block it lists the physical pages of every sequence present in it, split into
-  "full" pages (every (query, key) pair visible: no mask evaluated) and "partial" ones (the mask_mod
-  decides). Built on the host in prepare (`paged_block_mask_indices`).
-- The mask_mod is `PagedAttention.get_mask_mod`'s mapping (physical page -> logical page through
-  ``physical_to_logical``), indexed by the query's document instead of Flex's batch index (all our
-  queries are Flex batch 0), then bounded by the sequence's kv length and bottom-right causality.
-  ``PagedAttention.convert_logical_block_mask`` is not used: it maps a *batched* logical block mask
-  ``[B, H, rows, blocks]`` through ``page_table[b]``, which packed queries do not have.
-- GQA through ``enable_gqa=True``.
+Two paths; ``notes["flex_path"]`` records which one a cell used:
+
+- **batched** (every sequence has the same q_len: pure decode and uniform prefill) -- the layout
+  gpt-fast-style servers use. One Flex batch row per sequence: q ``[B, Hq, q_len, D]`` (a view of the
+  packed ``[T, Hq, D]`` rows), a *logical* block mask ``[B, 1, NQ, max_pages]`` (query blocks of
+  `Q_BLOCK` rows, KV blocks of one page, built on the host by `logical_block_mask_indices`, with a
+  ``mask_mod`` on logical positions: kv length and bottom-right causality) converted to physical pages
+  by ``PagedAttention.convert_logical_block_mask`` through ``PagedAttention.page_table`` (the block
+  table) and ``physical_to_logical``. Flex's own GQA decoding kernel serves ``q_len < 128``.
+- **packed** (mixed batches, where no batched layout exists): one Flex "batch" of T query rows
+  ``[1, Hq, T, D]`` (a view of ``[T, Hq, D]``), each row tagged with its sequence (document id) and
+  logical position ``kv_len - q_len + i``. The block mask (`paged_block_mask_indices`) lists, per
+  query block, the physical pages of every sequence present in it, split into "full" pages (every
+  (query, key) pair visible: no mask evaluated) and "partial" ones; its ``mask_mod`` is
+  ``PagedAttention.get_mask_mod``'s physical -> logical mapping indexed by the query's document
+  instead of Flex's batch index, bounded by the kv length and bottom-right causality.
+  ``convert_logical_block_mask`` does not apply: it maps a *batched* logical mask through
+  ``page_table[b]``, which packed queries do not have.
+
+Both read the physical caches as Flex's ``[1, Hkv, num_pages * page_size, D]``: our NHD pages viewed
+through strides (``k_cache.view(1, N, Hkv, D).permute(0, 2, 1, 3)``); Flex only needs the last dim
+contiguous, so this costs nothing. GQA through ``enable_gqa=True``. ``run`` returns ``(out, lse)``:
+Flex's log-sum-exp is natural log (``return_aux=AuxRequest(lse=True)``, or ``return_lse`` on torch
+versions without it); ``to_lse`` only reshapes it to ``[T, Hq]``.
 
 ``prepare`` builds the tables and the block mask and compiles/warms the kernel (compile seconds in
-``notes["setup_s"]``); ``run`` calls the compiled ``flex_attention`` only. Two compile failures seen
-on the H100 (torch 2.11) are retried with Flex's own kernel options, recorded in
+``notes["setup_s"]``); ``run`` calls the compiled ``flex_attention`` only. Compile failures seen on
+the H100 (torch 2.11) are retried with Flex's own kernel options, recorded in
 ``notes["kernel_options"]`` and ``notes["compile_retries"]``:
 - ``NoValidChoicesError``: for fewer than 128 query rows Flex picks its decoding kernel, which packs
-  the GQA group into ``BLOCK_M = next_pow2(T * group)``; above the 128-row query block no config is
+  the GQA group into ``BLOCK_M = next_pow2(rows * group)``; above the 128-row query block no config is
   valid (mixed batches with GQA) -> ``FORCE_USE_FLEX_ATTENTION=True`` (the main kernel);
 - "Q and KV block size must be divisible by BLOCK_M and BLOCK_N": the default KV tile is larger than
   the page -> ``BLOCK_N = page_size``;
 - "out of resource: ... shared memory" (the main kernel's default config at page >= 64 under
   FORCE_USE_FLEX_ATTENTION; Triton advises smaller blocks or fewer stages) -> `SHARED_MEMORY_LADDER`.
-A layout that Flex still cannot compile (e.g. a tile below Triton's minimum) becomes `Unsupported`
-with Flex's / Triton's own message; other failures stay errors. On CPU it runs compiled too (or eager,
-which materialises the scores, when constructed with ``compile=False``: used by the CPU tests).
+A layout that Flex still cannot compile (e.g. a tile below Triton's minimum, page size 1) becomes
+`Unsupported` with Flex's / Triton's own message; other failures stay errors. On CPU it runs compiled
+too (or eager, which materialises the scores, when constructed with ``compile=False``: used by the
+CPU tests).
+
+State lives on the adapter instance (the compiled function); dynamo's recompile limit is raised only
+around the compiling calls in ``prepare`` (``torch._dynamo.config.patch``), never process-wide.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -48,16 +60,16 @@ from typing import Any, Callable
 
 import torch
 
-from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.base import Adapter, Prepared, RunResult, Unsupported, register, split_result
 from adapters.batch import BatchSpec, PagedBatch
 
 Q_BLOCK = 128
 """Query rows per block-mask block (Flex's default SPARSE_Q_BLOCK_SIZE)."""
 RECOMPILE_LIMIT = 512
-"""Every new page size, head dim, dtype or head count recompiles flex_attention; torch's default limit
-of 8 would silently fall back to the eager (score-materialising) path after the 8th."""
-
-_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+"""Every new page size, head dim, dtype, head count or batch layout recompiles flex_attention; torch's
+default limit of 8 would silently fall back to the eager (score-materialising) path after the 8th."""
+PATH_BATCHED = "batched"
+PATH_PACKED = "packed"
 
 
 def document_ids(q_lens: tuple[int, ...] | list[int]) -> torch.Tensor:
@@ -88,34 +100,72 @@ def logical_page_table(block_table: torch.Tensor, pages_per_seq, num_pages: int)
     return table
 
 
+def is_uniform(spec: BatchSpec) -> bool:
+    """Every sequence has the same q_len (pure decode, uniform prefill): the batched path applies."""
+    return len(set(spec.q_lens)) == 1
+
+
+def flex_path(spec: BatchSpec) -> str:
+    """Which path a batch takes: `PATH_BATCHED` for uniform q_len, `PATH_PACKED` otherwise."""
+    return PATH_BATCHED if is_uniform(spec) else PATH_PACKED
+
+
 @dataclass
 class BlockMaskIndices:
-    """The block-sparse structure Flex reads (batch and head dims of 1 broadcast):
-    kv_num_blocks/full_kv_num_blocks int32 [1, 1, NQ]; kv_indices/full_kv_indices int32 [1, 1, NQ, num_pages]
-    (physical page ids, zero-padded past the count; NQ = ceil(T / q_block))."""
+    """The block-sparse structure Flex reads: kv_num_blocks/full_kv_num_blocks int32 [R, 1, NQ];
+    kv_indices/full_kv_indices int32 [R, 1, NQ, width] (page ids, zero-padded past the count). The packed
+    path has R = 1 row of NQ = ceil(T / q_block) blocks over physical pages (width = pool size); the
+    batched path's logical mask has R = B rows of NQ = ceil(q_len / q_block) blocks over logical pages
+    (width = max_pages)."""
 
     kv_num_blocks: torch.Tensor
     kv_indices: torch.Tensor
     full_kv_num_blocks: torch.Tensor
     full_kv_indices: torch.Tensor
 
-    def lists(self, q_block_index: int) -> tuple[list[int], list[int]]:
-        """(partial pages, full pages) of one query block, for tests and debugging."""
-        n = int(self.kv_num_blocks[0, 0, q_block_index])
-        f = int(self.full_kv_num_blocks[0, 0, q_block_index])
-        return (self.kv_indices[0, 0, q_block_index, :n].tolist(),
-                self.full_kv_indices[0, 0, q_block_index, :f].tolist())
+    def lists(self, q_block_index: int, row: int = 0) -> tuple[list[int], list[int]]:
+        """(partial pages, full pages) of one query block of one row, for tests and debugging."""
+        n = int(self.kv_num_blocks[row, 0, q_block_index])
+        f = int(self.full_kv_num_blocks[row, 0, q_block_index])
+        return (self.kv_indices[row, 0, q_block_index, :n].tolist(),
+                self.full_kv_indices[row, 0, q_block_index, :f].tolist())
+
+
+def _pack_lists(rows: list[list[list[int]]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and query block, page lists -> (counts int32 [R, 1, NQ], indices int32 [R, 1, NQ, width])."""
+    num_rows, num_blocks = len(rows), len(rows[0])
+    counts = torch.tensor([[len(pages) for pages in row] for row in rows], dtype=torch.int32).view(num_rows, 1, num_blocks)
+    indices = torch.zeros(num_rows, 1, num_blocks, width, dtype=torch.int32)
+    for r, row in enumerate(rows):
+        for block, pages in enumerate(row):
+            if pages:
+                indices[r, 0, block, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
+    return counts, indices
+
+
+def _visible_pages(first_pos: int, last_pos: int, kv_len: int, page: int, causal: bool,
+                   one_sequence: bool) -> tuple[int, int]:
+    """(full, visited) logical pages of one sequence's query rows at positions first_pos..last_pos: pages
+    [0, visited) hold a key some row sees; the first ``full`` of them are seen entirely by every row (only
+    when the block holds this sequence alone: otherwise another sequence's rows see none of them)."""
+    last_visible = last_pos if causal else kv_len - 1
+    visited = last_visible // page + 1
+    if not one_sequence:
+        return 0, visited
+    fully_inside = kv_len // page
+    full = min(visited, fully_inside, (first_pos + 1) // page if causal else fully_inside)
+    return full, visited
 
 
 def paged_block_mask_indices(spec: BatchSpec, block_table: torch.Tensor, q_block: int = Q_BLOCK) -> BlockMaskIndices:
-    """Per query block, the physical pages it must visit, split into full and partial (see module docstring).
+    """Packed path: per query block of the T packed rows, the physical pages it must visit, split into
+    full and partial.
 
     A page is *full* for a block when every row of the block belongs to one sequence, the page lies
     entirely inside that sequence's kv length and (causal) its last key is visible to the block's
     first query; pages a row may see but that are not full are *partial*; pages no row sees are left out.
     """
     table = block_table.cpu().tolist()
-    page = spec.page_size
     total = spec.total_q
     num_q_blocks = math.ceil(total / q_block)
     partial: list[list[int]] = [[] for _ in range(num_q_blocks)]
@@ -127,35 +177,47 @@ def paged_block_mask_indices(spec: BatchSpec, block_table: torch.Tensor, q_block
         for block in range(start // q_block, (end - 1) // q_block + 1):
             block_lo, block_hi = block * q_block, min((block + 1) * q_block, total)
             row_lo, row_hi = max(start, block_lo), min(end, block_hi)  # this sequence's rows in the block
-            first_pos, last_pos = context + row_lo - start, context + row_hi - 1 - start
-            last_visible = last_pos if spec.causal else kv_len - 1
-            visited = last_visible // page + 1
-            if start <= block_lo and end >= block_hi:  # the block holds this sequence's rows only
-                fully_inside = kv_len // page
-                num_full = min(visited, fully_inside, (first_pos + 1) // page if spec.causal else fully_inside)
-            else:
-                num_full = 0
+            num_full, visited = _visible_pages(context + row_lo - start, context + row_hi - 1 - start, kv_len,
+                                               spec.page_size, spec.causal, start <= block_lo and end >= block_hi)
             full[block].extend(table[seq][:num_full])
             partial[block].extend(table[seq][num_full:visited])
         start = end
+    kv_num_blocks, kv_indices = _pack_lists([partial], spec.num_pages)
+    full_kv_num_blocks, full_kv_indices = _pack_lists([full], spec.num_pages)
+    return BlockMaskIndices(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices)
 
-    def pack(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = torch.tensor([len(pages) for pages in lists], dtype=torch.int32).view(1, 1, -1)
-        indices = torch.zeros(1, 1, num_q_blocks, spec.num_pages, dtype=torch.int32)
-        for block, pages in enumerate(lists):
-            if pages:
-                indices[0, 0, block, : len(pages)] = torch.tensor(pages, dtype=torch.int32)
-        return counts, indices
 
-    kv_num_blocks, kv_indices = pack(partial)
-    full_kv_num_blocks, full_kv_indices = pack(full)
+def logical_block_mask_indices(spec: BatchSpec, q_block: int = Q_BLOCK) -> BlockMaskIndices:
+    """Batched path: the *logical* block mask, one row per sequence (every q_len equal): per query block
+    of the row's q_len queries, the logical pages (0..max_pages-1) it visits, full and partial by the
+    same rule as `paged_block_mask_indices` (each row holds one sequence, so pages can be full).
+    ``PagedAttention.convert_logical_block_mask`` maps them to physical pages."""
+    if not is_uniform(spec):
+        raise ValueError(f"the batched Flex layout needs one q_len for every sequence, got {sorted(set(spec.q_lens))}")
+    q_len = spec.q_lens[0]
+    num_q_blocks = math.ceil(q_len / q_block)
+    partial: list[list[list[int]]] = []
+    full: list[list[list[int]]] = []
+    for kv_len in spec.kv_lens:
+        context = kv_len - q_len
+        row_partial, row_full = [], []
+        for block in range(num_q_blocks):
+            lo, hi = block * q_block, min((block + 1) * q_block, q_len)
+            num_full, visited = _visible_pages(context + lo, context + hi - 1, kv_len, spec.page_size,
+                                               spec.causal, True)
+            row_full.append(list(range(num_full)))
+            row_partial.append(list(range(num_full, visited)))
+        partial.append(row_partial)
+        full.append(row_full)
+    kv_num_blocks, kv_indices = _pack_lists(partial, spec.max_pages)
+    full_kv_num_blocks, full_kv_indices = _pack_lists(full, spec.max_pages)
     return BlockMaskIndices(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices)
 
 
 def make_mask_mod(doc: torch.Tensor, query_pos: torch.Tensor, phys_to_logical: torch.Tensor,
                   kv_lens: torch.Tensor, page_size: int, causal: bool):
-    """mask_mod(b, h, q_idx, physical_kv_idx) -> bool: the physical slot holds a key of the query's own
-    sequence, inside its kv length, and (causal) at or before the query's logical position."""
+    """Packed path: mask_mod(b, h, q_idx, physical_kv_idx) -> bool: the physical slot holds a key of the
+    query's own sequence, inside its kv length, and (causal) at or before the query's logical position."""
 
     def paged_document_mask(b, h, q_idx, kv_idx):
         seq = doc[q_idx]
@@ -172,23 +234,51 @@ def make_mask_mod(doc: torch.Tensor, query_pos: torch.Tensor, phys_to_logical: t
     return paged_document_causal_mask if causal else paged_document_mask
 
 
-def _flex_function(compiled: bool) -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
+def make_logical_mask_mod(kv_lens: torch.Tensor, q_len: int, causal: bool):
+    """Batched path: mask_mod(b, h, q_idx, logical_kv_idx) -> bool on logical positions (what
+    ``PagedAttention.get_mask_mod`` wraps): the key lies inside row b's kv length and (causal,
+    bottom-right) at or before query q_idx's position ``kv_len - q_len + q_idx``. Negative indices
+    (slots of pages the row does not own) are refused by the wrapper and by the bounds here."""
 
-    if not compiled:
-        return flex_attention
-    if "compiled" not in _COMPILED:
-        config = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(config, name):
-                setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-                break
-        if hasattr(config, "accumulated_recompile_limit"):
-            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
-        if hasattr(config, "fail_on_recompile_limit_hit"):
-            config.fail_on_recompile_limit_hit = True  # never fall back to eager silently
-        _COMPILED["compiled"] = torch.compile(flex_attention, fullgraph=True, dynamic=False)
-    return _COMPILED["compiled"]
+    def logical_mask(b, h, q_idx, kv_idx):
+        return (kv_idx >= 0) & (kv_idx < kv_lens[b])
+
+    def logical_causal_mask(b, h, q_idx, kv_idx):
+        kv_len = kv_lens[b]
+        return (kv_idx >= 0) & (kv_idx < kv_len) & (kv_idx <= q_idx + kv_len - q_len)
+
+    return logical_causal_mask if causal else logical_mask
+
+
+def batched_query_view(q: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Packed ``[T, Hq, D]`` rows of a uniform batch as Flex's ``[B, Hq, q_len, D]`` (a view)."""
+    total, heads, dim = q.shape
+    if total % batch_size:
+        raise ValueError(f"{total} packed rows do not split into {batch_size} equal sequences")
+    return q.view(batch_size, total // batch_size, heads, dim).transpose(1, 2)
+
+
+def physical_cache_view(cache: torch.Tensor) -> torch.Tensor:
+    """NHD pages ``[N, P, Hkv, D]`` as Flex's ``[1, Hkv, N * P, D]`` (a view by strides)."""
+    pages, page_size, heads, dim = cache.shape
+    return cache.view(1, pages * page_size, heads, dim).permute(0, 2, 1, 3)
+
+
+def packed_output(out: torch.Tensor) -> torch.Tensor:
+    """Flex's ``[R, Hq, L, D]`` output as the packed ``[R * L, Hq, D]`` rows. One row (the packed path)
+    or one query per row (decode): always a view. Several rows of several queries: a view when Flex
+    wrote the output in the query's ``[R, L, Hq, D]`` memory order (it keeps the query's stride order),
+    else a copy (``notes["output_copy"]`` says which)."""
+    rows, heads, length, dim = out.shape
+    if rows == 1:
+        return out[0].transpose(0, 1)
+    return out.transpose(1, 2).reshape(rows * length, heads, dim)
+
+
+def packed_lse(lse: torch.Tensor) -> torch.Tensor:
+    """Flex's ``[R, Hq, L]`` log-sum-exp (natural log) as the canonical ``[R * L, Hq]`` float32."""
+    rows, heads, length = lse.shape
+    return lse.float().transpose(1, 2).reshape(rows * length, heads)
 
 
 def _innermost(error: BaseException) -> BaseException:
@@ -249,16 +339,63 @@ def _is_compile_refusal(error: BaseException) -> bool:
             or any(f"{name}:" in first_line for name in _REFUSAL_TYPES))
 
 
+def dynamo_settings() -> dict[str, Any]:
+    """The dynamo config entries `prepare` patches around its compiling calls: a recompile limit of
+    `RECOMPILE_LIMIT` (named ``recompile_limit`` or, in older torch, ``cache_size_limit``) and a hard
+    failure instead of the silent eager fallback when it is hit."""
+    config = torch._dynamo.config
+    settings: dict[str, Any] = {}
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            settings[name] = max(getattr(config, name), RECOMPILE_LIMIT)
+            break
+    if hasattr(config, "accumulated_recompile_limit"):
+        settings["accumulated_recompile_limit"] = max(config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        settings["fail_on_recompile_limit_hit"] = True  # never fall back to eager silently
+    return settings
+
+
+def _lse_request() -> dict[str, Any]:
+    """Keyword arguments that make flex_attention return ``(out, lse)`` with a natural-log LSE:
+    ``return_aux=AuxRequest(lse=True)`` where torch has it, else the older ``return_lse=True``."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return {"return_lse": True}
+    return {"return_aux": AuxRequest(lse=True)}
+
+
+def _split_flex_result(result: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    out, aux = result
+    lse = getattr(aux, "lse", aux)
+    return out, lse
+
+
+@dataclass
+class _FlexLayout:
+    """What one path hands flex_attention: q ``[R, Hq, L, D]`` and the physical block mask."""
+
+    query: torch.Tensor
+    block_mask: Any
+    notes: dict[str, Any]
+
+
 @register
 class FlexPagedAdapter(Adapter):
-    """FlexAttention over the paged cache, packed queries (module docstring)."""
+    """FlexAttention over the paged cache: batched rows for uniform batches, packed rows otherwise
+    (module docstring)."""
 
     name = "flex-paged"
     devices = ("cuda", "cpu")
+    packages = ("torch", "triton")
 
     def __init__(self, compile: bool | None = None):
         self.compile = compile
         """None: compiled everywhere; False: eager (materialises scores; CPU tests only)."""
+        self._compiled: Callable[..., Any] | None = None
+        self._no_lse: dict[tuple[str, bool], str] = {}
+        """(device type, compiled) -> why Flex returned no LSE there (asked once per adapter)."""
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
@@ -292,51 +429,108 @@ class FlexPagedAdapter(Adapter):
             pass
         return versions
 
-    def prepare(self, batch: PagedBatch) -> Prepared:
+    def close(self) -> None:
+        self._compiled = None
+        self._no_lse.clear()
+
+    def _flex(self, compiled: bool) -> Callable[..., Any]:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        if not compiled:
+            return flex_attention
+        if self._compiled is None:
+            self._compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
+        return self._compiled
+
+    @staticmethod
+    def _paged_attention(batch: PagedBatch):
+        """``PagedAttention`` holding the batch's block table: page_table, physical_to_logical, capacity."""
         from torch.nn.attention.experimental._paged_attention import PagedAttention
+
+        spec, device = batch.spec, batch.device
+        num_pages = batch.k_cache.shape[0]
+        paged = PagedAttention(n_pages=num_pages, page_size=spec.page_size, max_batch_size=spec.batch_size,
+                               device=str(device))
+        paged.page_table.copy_(logical_page_table(batch.block_table, spec.pages_per_seq, num_pages))
+        paged.physical_to_logical.copy_(physical_to_logical(batch.block_table, spec.pages_per_seq, num_pages))
+        paged.capacity.copy_(torch.tensor(spec.pages_per_seq, device=device) * spec.page_size)
+        if hasattr(paged, "seq_lens"):  # torch versions whose get_mask_mod bounds by PagedAttention.seq_lens
+            paged.seq_lens.copy_(batch.kv_lens.to(paged.seq_lens.dtype))
+        owned = set(batch.block_table.cpu().flatten().tolist())
+        paged.empty_pages = [p for p in range(num_pages - 1, -1, -1) if p not in owned]
+        return paged
+
+    def _batched_layout(self, batch: PagedBatch) -> _FlexLayout:
         from torch.nn.attention.flex_attention import BlockMask
 
         spec, device = batch.spec, batch.device
-        started = time.perf_counter()
-        paged = PagedAttention(n_pages=spec.num_pages, page_size=spec.page_size, max_batch_size=spec.batch_size,
-                               device=str(device))
-        paged.page_table.copy_(logical_page_table(batch.block_table, spec.pages_per_seq, spec.num_pages))
-        paged.physical_to_logical.copy_(physical_to_logical(batch.block_table, spec.pages_per_seq, spec.num_pages))
-        paged.capacity.copy_(torch.tensor(spec.pages_per_seq, device=device) * spec.page_size)
-        owned = set(batch.block_table.cpu().flatten().tolist())
-        paged.empty_pages = [p for p in range(spec.num_pages - 1, -1, -1) if p not in owned]
+        paged = self._paged_attention(batch)
+        q_len = spec.q_lens[0]
+        indices = logical_block_mask_indices(spec)
+        logical = BlockMask.from_kv_blocks(
+            indices.kv_num_blocks.to(device), indices.kv_indices.to(device),
+            indices.full_kv_num_blocks.to(device), indices.full_kv_indices.to(device),
+            BLOCK_SIZE=(Q_BLOCK, spec.page_size), mask_mod=make_logical_mask_mod(batch.kv_lens, q_len, spec.causal),
+            seq_lengths=(q_len, spec.max_pages * spec.page_size), compute_q_blocks=False,
+        )
+        convert_args: dict[str, Any] = {}
+        if "kv_len" in inspect.signature(paged.convert_logical_block_mask).parameters:
+            convert_args["kv_len"] = batch.kv_lens
+        batch_idx = torch.arange(spec.batch_size, device=device)
+        physical = paged.convert_logical_block_mask(logical, batch_idx, **convert_args)
+        return _FlexLayout(batched_query_view(batch.q, spec.batch_size), physical,
+                           {"entry_point": "PagedAttention.convert_logical_block_mask + flex_attention"})
 
+    def _packed_layout(self, batch: PagedBatch) -> _FlexLayout:
+        from torch.nn.attention.flex_attention import BlockMask
+
+        spec, device = batch.spec, batch.device
+        paged = self._paged_attention(batch)
         mask_mod = make_mask_mod(document_ids(spec.q_lens).to(device),
                                  query_positions(spec.q_lens, spec.kv_lens).to(device),
                                  paged.physical_to_logical, batch.kv_lens, spec.page_size, spec.causal)
         indices = paged_block_mask_indices(spec, batch.block_table)
-        physical_len = spec.num_pages * spec.page_size
+        num_pages = batch.k_cache.shape[0]
+        if indices.kv_indices.shape[-1] != num_pages:
+            raise ValueError(f"the cache holds {num_pages} pages, the spec {spec.num_pages}")
         block_mask = BlockMask.from_kv_blocks(
             indices.kv_num_blocks.to(device), indices.kv_indices.to(device),
             indices.full_kv_num_blocks.to(device), indices.full_kv_indices.to(device),
             BLOCK_SIZE=(Q_BLOCK, spec.page_size), mask_mod=mask_mod,
-            seq_lengths=(spec.total_q, physical_len), compute_q_blocks=False,
+            seq_lengths=(spec.total_q, num_pages * spec.page_size), compute_q_blocks=False,
         )
+        return _FlexLayout(batch.q.transpose(0, 1).unsqueeze(0), block_mask,
+                           {"entry_point": "flex_attention (packed rows, document mask)"})
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        spec, device = batch.spec, batch.device
+        path = flex_path(spec)
+        started = time.perf_counter()
+        layout = self._batched_layout(batch) if path == PATH_BATCHED else self._packed_layout(batch)
         mask_s = time.perf_counter() - started
 
-        query = batch.q.transpose(0, 1).unsqueeze(0)  # [1, Hq, T, D], a view
-        key = batch.k_cache.view(1, physical_len, spec.num_kv_heads, spec.head_dim).permute(0, 2, 1, 3)
-        value = batch.v_cache.view(1, physical_len, spec.num_kv_heads, spec.head_dim).permute(0, 2, 1, 3)
+        key = physical_cache_view(batch.k_cache)
+        value = physical_cache_view(batch.v_cache)
         compiled = self.compile is not False
-        flex = _flex_function(compiled)
-        notes: dict[str, Any] = {"compiled": compiled, "block_mask_s": round(mask_s, 4),
-                                 "q_block": Q_BLOCK, "kv_block": spec.page_size}
+        flex = self._flex(compiled)
+        lse_request = _lse_request()
+        query, block_mask = layout.query, layout.block_mask
+        notes: dict[str, Any] = {"flex_path": path, "compiled": compiled, "block_mask_s": round(mask_s, 4),
+                                 "q_block": Q_BLOCK, "kv_block": spec.page_size, **layout.notes}
 
-        def launcher(kernel_options: dict[str, Any] | None) -> Callable[[], torch.Tensor]:
-            def run() -> torch.Tensor:
-                out = flex(query, key, value, block_mask=block_mask, scale=spec.scale, enable_gqa=True,
-                           kernel_options=kernel_options)
-                return out[0].transpose(0, 1)  # [T, Hq, D], a view
+        def launcher(kernel_options: dict[str, Any] | None, with_lse: bool) -> Callable[[], RunResult]:
+            def run() -> RunResult:
+                if not with_lse:
+                    return packed_output(flex(query, key, value, block_mask=block_mask, scale=spec.scale,
+                                              enable_gqa=True, kernel_options=kernel_options))
+                out, lse = _split_flex_result(flex(query, key, value, block_mask=block_mask, scale=spec.scale,
+                                                   enable_gqa=True, kernel_options=kernel_options, **lse_request))
+                return packed_output(out), lse  # lse [R, Hq, L]: to_lse makes it [T, Hq]
 
             if compiled:
                 return run
 
-            def eager_run() -> torch.Tensor:
+            def eager_run() -> RunResult:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Flex warns that eager materialises the scores
                     return run()
@@ -346,37 +540,48 @@ class FlexPagedAdapter(Adapter):
         started = time.perf_counter()
         options: dict[str, Any] = {}
         attempts: list[str] = []
-        while True:
-            run = launcher(dict(options) or None)
-            try:
-                run()
-                break
-            except Exception as error:  # noqa: BLE001 - compile failures are retried or classified below
-                text = str(error)
-                attempts.append(f"{options or 'default'}: {_reason(error)[:200]}")
-                if compiled and "NoValidChoicesError" in text and "FORCE_USE_FLEX_ATTENTION" not in options:
-                    # Flex's decoding kernel (chosen for < 128 query rows) packs the GQA group into BLOCK_M =
-                    # next_pow2(T * group); above the 128-row query block it has no valid config.
-                    options["FORCE_USE_FLEX_ATTENTION"] = True
-                    continue
-                if compiled and "must be divisible" in text and "BLOCK_N" not in options:
-                    # The default KV tile is larger than a page (the block mask's KV block).
-                    options["BLOCK_N"] = spec.page_size
-                    continue
-                step = _smaller_tile(options, spec.page_size) if compiled and "out of resource" in text else None
-                if step:
-                    # Triton: "out of resource: ... shared memory ... Reducing block sizes or `num_stages` may help."
-                    options.update(step)
-                    continue
-                self._raise_refusal(error, spec, options, attempts)
+        lse_note = self._no_lse.get((device.type, compiled), "")
+        with torch._dynamo.config.patch(**dynamo_settings()):
+            while True:
+                run = launcher(dict(options) or None, not lse_note)
+                try:
+                    out, _ = split_result(run())
+                    break
+                except Exception as error:  # noqa: BLE001 - compile failures are retried or classified below
+                    text = str(error)
+                    attempts.append(f"{options or 'default'}: {_reason(error)[:200]}")
+                    if not lse_note and "return_lse" in text and "not supported" in text:
+                        # Inductor's CPU lowering of Flex: "torch.compile on CPU only supports inference and
+                        # `return_lse` is not supported yet": time the output alone, say why there is no LSE.
+                        lse_note = f"FlexAttention here cannot return the log-sum-exp: {_reason(error)[:200]}"
+                        self._no_lse[(device.type, compiled)] = lse_note
+                        continue
+                    if compiled and "NoValidChoicesError" in text and "FORCE_USE_FLEX_ATTENTION" not in options:
+                        # Flex's decoding kernel (chosen for < 128 query rows) packs the GQA group into
+                        # BLOCK_M = next_pow2(rows * group); above the 128-row query block it has no valid config.
+                        options["FORCE_USE_FLEX_ATTENTION"] = True
+                        continue
+                    if compiled and "must be divisible" in text and "BLOCK_N" not in options:
+                        # The default KV tile is larger than a page (the block mask's KV block).
+                        options["BLOCK_N"] = spec.page_size
+                        continue
+                    step = _smaller_tile(options, spec.page_size) if compiled and "out of resource" in text else None
+                    if step:
+                        # Triton: "out of resource: ... shared memory ... Reducing block sizes or `num_stages` may help."
+                        options.update(step)
+                        continue
+                    self._raise_refusal(error, spec, options, attempts)
         if attempts:
             notes["compile_retries"] = attempts
         if options:
             notes["kernel_options"] = dict(options)
+        notes["output_copy"] = out._base is None  # True: run() copies Flex's output into packed rows
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         notes["setup_s"] = round(mask_s + time.perf_counter() - started, 4)
-        return Prepared(run=run, notes=notes)
+        if lse_note:
+            return Prepared(run=run, notes=notes, lse_note=lse_note)
+        return Prepared(run=run, notes=notes, to_lse=packed_lse)
 
     @staticmethod
     def _raise_refusal(error: BaseException, spec: BatchSpec, options: dict[str, Any], attempts: list[str]) -> None:
