@@ -35,7 +35,6 @@ Measurements behind the table: ``docs/triton_kernel_notes.md``.
 
 from .configs import (CONFIG_TABLE, FEW_PROGRAMS_PER_SM, TABLE_HEAD_DIMS, KernelConfig, config_key, page_class,
                       query_bucket)
-from .device import _paged_attention_kernel  # noqa: F401 - read by adapters that predate interpreted()
 from .launch import (INTERPRETER_SM_COUNT, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES,
                      PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
                      pdl_possible, prepare_paged_attention, tma_possible, validate_inputs)
