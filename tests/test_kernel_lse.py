@@ -8,13 +8,9 @@ CPU tests run under Triton's interpreter (set here where no CUDA device is visib
 """
 
 import importlib.util
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
 

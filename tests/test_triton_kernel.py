@@ -1,22 +1,17 @@
 """The project's Triton paged-attention kernel against the fp32 reference.
 
-CPU tests run the kernel under Triton's interpreter: where no CUDA device is visible this module sets
-TRITON_INTERPRET=1 before anything imports the kernels, and skips cleanly when triton or numpy is
-missing. Shapes are tiny (the interpreter is slow; CI has two cores). The interpreter mishandles
+CPU tests run the kernel under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 for the
+session where no CUDA device is visible) and skip cleanly when triton or numpy is missing. Shapes are tiny (the interpreter is slow; CI has two cores). The interpreter mishandles
 bf16, so the CPU tests use fp32 and fp16; bf16 is checked by the `gpu` class on a CUDA device.
 """
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from adapters.base import Unsupported, get_adapter  # noqa: E402
 from adapters.batch import BatchSpec, make_batch  # noqa: E402

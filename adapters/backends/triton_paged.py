@@ -1,4 +1,4 @@
-"""The project's own Triton paged-attention kernel (``kernels/paged_attention.py``) as a backend.
+"""The project's own Triton paged-attention kernel (the ``kernels/paged_attention`` package) as a backend.
 
 Takes the canonical batch as is: packed q, NHD page caches, block table, cu_seqlens_q and kv_lens
 (no conversion). ``prepare`` plans the launch from the spec's host-side lengths, allocates the
