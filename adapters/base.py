@@ -39,6 +39,12 @@ class Unsupported(Exception):
     """Raised by an adapter (in `prepare`) when the backend declines the layout; the message is the reason."""
 
 
+class NotAvailable(Exception):
+    """Raised by an adapter (in `prepare`) when this machine cannot run the cell although the backend
+    could (e.g. its kernel for this layout is not compiled here and compiling is switched off); the
+    cell is `skipped` with the message, like a backend that is not installed."""
+
+
 @dataclass
 class Prepared:
     """A batch converted for one backend. ``run()`` launches the kernel(s) and returns ``[T, Hq, D]``

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from adapters.base import Adapter, Prepared, RunResult, Unsupported, split_result
+from adapters.base import Adapter, NotAvailable, Prepared, RunResult, Unsupported, split_result
 from adapters.batch import PagedBatch
 from adapters.validation import BatchValidationError, validate_batch
 from records.schema import VERDICTS  # noqa: F401 - re-exported: the verdicts a gate gives
@@ -199,6 +199,8 @@ def failure_verdict(error: BaseException, stage: str) -> GateResult:
     """The verdict for an exception: `unsupported` for Unsupported, `oom` for out-of-memory, else `error`."""
     if isinstance(error, Unsupported):
         return GateResult("unsupported", str(error))
+    if isinstance(error, NotAvailable):
+        return GateResult("skipped", str(error))
     if _is_oom(error):
         return GateResult("oom", f"{stage}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     last_frames = "".join(traceback.format_exception(error)[-3:]).strip()

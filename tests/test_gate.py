@@ -125,3 +125,13 @@ def test_exceptions_become_verdicts_with_their_message(batch, error, verdict):
     result, _ = run_gate(adapter, batch, reference_attention(batch))
     assert result.verdict == verdict and verdict in VERDICTS
     assert str(error).split(".")[0] in result.reason
+
+
+def test_a_cell_this_machine_cannot_run_is_skipped_with_the_reason():
+    """NotAvailable (e.g. a kernel not compiled here, with compiling switched off) is `skipped`, not a
+    decline of the layout and not an error."""
+    from adapters.base import NotAvailable
+    from harness.gate import failure_verdict
+
+    result = failure_verdict(NotAvailable("no compiled kernel for fp16 here"), "prepare")
+    assert (result.verdict, result.reason) == ("skipped", "no compiled kernel for fp16 here")

@@ -47,7 +47,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.base import Adapter, NotAvailable, Prepared, Unsupported, register
 from adapters.batch import BatchSpec, PagedBatch
 
 WORKSPACE_BYTES = 256 << 20
@@ -116,6 +116,17 @@ def aot_modules() -> list[str]:
         if folder.is_dir():
             found += sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.so").is_file())
     return found
+
+
+def _curand_headers() -> str | None:
+    """The include folder of an installed nvidia-curand package (``nvidia/*/include/curand_kernel.h``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        for header in sorted(Path(location).glob("*/include/curand_kernel.h")):
+            return str(header.parent)
+    return None
 
 
 def _version(distribution: str) -> str | None:
@@ -197,12 +208,22 @@ class _FlashInfer(Adapter):
 
     def worker_env(self, device_type: str) -> dict[str, str]:
         """FlashInfer finds the toolkit as CUDA_HOME, else from ``which nvcc`` (two folders up), which is
-        wrong for an nvcc wrapper in /usr/local/bin: point it at /usr/local/cuda when that is a toolkit."""
-        if device_type != "cuda" or os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        wrong for an nvcc wrapper in /usr/local/bin: point it at /usr/local/cuda when that is a toolkit.
+        Its fa3 sources include ``curand_kernel.h``: a toolkit without cuRAND's headers gets those of the
+        nvidia-curand package, where one is installed."""
+        if device_type != "cuda":
             return {}
-        if os.path.isfile("/usr/local/cuda/bin/nvcc") and os.path.isfile("/usr/local/cuda/include/cuda_runtime.h"):
-            return {"CUDA_HOME": "/usr/local/cuda"}
-        return {}
+        env: dict[str, str] = {}
+        toolkit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+        if not toolkit and os.path.isfile("/usr/local/cuda/bin/nvcc") \
+                and os.path.isfile("/usr/local/cuda/include/cuda_runtime.h"):
+            toolkit = env["CUDA_HOME"] = "/usr/local/cuda"
+        if toolkit and not os.path.isfile(os.path.join(toolkit, "include", "curand_kernel.h")) \
+                and not os.environ.get("FLASHINFER_EXTRA_CUDAFLAGS"):
+            headers = _curand_headers()
+            if headers:
+                env["FLASHINFER_EXTRA_CUDAFLAGS"] = f"-I{headers}"
+        return env
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         if spec.dtype not in DTYPES:
@@ -298,6 +319,10 @@ class _FlashInfer(Adapter):
         try:
             candidates, resolved, base2 = self._entry_points(flashinfer, batch, pages, out, lse)
         except Exception as error:  # noqa: BLE001 - refusals become Unsupported, the rest stays an error
+            if type(error).__name__ == "MissingJITCacheError":
+                raise NotAvailable(f"FlashInfer {self.fi_backend}: no compiled kernel for {spec.dtype}, head dim "
+                                   f"{spec.head_dim} here and its JIT is switched off (FLASHINFER_DISABLE_JIT): "
+                                   f"{_first_line(error)}") from error
             if _is_refusal(error):
                 raise Unsupported(f"FlashInfer {self.fi_backend}: {_first_line(error)}") from error
             raise
