@@ -106,7 +106,7 @@ def test_no_import_cycles():
 
 TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", "harness.sweep", "harness.asv_suite",
               "harness.errors", "reports", "reports.model", "reports.compare", "reports.text", "reports.capability",
-              "reports.tables", "reports.plots", "reports.html", "reports.machines", "reports.cli",
+              "reports.tables", "reports.plots", "reports.html", "reports.machines", "reports.releases", "reports.cli",
               "benchmarks.bench_decode", "benchmarks.bench_prefill", "benchmarks.bench_mixed",
               "benchmarks.bench_cases", "harness.models", "harness.sweepfile", "harness.selection", "harness.reproducer"]
 
