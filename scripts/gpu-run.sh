@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run THERE (the lent GPU machine), from the project root; /tmp survives between calls while the
 # machine stays warm (a call within 30 s of the last).
-#   bash scripts/gpu-run.sh receive          store the carried payload part (scripts/gpu-stage.sh); after the
-#                                            last one, install: the kit (cuDNN frontend, asv) in /tmp/site,
-#                                            flash-attn 2 in /tmp/fa_site, FlashInfer / FA4 in /tmp/peers,
-#                                            cuDNN releases in /tmp/cudnn/<version>
+#   bash scripts/gpu-run.sh receive          store the carried payload part(s) (scripts/gpu-stage.sh); when a
+#                                            group is complete, install it: base = the kit (cuDNN frontend, asv)
+#                                            in /tmp/site, flash-attn 2 in /tmp/fa_site, FlashInfer / FA4 in
+#                                            /tmp/peers; cudnn = the releases in /tmp/cudnn/<version>
 #   source scripts/gpu-run.sh env            the environment of every later command (PYTHONPATH, commit, ...)
 #   bash scripts/gpu-run.sh start NAME CMD   run CMD in the background, in its own session (it outlives the
 #                                            call), log /tmp/logs/NAME.log, exit status /tmp/logs/NAME.rc
@@ -14,52 +14,64 @@
 
 _payload=/tmp/payload
 
-_install() {
-  local unpack=$_payload/unpacked
-  rm -rf "$unpack" && mkdir -p "$unpack"
-  (cd "$_payload" && cat $(awk '{print $1}' MANIFEST)) | tar -x -C "$unpack" || return 1
-  local p=$unpack/payload
+_install_base() {
+  local p=$1
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$p"/kit/*.whl || return 1
   mkdir -p /tmp/fa_site && xz -d < "$p/fa_site.tar.xz" | tar -x -C /tmp/fa_site || return 1
   if [ -f "$p/peers.tar" ]; then
-    mkdir -p "$unpack/peers" && tar -x -C "$unpack/peers" -f "$p/peers.tar" || return 1
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peers "$unpack"/peers/wheels/*.whl || return 1
-    if [ -d "$unpack/peers/aot" ]; then
-      mkdir -p /tmp/peers/flashinfer/data/aot && cp -r "$unpack"/peers/aot/* /tmp/peers/flashinfer/data/aot/
+    local peers=$_payload/peers-unpacked
+    rm -rf "$peers" && mkdir -p "$peers" && tar -x -C "$peers" -f "$p/peers.tar" || return 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peers "$peers"/wheels/*.whl || return 1
+    if [ -d "$peers/aot" ]; then
+      mkdir -p /tmp/peers/flashinfer/data/aot && cp -r "$peers"/aot/* /tmp/peers/flashinfer/data/aot/
     fi
-  fi
-  if [ -f "$p/cudnn-releases.tar.xz" ]; then
-    mkdir -p /tmp/cudnn && xz -d < "$p/cudnn-releases.tar.xz" | tar -x -C /tmp/cudnn || return 1
+    rm -rf "$peers"
   fi
   cp "$p/commit" "$_payload/commit"
-  rm -rf "$unpack"
-  touch "$_payload/installed"
-  echo "gpu-run: installed: $(ls /tmp/site | grep -c dist-info) kit, $(ls /tmp/peers 2>/dev/null | grep -c dist-info) peer" \
-       "distributions; cuDNN releases: $(ls /tmp/cudnn 2>/dev/null | tr '\n' ' ')"
+  echo "gpu-run: installed $(ls /tmp/site | grep -c dist-info) kit and $(ls /tmp/peers 2>/dev/null | grep -c dist-info) peer distributions"
+}
+
+_install_cudnn() {
+  mkdir -p /tmp/cudnn && xz -d < "$1/cudnn-releases.tar.xz" | tar -x -C /tmp/cudnn || return 1
+  echo "gpu-run: cuDNN releases in /tmp/cudnn: $(ls /tmp/cudnn | tr '\n' ' ')"
 }
 
 _receive() {
   mkdir -p "$_payload"
-  [ -f .gpu-stage/MANIFEST ] && cp .gpu-stage/MANIFEST "$_payload/MANIFEST"
-  [ -f "$_payload/MANIFEST" ] || { echo "gpu-run: no MANIFEST carried" >&2; return 1; }
-  local part name size sum missing=()
-  for part in .gpu-stage/payload.part-*; do
+  cp .gpu-stage/*.MANIFEST "$_payload/" 2>/dev/null
+  local part
+  for part in .gpu-stage/*.part-*; do
     [ -f "$part" ] && cp "$part" "$_payload/$(basename "$part")"
   done
-  while read -r name size sum; do
-    if [ ! -f "$_payload/$name" ]; then
-      missing+=("$name")
-    elif [ "$(sha256sum "$_payload/$name" | cut -d' ' -f1)" != "$sum" ]; then
-      echo "gpu-run: $name: checksum mismatch, removed (carry it again)" >&2
-      rm -f "$_payload/$name"
-      missing+=("$name")
+  local manifest group name size sum missing unpack
+  for manifest in "$_payload"/*.MANIFEST; do
+    [ -f "$manifest" ] || { echo "gpu-run: no MANIFEST carried" >&2; return 1; }
+    group=$(basename "$manifest" .MANIFEST)
+    [ -f "$_payload/$group.installed" ] && continue
+    missing=()
+    while read -r name size sum; do
+      if [ ! -f "$_payload/$name" ]; then
+        missing+=("$name")
+      elif [ "$(sha256sum "$_payload/$name" | cut -d' ' -f1)" != "$sum" ]; then
+        echo "gpu-run: $name: checksum mismatch, removed (carry it again)" >&2
+        rm -f "$_payload/$name"; missing+=("$name")
+      fi
+    done < "$manifest"
+    if [ ${#missing[@]} -gt 0 ]; then
+      echo "gpu-run: $group: $(( $(wc -l < "$manifest") - ${#missing[@]} ))/$(wc -l < "$manifest") parts here; to carry: ${missing[*]}"
+      continue
     fi
-  done < "$_payload/MANIFEST"
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "gpu-run: $(( $(wc -l < "$_payload/MANIFEST") - ${#missing[@]} ))/$(wc -l < "$_payload/MANIFEST") parts here; to carry: ${missing[*]}"
-    return 0
-  fi
-  [ -f "$_payload/installed" ] || _install
+    unpack=$_payload/unpacked
+    rm -rf "$unpack" && mkdir -p "$unpack"
+    (cd "$_payload" && cat $(awk '{print $1}' "$group.MANIFEST")) | tar -x -C "$unpack" || return 1
+    if [ -n "${GPU_RUN_DRY:-}" ]; then  # a check of the parts' round trip (on any machine): list, install nothing
+      echo "gpu-run: $group complete: $(cd "$unpack/$group" && ls | tr '\n' ' ')"
+    else
+      "_install_$group" "$unpack/$group" || return 1
+    fi
+    rm -rf "$unpack" "$_payload/$group".part-*
+    touch "$_payload/$group.installed"
+  done
 }
 
 _env() {
@@ -68,6 +80,9 @@ _env() {
   export FLASH_ATTN_BUILD_NOTE="flash-attn 2.8.3.post2 built from source for sm_90; dropout/alibi/softcap/local/uneven-K compiled out"
   export PAGED_BENCH_COMMIT="$(cat "$_payload/commit" 2>/dev/null || echo unknown)"
   export PYTHONUNBUFFERED=1
+  # FlashInfer's kernels were built ahead of time (scripts/build-peers-aot.sh) for the standard layer; its
+  # JIT would spend minutes of the session's device time per other layout: those cells are `skipped`.
+  export FLASHINFER_DISABLE_JIT=${FLASHINFER_DISABLE_JIT:-1}
 }
 
 _start() {

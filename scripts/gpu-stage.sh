@@ -6,31 +6,38 @@
 #   .peers/parts/             FlashInfer / FlashAttention 4 wheels (+ FlashInfer kernels built ahead of time):
 #                             bash scripts/build-peers-aot.sh; bash scripts/stage-peers.sh
 #   .cudnn-release/           cuDNN releases in one archive: bash scripts/pack-cudnn-releases.sh .cudnn-release V...
-# Output: .gpu-stage/payload.part-aa, -ab, ... and .gpu-stage/MANIFEST (name, bytes, sha256); one part per
-# call (carry [".gpu-stage/MANIFEST", ".gpu-stage/payload.part-XX"]), received THERE by
-# `bash scripts/gpu-run.sh receive`, which installs everything once the last part is in.
+# Output: two groups of parts, .gpu-stage/base.part-aa ... (kit, flash-attn 2, peers, the commit) and
+# .gpu-stage/cudnn.part-aa ... (the releases), each with a MANIFEST (name, bytes, sha256). One part per call
+# (carry [".gpu-stage/base.MANIFEST", ".gpu-stage/cudnn.MANIFEST", ".gpu-stage/<part>"]), received THERE by
+# `bash scripts/gpu-run.sh receive`, which installs a group as soon as its last part is in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART_MIB=${PART_MIB:-56}
+PART_MIB=${PART_MIB:-58}
 SHARED=${SHARED_DEVICE:-../shared/device}
 stage=.gpu-stage
-rm -rf "$stage" && mkdir -p "$stage/payload/kit"
+rm -rf "$stage" && mkdir -p "$stage/base/kit" "$stage/cudnn"
+# base: what every run needs (installed as soon as its parts are in)
 for wheel in "$SHARED"/wheels/nvidia_cudnn_frontend-*.whl "$SHARED"/wheels/asv-*.whl "$SHARED"/wheels/asv_runner-*.whl \
              "$SHARED"/wheels/json5-*.whl "$SHARED"/wheels/Pympler-*.whl "$SHARED"/wheels/importlib_metadata-*.whl; do
-  cp "$wheel" "$stage/payload/kit/"
+  cp "$wheel" "$stage/base/kit/"
 done
-cp "$SHARED"/prebuilt/flash_attn-*-sm90-reduced.tar.xz "$stage/payload/fa_site.tar.xz"
+cp "$SHARED"/prebuilt/flash_attn-*-sm90-reduced.tar.xz "$stage/base/fa_site.tar.xz"
 if [ -f .peers/parts/MANIFEST ]; then
-  (cd .peers/parts && cat $(awk '{print $1}' MANIFEST)) > "$stage/payload/peers.tar"
+  (cd .peers/parts && cat $(awk '{print $1}' MANIFEST)) > "$stage/base/peers.tar"
 fi
+git rev-parse --short=12 HEAD > "$stage/base/commit"
+# cudnn: the releases archive (only the release comparison needs it)
 if ls .cudnn-release/cudnn-releases.tar.xz.part-* >/dev/null 2>&1; then
-  cat .cudnn-release/cudnn-releases.tar.xz.part-* > "$stage/payload/cudnn-releases.tar.xz"
+  cat .cudnn-release/cudnn-releases.tar.xz.part-* > "$stage/cudnn/cudnn-releases.tar.xz"
 fi
-git rev-parse --short=12 HEAD > "$stage/payload/commit"
-tar -cf - -C "$stage" payload | split -b "${PART_MIB}M" -a 2 - "$stage/payload.part-"
-rm -rf "$stage/payload"
-(cd "$stage" && for part in payload.part-*; do
-   printf '%s %s %s\n' "$part" "$(stat -c %s "$part")" "$(sha256sum "$part" | cut -d' ' -f1)"
- done > MANIFEST)
-cat "$stage/MANIFEST"
-echo "$(wc -l < "$stage/MANIFEST") parts; working tree: $(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes"
+for group in base cudnn; do
+  [ -n "$(ls "$stage/$group")" ] || continue
+  tar -cf - -C "$stage" "$group" | split -b "${PART_MIB}M" -a 2 - "$stage/$group.part-"
+  rm -rf "${stage:?}/$group"
+  (cd "$stage" && for part in $group.part-*; do
+     printf '%s %s %s\n' "$part" "$(stat -c %s "$part")" "$(sha256sum "$part" | cut -d' ' -f1)"
+   done > "$group.MANIFEST")
+done
+rmdir "$stage"/base "$stage"/cudnn 2>/dev/null || true
+cat "$stage"/*.MANIFEST
+echo "working tree: $(git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1) bytes"

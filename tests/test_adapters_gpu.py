@@ -133,3 +133,29 @@ def test_cudnn_trow_q_is_never_silently_wrong(adapters):
     assert result.verdict in ("unsupported", "ok"), f"{result.verdict}: {result.reason}"
     if result.verdict == "unsupported":  # cuDNN 9.19: "pageTableDesc.getDimA()[0] != B ... CUDNN_STATUS_BAD_PARAM"
         assert "pageTable" in result.reason or "CUDNN_STATUS" in result.reason, result.reason
+
+
+PEER_CASES = [("4q1c200", 16), ("4q1c200", 256), ("2q1c100_2q37c60", 16), ("2q1c100_2q37c60", 256)]
+"""A decode and a mixed batch at pages 16 and 256, bf16, the base heads: every peer backend either
+passes, declines with its reason, or says why it cannot run here."""
+
+
+def _peers() -> list[str]:
+    from adapters.base import adapter_classes
+
+    return [name for name, cls in adapter_classes().items()
+            if cls.__module__.startswith("adapters.backends.") and cls.in_sweep and name not in ADAPTERS
+            and name != "triton"]
+
+
+@pytest.mark.parametrize("name", _peers())
+def test_peer_backends_pass_or_say_why(adapters, name):
+    adapter = _adapter(adapters, name)
+    verdicts = []
+    for grammar, page in PEER_CASES:
+        batch, reference = _inputs(case_spec({"grammar": grammar}, page_size=page))
+        result, _ = run_gate(adapter, batch, reference)
+        verdicts.append(result.verdict)
+        assert result.verdict in ("ok", "unsupported", "skipped"), f"{name} {grammar} p{page}: {result.verdict}: {result.reason}"
+        assert result.verdict == "ok" or result.reason, f"{name} {grammar} p{page}: {result.verdict} without a reason"
+    assert "ok" in verdicts, f"{name} passed none of {PEER_CASES}: {verdicts}"
