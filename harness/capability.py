@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
@@ -203,58 +203,86 @@ def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any
     return rows
 
 
-def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress: bool = True,
-          features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES) -> pd.DataFrame:
-    """Run every adapter over ``features``; one row per (backend, feature, value) with `COLUMNS`."""
-    device = torch.device(device)
+def probe_adapter(adapter: Adapter, device: torch.device, cases: "_Cases",
+                  rows: list[tuple[str, str, dict[str, Any]]], bar=None) -> list[dict[str, Any]]:
+    """One adapter over its feature rows: `COLUMNS` dicts, in the order of ``rows``."""
     dev_name = device_name(device)
+    versions = _versions(adapter)
+    tick = bar.update if bar is not None else (lambda _n: None)
+    try:
+        available, why = adapter.available(device)
+    except Exception as error:  # noqa: BLE001
+        available, why = False, f"available() raised {type(error).__name__}: {error}"
+    out: list[dict[str, Any]] = []
+    if not available:
+        skipped = GateResult("skipped", why or "not available")
+        for feature, value, _ in rows:
+            out.append(_row(adapter, feature, value, skipped, None, versions, dev_name))
+            tick(1)
+        return out
+    results: dict[BatchSpec, GateResult] = {}
+
+    def answer(spec: BatchSpec) -> GateResult:
+        if spec not in results:
+            if bar is not None:
+                bar.set_postfix_str(f"{adapter.name}: {spec.describe()}"[:60])
+            results[spec] = _gate(adapter, spec, cases)
+        return results[spec]
+
+    page_rows = [r for r in rows if r[0] == "page_size"]
+    for feature, value, overrides in page_rows:
+        spec = case_spec(overrides)
+        out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
+        tick(1)
+    base_page = BASE_FIELDS["page_size"]
+    passed = sorted(int(v) for f, v, o in page_rows if answer(case_spec(o)).ok)
+    if page_rows and base_page not in passed and passed:
+        base_page = passed[0]
+    for feature, value, overrides in rows:
+        if feature == "page_size":
+            continue
+        spec = case_spec(overrides, page_size=base_page)
+        result = lse_answer(answer(spec)) if feature == "lse" else answer(spec)
+        out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
+        tick(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+    return out
+
+
+def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress: bool = True,
+          features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES,
+          on_adapter: Callable[[str, list[dict[str, Any]]], bool] | None = None) -> pd.DataFrame:
+    """Run every adapter over ``features``; one row per (backend, feature, value) with `COLUMNS`.
+    ``on_adapter(name, rows)`` is told each adapter's rows as soon as they are known; returning False
+    stops the probe there (e.g. the CUDA context is poisoned: a fresh process takes the rest)."""
+    device = torch.device(device)
     cases = _Cases(device)
     plan = {name: _rows_for(adapter, features) for name, adapter in adapters.items()}
-    total = sum(len(rows) for rows in plan.values())
-    bar = _progress(total, progress)
+    bar = _progress(sum(len(rows) for rows in plan.values()), progress)
     out: list[dict[str, Any]] = []
     for name, adapter in adapters.items():
-        versions = _versions(adapter)
-        try:
-            available, why = adapter.available(device)
-        except Exception as error:  # noqa: BLE001
-            available, why = False, f"available() raised {type(error).__name__}: {error}"
-        if not available:
-            skipped = GateResult("skipped", why or "not available")
-            for feature, value, _ in plan[name]:
-                out.append(_row(adapter, feature, value, skipped, None, versions, dev_name))
-                bar.update(1)
-            continue
-        results: dict[BatchSpec, GateResult] = {}
-
-        def answer(spec: BatchSpec) -> GateResult:
-            if spec not in results:
-                bar.set_postfix_str(f"{name}: {spec.describe()}"[:60])
-                results[spec] = _gate(adapter, spec, cases)
-            return results[spec]
-
-        rows = plan[name]
-        page_rows = [r for r in rows if r[0] == "page_size"]
-        for feature, value, overrides in page_rows:
-            spec = case_spec(overrides)
-            out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
-            bar.update(1)
-        base_page = BASE_FIELDS["page_size"]
-        passed = sorted(int(v) for f, v, o in page_rows if answer(case_spec(o)).ok)
-        if page_rows and base_page not in passed and passed:
-            base_page = passed[0]
-        for feature, value, overrides in rows:
-            if feature == "page_size":
-                continue
-            spec = case_spec(overrides, page_size=base_page)
-            result = lse_answer(answer(spec)) if feature == "lse" else answer(spec)
-            out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
-            bar.update(1)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
+        rows = probe_adapter(adapter, device, cases, plan[name], bar)
+        out += rows
+        if on_adapter is not None and on_adapter(name, rows) is False:
+            break
     bar.close()
     return pd.DataFrame(out, columns=list(COLUMNS))
+
+
+def error_rows(adapter: Adapter, reason: str, device: str,
+               features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES) -> list[dict[str, Any]]:
+    """The rows of an adapter whose probe could not finish (its process died): `error` with the reason."""
+    failed = GateResult("error", reason)
+    return [_row(adapter, feature, value, failed, None, _versions(adapter), device)
+            for feature, value, _ in _rows_for(adapter, features)]
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Add rows to a capability CSV as they are known (header once), so a probe that dies keeps them."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
 
 
 def _progress(total: int, enabled: bool):
@@ -306,11 +334,20 @@ def summary(df: pd.DataFrame) -> str:
     return pivot.fillna("").to_string()
 
 
+POISONED_EXIT = 3
+"""Exit status of a probe that stopped because a backend left the CUDA context unusable; the adapters
+after it still need a fresh process."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="CSV path (default: results/capability/capability-<gpu>-<versions>.csv)")
     parser.add_argument("--adapters", default="", help="comma-separated adapter names (default: all registered)")
+    parser.add_argument("--append", action="store_true",
+                        help="add each adapter's rows to --out as soon as they are known (a caller that "
+                             "restarts the probe after a crash keeps them); stop with exit status "
+                             f"{POISONED_EXIT} when a backend poisons the CUDA context")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     adapters = discover()
@@ -320,8 +357,25 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown adapters {unknown}; known: {', '.join(adapters)}")
         adapters = {name: adapters[name] for name in wanted}
-    df = probe(adapters, args.device, progress=not args.no_progress)
-    path = write_capability(df, args.out)
+    poisoned: list[str] = []
+
+    def keep(name: str, rows: list[dict[str, Any]]) -> bool:
+        from harness.runner import context_poisoned
+
+        append_rows(Path(args.out), rows)
+        if any(context_poisoned(row) for row in rows):
+            poisoned.append(name)
+            return False
+        return True
+
+    if args.append:
+        if not args.out:
+            parser.error("--append needs --out")
+        df = probe(adapters, args.device, progress=not args.no_progress, on_adapter=keep)
+        path = Path(args.out)
+    else:
+        df = probe(adapters, args.device, progress=not args.no_progress)
+        path = write_capability(df, args.out)
     print(summary(df))
     skipped = df[df["verdict"] == "skipped"].drop_duplicates("backend")
     for row in skipped.itertuples():
@@ -335,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {path} ({len(df)} rows)")
     for adapter in adapters.values():
         adapter.close()
+    if poisoned:
+        print(f"stopped after {poisoned[0]}: it left the CUDA context unusable; the rest need a fresh process")
+        return POISONED_EXIT
     return 0
 
 

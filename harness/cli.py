@@ -185,17 +185,45 @@ def with_probe_variants(backends: list[str]) -> list[str]:
     return [*backends, *variants]
 
 
+def _probed_backends(path: Path) -> list[str]:
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    import pandas as pd
+
+    return list(dict.fromkeys(pd.read_csv(path, usecols=["backend"], dtype=str)["backend"]))
+
+
 def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None, env: dict[str, str]) -> Path | None:
-    """The capability probe in its own process, so a crashing backend cannot take the main job down."""
+    """The capability probe in its own process, so a crashing backend cannot take the main job down;
+    its rows are kept as each backend finishes, and when the process dies (or stops because a backend
+    poisoned the CUDA context) a fresh one probes the backends that are left: a backend that kills the
+    probe costs only its own rows (`error`, with the exit status)."""
+    from adapters.base import adapter_classes, discover
+    from harness import capability
+    from harness.runner import describe_exit
+
     target = out_dir / "capability.csv"
-    command = [sys.executable, "-m", "harness.capability", "--device", device_type, "--out", str(target)]
-    if backends:
-        command += ["--adapters", ",".join(with_probe_variants(backends))]
-    _log(f"capability probe: {shlex.join(command)}")
-    done = subprocess.run(command, env={**os.environ, **env})
-    if done.returncode != 0 or not target.exists():
-        _log(f"capability probe failed (exit status {done.returncode}); the sweep goes on without it")
-        return None
+    partial = out_dir / "capability.csv.partial"
+    partial.unlink(missing_ok=True)
+    remaining = with_probe_variants(backends) if backends else list(adapter_classes())
+    while remaining:
+        command = [sys.executable, "-m", "harness.capability", "--device", device_type, "--out", str(partial),
+                   "--append", "--adapters", ",".join(remaining)]
+        _log(f"capability probe: {shlex.join(command)}")
+        done = subprocess.run(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
+        left = [name for name in remaining if name not in _probed_backends(partial)]
+        if done.returncode == 0:  # every backend it was given has answered (or had nothing to answer)
+            break
+        if not left or len(left) == len(remaining) and done.returncode == capability.POISONED_EXIT:
+            _log(f"capability probe failed (exit status {done.returncode}); the sweep goes on without it")
+            return None
+        if done.returncode != capability.POISONED_EXIT:  # it died while probing the first backend left
+            culprit = left.pop(0)
+            why = f"the capability probe's process died while probing {culprit}: {describe_exit(done.returncode)}"
+            _log(why + "; a fresh process probes the rest")
+            capability.append_rows(partial, capability.error_rows(discover()[culprit], why, device_type))
+        remaining = left
+    partial.replace(target)
     return target
 
 

@@ -106,3 +106,26 @@ def test_csv_round_trip_and_names(tmp_path):
     assert short_device_name("cpu") == "cpu"
     assert one_line("a\n  b\tc") == "a b c" and len(one_line("x" * 1000)) == 300
     assert torch.isfinite(torch.tensor(back["rel_l2"].tolist())).all()
+
+
+def test_a_backend_that_kills_the_probe_costs_only_its_own_rows(tmp_path):
+    """The command line's probe keeps each backend's rows as they finish and starts a fresh process for
+    the backends left when one crashes the probe (seen on the H200: a backend's illegal memory access)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "capability", "--device", "cpu", "--out", str(tmp_path),
+                           "--backends", "fault-segfault,good-ref"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = read_capability(tmp_path / "capability.csv")
+    crashed = frame[frame["backend"] == "fault-segfault"]
+    assert len(crashed) and set(crashed["verdict"]) == {"error"}
+    assert "died while probing fault-segfault" in crashed["reason"].iloc[0] and "SIGSEGV" in crashed["reason"].iloc[0]
+    healthy = frame[frame["backend"] == "good-ref"]
+    assert "ok" in set(healthy["verdict"]) and len(healthy) == len(crashed)
+    assert not (tmp_path / "capability.csv.partial").exists()

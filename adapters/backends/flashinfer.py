@@ -378,7 +378,10 @@ class FlashInferBatchAttentionAdapter(_FlashInfer):
                       lse: torch.Tensor) -> tuple[dict[str, Callable[[], RunPair]], dict[str, str], bool]:
         spec = batch.spec
         wrapper = flashinfer.BatchAttention(kv_layout="NHD", device=str(batch.device))
-        wrapper.plan(pages.qo_indptr, pages.kv_indptr, pages.kv_indices,
+        # Unlike the decode/prefill wrappers, BatchAttention.plan keeps kv_indices as given and its
+        # kernel reads them on the device: host page indices are an illegal memory access (seen on the
+        # H200 with flashinfer 0.7.4, every batch). The indptr and lengths are read on the host.
+        wrapper.plan(pages.qo_indptr, pages.kv_indptr, pages.kv_indices.to(batch.device),
                      torch.tensor(spec.kv_lens, dtype=torch.int32), spec.num_q_heads, spec.num_kv_heads,
                      spec.head_dim, spec.head_dim, spec.page_size, causal=spec.causal, sm_scale=spec.scale,
                      q_data_type=spec.torch_dtype, kv_data_type=spec.torch_dtype)
