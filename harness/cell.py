@@ -4,6 +4,7 @@ reference, gate, and time only what passed. Consecutive cells of one case share 
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,12 @@ class CellMeasurer:
         return ""
 
     def measure(self, backend: str, case: Case) -> dict[str, Any]:
+        started = time.perf_counter()
+        row = self._measure(backend, case)
+        row["cell_s"] = round(time.perf_counter() - started, 3)
+        return row
+
+    def _measure(self, backend: str, case: Case) -> dict[str, Any]:
         adapter = self.adapter(backend)
         available, why = adapter.available(self.device)
         if not available:

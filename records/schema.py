@@ -36,7 +36,7 @@ COLUMNS: list[str] = [
     # derived figures
     "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
     # what the backend reported, and where
-    "setup_s", "entry_point", "config", "backend_versions", "env_id", "device", "gpu_index", "gpu_uuid", "finished_at",
+    "setup_s", "cell_s", "entry_point", "config", "backend_versions", "env_id", "device", "gpu_index", "gpu_uuid", "finished_at",
     # how to measure this one cell again
     "reproducer",
 ]
@@ -52,6 +52,8 @@ GLOSSARY: dict[str, str] = {
     "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",
     "pct_copy_ceiling": "TB/s as a share of this machine's measured device-copy bandwidth",
     "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
+    "cell_s": ("wall time the cell took in its worker, seconds: the case's inputs and reference (first cell of a "
+               "case), the gate, compiling and timing; where a sweep's time goes"),
     "q_len": "mean new (query) tokens per sequence", "context": "mean cached tokens before them per sequence",
     "rel_l2": "||out - ref|| / ||ref|| against the fp32 reference",
     "lse_max_abs": ("largest absolute error of the backend's softmax log-sum-exp (natural log, per query row and "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 from markupsafe import Markup
 
 from records.schema import VERDICTS
@@ -46,6 +47,16 @@ def _pct(value: Any) -> str:
     return "" if is_missing(value) else f"{value:.1f}%"
 
 
+def _duration(seconds: Any) -> str:
+    """95.2 -> '1m35s'; how long cells took, for people."""
+    if is_missing(seconds):
+        return "–"
+    total = int(round(float(seconds)))
+    minutes, secs = divmod(total, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _sort_value(value: Any) -> str:
     return "" if is_missing(value) else str(value)
 
@@ -54,6 +65,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_number, pct=_pct, sortval=_sort_value, missing=is_missing)
+    env.globals["duration"] = _duration
     return env
 
 
@@ -158,6 +170,10 @@ def _headline(results: ResultSet) -> dict[str, str]:
                 f"{', …' if len(records) > 3 else ''}" if records else "no run record",
         "cells": f"{len(results.rows)} ({int((results.rows['verdict'] == 'ok').sum())} ok)",
     }
+    cell_seconds = results.rows["cell_s"].sum(min_count=1)
+    if not pd.isna(cell_seconds):
+        facts["time in cells"] = (f"{_duration(cell_seconds)} (gate, compiling and timing, summed over cells; "
+                                  f"each backend's share is on its card)")
     return facts
 
 

@@ -24,6 +24,9 @@ class BackendSummary:
     skipped_reason: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     registered_only: bool = False  # registered in this checkout but has no row in the results
+    cell_s: float | None = None
+    """Wall time its cells took in the workers (gate, compiling, timing), seconds; None in results
+    written before the ``cell_s`` column existed."""
 
 
 def backend_summaries(results: ResultSet, registered: list[str] | None = None) -> list[BackendSummary]:
@@ -31,11 +34,13 @@ def backend_summaries(results: ResultSet, registered: list[str] | None = None) -
     skipped = results.skipped_backends()
     versions = results.backend_versions()
     summaries = []
+    seconds = results.rows.groupby("backend")["cell_s"].sum(min_count=1)
     for backend in sorted(set(results.rows["backend"]) - {""}):
         row = counts.loc[backend] if backend in counts.index else pd.Series(dtype=int)
         summaries.append(BackendSummary(backend, backend not in skipped,
                                         {str(k): int(v) for k, v in row.items() if v}, skipped.get(backend, ""),
-                                        versions.get(backend, {})))
+                                        versions.get(backend, {}),
+                                        cell_s=None if pd.isna(seconds.get(backend)) else float(seconds[backend])))
     availability = results.availability()
     for backend in sorted(set(registered or []) - set(results.rows["backend"])):
         record = availability.get(backend, {})

@@ -112,3 +112,15 @@ def test_rows_are_the_same_as_before_the_redesign(tmp_path):
             assert (new["rel_l2"], new["max_abs"]) == (old["rel_l2"], old["max_abs"]), (old["backend"], old["case"])
         elif old["verdict"] == "ok":
             assert new["rel_l2"] <= 2e-3, (old["backend"], old["case"], new["rel_l2"])
+
+
+def test_each_row_says_how_long_its_cell_took():
+    """``cell_s`` is the wall time of the whole cell (inputs, gate, timing): positive, and at least the
+    time spent timing it."""
+    from harness.cell import CellMeasurer
+    from harness.sweep import SWEEPS
+
+    measurer = CellMeasurer(torch.device("cpu"), timer=TimerOptions(target_ms=30.0))
+    row = measurer.measure("sdpa-gather", SWEEPS["cpu-tiny"][0])
+    assert row["verdict"] == "ok"
+    assert row["cell_s"] >= row["reps"] * row["median_us"] * 1e-6 > 0

@@ -116,6 +116,18 @@ def test_summary_names_backends_verdicts_and_the_skip_reason(page):
     assert "unsupported" in summary and "ok" in summary
 
 
+def test_cards_say_how_long_each_backend_took(folders, page):
+    """Each backend's card gives the wall time its cells took (summed ``cell_s``), so a reader sees
+    where a sweep's time went; the headline gives the total."""
+    rows = load_results(folders["new"]).rows
+    seconds = rows[rows["backend"] == "cudnn"]["cell_s"].sum()
+    assert seconds > 0
+    card = re.search(r'id="backend-cudnn"(.*?)</div>\s*</div>', section(page, "summary"), re.S).group(1)
+    minutes, rest = divmod(int(round(seconds)), 60)
+    assert f"time in the sweep: {minutes}m{rest:02d}s" in card if minutes else f"time in the sweep: {rest}s" in card
+    assert "time in cells" in section(page, "summary")
+
+
 def test_every_registered_adapter_appears(page):
     """style.md 15: no backend goes missing silently (a registered one without rows is named)."""
     for name, declared in checkout_declarations().items():
