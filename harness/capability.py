@@ -170,6 +170,13 @@ def _gate(adapter: Adapter, spec: BatchSpec, cases: _Cases) -> GateResult:
         return GateResult("error", f"building the case: {type(error).__name__}: {error}")
     result, prepared = run_gate(adapter, batch, reference)
     del prepared
+    if cases.device.type == "cuda":
+        # Kernels still in flight can fail after the gate read its numbers (errors are asynchronous):
+        # pin such a failure on this row, not on whatever synchronises next.
+        try:
+            torch.cuda.synchronize(cases.device)
+        except Exception as error:  # noqa: BLE001 - a broken context becomes this row's verdict
+            return GateResult("error", f"the CUDA context broke after this cell ran: {type(error).__name__}: {error}")
     return result
 
 
@@ -246,8 +253,11 @@ def probe_adapter(adapter: Adapter, device: torch.device, cases: "_Cases",
         out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
         tick(1)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - a broken context is already on the row that broke it
+            pass
     return out
 
 
@@ -396,7 +406,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    except Exception:  # noqa: BLE001 - say what broke, then leave without teardown like a normal exit
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # no interpreter teardown: GPU libraries still holding objects then print leak reports

@@ -26,8 +26,9 @@ if [ -f .peers/parts/MANIFEST ]; then
   (cd .peers/parts && cat $(awk '{print $1}' MANIFEST)) > "$stage/base/peers.tar"
 fi
 git rev-parse --short=12 HEAD > "$stage/base/commit"
-# cudnn: the releases archive (only the release comparison needs it)
-if ls .cudnn-release/cudnn-releases.tar.xz.part-* >/dev/null 2>&1; then
+# cudnn: the releases archive (only the release comparison needs it); GPU_STAGE_BASE_ONLY=1 leaves it out
+# (e.g. while pack-cudnn-releases.sh is still writing it: base can travel first, cudnn in a later stage)
+if [ -z "${GPU_STAGE_BASE_ONLY:-}" ] && ls .cudnn-release/cudnn-releases.tar.xz.part-* >/dev/null 2>&1; then
   cat .cudnn-release/cudnn-releases.tar.xz.part-* > "$stage/cudnn/cudnn-releases.tar.xz"
 fi
 for group in base cudnn; do

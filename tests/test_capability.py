@@ -7,7 +7,10 @@ import json
 
 import torch
 
-from adapters.base import Adapter, Prepared, Unsupported
+from adapters.base import Adapter, Prepared, Unsupported, discover
+from adapters.batch import make_batch
+from adapters.reference import reference_attention
+from harness import capability
 from adapters.batch import BatchSpec, PagedBatch
 from adapters.backends.sdpa_gather import SdpaGatherAdapter
 from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe,
@@ -129,3 +132,29 @@ def test_a_backend_that_kills_the_probe_costs_only_its_own_rows(tmp_path):
     healthy = frame[frame["backend"] == "good-ref"]
     assert "ok" in set(healthy["verdict"]) and len(healthy) == len(crashed)
     assert not (tmp_path / "capability.csv.partial").exists()
+
+
+def test_a_kernel_failing_after_the_gate_is_pinned_on_its_own_row(monkeypatch):
+    """CUDA errors are asynchronous: a launch that breaks the context after the gate read its numbers
+    (seen: FlexAttention over a >2^31-element cache) is that row's `error`, recognised as a poisoned
+    context, instead of an exception from the next synchronise that takes the probe process down."""
+    from harness.runner import context_poisoned
+
+    class FakeCudaCases(capability._Cases):
+        def __init__(self):
+            super().__init__(torch.device("cpu"))
+            self.device = torch.device("cuda")  # as the probe sees it; batches stay on the CPU
+
+        def get(self, spec):
+            batch = make_batch(spec, "cpu")
+            return batch, reference_attention(batch, with_lse=True)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(capability, "memory_verdict", lambda spec, device: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", broken)
+    spec = capability.case_spec({"page_size": 16, "head_dim": 32, "dtype": "fp32"})
+    result = capability._gate(discover()["sdpa-gather"], spec, FakeCudaCases())
+    assert result.verdict == "error" and "context broke after this cell" in result.reason
+    assert context_poisoned({"verdict": result.verdict, "reason": result.reason})

@@ -198,3 +198,15 @@ def test_the_probe_answers_oom_for_a_pool_that_cannot_fit(monkeypatch):
     assert by_value["default"][0] == "ok"
     verdict, reason = by_value[capability.LARGE_POOL]
     assert verdict == "oom" and "16.0 GiB" in reason
+
+
+def test_flex_declines_a_cache_past_2_to_the_31_elements_on_the_gpu():
+    """Flex over a 16 GiB pool was an illegal memory access on the H200 (torch 2.11): the adapter
+    declines such a cache before launching anything; the default pool and the CPU are unaffected."""
+    from adapters.backends.flex_paged import large_cache_refusal
+
+    large = meta_cache(LARGE)
+    assert "32-bit offsets" in large_cache_refusal(large, "cuda") and "4,294,967,296 elements" in large_cache_refusal(large, "cuda")
+    assert large_cache_refusal(large, "cpu") == ""
+    default = capability.case_spec(next(o for f, v, o in capability.FEATURES if (f, v) == ("pool", "default")))
+    assert large_cache_refusal(meta_cache(default), "cuda") == ""

@@ -105,6 +105,19 @@ def is_uniform(spec: BatchSpec) -> bool:
     return len(set(spec.q_lens)) == 1
 
 
+INT32_MAX = 2**31 - 1
+
+
+def large_cache_refusal(cache: torch.Tensor, device_type: str) -> str:
+    """Why Flex is not launched over this cache, or "": on CUDA its kernel addresses the physical cache
+    with 32-bit element offsets, so a cache past 2^31 elements is an illegal memory access (seen on
+    the H200 with torch 2.11, which leaves the process's CUDA context unusable) -- declined up front."""
+    if device_type != "cuda" or cache.numel() <= INT32_MAX:
+        return ""
+    return (f"FlexAttention's kernel (torch {torch.__version__}) indexes the cache with 32-bit offsets: a cache of "
+            f"{cache.numel():,} elements (more than 2^31) is an illegal memory access on the GPU; declined before launch")
+
+
 def flex_path(spec: BatchSpec) -> str:
     """Which path a batch takes: `PATH_BATCHED` for uniform q_len, `PATH_PACKED` otherwise."""
     return PATH_BATCHED if is_uniform(spec) else PATH_PACKED
@@ -504,6 +517,9 @@ class FlexPagedAdapter(Adapter):
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         spec, device = batch.spec, batch.device
+        too_large = large_cache_refusal(batch.k_cache, device.type)
+        if too_large:
+            raise Unsupported(too_large)
         path = flex_path(spec)
         started = time.perf_counter()
         layout = self._batched_layout(batch) if path == PATH_BATCHED else self._packed_layout(batch)
