@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.metadata
 import os
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Union
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +127,18 @@ class Adapter(abc.ABC):
     def available(self, device: torch.device) -> tuple[bool, str]:
         """Whether the backend can run here at all (imports, GPU architecture, versions), and why not."""
 
+    def device_refusal(self, device: torch.device | str) -> str:
+        """Why this adapter cannot use ``device`` at all, or "" when it can: a device type missing from
+        `devices`, or CUDA asked for where there is none. `available` implementations start with it."""
+        import torch  # this module stays importable without torch
+
+        device = torch.device(device)
+        if device.type not in self.devices:
+            return f"{self.name} runs on {' and '.join(self.devices)} devices only, not {device.type}"
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "CUDA is not available"
+        return ""
+
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         """Decline layouts the backend is known not to support, up front and in its own words."""
         return True, ""
@@ -147,6 +160,19 @@ class Adapter(abc.ABC):
         """The declared facts the harness and the reports use, as plain values (stored with each run)."""
         return {"in_sweep": cls.in_sweep, "q_layout": cls.q_layout, "baseline": cls.baseline, "color": cls.color,
                 "devices": list(cls.devices)}
+
+
+def installed_versions(distributions: Iterable[str], *, required: str | None = None) -> dict[str, str]:
+    """Versions of the installed ``distributions`` (pip names), for `Adapter.versions`; absent ones are
+    left out, except ``required``, which reads "not installed"."""
+    versions: dict[str, str] = {}
+    for distribution in distributions:
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            if distribution == required:
+                versions[distribution] = "not installed"
+    return versions
 
 
 def versions_of(adapter: Adapter) -> dict[str, str]:

@@ -357,3 +357,20 @@ def test_discovery_is_silent_and_lazy():
     names, heavy = eval(done.stderr)  # noqa: S307 - our own repr
     assert heavy == []
     assert {"cudnn", "cudnn-trows", "flash-attn2", "flex-paged", "sdpa-gather"} <= set(names)
+
+
+def test_device_refusal_and_installed_versions():
+    """The shared helpers adapters start `available` and `versions` with: a device type the adapter does
+    not declare is refused in words that name both; absent distributions are left out unless required."""
+    from adapters.base import installed_versions
+    from adapters.backends.sdpa_gather import SdpaGatherAdapter
+
+    class CudaOnly(SdpaGatherAdapter):
+        name, devices = "cuda-only", ("cuda",)
+
+    assert CudaOnly().device_refusal("cpu") == "cuda-only runs on cuda devices only, not cpu"
+    assert SdpaGatherAdapter().device_refusal("cpu") == ""
+    found = installed_versions(["torch", "no-such-distribution"], required="no-such-distribution")
+    assert found["no-such-distribution"] == "not installed"
+    assert found["torch"].startswith(torch.__version__.split("+")[0])
+    assert installed_versions(["no-such-distribution"]) == {}

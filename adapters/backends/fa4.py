@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.base import Adapter, Prepared, Unsupported, installed_versions, register
 from adapters.batch import BatchSpec, PagedBatch
 
 DISTRIBUTION = "flash-attn-4"
@@ -187,15 +187,8 @@ class FA4Adapter(Adapter):
         return True, ""
 
     def versions(self) -> dict[str, str]:
-        versions: dict[str, str] = {}
-        for distribution in ("flash-attn-4", "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base", "quack-kernels",
-                             "apache-tvm-ffi"):
-            try:
-                versions[distribution] = importlib.metadata.version(distribution)
-            except importlib.metadata.PackageNotFoundError:
-                if distribution == "flash-attn-4":
-                    versions[distribution] = "not installed"
-        return versions
+        return installed_versions(("flash-attn-4", "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base",
+                                   "quack-kernels", "apache-tvm-ffi"), required="flash-attn-4")
 
     def close(self) -> None:
         self._module = None

@@ -412,10 +412,9 @@ class FlexPagedAdapter(Adapter):
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
-        if device.type not in self.devices:
-            return False, f"FlexAttention paged adapter runs on {', '.join(self.devices)}, not {device.type}"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return False, "CUDA is not available"
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         try:
             from torch.nn.attention.experimental._paged_attention import PagedAttention  # noqa: F401
             from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import torch
 
-from adapters.base import Adapter, Prepared, Unsupported, register
+from adapters.base import Adapter, Prepared, Unsupported, installed_versions, register
 from adapters.batch import NULL_PAGE, BatchSpec, PagedBatch
 
 HEAD_MAJOR_AXES = (2, 0, 1, 3)
@@ -151,10 +151,9 @@ class PallasPagedDecodeAdapter(Adapter):
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
-        if device.type not in self.devices:
-            return False, f"runs on {', '.join(self.devices)}, not {device.type}"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return False, "CUDA is not available"
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         for key, value in JAX_ENV_DEFAULTS.items():  # before JAX's GPU backend first starts in this process
             os.environ.setdefault(key, value)
         try:
@@ -182,16 +181,8 @@ class PallasPagedDecodeAdapter(Adapter):
         return True, ""
 
     def versions(self) -> dict[str, str]:
-        import importlib.metadata
-
-        versions: dict[str, str] = {}
-        for distribution in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin"):
-            try:
-                versions[distribution] = importlib.metadata.version(distribution)
-            except importlib.metadata.PackageNotFoundError:
-                if distribution == "jax":
-                    versions[distribution] = "not installed"
-        return versions
+        return installed_versions(("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin"),
+                                  required="jax")
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         import jax

@@ -68,12 +68,8 @@ class SdpaGatherAdapter(Adapter):
     devices = ("cuda", "cpu")
 
     def available(self, device: torch.device) -> tuple[bool, str]:
-        device = torch.device(device)
-        if device.type not in self.devices:
-            return False, f"runs on {', '.join(self.devices)}, not {device.type}"
-        if device.type == "cuda" and not torch.cuda.is_available():
-            return False, "CUDA is not available"
-        return True, ""
+        refusal = self.device_refusal(device)
+        return not refusal, refusal
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         if spec.num_q_heads % spec.num_kv_heads:
