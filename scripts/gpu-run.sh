@@ -89,7 +89,8 @@ _start() {
   local name=$1; shift
   mkdir -p /tmp/logs
   rm -f "/tmp/logs/$name.rc"
-  setsid nohup bash -c "$* > /tmp/logs/$name.log 2>&1; echo \$? > /tmp/logs/$name.rc" > /dev/null 2>&1 < /dev/null &
+  # { } so that every command of CMD (a; b; c) writes to the log, not only the last
+  setsid nohup bash -c "{ $*; } > /tmp/logs/$name.log 2>&1; echo \$? > /tmp/logs/$name.rc" > /dev/null 2>&1 < /dev/null &
   echo "gpu-run: started $name (log /tmp/logs/$name.log)"
 }
 

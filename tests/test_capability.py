@@ -4,6 +4,7 @@ backends, the base-page fallback, and the CSV round trip."""
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
@@ -91,6 +92,15 @@ def test_probe_rows_verdicts_and_base_page_fallback():
     assert trow.iloc[0].reason == "pageTableKDim[0] != b second line"
     assert json.loads(by[("big-pages", "kind", "decode")].backend_versions) == {"torch": "9.9.9"}
     assert set(df.device) == {"cpu"}
+
+
+def test_a_log_gets_one_line_per_backend(capsys):
+    """Without a terminal the probe's bar is off: each backend's tally and time is one line on stderr."""
+    probe({"sdpa-gather": SdpaGatherAdapter(), "missing": _Missing()}, "cpu", progress=True, features=SMALL_FEATURES)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("capability: ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("capability: sdpa-gather: ") and " ok" in lines[0] and lines[0].endswith(" s)")
+    assert re.match(r"capability: missing: \d+ skipped \(\d+ s\)$", lines[1]), lines[1]
 
 
 def test_csv_round_trip_and_names(tmp_path):
