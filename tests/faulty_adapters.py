@@ -81,7 +81,7 @@ class SegfaultInRun(_Faulty):
         return Prepared(run=_read_address_zero)
 
 
-PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"
+PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"  # tests/test_runner.py repeats the name (it must not import this module)
 
 
 def _announce_and_wait() -> torch.Tensor:

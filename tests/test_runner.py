@@ -26,10 +26,12 @@ from harness.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, cont
                             order_by_case, run_cells, summarise_dump)
 from harness.sweep import Case
 from records.store import ResultStore
-from tests.faulty_adapters import PIDFILE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}
+PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"
+"""Where fault-wait (tests/faulty_adapters.py) writes its process id. Not imported from there: importing
+that module registers its failing backends in this process, and every later discover() would list them."""
 TINY = {"num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "fp32"}
 CASES = [Case(name="runner-decode", grammar="3q1c20", page_size=4, **TINY),
          Case(name="runner-mixed", grammar="1q1c9_1q5c7", page_size=4, **TINY)]
