@@ -374,3 +374,21 @@ def test_device_refusal_and_installed_versions():
     assert found["no-such-distribution"] == "not installed"
     assert found["torch"].startswith(torch.__version__.split("+")[0])
     assert installed_versions(["no-such-distribution"]) == {}
+
+
+def test_a_peer_checked_in_its_own_process_reports_its_verdicts():
+    """The GPU peer test's own-process path (used for JAX, whose runtime aborted in a shared pytest
+    process) returns the same verdicts as gating in this process; here on the CPU with sdpa-gather."""
+    from tests.test_adapters_gpu import PEER_CASES, peer_verdicts, peer_verdicts_in_own_process
+
+    apart = peer_verdicts_in_own_process("sdpa-gather", "cpu")
+    assert len(apart) == len(PEER_CASES) and {verdict for verdict, _ in apart} == {"ok"}
+    assert apart == peer_verdicts("sdpa-gather", "cpu")
+
+
+def test_a_peer_whose_process_aborts_fails_with_its_exit_status(monkeypatch):
+    from tests.test_adapters_gpu import peer_verdicts_in_own_process
+
+    monkeypatch.setenv("PAGED_BENCH_EXTRA_ADAPTERS", "tests.faulty_adapters")
+    with pytest.raises(AssertionError, match=r"fault-abort: its process ended with status -6"):
+        peer_verdicts_in_own_process("fault-abort", "cpu")
