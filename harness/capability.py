@@ -253,9 +253,8 @@ def probe_adapter(adapter: Adapter, device: torch.device, cases: "_Cases",
         result = lse_answer(answer(spec)) if feature == "lse" else answer(spec)
         out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
         tick(1)
-    if device.type == "cuda":
+    if device.type == "cuda":  # every gate synchronised (`_gate`); what is left is returning the memory
         try:
-            torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001 - a broken context is already on the row that broke it
             pass

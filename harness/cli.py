@@ -198,7 +198,7 @@ def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None,
     its rows are kept as each backend finishes, and when the process dies (or stops because a backend
     poisoned the CUDA context) a fresh one probes the backends that are left: a backend that kills the
     probe costs only its own rows (`error`, with the exit status)."""
-    from adapters.base import adapter_classes, discover
+    from adapters.base import adapter_classes
     from harness import capability
     from harness.runner import describe_exit
 
@@ -221,7 +221,7 @@ def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None,
             culprit = left.pop(0)
             why = f"the capability probe's process died while probing {culprit}: {describe_exit(done.returncode)}"
             _log(why + "; a fresh process probes the rest")
-            capability.append_rows(partial, capability.error_rows(discover()[culprit], why, device_type))
+            capability.append_rows(partial, capability.error_rows(adapter_classes()[culprit](), why, device_type))
         remaining = left
     partial.replace(target)
     return target

@@ -9,23 +9,13 @@ import time
 from typing import IO
 
 from harness.runner import Progress
+from reports.text import duration
 
 NOT_REPORTED = frozenset({"ok", "skipped"})
 """Verdicts that need no line of their own (skipped backends are named once, before the sweep)."""
 LINES_PER_RUN = 20
 """A non-terminal log gets about this many progress lines per run (and at least one a minute)."""
 LINE_EVERY_S = 60.0
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def failure_line(progress: Progress) -> str:
@@ -58,7 +48,7 @@ class ProgressReporter:
         if measured <= 0:
             return "?"
         elapsed = time.monotonic() - self.started
-        return _duration(elapsed / measured * (self.total - done))
+        return duration(elapsed / measured * (self.total - done))
 
     def __call__(self, progress: Progress) -> None:
         verdict = progress.row["verdict"]
@@ -76,7 +66,7 @@ class ProgressReporter:
             self.last_line_at = now
             tally = ", ".join(f"{n} {v}" for v, n in sorted(self.counts.items()))
             self._write(f"{self.prefix}{progress.done}/{self.total} cells ({tally}); "
-                        f"elapsed {_duration(now - self.started)}, about {self._eta(progress.done)} left")
+                        f"elapsed {duration(now - self.started)}, about {self._eta(progress.done)} left")
 
     def _write(self, line: str) -> None:
         if self.bar is not None:

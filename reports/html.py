@@ -19,7 +19,7 @@ from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
 from reports.model import ResultSet
 from reports.tables import backend_summaries, config_text, win_counts, winners, write_csv
-from reports.text import compact, is_missing
+from reports.text import compact, duration, is_missing
 
 __all__ = ["render_report", "render_html", "write_csv"]
 
@@ -47,16 +47,6 @@ def _pct(value: Any) -> str:
     return "" if is_missing(value) else f"{value:.1f}%"
 
 
-def _duration(seconds: Any) -> str:
-    """95.2 -> '1m35s'; how long cells took, for people."""
-    if is_missing(seconds):
-        return "–"
-    total = int(round(float(seconds)))
-    minutes, secs = divmod(total, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def _sort_value(value: Any) -> str:
     return "" if is_missing(value) else str(value)
 
@@ -65,7 +55,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_number, pct=_pct, sortval=_sort_value, missing=is_missing)
-    env.globals["duration"] = _duration
+    env.globals["duration"] = duration
     return env
 
 
@@ -172,7 +162,7 @@ def _headline(results: ResultSet) -> dict[str, str]:
     }
     cell_seconds = results.rows["cell_s"].sum(min_count=1)
     if not pd.isna(cell_seconds):
-        facts["time in cells"] = (f"{_duration(cell_seconds)} (gate, compiling and timing, summed over cells; "
+        facts["time in cells"] = (f"{duration(cell_seconds)} (gate, compiling and timing, summed over cells; "
                                   f"each backend's share is on its card)")
     return facts
 

@@ -11,6 +11,15 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def duration(seconds: Any) -> str:
+    """95.2 -> '1m35s', 3725 -> '1h02m', 7 -> '7s'; '–' for a missing value. Progress lines and reports."""
+    if is_missing(seconds):
+        return "–"
+    minutes, secs = divmod(int(round(float(seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def compact(value: Any, digits: int = 3) -> str:
     """A short human form: 3 significant digits, thousands as 'k', empty for missing values."""
     if is_missing(value):

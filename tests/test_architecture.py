@@ -18,8 +18,8 @@ PACKAGES = ("records", "adapters", "kernels", "harness", "reports", "benchmarks"
 LAYER = {"records": 0, "kernels": 1, "adapters": 2, "reports": 2, "harness": 3, "benchmarks": 4}
 """A package may import its own layer's modules of its own package, and packages of lower layers
 (reports and adapters share a layer but never import each other)."""
-TOP_OF_HARNESS = {"harness.cli", "harness.asv_suite", "harness.releases"}
-"""The command line and asv glue: the only harness modules that may import reports."""
+TOP_OF_HARNESS = {"harness.cli", "harness.progress", "harness.asv_suite", "harness.releases"}
+"""The command line (with its progress display) and asv glue: the only harness modules that may import reports."""
 
 
 def _module_name(path: Path) -> str:

@@ -245,3 +245,9 @@ def test_summary_uses_the_runs_availability_for_backends_without_rows(tmp_path):
     summary = section(html, "summary")
     assert 'id="backend-fa4"' in summary and "flash_attn.cute is not importable" in summary
     assert 'id="backend-fa5"' in summary and "registered in this checkout but absent" in summary
+
+
+def test_durations_read_the_same_in_progress_lines_and_reports():
+    from reports.text import duration
+
+    assert [duration(s) for s in (7, 59.6, 95.2, 3600, 3725, None)] == ["7s", "1m00s", "1m35s", "1h00m", "1h02m", "–"]
