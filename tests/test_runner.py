@@ -178,9 +178,14 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sweep = subprocess.Popen([sys.executable, str(script), str(out_dir)], cwd=ROOT, env=env)
     try:
+        # kill once the good cells of the first two cases are stored: the second case's hanging cell then
+        # holds its worker for good. (Waiting for "any two rows" was a race with two workers: the worker that
+        # finished the first case could finish the third before the other one, slow to start, stored the second.)
+        first_two = {cell_id(b, c) for b, c in KILL_CELLS[:2]}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and sweep.poll() is None:
-            if (out_dir / "results.jsonl").exists() and len(ResultStore(out_dir).read_rows()) >= 2:
+            if (out_dir / "results.jsonl").exists() and \
+                    first_two <= {row["cell_id"] for row in ResultStore(out_dir).read_rows()}:
                 break
             time.sleep(0.1)
         assert sweep.poll() is None, "the sweep ended before it could be killed"
@@ -193,10 +198,10 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
             sweep.kill()
     store = ResultStore(out_dir)
     before = store.read_rows()
-    # at least the good cells of the first two cases are done (with two workers the third may be too);
+    # the good cells of the first two cases are done (with two workers the third may be too);
     # the hanging one never finishes
     good = {cell_id(b, c) for b, c in KILL_CELLS if b == "good-ref"}
-    assert {cell_id(b, c) for b, c in KILL_CELLS[:2]} <= {row["cell_id"] for row in before} <= good
+    assert first_two <= {row["cell_id"] for row in before} <= good
     for worker in workers:  # an orphaned worker notices its parent is gone and exits
         deadline = time.monotonic() + 10
         while _alive(worker) and time.monotonic() < deadline:
