@@ -208,7 +208,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
             time.sleep(0.1)
         assert not _alive(worker), f"worker {worker} outlived its killed parent"
 
-    rows = _run(KILL_CELLS, out_dir, run_id="resumed", cell_timeout_s=3.0,
+    rows = _run(KILL_CELLS, out_dir, run_id="resumed",
                 slots=[Slot(f"cpu{n}") for n in range(slots)])
     assert [row["cell_id"] for row in rows] == [cell_id(b, c) for b, c in KILL_CELLS]
     stored = store.read_rows()
