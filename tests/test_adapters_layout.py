@@ -342,6 +342,27 @@ def test_every_adapter_imports_and_answers_available_on_cpu():
     assert adapters["flex-paged"].available(torch.device("cpu"))[0]
 
 
+
+def _frontend_without_library() -> SimpleNamespace:
+    """What nvidia-cudnn-frontend (the [gpu] extra) looks like on a machine with no cuDNN library: it
+    imports, and asking it for the library's version raises."""
+    def backend_version():
+        raise RuntimeError("Unable to find symbol cudnnGetVersion")
+    return SimpleNamespace(backend_version=backend_version, __version__="1.32.0")
+
+
+def test_cudnn_without_its_library_is_unavailable_with_the_reason(monkeypatch):
+    """A frontend that imports but cannot load the library: versions() still answers (a dict saying so)
+    and available() on a CUDA device is False with the frontend's words, never an exception."""
+    monkeypatch.setitem(sys.modules, "cudnn", _frontend_without_library())
+    adapter = discover()["cudnn"]
+    versions = adapter.versions()
+    assert isinstance(versions, dict) and "cudnnGetVersion" in " ".join(versions.values())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    ok, why = adapter.available(torch.device("cuda"))
+    assert not ok and "cudnnGetVersion" in why
+
 def test_discovery_is_silent_and_lazy():
     """Importing every adapter prints nothing and loads no GPU library."""
     code = textwrap.dedent("""

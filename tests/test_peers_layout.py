@@ -228,18 +228,24 @@ def test_fa4_loads_its_own_cute_beside_flash_attn2(tmp_path):
 
 
 def test_fa4_adds_the_cutlass_dsl_path_a_target_install_misses(tmp_path):
+    """A planted nvidia_cutlass_dsl whose .pth was not processed: the adapter puts its dsl_packages on
+    sys.path. The child undoes what a real install's .pth did at start-up (a dsl_packages entry and the
+    imported nvidia_cutlass_dsl; nvidia-cudnn-frontend, the [gpu] extra, pulls nvidia-cutlass-dsl in), so
+    the check holds whether or not one is installed."""
     site = tmp_path / "site"
     _write(site / "nvidia_cutlass_dsl" / "__init__.py", "")
     _write(site / "nvidia_cutlass_dsl" / "dsl_packages" / "cutlass" / "__init__.py", "DSL = True\n")
     code = textwrap.dedent(f"""
         import sys
+        sys.path[:] = [p for p in sys.path if not p.rstrip('/').endswith('dsl_packages')]
+        sys.modules.pop('nvidia_cutlass_dsl', None)  # the .pth imported the real one
         sys.path.insert(0, {str(site)!r})
         import importlib.util
         assert importlib.util.find_spec('cutlass') is None
         from adapters.backends.fa4 import ensure_cutlass_dsl_path
         ensure_cutlass_dsl_path()
         import cutlass
-        assert cutlass.DSL
+        assert cutlass.DSL and cutlass.__file__.startswith({str(site)!r})
         print('ok')
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
