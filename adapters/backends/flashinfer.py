@@ -356,8 +356,13 @@ class FlashInferFa3Adapter(_FlashInfer):
 
 @register
 class FlashInferCudnnAdapter(_FlashInfer):
+    """FlashInfer's cuDNN path: cuDNN as an engine binds it (packed [T, Hq] Stats with a ragged offset), so
+    a cuDNN release check gates it beside the cuDNN bindings (``library``)."""
+
     name = "flashinfer-cudnn"
     fi_backend = "cudnn"
+    library = "cudnn"
+    binding = "FlashInfer's cuDNN path (its own graph: packed [T, Hq] Stats, ragged offsets)"
 
 
 @register
