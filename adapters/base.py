@@ -117,6 +117,12 @@ class Adapter(abc.ABC):
     """A fixed plot colour (hex); None takes one from the report's palette."""
     packages: ClassVar[tuple[str, ...]] = ()
     """Distributions whose installed versions belong in every run's provenance."""
+    library: ClassVar[str] = ""
+    """The library whose releases change this row's numbers, when a release check should gate it ("cudnn"
+    for every way of calling cuDNN, FlashInfer's cuDNN path included); see `rows_calling`."""
+    binding: ClassVar[str] = ""
+    """How this row calls its library, for backends users call several ways (each way is its own row,
+    e.g. cuDNN's Stats layouts and offset widths); empty when there is one way."""
 
     def worker_env(self, device_type: str) -> dict[str, str]:
         """Environment variables a measuring process needs before it imports this backend (e.g. the
@@ -159,7 +165,7 @@ class Adapter(abc.ABC):
     def describe(cls) -> dict[str, Any]:
         """The declared facts the harness and the reports use, as plain values (stored with each run)."""
         return {"in_sweep": cls.in_sweep, "q_layout": cls.q_layout, "baseline": cls.baseline, "color": cls.color,
-                "devices": list(cls.devices)}
+                "devices": list(cls.devices), "library": cls.library, "binding": cls.binding}
 
 
 def installed_versions(distributions: Iterable[str], *, required: str | None = None) -> dict[str, str]:
@@ -229,6 +235,13 @@ def baseline_name(classes: dict[str, type[Adapter]] | None = None) -> str | None
     """The registered backend declared as the speed-up baseline, if any."""
     classes = adapter_classes() if classes is None else classes
     return next((name for name, cls in classes.items() if cls.baseline), None)
+
+
+def rows_calling(library: str, classes: dict[str, type[Adapter]] | None = None) -> list[str]:
+    """Every registered backend row that calls ``library`` (`Adapter.library`), probe-only bindings
+    included: what a release check of that library gates by default."""
+    classes = adapter_classes() if classes is None else classes
+    return [name for name, cls in classes.items() if cls.library == library]
 
 
 def worker_environment(names: list[str] | None, device_type: str) -> dict[str, str]:

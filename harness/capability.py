@@ -5,7 +5,9 @@ on a small base case, varying one layout feature at a time.
 case is `BASE_GRAMMAR` with `BASE_FIELDS`. A backend that cannot run the base page size (flash-attn 2:
 multiples of 256 only) is probed on the other features at the smallest page size it passed, so its
 matrix says more than "page size" on every row; the row's ``case`` column names the exact case.
-Probe-only adapters (``in_sweep = False``, e.g. cuDNN with a T-row Q) answer the ``q_layout`` row only.
+An adapter that declares Q another way than the canonical packed rows (``q_layout``, e.g. cuDNN with a
+T-row Q) answers its ``q_layout`` row only; every other adapter, the bindings left out of the default
+sweep included (e.g. cuDNN's packed Stats or 64-bit offsets), answers every feature.
 
     python -m harness.capability [--device cuda] [--out results/capability/x.csv] [--adapters a,b]
 """
@@ -199,14 +201,15 @@ def lse_answer(result: GateResult) -> GateResult:
 
 
 def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict]]:
-    """The feature rows one adapter answers: probe-only adapters just their own q_layout row."""
+    """The feature rows one adapter answers: its own ``q_layout`` row, and every other feature unless it
+    declares Q another way than the canonical rows (then that one row says whether the form works)."""
     layout = adapter.q_layout
     rows = []
     for feature, value, overrides in features:
         if feature == "q_layout":
             if value == layout:
                 rows.append((feature, value, overrides))
-        elif adapter.in_sweep:
+        elif layout == THD:
             rows.append((feature, value, overrides))
     return rows
 

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     from harness.timer import Timing
 
 
+def declared_binding(backend: str) -> str:
+    """The binding a registered backend row declares (`adapters.base.Adapter.binding`), "" for others."""
+    from adapters.base import adapter_classes
+
+    cls = adapter_classes().get(backend)
+    return getattr(cls, "binding", "") if cls is not None else ""
+
+
 def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
              ceilings: dict[str, Any] | None = None, backend_versions: dict[str, str] | None = None,
              env_id: str = "", run_id: str = "", device: str = "", gpu_index: int | None = None,
@@ -28,7 +36,7 @@ def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | Non
     spec: BatchSpec = case.spec()
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(
-        cell_id=cell_id(backend, case), run_id=run_id, backend=backend, case=case.name, variant=case.variant,
+        cell_id=cell_id(backend, case), run_id=run_id, backend=backend, binding=declared_binding(backend), case=case.name, variant=case.variant,
         grammar=case.grammar,
         **case.axes(), num_q_heads=spec.num_q_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, causal=spec.causal, seed=spec.seed, total_q=spec.total_q, total_kv=spec.total_kv,

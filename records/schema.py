@@ -27,7 +27,7 @@ RETRYABLE_VERDICTS = frozenset({"timeout", "error"})
 
 COLUMNS: list[str] = [
     # identity
-    "cell_id", "run_id", "backend", "case", "variant", "workload", "grammar", "batch_size", "q_len", "context", "page_size",
+    "cell_id", "run_id", "backend", "binding", "case", "variant", "workload", "grammar", "batch_size", "q_len", "context", "page_size",
     "num_q_heads", "num_kv_heads", "head_dim", "dtype", "causal", "seed", "total_q", "total_kv", "num_pages",
     # gate
     "verdict", "reason", "rel_l2", "max_abs", "lse_max_abs", "lse_note",
@@ -61,6 +61,8 @@ GLOSSARY: dict[str, str] = {
     "lse_note": "why the log-sum-exp was not checked: the backend cannot return it for this cell",
     "gpu_index": "index of the GPU the cell ran on, among the GPUs of its host", "gpu_uuid": "that GPU's UUID",
     "reproducer": "the paged-bench command that measures this one cell again",
+    "binding": ("how the row calls its library, for backends users call several ways (each way is its own backend "
+                "row, e.g. cuDNN's Stats layout and ragged-offset width); empty for a backend with one way"),
     "variant": ("what sets the case apart from the standard layer (32 query heads, 8 KV heads, D 128, bf16, causal, "
                 "default pool), e.g. h16x8d256 or fp16; empty for a standard case"),
     "num_pages": "pages in the K/V pool (the null page included): the batch's pages plus 25% unless the case sets a pool",

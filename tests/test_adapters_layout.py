@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from adapters.base import discover
+from adapters.base import adapter_classes, discover
 from adapters.batch import BatchSpec, make_batch
 from adapters.backends.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_layout, next_power_of_two, padded_rows,
                                  page_table_view, ragged_offsets, refusal_reason, seq_len_tensors, trow_arguments)
@@ -199,8 +199,6 @@ def test_cudnn_stats_refusal_costs_one_build_and_is_noted(monkeypatch, refuse):
         assert "refused the Stats" in first[2] and "no engine for the Stats output" in second[2]
     else:
         assert first[2] == "" and "stats" in first[0].tensors
-    monkeypatch.setenv(cudnn_sdpa.STATS_ENV, "0")
-    assert "PAGED_BENCH_CUDNN_STATS=0" in adapter._graph_with_stats(fake, key, device, ragged=True)[2]
     monkeypatch.setitem(sys.modules, "cudnn", fake)
     adapter.close()
     assert adapter._graphs == {} and adapter._handles == {} and len(fake.destroyed) == 1
@@ -212,8 +210,7 @@ def test_cudnn_ragged_stats_only_where_q_is_ragged(monkeypatch):
     fake = FakeCudnn(False)
     monkeypatch.setattr(cudnn_sdpa, "_build", _fake_build(fake))
     monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
-    monkeypatch.setenv(cudnn_sdpa.STATS_ENV, "ragged")
-    adapter = CudnnSdpaAdapter()
+    adapter = adapter_classes()["cudnn-stats-ragged"]()
     key = cudnn_sdpa.GraphKey(variant="packed", device=0, dtype="bf16", causal=True, scale=0.1, q_dims=(2, 4, 4, 8),
                               q_strides=(128, 8, 32, 1), cache_dims=(10, 2, 4, 8), cache_strides=(64, 8, 16, 1),
                               page_table_dims=(2, 1, 8, 1), max_seq_len_kv=32, ragged_dtype="int32")
@@ -221,19 +218,6 @@ def test_cudnn_ragged_stats_only_where_q_is_ragged(monkeypatch):
     adapter._graph_with_stats(fake, key, device, ragged=True)
     adapter._graph_with_stats(fake, cudnn_sdpa.dataclasses.replace(key, variant="t-rows"), device, ragged=False)
     assert [k.stats for k in fake.builds] == ["ragged", "padded"]
-
-
-def test_cudnn_stats_layout_choice(monkeypatch):
-    from adapters.backends.cudnn_sdpa import STATS_ENV, stats_layout
-
-    monkeypatch.delenv(STATS_ENV, raising=False)
-    assert stats_layout() == "padded"
-    for value, layout in (("ragged", "ragged"), ("0", ""), ("off", ""), ("1", "padded"), ("PADDED", "padded")):
-        monkeypatch.setenv(STATS_ENV, value)
-        assert stats_layout() == layout
-    monkeypatch.setenv(STATS_ENV, "packed")
-    with pytest.raises(ValueError, match="choose padded, ragged or 0"):
-        stats_layout()
 
 
 def test_cudnn_graphs_live_on_the_instance():

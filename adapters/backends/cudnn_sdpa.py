@@ -16,23 +16,39 @@ How the canonical batch is declared to cuDNN (see docs/backends.md for the traps
   (``use_causal_mask`` would be top-left).
 
 - Softmax statistics (the LSE, for the gate): the SDPA node's ``Stats`` output
-  (``generate_stats=True``), float32, natural log, in one of two layouts (``PAGED_BENCH_CUDNN_STATS``):
+  (``generate_stats=True``), float32, natural log. ``Prepared.to_lse`` makes ``[T, Hq]`` outside any
+  timing. The buffer starts as NaN, so rows cuDNN does not write are caught. Where cuDNN refuses the
+  graph with Stats it is built without, the row's ``lse_note`` keeps cuDNN's words, and the refusal is
+  remembered per graph key (one failed build, not one per cell). The timed launch is the graph with
+  Stats (writing it costs 4 bytes per row and head).
 
-  - ``padded`` (default): ``[B, Hq, S_q, 1]`` with packed BHSD strides ``[Hq*S_q, S_q, 1, 1]`` and no
-    ragged offset (the layout the frontend infers for an undeclared Stats and the one its own ragged
-    tests read back; the backend honours declared Stats strides from 9.12). Row i of sequence b,
-    head h is ``stats[b, h, i]``; `stats_index` maps the packed rows to it.
-  - ``ragged``: the packed ``[T, Hq]`` that serving engines bind (FlashInfer's cuDNN prefill):
+**Bindings.** Users call this graph several ways, and a cuDNN release can break one while the others
+work, so each way is its own backend row (`Binding`; a class per row below, all gated and timed, all in
+``paged-bench releases`` by default):
+
+  ============================== ======== ========================= =========================
+  row                             Q        Stats (LSE)               ragged offsets
+  ============================== ======== ========================= =========================
+  ``cudnn``                       B rows   padded ``[B, Hq, S_q, 1]`` int32 (int64 when forced)
+  ``cudnn-stats-ragged``          B rows   packed ``[T, Hq]``, ragged  int32 (int64 when forced)
+  ``cudnn-offsets64``             B rows   padded                     int64, chosen
+  ``cudnn-stats-ragged-offsets64`` B rows  packed ``[T, Hq]``, ragged  int64, chosen
+  ``cudnn-trows``                 T rows   ``[T, Hq, 1, 1]``          none (probe only)
+  ============================== ======== ========================= =========================
+
+  - padded Stats: ``[B, Hq, S_q, 1]`` with packed BHSD strides ``[Hq*S_q, S_q, 1, 1]`` and no ragged
+    offset (the layout the frontend infers for an undeclared Stats and the one its own ragged tests read
+    back; the backend honours declared Stats strides from 9.12). Row i of sequence b, head h is
+    ``stats[b, h, i]``; `stats_index` maps the packed rows to it.
+  - packed/ragged Stats: the packed ``[T, Hq]`` that serving engines bind (FlashInfer's cuDNN prefill):
     ``[B, Hq, S_q, 1]`` with token-major strides ``[S_q*Hq, 1, Hq, 1]`` and a ragged offset
     ``cu_seqlens_q * Hq``. FlashInfer records a cuDNN bug in exactly this layout (NVBug 6783545: the
     s_q == 1 decode kernel with Hq != Hkv leaves most heads of a ragged Stats unwritten; the output is
-    right; fixed in 9.27.0), so a release comparison in this mode shows it as ``LSE off`` before 9.27.
-  - ``0``: no Stats output (no LSE; the row's ``lse_note`` says so).
-
-  ``Prepared.to_lse`` makes ``[T, Hq]`` outside any timing. The buffer starts as NaN, so rows cuDNN
-  does not write are caught. Where cuDNN refuses the graph with Stats it is built without, the row's
-  ``lse_note`` keeps cuDNN's words, and the refusal is remembered per graph key (one failed build,
-  not one per cell). The timed launch is the graph with Stats (writing it costs 4 bytes per row and head).
+    right), so the release check shows it as ``wrong`` (LSE off) where a release has it.
+  - 64-bit offsets: engines with large pools or long packed batches declare the ragged offsets int64
+    whatever the size; the other rows do so only when an element offset passes 2^31 - 1.
+  - T rows: one "batch" per query token (B' = T, S_q = 1) against the B-row page table, as users first
+    write it; cuDNN refuses it (docs/backends.md), and the capability probe keeps asking.
 
 Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached on the adapter
 instance by everything that changes them (`GraphKey`); ``run`` only binds the stream and executes.
@@ -40,16 +56,16 @@ instance by everything that changes them (`GraphKey`); ``run`` only binds the st
 `Unsupported` with cuDNN's own message.
 
 The argument builders (`cudnn_layout`, `ragged_offsets`, `page_table_view`, `seq_len_tensors`,
-`cache_view`, `trow_arguments`, `stats_index`) are pure functions of CPU or GPU tensors and need no cudnn.
+`cache_view`, `trow_arguments`, `stats_index`, `stats_layout_args`) are pure functions of CPU or GPU
+tensors and need no cudnn.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -62,6 +78,38 @@ _INT32_MAX = 2**31 - 1
 def next_power_of_two(value: int) -> int:
     """Smallest power of two >= value (1 for value <= 1): the shape buckets of the graph cache."""
     return 1 if value <= 1 else 1 << (value - 1).bit_length()
+
+
+Q_ROWS = ("B-rows", "T-rows")
+STATS_LAYOUTS = ("padded", "ragged")
+OFFSET_WIDTHS = ("int32", "int64")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One way users declare cuDNN's paged SDPA (module docstring, "Bindings"): how Q is declared
+    (``B-rows`` with ragged offsets, or ``T-rows``), the Stats layout (``padded`` or the packed
+    ``ragged`` [T, Hq]) and the ragged offsets' width (``int32``, widened only when a size forces it,
+    or ``int64`` chosen on purpose)."""
+
+    q: str = "B-rows"
+    stats: str = "padded"
+    offsets: str = "int32"
+
+    def __post_init__(self) -> None:
+        for field_name, value, choices in (("q", self.q, Q_ROWS), ("stats", self.stats, STATS_LAYOUTS),
+                                           ("offsets", self.offsets, OFFSET_WIDTHS)):
+            if value not in choices:
+                raise ValueError(f"Binding.{field_name}={value!r}: choose one of {', '.join(choices)}")
+
+    def describe(self) -> str:
+        """One line for results and reports, e.g. 'Q B rows + int32 ragged offsets; Stats packed [T, Hq] (ragged)'."""
+        if self.q == "T-rows":
+            return "Q T rows (one batch per token, S_q 1, no ragged offsets); Stats [T, Hq, 1, 1]"
+        offsets = "int64 ragged offsets (chosen)" if self.offsets == "int64" else \
+            "int32 ragged offsets (int64 past 2^31 elements)"
+        stats = "packed [T, Hq] (ragged offset)" if self.stats == "ragged" else "padded [B, Hq, S_q, 1]"
+        return f"Q B rows + {offsets}; Stats {stats}"
 
 
 @dataclass(frozen=True)
@@ -103,12 +151,14 @@ class CudnnLayout:
 
     @property
     def stats_strides(self) -> tuple[int, int, int, int]:
-        return (self.q_dims[1] * self.s_q, self.s_q, 1, 1)
+        return stats_strides("padded", self.q_dims[1], self.s_q)
 
 
-def cudnn_layout(spec: BatchSpec, num_pages: int | None = None) -> CudnnLayout:
+def cudnn_layout(spec: BatchSpec, num_pages: int | None = None, *, offsets: str = "int32") -> CudnnLayout:
     """The declared shapes for ``spec`` (packed Q/O with ragged offsets, NHD cache as HND strides).
-    ``num_pages``: the cache pool's real size (``k_cache.shape[0]``); the spec's by default."""
+    ``num_pages``: the cache pool's real size (``k_cache.shape[0]``); the spec's by default. ``offsets``:
+    "int32" widens the ragged offsets to int64 only when an element offset would pass 2^31 - 1;
+    "int64" declares them int64 whatever the size (`Binding.offsets`)."""
     heads, head_dim, page = spec.num_q_heads, spec.head_dim, spec.page_size
     pool = spec.num_pages if num_pages is None else num_pages
     s_q = next_power_of_two(spec.max_q_len)
@@ -128,7 +178,7 @@ def cudnn_layout(spec: BatchSpec, num_pages: int | None = None) -> CudnnLayout:
         ragged_dims=(spec.batch_size + 1, 1, 1, 1),
         max_seq_len_kv=max_pages * page,
         pad_rows=max(s_q, spec.batch_size * s_q - spec.total_q),
-        ragged_dtype=torch.int32 if padded_elements <= _INT32_MAX else torch.int64,
+        ragged_dtype=torch.int64 if offsets == "int64" or padded_elements > _INT32_MAX else torch.int32,
     )
 
 
@@ -147,6 +197,15 @@ def stats_index(cu_seqlens_q: torch.Tensor, heads: int, s_q: int) -> torch.Tenso
 def gather_stats(stats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The canonical LSE ``[T, Hq]`` float32 of a Stats buffer, through `stats_index`."""
     return stats.reshape(-1)[index].float()
+
+
+def stats_strides(stats: str, heads: int, s_q: int) -> tuple[int, int, int, int]:
+    """Strides of the Stats output declared ``[B, Hq, S_q, 1]``: packed BHSD ``[Hq*S_q, S_q, 1, 1]`` when
+    ``padded``; token-major ``[S_q*Hq, 1, Hq, 1]`` when ``ragged`` (the packed [T, Hq] buffer, each
+    sequence's first row found through the ragged offset ``cu_seqlens_q * Hq``)."""
+    if stats == "ragged":
+        return (s_q * heads, 1, heads, 1)
+    return (heads * s_q, s_q, 1, 1)
 
 
 def ragged_offsets(cu_seqlens_q: torch.Tensor, heads: int, head_dim: int,
@@ -215,11 +274,6 @@ def trow_arguments(spec: BatchSpec, block_table: torch.Tensor) -> TRowArguments:
 
 # ----------------------------------------------------------------------------------------------
 # cuDNN graph building (needs `import cudnn`)
-
-STATS_ENV = "PAGED_BENCH_CUDNN_STATS"
-"""The Stats layout: "padded" (default), "ragged" (the packed [T, Hq] serving engines bind), or 0 (none)."""
-STATS_LAYOUTS = ("padded", "ragged")
-
 
 @dataclass(frozen=True)
 class GraphKey:
@@ -326,12 +380,12 @@ def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
     if key.stats:
         stats.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([batch, heads, s_q, 1])
         if key.stats == "ragged" and ragged:  # packed [T, Hq]: token-major strides, offsets cu_seqlens_q * Hq
-            stats.set_stride([s_q * heads, 1, heads, 1])
+            stats.set_stride(list(stats_strides("ragged", heads, s_q)))
             t["stats_offsets"] = graph.tensor(name="stats_ragged_offsets", dim=[batch + 1, 1, 1, 1],
                                               stride=[1, 1, 1, 1], data_type=ragged_type)
             stats.set_ragged_offset(t["stats_offsets"])
         else:  # padded [B, Hq, S_q, 1] in packed BHSD strides, no ragged offset
-            stats.set_stride([heads * s_q, s_q, 1, 1])
+            stats.set_stride(list(stats_strides("padded", heads, s_q)))
         t["stats"] = stats
     stage = "validate"
     try:
@@ -395,13 +449,20 @@ def _loaded_library(stem: str) -> str:
     return " | ".join(sorted(path for path in paths if path.startswith("/")))
 
 
+def _backend_version(cudnn) -> str:
+    """The cuDNN library's version as the frontend finds it; raises when no cuDNN library can be loaded
+    (the frontend then says e.g. "Unable to find symbol cudnnGetVersion")."""
+    return _version_text(int(cudnn.backend_version()))
+
+
 def _versions() -> dict[str, str]:
     try:
         import cudnn
-    except Exception as error:  # noqa: BLE001
-        return {"cudnn": f"not importable ({type(error).__name__})"}
-    versions = {"cudnn_backend": _version_text(int(cudnn.backend_version())),
-                "cudnn_frontend": str(getattr(cudnn, "__version__", "?"))}
+
+        versions = {"cudnn_backend": _backend_version(cudnn)}
+    except Exception as error:  # noqa: BLE001 - a frontend without its library is "not here", not a failure
+        return {"cudnn": f"not loadable here ({type(error).__name__}: {' '.join(str(error).split())[:120]})"}
+    versions["cudnn_frontend"] = str(getattr(cudnn, "__version__", "?"))
     try:
         torch_cudnn = torch.backends.cudnn.version()
         versions["torch_cudnn"] = _version_text(int(torch_cudnn)) if torch_cudnn else "none"
@@ -419,9 +480,13 @@ def _available(device: torch.device) -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "CUDA is not available"
     try:
-        import cudnn  # noqa: F401
+        import cudnn
     except Exception as error:  # noqa: BLE001 - any import failure is the reason
         return False, f"cannot import cudnn (nvidia-cudnn-frontend): {type(error).__name__}: {error}"
+    try:
+        _backend_version(cudnn)
+    except Exception as error:  # noqa: BLE001 - the frontend is there, the library is not
+        return False, f"the cuDNN library cannot be loaded: {type(error).__name__}: {error}"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return False, f"cuDNN SDPA needs SM80 or newer (this GPU is SM{major}{minor})"
@@ -436,19 +501,6 @@ def _supports(spec: BatchSpec) -> tuple[bool, str]:
     return True, ""
 
 
-def stats_layout() -> str:
-    """The Stats layout asked for (``PAGED_BENCH_CUDNN_STATS``): "padded" (default, also for 1/on),
-    "ragged", or "" for none (0/off/no/false). Anything else is an error naming the choices."""
-    value = os.environ.get(STATS_ENV, "padded").strip().lower()
-    if value in ("", "1", "on", "yes", "true", "padded"):
-        return "padded"
-    if value in ("0", "off", "no", "false", "none"):
-        return ""
-    if value == "ragged":
-        return "ragged"
-    raise ValueError(f"{STATS_ENV}={value!r}: choose padded, ragged or 0")
-
-
 @register
 class CudnnSdpaAdapter(Adapter):
     """cuDNN SDPA, packed Q/O with ragged offsets over the NHD paged cache (module docstring)."""
@@ -457,6 +509,13 @@ class CudnnSdpaAdapter(Adapter):
     baseline = True
     color = "#76b900"
     packages = ("nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
+    library = "cudnn"
+    form: ClassVar[Binding] = Binding()
+    """How this row declares the graph (module docstring, "Bindings"); `binding` is its description."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.binding = cls.form.describe()
 
     def __init__(self) -> None:
         self._graphs: dict[GraphKey, _BuiltGraph] = {}
@@ -511,12 +570,7 @@ class CudnnSdpaAdapter(Adapter):
                           ragged: bool) -> tuple[_BuiltGraph, bool, str]:
         """The graph with the Stats output where cuDNN builds it, else without: (graph, cached, lse_note).
         A refusal of Stats is remembered for ``key``, so it costs one build attempt."""
-        layout = stats_layout()
-        if not layout:
-            built, cached = self._graph(cudnn, key, device, ragged=ragged)
-            return built, cached, f"LSE not requested ({STATS_ENV}=0): the graph has no Stats output"
-        if not ragged:
-            layout = "padded"  # one "batch" per row: the padded layout is already [T, Hq]
+        layout = self.form.stats if ragged else "padded"  # T rows: the padded layout is already [T, Hq]
         refused = self._stats_refused.get(dataclasses.replace(key, stats=layout))
         if refused is None:
             try:
@@ -553,7 +607,7 @@ class CudnnSdpaAdapter(Adapter):
         import cudnn
 
         spec, device = batch.spec, batch.device
-        layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]))
+        layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]), offsets=self.form.offsets)
         key = GraphKey(
             variant="packed", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
             q_dims=layout.q_dims, q_strides=layout.q_strides, cache_dims=layout.cache_dims,
@@ -586,6 +640,43 @@ class CudnnSdpaAdapter(Adapter):
             {"graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages, "workspace_bytes": built.workspace_bytes})
 
 
+CudnnSdpaAdapter.binding = CudnnSdpaAdapter.form.describe()
+
+
+class _CudnnBinding(CudnnSdpaAdapter):
+    """Another way of binding the same graph: gated and timed like ``cudnn`` wherever it is asked for
+    (``--backends``, ``paged-bench releases`` by default, the capability probe), left out of the default
+    sweep so that its numbers are not counted twice beside ``cudnn``'s."""
+
+    in_sweep = False
+    baseline = False
+    color = None
+
+
+@register
+class CudnnStatsRaggedAdapter(_CudnnBinding):
+    """Stats bound as the packed [T, Hq] with a ragged offset, as FlashInfer's cuDNN prefill binds it."""
+
+    name = "cudnn-stats-ragged"
+    form = Binding(stats="ragged")
+
+
+@register
+class CudnnOffsets64Adapter(_CudnnBinding):
+    """Ragged offsets declared int64 on purpose (engines that size offsets for their largest pool)."""
+
+    name = "cudnn-offsets64"
+    form = Binding(offsets="int64")
+
+
+@register
+class CudnnStatsRaggedOffsets64Adapter(_CudnnBinding):
+    """Packed [T, Hq] Stats and int64 ragged offsets together."""
+
+    name = "cudnn-stats-ragged-offsets64"
+    form = Binding(stats="ragged", offsets="int64")
+
+
 @register
 class CudnnTRowsAdapter(CudnnSdpaAdapter):
     """Probe only: Q declared with one "batch" per token (B' = T, S_q = 1) against the B-row page table,
@@ -597,6 +688,7 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
     baseline = False
     color = None
     q_layout = "T-row"
+    form = Binding(q="T-rows")
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         import cudnn
