@@ -1,7 +1,8 @@
 """What the asv benchmark classes (benchmarks/bench_*.py) share: their parameters (from harness.sweep, the one sweep
 definition), and one gated, GPU-timed measurement of a whole workload per asv `setup_cache`.
 
-The sweep is the built-in one named by ``$PAGED_BENCH_SWEEP`` (default: 'default'), or the sweep file
+The sweep is the built-in one named by ``$PAGED_BENCH_SWEEP`` (default: the command line's own choice,
+'default' with a GPU and 'cpu-tiny' without: `harness.selection.default_sweep_name`), or the sweep file
 at ``$PAGED_BENCH_SWEEP_FILE`` (harness/sweepfile.py). Classes ``Decode``, ``Prefill`` and ``Mixed``
 take their workload's axes (backend x batch x q_len x context x page, or backend x mix x page, then
 heads / dtype / causal when the axes vary them); class ``Cases`` (workload `CASES`) takes every other
@@ -15,13 +16,18 @@ that discovery writes once (keyed by the adapter sources), and the measuring imp
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+from harness.selection import default_sweep_name
 from harness.sweep import BUILTIN_SWEEPS, SWEEP_AXES, Axes, Case, Sweep, case_for, cases_from_axes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,10 +63,51 @@ def current_sweep() -> Sweep:
     return BUILTIN_SWEEPS[sweep_name()]
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PAGED_BENCH_CACHE", Path.home() / ".cache" / "paged-attn-bench"))
+
+
+def _gpu_key() -> str:
+    """What torch's CUDA answer depends on, short of importing torch: this boot, the visible devices,
+    the interpreter and the installed torch."""
+    parts = [sys.executable, os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        with contextlib.suppress(OSError):
+            version = Path(folder) / "version.py"
+            parts.append(f"{version}:{version.stat().st_mtime}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def device_type() -> str:
+    """'cuda' when torch sees a GPU, else 'cpu' (the command line's default device). asv evaluates the
+    parameters in a fresh process per benchmark, which must not import torch: the answer is asked of
+    torch in a child process once and cached (per boot, visible devices and torch install)."""
+    if "torch" in sys.modules:
+        return "cuda" if sys.modules["torch"].cuda.is_available() else "cpu"
+    cache = _cache_dir() / f"asv-device-{_gpu_key()}.txt"
+    with contextlib.suppress(OSError):
+        answer = cache.read_text().strip()
+        if answer in ("cuda", "cpu"):
+            return answer
+    probe = subprocess.run([sys.executable, "-c", "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"],
+                           capture_output=True, text=True, check=False)
+    answer = probe.stdout.strip() if probe.returncode == 0 and probe.stdout.strip() in ("cuda", "cpu") else "cpu"
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(answer)
+    return answer
+
+
 def sweep_name() -> str:
+    """The built-in sweep's name: ``$PAGED_BENCH_SWEEP``, else the command line's default for this
+    machine (a CPU sweep without a GPU), or the sweep file's own name."""
     if os.environ.get(SWEEP_FILE_ENV) and not os.environ.get(SWEEP_ENV):
         return current_sweep().name
-    name = os.environ.get(SWEEP_ENV, "default")
+    name = os.environ.get(SWEEP_ENV) or default_sweep_name(device_type())
     if name not in SWEEP_AXES:
         raise ValueError(f"${SWEEP_ENV}={name!r}: choose one of {', '.join(SWEEP_AXES)}")
     return name
@@ -76,8 +123,7 @@ def _adapter_fingerprint() -> str:
 def backend_names() -> list[str]:
     """Every registered backend that takes part in sweeps (unavailable ones too: asv shows them
     as skipped with their reason rather than leaving them out)."""
-    cache = Path(os.environ.get("PAGED_BENCH_CACHE", Path.home() / ".cache" / "paged-attn-bench")) \
-        / f"asv-backends-{_adapter_fingerprint()}.json"
+    cache = _cache_dir() / f"asv-backends-{_adapter_fingerprint()}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     from adapters.base import discover
@@ -135,12 +181,10 @@ def workload_case(workload: str, *axis_values) -> Case | None:
 def measure_workload(workload: str) -> dict[str, dict]:
     """Gate and time every (backend, case) of a workload through the same run session as the command
     line (availability, provenance, ceilings, isolated workers with the environment the backends
-    declare); return plain rows keyed by ``backend|case`` (asv pickles this: no tensors)."""
-    import torch
-
+    declare); return plain rows keyed by ``backend|case`` (asv pickles this: no tensors). SIGTERM (asv's
+    timeout) stops the run's workers with it (`harness.runner.run_cells`)."""
     from harness.session import RunSession
 
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
     cases = workload_cases(workload)
     if not cases:
         return {}
@@ -151,7 +195,7 @@ def measure_workload(workload: str) -> dict[str, dict]:
 
         commit = project_commit()[:12]
     out_dir = Path(os.environ.get(CELLS_ENV, ROOT / ".asv" / "cells")) / f"{commit}-{sweep_name()}-{stamp}"
-    session = RunSession(out_dir=out_dir, device_type=device_type, backends=backend_names(),
+    session = RunSession(out_dir=out_dir, device_type=device_type(), backends=backend_names(),
                          sweep_label=f"asv:{sweep_name()}:{workload}", argv=["asv"],
                          run_id=f"asv-{workload}-{stamp}")
     session.start()

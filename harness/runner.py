@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -229,6 +230,20 @@ _SPAWN_LOCK = threading.Lock()
 """Workers of several slots are spawned from several threads; the environment is process-wide."""
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Hide the parent's ``__main__`` while a worker is spawned: spawn's preparation data would make
+    the child run the parent's main script again (asv's runner script, a user's script), whose imports
+    the child may not resolve. Workers need only `worker_main`, which lives in this module."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -279,7 +294,7 @@ class _Worker:
     def __init__(self, setup: _WorkerSetup, context, start_timeout_s: float):
         self.log_path = Path(setup.fault_log)
         parent_conn, child_conn = context.Pipe()
-        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}):
+        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}), _main_module_hidden():
             self.process = context.Process(target=worker_main, args=(child_conn, setup), name="paged-bench-worker")
             self.process.start()
         child_conn.close()
@@ -340,10 +355,12 @@ class _Worker:
             return ""
 
     def kill(self) -> None:
+        """Kill the process and close the pipe; safe to repeat, and from the thread that is stopping a run."""
         if self.process.is_alive():
             self.process.kill()
         self.process.join(10)
-        self.conn.close()
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
     def stop(self) -> None:
         """Ask the worker to finish, and kill it if it does not."""
@@ -471,6 +488,26 @@ class SlotFailure(RuntimeError):
     """Every slot failed to start a worker: no cell can be measured."""
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """While a run is going: SIGTERM (asv's timeout, ``kill``) raises SystemExit(143) in the main thread,
+    so the run's clean-up kills its workers at once instead of leaving them to notice the parent is gone.
+    Only where the default action was in force (a caller's own handler is kept)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunConfig = RunConfig(), *,
               slots: list[Slot] | None = None, resume: bool = True, retry_failed: bool = False,
               on_progress: ProgressCallback | None = None,
@@ -523,6 +560,8 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
                         errors.append(SlotFailure(str(error)))
                         stop.set()
                     return
+                if stop.is_set():  # interrupted: a cell whose worker the shutdown killed is not a result
+                    return
                 store.append(row)
                 with lock:
                     rows[key] = row
@@ -535,11 +574,12 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
     threads = [threading.Thread(target=serve, args=(pool,), name=f"slot-{pool.slot.label}", daemon=True)
                for pool in pools]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        with _sigterm_exits():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
     except BaseException:  # Ctrl-C or a harness failure: every finished row is already on disk
         stop.set()
         for pool in pools:

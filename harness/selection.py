@@ -27,6 +27,15 @@ from harness.models import get_model, parse_heads
 from harness.sweep import (DTYPE_NAMES, STANDARD_FIELDS, SWEEPS, WORKLOADS, Case, get_sweep, make_case,
                            override_case, select, unique_cases)
 
+CPU_SWEEP = "cpu-tiny"
+"""The built-in sweep sized for a machine without a GPU (Triton's interpreter, eager Flex)."""
+
+
+def default_sweep_name(device_type: str) -> str:
+    """The sweep run when none is named: 'default' on a GPU, `CPU_SWEEP` on the CPU (the GPU sweep
+    would take hours there). The command line and asv both choose through this."""
+    return "default" if str(device_type).startswith("cuda") else CPU_SWEEP
+
 
 
 def split_case_text(text: str) -> tuple[str | None, str]:
@@ -229,7 +238,7 @@ def select_cases(args: argparse.Namespace, device_type: str) -> Selection:
     file_path = _get(args, "sweep_file")
     sweep_name = _get(args, "sweep")
     if sweep_name is None and not texts and not file_path:
-        sweep_name = "default" if str(device_type).startswith("cuda") else "cpu-tiny"
+        sweep_name = default_sweep_name(device_type)
     cases: list[Case] = []
     labels: list[str] = []
     if sweep_name is not None:

@@ -34,9 +34,10 @@ def test_asv_parameters_are_exactly_the_sweeps_cases(monkeypatch, sweep):
     assert sorted(names) == sorted(case.name for case in SWEEPS[sweep])  # each case in exactly one class
 
 
-def test_existing_asv_parameters_keep_their_names_and_values():
+def test_existing_asv_parameters_keep_their_names_and_values(monkeypatch):
     """asv keys history on (class, parameter names, values): the default sweep's classes keep theirs
     (prefill lost context 1024, mixed gained the traffic mix; the new cells are class Cases)."""
+    monkeypatch.setenv(asv_suite.SWEEP_ENV, "default")
     params, names = asv_suite.asv_params("decode")
     assert names == ["backend", "batch_size", "q_len", "context", "page_size"]
     assert params[1:] == [[1, 16, 64], [1], [1024, 4096, 16384], [16, 256]]
@@ -94,7 +95,8 @@ def test_asv_reads_a_sweep_file_from_the_environment(monkeypatch, tmp_path):
         asv_suite.current_sweep()
 
 
-def test_a_cell_that_did_not_pass_the_gate_is_skipped_with_its_reason():
+def test_a_cell_that_did_not_pass_the_gate_is_skipped_with_its_reason(monkeypatch):
+    monkeypatch.setenv(asv_suite.SWEEP_ENV, "default")
     bench = asv_suite.WorkloadBenchmark()
     bench.workload = "decode"
     cache = {"flash-attn2|decode-b64-q1-c4096-p16": {"verdict": "unsupported", "reason": "block size must be divisible by 256"}}
@@ -124,4 +126,34 @@ def test_a_sweep_file_is_read_without_torch(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, asv_suite.SWEEP_FILE_ENV: str(path)}
     env.pop(asv_suite.SWEEP_ENV, None)
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_without_a_named_sweep_asv_runs_the_command_lines_default_for_this_machine(monkeypatch, device):
+    """No GPU: the CPU sweep, as `paged-bench run` would choose (not the GPU sweep under the interpreter)."""
+    from harness.selection import CPU_SWEEP, select_cases
+
+    monkeypatch.delenv(asv_suite.SWEEP_ENV, raising=False)
+    monkeypatch.delenv(asv_suite.SWEEP_FILE_ENV, raising=False)
+    monkeypatch.setattr(asv_suite, "device_type", lambda: device)
+    import argparse
+
+    assert asv_suite.sweep_name() == select_cases(argparse.Namespace(), device).label
+    assert asv_suite.sweep_name() == (CPU_SWEEP if device == "cpu" else "default")
+    monkeypatch.setenv(asv_suite.SWEEP_ENV, "short")  # a named sweep wins on any machine
+    assert asv_suite.sweep_name() == "short"
+
+
+def test_the_device_is_torchs_answer_asked_once_without_importing_torch(tmp_path):
+    """asv's per-benchmark processes learn the device from a cache written by a child process."""
+    code = ("import sys, torch; from harness import asv_suite; "
+            "expected = 'cuda' if torch.cuda.is_available() else 'cpu'; del sys.modules['torch']; "
+            "assert asv_suite.device_type() == expected, asv_suite.device_type()")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PAGED_BENCH_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
+    assert [path.read_text() for path in tmp_path.glob("asv-device-*.txt")] in (["cpu"], ["cuda"])
+    code = ("import sys; from harness import asv_suite; asv_suite.device_type(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
