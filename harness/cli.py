@@ -8,7 +8,10 @@
                                      side by side; --baseline OLD for a version comparison)
     paged-bench compare OLD NEW      compare two result sets cell by cell (text table + HTML)
     paged-bench compare-envs A B     run one sweep in two environments (e.g. cuDNN releases) and compare them
-    paged-bench releases R1 R2 ...   one sweep across cuDNN releases, each compared with the first
+    paged-bench releases R1 R2 ...   one selection across cuDNN releases, every way of calling cuDNN,
+                                     each compared with the first; what changed in behaviour first
+    paged-bench releases bisect GOOD BAD --case ...
+                                     the first release between two where a cell changed
     paged-bench models               the model presets (attention shapes per GPU shard) for --model
 
 A mistake on the command line (an unknown sweep, backend or workload, a folder that does not exist or
@@ -115,6 +118,17 @@ def _backend_names(text: str | None) -> list[str] | None:
     if not names:
         raise UsageError(f"--backends {text!r}: name at least one backend")
     return names
+
+
+def _check_backends(text: str | None) -> None:
+    """Every name of ``--backends`` is a registered backend (one line naming the unknown ones otherwise)."""
+    from adapters.base import adapter_classes
+
+    names = _backend_names(text) or []
+    known = adapter_classes()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
 
 def _session(args: argparse.Namespace, device_type: str, sweep_label: str):
@@ -341,18 +355,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_compare_envs(args: argparse.Namespace) -> int:
     """Run the same selection at the same commit in two environments (e.g. two cuDNN releases), then compare."""
-    from harness.environments import parse_env_spec, run_environment
-    from harness.selection import selection_argv
+    from harness.environments import check_labels, parse_env_spec, run_environment
+    from harness.releases import child_run_args, default_sweep
 
     out_root = Path(args.out)
     specs = [parse_env_spec(text) for text in (args.old_env, args.new_env)]
-    _select(args, _device_type(args.device))  # the same checks as `run`, before anything starts
+    check_labels(specs)
+    _check_backends(args.backends)
+    device_type = _device_type(args.device)
+    default_sweep(args, "short" if device_type == "cuda" else CPU_SWEEPS[0])
+    _select(args, device_type)  # the same checks as `run`, before anything starts
     _writable_folder(out_root, must_be_new=False)
-    run_args = ["--no-report", "--resume", "--quiet", *selection_argv(args),
-                "--capability" if args.capability else "--no-capability"]
-    for flag in ("backends", "device"):
-        if getattr(args, flag):
-            run_args += [f"--{flag}", getattr(args, flag)]
+    run_args = child_run_args(args, capability=args.capability, backends=args.backends)
     for spec in specs:
         status = run_environment(spec, out_root / spec.label, run_args)
         if status != 0:
@@ -427,10 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("old_env")
     envs.add_argument("new_env")
     _add_sweep_options(envs)
-    envs.set_defaults(sweep="short")
     envs.add_argument("--out", default=str(DEFAULT_OUT / "versions"))
     envs.add_argument("--capability", action=argparse.BooleanOptionalAction, default=False)
     envs.add_argument("--fail-on-regression", action="store_true")
+    envs.add_argument("--target-ms", type=float, help="timed repetitions per cell, in ms (passed to each run)")
     envs.set_defaults(func=cmd_compare_envs)
 
     from harness.releases import add_releases_arguments, cmd_releases
@@ -440,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                "version of nvidia-cudnn-cu13 (fetched once, cached) or an environment.")
     add_releases_arguments(releases)
     releases.set_defaults(func=cmd_releases)
+
+    from harness.release_bisect import add_bisect_arguments, cmd_bisect
+
+    bisect = commands.add_parser("releases-bisect", prog="paged-bench releases bisect",
+                                 help="(written `releases bisect GOOD BAD`) the first cuDNN release between two where "
+                                      "a cell's verdict or time changed",
+                                 description="Binary search over the cuDNN releases between GOOD and BAD for the first "
+                                             "one where the selected cells change (verdict, or time beyond the noise "
+                                             "band); fetches only the releases it measures.")
+    add_bisect_arguments(bisect)
+    bisect.set_defaults(func=cmd_bisect)
 
     from harness.models import add_models_parser
 
@@ -451,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
+    if argv[:2] == ["releases", "bisect"]:
+        argv = ["releases-bisect", *argv[2:]]
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):

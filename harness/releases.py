@@ -1,19 +1,25 @@
-"""`paged-bench releases`: one sweep across a list of cuDNN releases (or any environments), each
-compared with a baseline; "did the new cuDNN release regress, or fix, anything for paged attention?"
-in one command.
+"""`paged-bench releases`: one selection of cells across a list of cuDNN releases (or any environments),
+each compared with a baseline; "did the new cuDNN release regress, or fix, anything for paged attention,
+the way my engine calls it, on my model's shapes?" in one command.
 
     paged-bench releases 9.19.0.56 9.28.1.4                      # bare versions: labels cudnn-<version>
-    paged-bench releases cudnn-9.19 cudnn-9.28,cudnn=9.28.1.4 --baseline cudnn-9.19 --fail-on-regression
+    paged-bench releases cudnn-9.19 9.28.1.4 --model llama-3-70b-tp8 --case 64q1c4k --fail-on-regression
+    paged-bench releases bisect 9.22.0.52 9.28.1.4 --case 64q1c4k --backends cudnn-stats-ragged
 
-Each release runs the same sweep in its own process (`harness.environments.run_environment`: fetched
-and cached by `harness.cudnn_release`, preloaded), optionally after the capability probe, into
-``<out>/<label>/`` (resumable: a rerun measures only what is missing). Then `reports.releases`
-compares every release with the baseline pairwise and writes ``<out>/releases.html`` (the time of each
-cell across releases as a plot), ``<out>/releases.json`` and the text summary on stdout.
+Every way users call cuDNN is a row of its own (`adapters.base.rows_calling`: the cuDNN bindings of
+``adapters/backends/cudnn_sdpa.py`` and FlashInfer's cuDNN path), and every one is gated (output and LSE)
+and timed in each release by default; ``--backends`` narrows that. The cells are any selection ``run``
+takes (``--sweep``, ``--case``, ``--sweep-file``, ``--model``, ``--heads``, ...; default: the ``release``
+sweep). Each release runs in its own process (`harness.environments.run_environment`: fetched and cached
+by `harness.cudnn_release`, preloaded), optionally after the capability probe, into ``<out>/<label>/``
+(resumable: a rerun measures only what is missing). Then `reports.releases` writes ``<out>/releases.html``,
+``<out>/releases.json`` and the text summary, both opening with what changed in behaviour: per binding
+and cell, the verdict in each release and the release where it broke or was fixed.
 
-Exit status: 0; 1 with ``--fail-on-regression`` when a cell got slower beyond its noise band or a
-cell or capability stopped working on some release; 2 when an environment could not run (the others
-are still compared, and the reason is in the summary) or the arguments are wrong.
+Exit status: 0; 1 with ``--fail-on-regression`` when a binding that worked broke (or a cell got slower
+beyond its noise band, or a capability stopped working) on some release; 2 when an environment could not
+run (the others are still compared, and the reason is in the summary) or the arguments are wrong
+(checked before any release is fetched; on a machine without a GPU nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from typing import Callable, Sequence
 
 from harness.environments import EnvSpec, EnvSpecError, check_labels, parse_env_spec, run_environment
 from harness.cudnn_release import is_version
+from harness.errors import UsageError
 
 DEFAULT_OUT = Path("bench-out/releases")
-DEFAULT_BACKENDS = "cudnn"
-"""The backends whose numbers a cuDNN release changes (the probe-only T-row variant runs in the probe)."""
+DEFAULT_SWEEP = "release"
+"""The sweep a release check runs when no selection option is given (`harness.sweep._release_cases`)."""
+LIBRARY = "cudnn"
+"""The library whose releases this command qualifies: every backend row calling it is gated by default."""
 
 
 def parse_release(text: str) -> EnvSpec:
@@ -44,25 +53,72 @@ def _log(message: str) -> None:
     print(f"paged-bench: {message}", file=sys.stderr, flush=True)
 
 
-def run_args_for(*, sweep: str, backends: str | None, workloads: str | None, device: str | None, capability: bool,
-                 extra: Sequence[str] = ()) -> list[str]:
-    """The ``harness.cli run`` arguments every environment gets (the same sweep for all)."""
-    args = ["--no-report", "--resume", "--sweep", sweep, "--capability" if capability else "--no-capability"]
-    for flag, value in (("--backends", backends), ("--workloads", workloads), ("--device", device)):
+def default_backends() -> str:
+    """Every backend row that calls cuDNN (its bindings, FlashInfer's cuDNN path), comma-separated."""
+    from adapters.base import rows_calling
+
+    return ",".join(rows_calling(LIBRARY))
+
+
+def child_run_args(args: argparse.Namespace, *, capability: bool, backends: str | None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    """The ``harness.cli run`` arguments each environment's process gets: the selection options of ``args``
+    as given (`harness.selection.selection_argv`), the backends, device and timing options, resumable and
+    without a report of its own (the comparison is the report). One builder for ``releases``,
+    ``releases bisect`` and ``compare-envs``."""
+    from harness.selection import selection_argv
+
+    run_args = ["--no-report", "--resume", "--quiet", *selection_argv(args),
+                "--capability" if capability else "--no-capability"]
+    for flag, value in (("--backends", backends), ("--device", getattr(args, "device", None))):
         if value:
-            args += [flag, value]
-    return args + list(extra)
+            run_args += [flag, value]
+    if getattr(args, "target_ms", None):
+        run_args += ["--target-ms", str(args.target_ms)]
+    return run_args + list(extra)
 
 
-def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: str | Path, *, sweep: str = "short",
-                 backends: str | None = DEFAULT_BACKENDS, workloads: str | None = None, device: str | None = None,
-                 capability: bool = True, extra_run_args: Sequence[str] = (), fail_on_regression: bool = False,
-                 compare_only: bool = False, title: str = "",
-                 runner: Callable[[EnvSpec, Path, list[str]], int] = run_environment,
+def default_sweep(args: argparse.Namespace, sweep: str) -> argparse.Namespace:
+    """``args`` with ``--sweep sweep`` when it selects nothing itself (no --sweep, --case or --sweep-file)."""
+    if not (getattr(args, "sweep", None) or getattr(args, "case", None) or getattr(args, "sweep_file", None)):
+        args.sweep = sweep
+    return args
+
+
+def check_gpu(device: str | None, command: str) -> None:
+    """Refuse, in one line and before anything is fetched, a GPU-only command where torch sees no CUDA GPU
+    (or where ``--device cpu`` asks for the CPU): cuDNN releases change nothing there."""
+    if device and device.split(":")[0] == "cpu":
+        raise UsageError(f"{command} --device cpu: cuDNN releases run on an NVIDIA GPU only; nothing was fetched")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(f"{command}: cuDNN releases run on an NVIDIA GPU and torch sees none here; nothing was "
+                         "fetched or run (compare folders measured elsewhere with --compare-only)")
+
+
+def check_selection(args: argparse.Namespace, backends: str | None) -> None:
+    """The same checks as ``run`` (selection options, backend names), before any release is fetched."""
+    from adapters.base import adapter_classes
+    from harness.selection import select_cases
+
+    select_cases(args, "cuda")
+    if backends:
+        known = adapter_classes()
+        names = [name.strip() for name in backends.split(",") if name.strip()]
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise UsageError(f"--backends {backends!r}: unknown backend(s) {', '.join(unknown) or '(none named)'}; "
+                             f"the rows calling cuDNN are {default_backends()}; every backend: {', '.join(known)}")
+
+
+def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: str | Path, run_args: Sequence[str], *,
+                 fail_on_regression: bool = False, compare_only: bool = False, title: str = "",
+                 runner: Callable[[EnvSpec, Path, list[str]], int] | None = None,
                  log: Callable[[str], None] = _log) -> int:
-    """Run the sweep in each environment (in order; ``compare_only`` skips running and compares the
-    folders already there), compare each with the baseline (default: the first), write the releases
-    page and JSON, print the text summary; the exit status (module docstring)."""
+    """Run ``run_args`` (`child_run_args`) in each environment (in order; ``compare_only`` skips running
+    and compares the folders already there), compare each with the baseline (default: the first), write
+    the releases page and JSON, print the text summary; the exit status (module docstring)."""
     from reports.releases import RELEASES_FILE, RELEASES_JSON, format_releases_text, load_releases, render_releases, \
         write_summary
 
@@ -73,21 +129,20 @@ def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: s
     baseline = baseline_label or labels[0]
     if baseline not in labels:
         raise EnvSpecError(f"--baseline {baseline!r} is not one of the releases: {', '.join(labels)}")
+    runner = runner or run_environment
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_args = run_args_for(sweep=sweep, backends=backends, workloads=workloads, device=device, capability=capability,
-                            extra=extra_run_args)
     failed: dict[str, str] = {}
-    for env in envs:
+    for index, env in enumerate(envs, 1):
         folder = out / env.label
         if compare_only:
             if not (folder / "results.jsonl").exists():
                 failed[env.label] = f"no results in {folder} (run without --compare-only first)"
             continue
-        log(f"release {env.label} ({env.describe()}) -> {folder}")
-        status = runner(env, folder, run_args)
+        log(f"release {index}/{len(envs)}: {env.label} ({env.describe()}) -> {folder}")
+        status = runner(env, folder, list(run_args))
         if status != 0:
-            failed[env.label] = f"its sweep exited with status {status} (see the log above)"
+            failed[env.label] = f"its run exited with status {status} (see the log above)"
             if not (folder / "results.jsonl").exists():
                 continue
             log(f"release {env.label}: comparing the cells it finished")
@@ -106,45 +161,70 @@ def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: s
     page = render_releases(rc, out / RELEASES_FILE, title)
     summary = write_summary(rc, out / RELEASES_JSON)
     log(f"releases page: {page}; summary: {summary}")
-    if fail_on_regression and rc.regressions:
-        log(f"{len(rc.regressions)} regression(s): exit status 1 (--fail-on-regression)")
+    if fail_on_regression and (rc.regressions or rc.broken):
+        log(f"{len(rc.broken)} cell(s) broke on some release, {len(rc.regressions)} regression(s) against "
+            f"{baseline}: exit status 1 (--fail-on-regression)")
         return 1
     return 2 if failed else 0
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """What ``releases`` and ``releases bisect`` share: every selection option of ``run``, the backend
+    rows (default: every row calling cuDNN), device, output folder and timing."""
+    from harness.selection import add_selection_options
+
+    add_selection_options(parser)
+    parser.add_argument("--backends", "--binding", dest="backends",
+                        help="comma-separated backend rows, e.g. cudnn-stats-ragged (default: every row that calls "
+                             "cuDNN: its bindings and FlashInfer's cuDNN path; 'all' for every backend)")
+    parser.add_argument("--device", help="cuda (cuDNN releases run on an NVIDIA GPU only)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder of the result sets (default: {DEFAULT_OUT})")
+    parser.add_argument("--target-ms", type=float, help="timed repetitions per cell, in ms (passed to each run)")
+    return parser
 
 
 def add_releases_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``releases`` subcommand's arguments (the caller sets ``func=cmd_releases``)."""
     parser.add_argument("releases", nargs="+", metavar="RELEASE",
                         help="a cuDNN version (e.g. 9.28.1.4; label cudnn-<version>) or an environment "
-                             "LABEL[,python=PATH][,pythonpath=DIRS][,cudnn=VERSION|DIR]; in the order to plot")
+                             "LABEL[,python=PATH][,pythonpath=DIRS][,cudnn=VERSION|DIR]; in the order to plot. "
+                             "'releases bisect GOOD BAD' finds the first release that changed")
     parser.add_argument("--baseline", help="label of the release the others are compared with (default: the first)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder of the result sets (default: {DEFAULT_OUT})")
-    parser.add_argument("--sweep", default="short", help="the sweep every release runs (default: short)")
-    parser.add_argument("--backends", default=DEFAULT_BACKENDS,
-                        help=f"comma-separated backends (default: {DEFAULT_BACKENDS}; 'all' for every one)")
-    parser.add_argument("--workloads", help="comma-separated workload kinds: decode, prefill, mixed")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    add_common_arguments(parser)
     parser.add_argument("--capability", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the capability probe in each release too (default: on)")
-    parser.add_argument("--target-ms", type=float, help="timed repetitions per cell, in ms (passed to each run)")
+                        help="run the capability probe in each release too, every binding (default: on)")
     parser.add_argument("--compare-only", action="store_true", help="run nothing: compare the folders already in --out")
     parser.add_argument("--fail-on-regression", action="store_true",
-                        help="exit 1 when a cell got slower beyond its noise band or stopped working (for CI)")
+                        help="exit 1 when a binding that worked broke, a capability was lost or a cell got slower "
+                             "beyond its noise band on some release (for CI)")
     parser.add_argument("--title", default="", help="title of the releases page")
     return parser
 
 
+def backends_option(args: argparse.Namespace) -> str | None:
+    """The ``--backends`` of ``args`` as passed on: every row calling cuDNN when not given, none (all) for 'all'."""
+    if args.backends is None:
+        return default_backends()
+    return None if args.backends.strip() == "all" else args.backends
+
+
 def cmd_releases(args: argparse.Namespace) -> int:
-    """Entry point of ``paged-bench releases`` (see `add_releases_arguments`)."""
+    """Entry point of ``paged-bench releases`` (see `add_releases_arguments`); every check before anything
+    is fetched or run."""
     try:
         envs = [parse_release(text) for text in args.releases]
-        extra = ["--target-ms", str(args.target_ms)] if args.target_ms else []
-        return run_releases(envs, args.baseline, args.out, sweep=args.sweep,
-                            backends=None if args.backends == "all" else args.backends, workloads=args.workloads,
-                            device=args.device, capability=args.capability, extra_run_args=extra,
-                            fail_on_regression=args.fail_on_regression, compare_only=args.compare_only,
-                            title=args.title)
-    except EnvSpecError as error:
+        if not envs:
+            raise EnvSpecError("no releases given")
+        check_labels(envs)
+        backends = backends_option(args)
+        default_sweep(args, DEFAULT_SWEEP)
+        check_selection(args, backends)
+        if not args.compare_only:
+            check_gpu(args.device, "releases")
+        run_args = child_run_args(args, capability=args.capability, backends=backends)
+        return run_releases(envs, args.baseline, args.out, run_args, fail_on_regression=args.fail_on_regression,
+                            compare_only=args.compare_only, title=args.title)
+    except UsageError as error:
         _log(str(error))
         return 2
 

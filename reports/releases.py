@@ -1,7 +1,13 @@
 """Releases side by side: one sweep run in several environments (typically cuDNN backend releases),
 each compared with one baseline.
 
-Every non-baseline set is compared with the baseline by `reports.compare.compare` (the same cell
+What changed in behaviour comes first (`ReleaseComparison.behaviour`): per backend row (each way of
+calling cuDNN is a row of its own) and cell, the verdict on every release in order, and the releases
+where it broke (ok before, not ok from there), was fixed (the reverse) or failed differently; a binding
+that breaks on any release is a regression even where the baseline had it broken too (broken, fixed,
+broken again).
+
+Every non-baseline set is also compared with the baseline by `reports.compare.compare` (the same cell
 matching, noise band and check objects as a two-set comparison; nothing is recomputed here). On top
 of those pairwise comparisons this module gives:
 
@@ -46,7 +52,7 @@ from reports.model import OK, WORKLOAD_ORDER, ResultSet, load_results  # noqa: E
 from reports.plots import STYLE, Figure, _svg, short_case  # noqa: E402
 from reports.text import compact, is_missing, percent, text_table  # noqa: E402
 
-__all__ = ["ReleaseComparison", "compare_releases", "load_releases", "format_releases_text", "releases_summary",
+__all__ = ["ReleaseComparison", "Behaviour", "compare_releases", "load_releases", "format_releases_text", "releases_summary",
            "release_figures", "render_releases", "render_releases_html", "write_summary", "time_grid",
            "verdict_line", "release_tuple", "CAPABILITY_CHECKS", "RELEASES_FILE", "RELEASES_JSON"]
 
@@ -72,6 +78,58 @@ def release_tuple(text: Any) -> tuple[int, ...] | None:
         number = int(text)
         return (number // 10000, number % 10000 // 100, number % 100)
     return None
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One cell's verdicts across the releases in order, and where they changed: ``broke_in`` (ok on the
+    release before, not ok here), ``fixed_in`` (the reverse), ``changed_in`` (not ok on both, another
+    verdict). ``reasons``: the reason of each failed verdict, by release."""
+
+    backend: str
+    binding: str
+    case: str
+    workload: str
+    verdicts: dict[str, str]
+    reasons: dict[str, str]
+    broke_in: tuple[str, ...] = ()
+    fixed_in: tuple[str, ...] = ()
+    changed_in: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.broke_in or self.fixed_in or self.changed_in)
+
+    def transitions(self) -> str:
+        """'broke in 9.24; fixed in 9.27' or ''."""
+        parts = [f"{word} in {', '.join(labels)}" for word, labels in
+                 (("broke", self.broke_in), ("fixed", self.fixed_in), ("changed verdict", self.changed_in)) if labels]
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "binding": self.binding, "case": self.case, "workload": self.workload,
+                "verdicts": self.verdicts, "broke_in": list(self.broke_in), "fixed_in": list(self.fixed_in),
+                "changed_in": list(self.changed_in), "reasons": self.reasons}
+
+
+def behaviour_of(labels: Sequence[str], verdicts: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """(broke_in, fixed_in, changed_in) of one cell's ``verdicts`` by release, walking ``labels`` in order;
+    a release without the cell is passed over (compared with the last release that had it)."""
+    broke, fixed, changed = [], [], []
+    previous = None
+    for label in labels:
+        verdict = verdicts.get(label)
+        if not verdict:
+            continue
+        if previous is not None and verdict != previous:
+            if previous == OK:
+                broke.append(label)
+            elif verdict == OK:
+                fixed.append(label)
+            else:
+                changed.append(label)
+        previous = verdict
+    return tuple(broke), tuple(fixed), tuple(changed)
 
 
 @dataclass
@@ -111,6 +169,38 @@ class ReleaseComparison:
     @property
     def missing(self) -> list[tuple[str, Finding]]:
         return self.findings(checks=MISSING_CHECKS)
+
+    def behaviour(self) -> list[Behaviour]:
+        """Every cell's verdicts across the releases (`Behaviour`), in the page's cell order."""
+        bindings = {}
+        for results in self.sets.values():
+            if "binding" in results.rows:
+                for backend, binding in zip(results.rows["backend"], results.rows["binding"]):
+                    if isinstance(binding, str) and binding:
+                        bindings.setdefault(backend, binding)
+        out = []
+        for cell, own in self.by_cell():
+            verdicts = {label: own[label]["verdict"] for label in self.labels if label in own and own[label]["verdict"]}
+            reasons = {label: own[label]["reason"] for label in verdicts if verdicts[label] != OK and own[label]["reason"]}
+            broke, fixed, changed = behaviour_of(self.labels, verdicts)
+            out.append(Behaviour(cell["backend"], bindings.get(cell["backend"], ""), cell["case"], cell["workload"],
+                                 verdicts, reasons, broke, fixed, changed))
+        return out
+
+    @property
+    def broken(self) -> list[Behaviour]:
+        """Cells that broke on some release (ok on the release before it): each a regression."""
+        return [b for b in self.behaviour() if b.broke_in]
+
+    @property
+    def fixed(self) -> list[Behaviour]:
+        """Cells fixed on some release: each an improvement."""
+        return [b for b in self.behaviour() if b.fixed_in]
+
+    @property
+    def measured_anything(self) -> bool:
+        """Whether any cell ran (ok, wrong, error...) on any release, rather than every cell being skipped."""
+        return any(v not in ("skipped", "") for b in self.behaviour() for v in b.verdicts.values())
 
     def timeline(self) -> pd.DataFrame:
         """One row per (cell, release): the cell's fields, the release's ``position`` and label, verdict,
@@ -243,6 +333,21 @@ def _finding_rows(rc: ReleaseComparison, findings: list[tuple[str, Finding]]) ->
     return [[label, finding.check.upper(), finding.kind, finding.label, finding.message] for label, finding in findings]
 
 
+def _per_label(behaviours: list[Behaviour], attribute: str) -> str:
+    counts: dict[str, int] = {}
+    for behaviour in behaviours:
+        for label in getattr(behaviour, attribute):
+            counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{count} in {label}" for label, count in counts.items())
+
+
+def behaviour_rows(rc: ReleaseComparison, *, changed_only: bool = True) -> list[list[str]]:
+    """backend, case, the verdict on each release, and what changed where: the table both summaries open
+    with (only the cells whose verdict changed, unless ``changed_only`` is False)."""
+    return [[b.backend, b.case, *[b.verdicts.get(label, "absent") for label in rc.labels], b.transitions()]
+            for b in rc.behaviour() if b.changed or not changed_only]
+
+
 def verdict_line(rc: ReleaseComparison) -> str:
     """One line for a closing note: regressions and improvements per release, or that there are none."""
     def per_release(findings: list[tuple[str, Finding]]) -> str:
@@ -254,14 +359,23 @@ def verdict_line(rc: ReleaseComparison) -> str:
         return "; ".join(f"{label}: " + ", ".join(f"{n} {noun}" for noun, n in nouns.items())
                          for label, nouns in counts.items())
 
-    parts = [f"{len(rc.regressions)} regression(s) ({per_release(rc.regressions)})" if rc.regressions
-             else "no regressions"]
+    if not rc.measured_anything:
+        return (f"Nothing was compared: every cell was skipped on every release (no backend that calls cuDNN "
+                f"could run here); see each release's reasons.")
+    broken, fixed = rc.broken, rc.fixed
+    behaviour = ("behaviour: " + "; ".join(
+        [f"{len(broken)} cell(s) broke ({_per_label(broken, 'broke_in')})"] * bool(broken)
+        + [f"{len(fixed)} fixed ({_per_label(fixed, 'fixed_in')})"] * bool(fixed))
+        if broken or fixed else "behaviour: every cell has the same verdict on every release")
+    parts = [behaviour]
+    parts.append(f"{len(rc.regressions)} regression(s) against {rc.baseline} ({per_release(rc.regressions)})"
+                 if rc.regressions else f"no regressions against {rc.baseline}")
     parts.append(f"{len(rc.improvements)} improvement(s) ({per_release(rc.improvements)})" if rc.improvements
                  else "no improvements")
     changed = rc.findings(checks=("changed",))
     if changed:
         parts.append(f"{len(changed)} failure(s) with a changed verdict or message")
-    return f"Against {rc.baseline}: " + "; ".join(parts) + "."
+    return "; ".join(parts) + "."
 
 
 def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> str:
@@ -282,6 +396,17 @@ def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> st
     if rc.failed or rc.version_problems():
         lines.append("")
     lines += [verdict_line(rc), ""]
+    behaviour = rc.behaviour()
+    changed = behaviour_rows(rc)
+    lines.append(f"What changed in behaviour ({len(changed)} of {len(behaviour)} cells changed verdict on some release):")
+    if changed:
+        lines.append(text_table(["backend", "case", *rc.labels, "where"], changed))
+        reasons = [(b, label) for b in behaviour if b.changed for label in (*b.broke_in, *b.changed_in)]
+        for b, label in reasons[:20]:
+            lines.append(f"  {b.backend} {b.case} on {label}: {b.reasons.get(label, '')}"[:400])
+    else:
+        lines.append("  none: every binding has the same verdict on every release, cell by cell")
+    lines.append("")
     headers = ["release", "check", "kind", "cell / capability", "detail"]
     for title, findings in (("Regressions", rc.regressions), ("Improvements", rc.improvements),
                             ("Capability changes (started or stopped working, or failing differently)",
@@ -327,7 +452,9 @@ def releases_summary(rc: ReleaseComparison) -> dict[str, Any]:
 
     return {
         "baseline": rc.baseline, "releases": rc.release_rows(), "noise_band": NOISE_RULE,
-        "verdict": verdict_line(rc), "regressions": listed(rc.regressions), "improvements": listed(rc.improvements),
+        "verdict": verdict_line(rc), "behaviour_changes": [b.as_dict() for b in rc.behaviour() if b.changed],
+        "broken": [b.as_dict() for b in rc.broken], "fixed": [b.as_dict() for b in rc.fixed],
+        "regressions": listed(rc.regressions), "improvements": listed(rc.improvements),
         "capability_changes": listed(rc.capability_changes), "missing": listed(rc.missing),
         "version_problems": rc.version_problems(), "failed": rc.failed, "loaded": rc.loaded(),
         "pairwise": {label: comparison.summary() for label, comparison in rc.comparisons.items()},
@@ -453,6 +580,7 @@ def build_releases_context(rc: ReleaseComparison, title: str = "") -> dict[str, 
         "regressions": listed(rc.regressions), "improvements": listed(rc.improvements),
         "capability_changes": listed(rc.capability_changes), "missing": listed(rc.missing),
         "cells": grid_cells, "figures": release_figures(rc), "markup": Markup,
+        "behaviour": rc.behaviour(), "broken": rc.broken, "measured_anything": rc.measured_anything,
     }
 
 

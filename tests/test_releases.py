@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.environments import EnvSpec, EnvSpecError
-from harness.releases import add_releases_arguments, cmd_releases, parse_release, run_args_for, run_releases
+from harness.releases import add_releases_arguments, child_run_args, cmd_releases, parse_release, run_releases
 from reports.model import ResultSet
 from reports.releases import (RELEASES_FILE, RELEASES_JSON, compare_releases, format_releases_text, release_tuple,
                               releases_summary, render_releases_html)
@@ -104,7 +104,9 @@ def test_loaded_versions_are_read_from_the_rows_and_checked(sets):
 def test_text_summary(rc):
     text = format_releases_text(rc)
     assert text.startswith("cuDNN releases compared with cudnn-9.19 (order: cudnn-9.19, cudnn-9.24, cudnn-9.28)")
-    assert "Against cudnn-9.19: 1 regression(s) (cudnn-9.24: 1 cell slower)" in text
+    assert "1 regression(s) against cudnn-9.19 (cudnn-9.24: 1 cell slower)" in text
+    assert "behaviour: 1 fixed (1 in cudnn-9.28)" in text
+    assert text.index("What changed in behaviour") < text.index("Regressions:")
     assert "Capability changes" in text and "REWORDED"[:0] + "CHANGED" in text
     assert SLOW[1] in text and "slower" in text
     assert re.search(r"cudnn-9\.28\s+9\.28\.1\.4\s+9\.28\.1", text)  # asked for, and what ran
@@ -142,11 +144,18 @@ def test_bare_versions_become_release_environments():
         parse_release("x,cudnn=latest")
 
 
-def test_run_args_are_the_same_sweep_for_every_release():
-    args = run_args_for(sweep="short", backends="cudnn", workloads="decode", device=None, capability=False,
-                        extra=["--target-ms", "50"])
-    assert args == ["--no-report", "--resume", "--sweep", "short", "--no-capability", "--backends", "cudnn",
-                    "--workloads", "decode", "--target-ms", "50"]
+def test_run_args_are_the_same_selection_for_every_release():
+    import argparse
+
+    args = add_releases_arguments(argparse.ArgumentParser()).parse_args(
+        ["9.19.0.56", "9.28.1.4", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
+         "--page-size", "16", "--target-ms", "50"])
+    assert child_run_args(args, capability=False, backends="cudnn") == [
+        "--no-report", "--resume", "--quiet", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
+        "--page-size", "16", "--no-capability", "--backends", "cudnn", "--target-ms", "50.0"]
+
+
+RUN_ARGS = ["--no-report", "--resume", "--sweep", "short", "--no-capability"]
 
 
 def fake_runner(plan: dict[str, tuple[list, list]], calls: list):
@@ -185,7 +194,7 @@ ENVS = [EnvSpec("cudnn-9.19"), EnvSpec("cudnn-9.24", cudnn="9.24.0.43"), EnvSpec
 
 def test_run_releases_end_to_end(tmp_path, capsys):
     calls = []
-    status = run_releases(ENVS, None, tmp_path, runner=fake_runner(plan_of(), calls), log=lambda m: None)
+    status = run_releases(ENVS, None, tmp_path, RUN_ARGS, runner=fake_runner(plan_of(), calls), log=lambda m: None)
     assert status == 0
     assert [label for label, *_ in calls] == ["cudnn-9.19", "cudnn-9.24", "cudnn-9.28"]
     assert all(args == calls[0][2] for *_, args in calls) and "--sweep" in calls[0][2]
@@ -198,7 +207,7 @@ def test_run_releases_end_to_end(tmp_path, capsys):
 
 
 def test_fail_on_regression_exits_1(tmp_path):
-    status = run_releases(ENVS, "cudnn-9.19", tmp_path, fail_on_regression=True,
+    status = run_releases(ENVS, "cudnn-9.19", tmp_path, RUN_ARGS, fail_on_regression=True,
                           runner=fake_runner(plan_of(), []), log=lambda m: None)
     assert status == 1
 
@@ -206,7 +215,7 @@ def test_fail_on_regression_exits_1(tmp_path):
 def test_a_release_that_cannot_run_is_listed_and_the_rest_compared(tmp_path, capsys):
     plan = plan_of()
     del plan["cudnn-9.28"]
-    status = run_releases(ENVS, None, tmp_path, runner=fake_runner(plan, []), log=lambda m: None)
+    status = run_releases(ENVS, None, tmp_path, RUN_ARGS, runner=fake_runner(plan, []), log=lambda m: None)
     assert status == 2
     out = capsys.readouterr().out
     assert "NOT RUN: cudnn-9.28" in out and "cudnn-9.24" in out
@@ -217,11 +226,11 @@ def test_a_release_that_cannot_run_is_listed_and_the_rest_compared(tmp_path, cap
 def test_no_baseline_results_means_nothing_to_compare(tmp_path):
     plan = plan_of()
     del plan["cudnn-9.19"]
-    assert run_releases(ENVS, None, tmp_path, runner=fake_runner(plan, []), log=lambda m: None) == 2
+    assert run_releases(ENVS, None, tmp_path, RUN_ARGS, runner=fake_runner(plan, []), log=lambda m: None) == 2
 
 
 def test_command_line_compare_only(tmp_path, capsys):
-    run_releases(ENVS, None, tmp_path, runner=fake_runner(plan_of(), []), log=lambda m: None)
+    run_releases(ENVS, None, tmp_path, RUN_ARGS, runner=fake_runner(plan_of(), []), log=lambda m: None)
     capsys.readouterr()
     import argparse
 
@@ -252,7 +261,7 @@ def test_a_release_that_stopped_midway_is_compared_and_marked_incomplete(tmp_pat
         status = inner(env, folder, args)
         return 1 if env.label == "cudnn-9.28" else status
 
-    assert run_releases(ENVS, None, tmp_path, runner=runner, log=lambda m: None) == 2
+    assert run_releases(ENVS, None, tmp_path, RUN_ARGS, runner=runner, log=lambda m: None) == 2
     out = capsys.readouterr().out
     assert "INCOMPLETE: cudnn-9.28" in out and "its finished cells are compared" in out
     assert "cudnn-9.28: 1 cell gained" in out
