@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.model import OK, ResultSet
+from reports.model import OK, ResultSet, workload_kinds
 from reports.text import text_table
 
 PARTIAL = "partial"
@@ -115,11 +115,9 @@ def _from_probe(frame: pd.DataFrame) -> CapabilityMatrix:
 
 
 def _from_sweep(rows: pd.DataFrame) -> CapabilityMatrix:
-    columns, cells = [], {}
-    for feature in ("workload", "page_size"):
-        values = sorted({str(v if feature == "workload" else int(v)) for v in rows[feature].dropna()},
-                        key=lambda v: ("decode", "prefill", "mixed").index(v) if feature == "workload" else int(v))
-        columns += [(feature, value) for value in values]
+    columns = [("workload", kind) for kind in workload_kinds(rows["workload"])]
+    columns += [("page_size", str(size)) for size in sorted({int(v) for v in rows["page_size"].dropna()})]
+    cells = {}
     for backend, own in rows.groupby("backend"):
         for feature, value in columns:
             match = own[own[feature].astype(str).str.replace(r"\.0$", "", regex=True) == value]

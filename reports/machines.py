@@ -36,7 +36,7 @@ from typing import Any, Sequence, Union
 import pandas as pd
 
 from reports.compare import NOISE_K, noise_band
-from reports.model import OK, WORKLOAD_ORDER, ResultSet, load_results
+from reports.model import OK, ResultSet, load_results, workload_rank
 from reports.text import compact, is_missing, text_table
 
 __all__ = ["SHARE_THRESHOLD", "SHARE_RULE", "Machine", "Collision", "MachineSet", "machine_set", "load_machines",
@@ -378,8 +378,7 @@ def _cell_frame(machines: Sequence[Machine], threshold: float) -> pd.DataFrame:
     for column in [f"{key}_{i}" for i in range(len(machines)) for key in ("verdict", "reason", "bound")]:
         frame[column] = frame[column].map(lambda value: "" if is_missing(value) else str(value))  # "" = absent
     if len(frame):
-        order = {kind: i for i, kind in enumerate(WORKLOAD_ORDER)}
-        frame = frame.assign(_k=frame["workload"].map(lambda kind: order.get(kind, len(order))))
+        frame = frame.assign(_k=workload_rank(frame["workload"]))
         frame = frame.sort_values(["_k", "page_size", "batch_size", "q_len", "context", "case", "backend"])
         frame = frame.drop(columns="_k").reset_index(drop=True)
     return frame

@@ -115,9 +115,21 @@ def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def workload_kinds(kinds: Iterable[Any]) -> list[str]:
+    """The distinct workload kinds in display order: those of `WORKLOAD_ORDER` first, then any other
+    (a kind added after this report was written) by name, so every renderer can place every kind."""
+    present = {str(kind) for kind in kinds if isinstance(kind, str) and kind}
+    return [kind for kind in WORKLOAD_ORDER if kind in present] + sorted(present - set(WORKLOAD_ORDER))
+
+
+def workload_rank(kinds: pd.Series) -> pd.Series:
+    """Each row's position in `workload_kinds` order, for sorting rows by kind (never NaN, never an error)."""
+    order = {kind: index for index, kind in enumerate(workload_kinds(kinds))}
+    return kinds.map(lambda kind: order.get(kind, len(order)))
+
+
 def _sort_key(frame: pd.DataFrame) -> pd.Series:
-    order = {kind: index for index, kind in enumerate(WORKLOAD_ORDER)}
-    return frame["workload"].map(lambda kind: order.get(kind, len(order)))
+    return workload_rank(frame["workload"])
 
 
 @dataclass

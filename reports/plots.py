@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from reports.model import WORKLOAD_ORDER, ResultSet  # noqa: E402
+from reports.model import ResultSet, workload_kinds, workload_rank  # noqa: E402
 
 PALETTE = ["#1f6fb4", "#d9472b", "#8a55c2", "#e89b0c", "#14a3b8", "#8c564b", "#d6559c", "#6b6b6b", "#a6a62a"]
 LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
@@ -307,8 +307,7 @@ def roofline_share(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _roofline_slots(rows: pd.DataFrame) -> list[tuple[str, str] | None]:
     """x slots of one panel: (kind, case) in workload order, a None gap between kinds."""
-    order = {kind: i for i, kind in enumerate(WORKLOAD_ORDER)}
-    ordered = rows.assign(_k=rows["workload"].map(order)).sort_values(["_k", "batch_size", "q_len", "context", "case"])
+    ordered = rows.assign(_k=workload_rank(rows["workload"])).sort_values(["_k", "batch_size", "q_len", "context", "case"])
     slots: list[tuple[str, str] | None] = []
     for kind, case in dict.fromkeys(zip(ordered["workload"], ordered["case"])):
         if slots and slots[-1] is not None and slots[-1][0] != kind:
@@ -380,8 +379,7 @@ def comparison_figure(comparison) -> Figure | None:
     timed = cells.dropna(subset=["ratio"])
     if timed.empty:
         return None
-    order = {k: i for i, k in enumerate(WORKLOAD_ORDER)}
-    timed = timed.assign(_k=timed["workload"].map(order)).sort_values(
+    timed = timed.assign(_k=workload_rank(timed["workload"])).sort_values(
         ["_k", "page_size", "batch_size", "q_len", "context", "case"])
     backends = sorted(timed["backend"].unique())
     fig, axes = plt.subplots(len(backends), 1, squeeze=False, layout="constrained",
@@ -412,7 +410,7 @@ def comparison_figure(comparison) -> Figure | None:
         ax.set_ylabel("new / old time")
         ax.set_title(backend, loc="left")
         ax.grid(axis="x", visible=False)
-    axes[-1, 0].set_xlabel("cells (decode, prefill, mixed; by page size, batch, tokens, context)")
+    axes[-1, 0].set_xlabel(f"cells ({', '.join(workload_kinds(timed['workload']))}; by page size, batch, tokens, context)")
     handles = [Patch(color="#d9d9d9", label="noise band")] + [
         Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in STATUS_COLORS.items()]
     fig.legend(handles=handles, loc="outside upper center", ncol=4, frameon=False)
