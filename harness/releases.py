@@ -63,12 +63,12 @@ def default_backends() -> str:
 def child_run_args(args: argparse.Namespace, *, capability: bool, backends: str | None,
                    extra: Sequence[str] = ()) -> list[str]:
     """The ``harness.cli run`` arguments each environment's process gets: the selection options of ``args``
-    as given (`harness.selection.selection_argv`), the backends, device and timing options, resumable and
-    without a report of its own (the comparison is the report). One builder for ``releases``,
-    ``releases bisect`` and ``compare-envs``."""
+    as given (`harness.selection.selection_argv`), the backends, device and timing options, resumable, with
+    its progress on the terminal and without a report of its own (the comparison is the report). One
+    builder for ``releases``, ``releases bisect`` and ``compare-envs``."""
     from harness.selection import selection_argv
 
-    run_args = ["--no-report", "--resume", "--quiet", *selection_argv(args),
+    run_args = ["--no-report", "--resume", *selection_argv(args),
                 "--capability" if capability else "--no-capability"]
     for flag, value in (("--backends", backends), ("--device", getattr(args, "device", None))):
         if value:

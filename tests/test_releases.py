@@ -151,7 +151,7 @@ def test_run_args_are_the_same_selection_for_every_release():
         ["9.19.0.56", "9.28.1.4", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
          "--page-size", "16", "--target-ms", "50"])
     assert child_run_args(args, capability=False, backends="cudnn") == [
-        "--no-report", "--resume", "--quiet", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
+        "--no-report", "--resume", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
         "--page-size", "16", "--no-capability", "--backends", "cudnn", "--target-ms", "50.0"]
 
 
