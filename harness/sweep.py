@@ -263,6 +263,9 @@ SWEEP_AXES: dict[str, dict[str, Axes]] = {
     },
 }
 
+SWEEP_AXES["release"] = SWEEP_AXES["short"]
+"""`paged-bench releases`' default sweep: the short sweep's axes plus the cells of `_release_cases`."""
+
 RETIRED_FROM_DEFAULT: dict[str, str] = {
     f"prefill-b{b}-q{q}-c1024-p{p}": "prefill at context 1024 sits between contexts 0 and 2048, which stay; "
                                      "dropped to make room for the head/dtype cells (the short sweep keeps "
@@ -292,7 +295,25 @@ def _default_cases() -> tuple[Case, ...]:
     return tuple(cases)
 
 
-SWEEP_CASES: dict[str, tuple[Case, ...]] = {"default": _default_cases(), "short": (), "cpu-tiny": ()}
+def _release_cases() -> tuple[Case, ...]:
+    """The cells a cuDNN release check adds to the short sweep: decode in every head grouping (MHA 1:1,
+    GQA 4:1, MQA-like 8:1 with one KV head, D 256), a small-batch long-context decode, speculative decoding
+    (2-8 and 4 new tokens per sequence) and the decode-heavy mixed step: the shapes where a release has
+    broken one binding while the others worked (docs/backends.md, cuDNN)."""
+    decode = ("decode-b64-q1-c4096", "64q1c4k")
+    return (
+        make_case(*decode, 16, num_q_heads=32, num_kv_heads=32, head_dim=128),    # MHA
+        make_case(*decode, 16, **get_model("llama-3-70b-tp8").fields),           # 8:1, one KV head
+        make_case(*decode, 16, **get_model("gemma-2-9b").fields),                # D 256, 16/8
+        make_case("decode-b8-q1-c16384", "8q1c16k", 16),
+        make_case("specdec-b64-q4-c4096", "64q4c4k", 16),
+        make_case("specdec-b32-q2-8-c16384", "32q2-8c16k", 16),
+        make_case("mixed-32d-2p4k", MIXED_GRAMMARS["mixed-32d-2p4k"], 16),
+    )
+
+
+SWEEP_CASES: dict[str, tuple[Case, ...]] = {"default": _default_cases(), "short": (), "cpu-tiny": (),
+                                            "release": _release_cases()}
 """Named cases of each sweep beyond its axes."""
 
 
