@@ -167,6 +167,7 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
     os.environ.update(setup.run.worker_env)
     os.environ.update(setup.slot.env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked from the spawn until now (_sigint_blocked)
     _exit_with_parent(os.getppid())
     fault_log = open(setup.fault_log, "w") if setup.fault_log else None  # noqa: SIM115 - lives as long as we do
     if fault_log is not None:
@@ -209,6 +210,25 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
 
 class WorkerStartError(RuntimeError):
     """A worker did not become ready (it crashed, timed out or failed to import the harness)."""
+
+
+class RunInterrupted(Exception):
+    """The run is stopping (Ctrl-C, SIGTERM): the cell in flight has no result and is not recorded."""
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this (spawning) thread: a spawned child inherits the mask, so Ctrl-C during its
+    start-up cannot kill it with a traceback before `worker_main` ignores SIGINT (it unblocks it then).
+    The main thread still receives Ctrl-C: the kernel delivers it to a thread that does not block it."""
+    if threading.current_thread() is threading.main_thread():
+        yield  # the main thread must keep receiving Ctrl-C
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
@@ -291,10 +311,12 @@ def summarise_dump(text: str) -> str:
 class _Worker:
     """One live worker process and the pipe to it."""
 
-    def __init__(self, setup: _WorkerSetup, context, start_timeout_s: float):
+    def __init__(self, setup: _WorkerSetup, context, start_timeout_s: float, stopping: threading.Event):
         self.log_path = Path(setup.fault_log)
+        self.stopping = stopping
         parent_conn, child_conn = context.Pipe()
-        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}), _main_module_hidden():
+        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}), _main_module_hidden(), \
+                _sigint_blocked():
             self.process = context.Process(target=worker_main, args=(child_conn, setup), name="paged-bench-worker")
             self.process.start()
         child_conn.close()
@@ -302,6 +324,9 @@ class _Worker:
         status, message = self.receive(start_timeout_s)
         if status == "message" and message[0] == "ready":
             return
+        if status == "stopped" or self.stopping.is_set():
+            self.kill()
+            raise RunInterrupted("the run stopped while a worker was starting")
         if status == "message":
             reason = f"failed to start:\n{message[1]}"
         elif status == "timeout":
@@ -312,14 +337,16 @@ class _Worker:
         raise WorkerStartError(f"measuring worker on {setup.slot.label} {reason}")
 
     def receive(self, timeout_s: float) -> tuple[str, Any]:
-        """("message", obj), ("timeout", None) or ("died", None)."""
+        """("message", obj), ("timeout", None), ("died", None) or ("stopped", None): the run is stopping."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if self.stopping.is_set():
+                return "stopped", None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout", None
             try:
-                if self.conn.poll(min(remaining, 1.0)):
+                if self.conn.poll(min(remaining, 0.2)):
                     return "message", self.conn.recv()
             except (EOFError, OSError):
                 self.process.join(5)
@@ -380,6 +407,8 @@ class WorkerPool:
         self.context = multiprocessing.get_context("spawn")
         self.log_dir = Path(tempfile.mkdtemp(prefix=f"paged-bench-{slot.label}-"))
         self.worker: _Worker | None = None
+        self.stopping = threading.Event()
+        """Set by `interrupt` (from the thread stopping the run): nothing measured from then on is a result."""
         self.started = 0
         """Workers started so far (the first plus every replacement)."""
 
@@ -389,14 +418,18 @@ class WorkerPool:
             self.started += 1
             setup = _WorkerSetup(self.config, self.slot, str(self.log_dir / f"worker-{self.started}.log"))
             try:
-                return _Worker(setup, self.context, self.start_timeout_s)
+                return _Worker(setup, self.context, self.start_timeout_s, self.stopping)
             except WorkerStartError as error:
+                if self.stopping.is_set():
+                    raise RunInterrupted("the run stopped while a worker was starting") from None
                 last_error = error
         raise WorkerStartError(f"no measuring worker could be started on {self.slot.label}: {last_error}")
 
     def measure(self, backend: str, case: Case) -> dict[str, Any]:
         """The row of one cell; never raises for anything the backend does (`WorkerStartError` when
-        this slot cannot run a worker at all)."""
+        this slot cannot run a worker at all, `RunInterrupted` when the run stops before the cell ends)."""
+        if self.stopping.is_set():
+            raise RunInterrupted("the run is stopping")
         if self.worker is not None and not self.worker.process.is_alive():
             self.worker.kill()  # it died between cells: not this cell's fault
             self.worker = None
@@ -409,6 +442,10 @@ class WorkerPool:
             pass  # it died between cells; receive() reports it
         timeout_s = self.config.cell_timeout_s
         status, message = worker.receive(timeout_s)
+        if status in ("stopped", "died") and self.stopping.is_set():  # killed by the shutdown, not by the cell
+            worker.kill()
+            self.worker = None
+            raise RunInterrupted(f"the run stopped during {backend} / {case.name}")
         if status == "message" and message[0] == "row":
             _, row, exits = message
             if exits:
@@ -432,6 +469,15 @@ class WorkerPool:
         return make_row(backend=backend, case=case, gate=gate, ceilings=slot.ceilings, env_id=self.config.env_id,
                         run_id=self.config.run_id, device=slot.device, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid,
                         timer_args=self.config.timer.args())
+
+    def interrupt(self) -> None:
+        """Stop at once, from another thread (the run is being stopped): mark the pool stopping, then kill
+        the live worker's process (only the process: the pipe belongs to the slot's thread)."""
+        self.stopping.set()
+        worker = self.worker
+        if worker is not None:
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                worker.process.kill()
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker (kill it at once unless ``wait``: e.g. on Ctrl-C, mid-cell) and clean up."""
@@ -532,7 +578,8 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
     state = {"done": len(rows), "alive": len(slots), "unfinished": len(groups)}
     stop = threading.Event()
     errors: list[BaseException] = []
-    pools = [WorkerPool(config, slot) for slot in slots]
+    pools: list[WorkerPool] = []
+    threads: list[threading.Thread] = []
 
     def serve(pool: WorkerPool) -> None:
         """Take whole cases until none is left unfinished (a failing slot may hand one back)."""
@@ -549,6 +596,8 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
                     return
                 try:
                     row = pool.measure(backend, case)
+                except RunInterrupted:  # the cell in flight has no result: a resumed run measures it
+                    return
                 except WorkerStartError as error:  # this slot is broken: its unfinished cells go back
                     work.put(group[index:])
                     with lock:
@@ -571,29 +620,60 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
             with lock:
                 state["unfinished"] -= 1
 
-    threads = [threading.Thread(target=serve, args=(pool,), name=f"slot-{pool.slot.label}", daemon=True)
-               for pool in pools]
+    interrupted = True
     try:
         with _sigterm_exits():
-            for thread in threads:
-                thread.start()
+            for slot in slots:
+                pools.append(WorkerPool(config, slot))
+                threads.append(threading.Thread(target=serve, args=(pools[-1],), name=f"slot-{slot.label}",
+                                                daemon=True))
+                threads[-1].start()
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)
-    except BaseException:  # Ctrl-C or a harness failure: every finished row is already on disk
-        stop.set()
-        for pool in pools:
-            pool.close(wait=False)
-        raise
-    finally:
-        for pool in pools:
-            pool.close()
+        interrupted = False
+    finally:  # Ctrl-C, SIGTERM or a harness failure: every finished row is already on disk
+        _shut_down(pools, threads, stop, at_once=interrupted)
     if errors:
         raise errors[0]
     missing = [key for key, _, _ in todo if key not in rows]
     if missing:
         raise SlotFailure(f"{len(missing)} cells were not measured: every slot stopped")
     return [rows[key] for key in dict.fromkeys(cell_id(backend, case) for backend, case in cells)]
+
+
+SHUTDOWN_WAIT_S = 30.0
+"""On an interrupted run: how long the slots' threads get to notice (their workers are killed first)."""
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C ignored while a run shuts down (a second Ctrl-C must not break the clean-up half-way)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _shut_down(pools: list[WorkerPool], threads: list[threading.Thread], stop: threading.Event, *,
+               at_once: bool) -> None:
+    """End a run: after an interruption, stop the slots (no more rows), kill their workers and wait for
+    their threads, so nothing is written after this returns and no worker is left; else stop the
+    workers politely."""
+    with _sigint_ignored():
+        if at_once:
+            stop.set()
+            for pool in pools:
+                pool.interrupt()
+            deadline = time.monotonic() + SHUTDOWN_WAIT_S
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for pool in pools:
+            pool.close(wait=not at_once)
 
 
 def _case_groups(todo: list[tuple[str, str, Case]]) -> list[list[tuple[str, str, Case]]]:

@@ -9,6 +9,8 @@ fault-oob       (CUDA) a Triton kernel reads 2**40 elements past its input: an i
                 poisons the CUDA context                       -> error, the worker is replaced
 good-ref        returns the fp32 reference cast to the batch dtype: a healthy neighbour (cpu and cuda)
 fault-wait      run writes its process id to $PAGED_BENCH_TEST_PIDFILE, then waits to be killed from outside
+fault-wait-once as fault-wait while $PAGED_BENCH_TEST_PIDFILE is set, else good-ref (an interrupted cell that a
+                resumed run measures)
 """
 
 from __future__ import annotations
@@ -130,5 +132,19 @@ class GoodReference(_Faulty):
     name = "good-ref"
 
     def prepare(self, batch: PagedBatch) -> Prepared:
+        result = reference_attention(batch).to(batch.spec.torch_dtype)
+        return Prepared(run=lambda: result, notes={"entry_point": "reference_attention (precomputed)"})
+
+
+@register
+class WaitOnceThenGood(_Faulty):
+    """Waits like fault-wait while the pid file is asked for (the run to interrupt), else answers like
+    good-ref (the resumed run)."""
+
+    name = "fault-wait-once"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        if os.environ.get(PIDFILE_ENV):
+            return Prepared(run=_announce_and_wait)
         result = reference_attention(batch).to(batch.spec.torch_dtype)
         return Prepared(run=lambda: result, notes={"entry_point": "reference_attention (precomputed)"})

@@ -1,0 +1,141 @@
+"""Ctrl-C is not a result: `paged-bench run` interrupted (SIGINT to its whole process group, as a terminal
+sends it) mid-cell or while a worker is being replaced exits with status 130 and no traceback, stores no
+row for the cell in flight, leaves no worker behind, and the same command measures that cell again.
+CPU only, through the real command line in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from records.store import ResultStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"  # tests/faulty_adapters.py's name (not imported: it registers backends)
+TINY = ["--case", "2q1c9", "--heads", "4/2/32", "--dtype", "fp32", "--page-size", "4"]
+"""One tiny case: each cell takes well under a second on the CPU."""
+
+
+def _command(out: Path, backends: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run", "--device", "cpu", "--out", str(out), "--backends", backends,
+            "--no-report", "--quiet", "--target-ms", "1", "--cell-timeout", "600", *TINY]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in (PIDFILE_ENV, "PYTHONPATH")}
+    return {**env, "PYTHONPATH": str(ROOT), "PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _rows(out: Path) -> list[dict]:
+    return ResultStore(out).read_rows() if (out / "results.jsonl").exists() else []
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _wait_for(condition, run: subprocess.Popen, what: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert run.poll() is None, f"the run ended before {what}: {run.communicate()[1][-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def _interrupt(run: subprocess.Popen) -> tuple[int, str, set[int]]:
+    """Ctrl-C as a terminal sends it (to the whole process group); the exit status, stderr and the
+    processes the run had at that moment."""
+    below = _descendants(run.pid)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    return run.returncode, stderr, below
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _assert_clean_exit(status: int, stderr: str, below: set[int]) -> None:
+    """rc 130, the CLI's one 'interrupted' line and no traceback; no worker left behind."""
+    assert status == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr[-3000:]
+    assert "interrupted" in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in below):
+        time.sleep(0.1)
+    assert not [pid for pid in below if _alive(pid)], "processes outlived the interrupted run"
+
+
+def _resume(out: Path, backends: str) -> list[dict]:
+    done = subprocess.run(_command(out, backends), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _rows(out)
+
+
+def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_run_measures_it(tmp_path):
+    out, pidfile = tmp_path / "out", tmp_path / "worker.pid"
+    backends = "good-ref,fault-wait-once"
+    run = subprocess.Popen(_command(out, backends), cwd=ROOT, env=_env(**{PIDFILE_ENV: str(pidfile)}),
+                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), run, "the worker is inside the cell")
+        status, stderr, below = _interrupt(run)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    _assert_clean_exit(status, stderr, below)
+    assert [row["backend"] for row in _rows(out)] == ["good-ref"]  # the cell in flight left no row
+
+    rows = _resume(out, backends)
+    assert [(row["backend"], row["verdict"]) for row in rows] == [("good-ref", "ok"), ("fault-wait-once", "ok")]
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.5])
+def test_ctrl_c_while_a_worker_is_being_replaced(tmp_path, delay_s):
+    """fault-abort kills its worker; Ctrl-C comes as the next cell's fresh worker starts."""
+    out = tmp_path / "out"
+    backends = "fault-abort,good-ref"
+    run = subprocess.Popen(_command(out, backends), cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: any(row["backend"] == "fault-abort" for row in _rows(out)), run,
+                  "the aborting cell is stored")
+        time.sleep(delay_s)
+        if run.poll() is not None:
+            pytest.skip("the replacement worker finished the last cell before Ctrl-C came (a very fast machine)")
+        status, stderr, below = _interrupt(run)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    _assert_clean_exit(status, stderr, below)
+    rows = _rows(out)
+    assert [(row["backend"], row["verdict"]) for row in rows] == [("fault-abort", "error")]
+    assert "SIGABRT" in rows[0]["reason"]
+
+    rows = _resume(out, backends)
+    assert [(row["backend"], row["verdict"]) for row in rows] == [("fault-abort", "error"), ("good-ref", "ok")]
