@@ -53,6 +53,76 @@ def backend_bytes(case: Case) -> int:
     return spec.total_q * spec.num_q_heads * spec.head_dim * (spec.elem_bytes + 4)
 
 
+def cell_bytes(case: Case) -> int:
+    """The memory one cell needs before anything is built: its inputs and reference plus what a backend adds."""
+    return input_bytes(case) + backend_bytes(case)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = open(path).read().strip()  # noqa: SIM115 - tiny kernel files
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def host_available_bytes() -> int | None:
+    """Host memory a cell may still take: the kernel's MemAvailable, capped by this process's cgroup limit
+    (a container) less what the cgroup uses; None where neither can be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        available = min(available, limit - used) if available is not None else limit - used
+    return available
+
+
+def memory_limit(device: torch.device) -> tuple[int | None, str]:
+    """(bytes a cell may use on ``device``, what that limit is): free device memory on a GPU, available host
+    memory on the CPU (inputs, reference and backends all live there)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "free on the GPU"
+    return host_available_bytes(), "of host memory available"
+
+
+def oom_reason(case: Case, limit: int | None, what: str, needed: int | None = None) -> str:
+    """Empty when the cell fits ``limit``, else the one-line `oom` reason naming its size and the limit."""
+    needed = cell_bytes(case) if needed is None else needed
+    if limit is None or needed <= limit:
+        return ""
+    return f"needs about {needed / 2**30:.1f} GiB, {limit / 2**30:.1f} GiB {what} (checked before allocating)"
+
+
+def machine_memory(device_type: str) -> tuple[int | None, str]:
+    """(bytes, what they are) that bound any cell on this machine before a worker starts: available host
+    memory for the CPU, the smallest visible GPU's total memory for CUDA (no CUDA context is created)."""
+    if device_type == "cuda" and torch.cuda.is_available():
+        totals = [torch.cuda.get_device_properties(index).total_memory for index in range(torch.cuda.device_count())]
+        return min(totals), "on the GPU in all"
+    return host_available_bytes(), "of host memory available"
+
+
+def refuse_what_cannot_fit(cases: list[Case], device_type: str) -> None:
+    """Refuse (one-line `UsageError`) a selection none of whose cells fits this machine, before any cell
+    starts; cells that fit run, the others are `oom` one by one (`CellMeasurer._fits`)."""
+    from harness.errors import UsageError
+
+    limit, what = machine_memory(device_type)
+    if limit is None or not cases:
+        return
+    needed, smallest = min(((cell_bytes(case), case) for case in cases), key=lambda pair: pair[0])
+    if needed > limit:
+        raise UsageError(f"no cell fits this machine: the smallest, {smallest.name}, needs about "
+                         f"{needed / 2**30:.1f} GiB (K/V caches and pool {smallest.spec().cache_bytes() / 2**30:.1f} GiB), "
+                         f"{limit / 2**30:.1f} GiB {what}; choose a smaller batch or pool (--pool-gib, --pool-pages)")
+
+
 def time_prepared(prepared: Prepared, device: torch.device, timer: TimerOptions, *,
                   target_ms: float | None = None) -> Timing:
     """Time ``prepared.run`` the way its backend needs: CUDA events on torch's stream (optionally as a
@@ -142,18 +212,14 @@ class CellMeasurer:
                         gpu_index=self.gpu_index, gpu_uuid=self.gpu_uuid, timer_args=self.timer.args())
 
     def _fits(self, case: Case) -> str:
-        """Empty when the cell fits in free device memory, else the `oom` reason. The case's inputs
-        count only when they are not built yet; a previous case's are freed before looking."""
-        if self.device.type != "cuda":
-            return ""
+        """Empty when the cell fits in free device memory (host memory on the CPU), else the `oom` reason.
+        The case's inputs count only when they are not built yet; a previous case's are freed before looking."""
         needed = backend_bytes(case)
         if case != self._case:
             self.release()
             needed += input_bytes(case)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if needed > free:
-            return (f"needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free (checked before allocating)")
-        return ""
+        limit, what = memory_limit(self.device)
+        return oom_reason(case, limit, what, needed)
 
     def measure(self, backend: str, case: Case) -> dict[str, Any]:
         started = time.perf_counter()

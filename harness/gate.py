@@ -191,8 +191,14 @@ def poison_output(prepared: Prepared, batch: PagedBatch) -> None:
     del decoy
 
 
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+"""How allocators word running out: CUDA's, and the CPU allocator's (ENOMEM: "can't allocate memory")."""
+
+
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    """Out of memory on the GPU or the host (torch's OutOfMemoryError, Python's MemoryError, ENOMEM)."""
+    text = str(error).lower()
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(words in text for words in _OOM_TEXT)
 
 
 def failure_verdict(error: BaseException, stage: str) -> GateResult:
