@@ -37,6 +37,13 @@ DTYPE_NAMES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 MAX_DRAWN_LENGTH = 128 * 1024
 """Default upper clip of a length drawn from a distribution."""
 
+MAX_SEQUENCES = 1 << 20
+"""Most sequences one batch may have: checked before anything is expanded, so a mistyped count is refused
+at once instead of building a list of that many lengths."""
+MAX_TOKENS = (1 << 31) - 1
+"""Most tokens (cached plus new, over all sequences, at their largest) one batch may have: offsets and page
+ids are int32."""
+
 DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "lognormal": ("median", "sigma"),   # exp(N(ln median, sigma)): request lengths in serving traces
     "exponential": ("mean",),            # memoryless arrivals / output lengths
@@ -46,7 +53,7 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 _BOUNDS = ("min", "max")
 
 _LENGTH = r"(?:~[a-z]+\([^()]*\)|[0-9k]+(?:-[0-9k]+)?)"
-_GROUP = re.compile(rf"^(?P<count>\d+)q(?P<q>{_LENGTH})c(?P<ctx>{_LENGTH})$")
+_GROUP = re.compile(rf"^(?P<count>[0-9]+)q(?P<q>{_LENGTH})c(?P<ctx>{_LENGTH})$")
 _DISTRIBUTION = re.compile(r"^~(?P<name>[a-z]+)\((?P<params>[^()]*)\)$")
 
 
@@ -192,8 +199,34 @@ class LengthGroup:
         return f"{self.count}q{fmt(self.q_len)}c{fmt(self.context)}"
 
 
+def _check_ascii(text: str) -> None:
+    """Only ASCII: Python's ``int``/``float`` also read other scripts' digits (``８``), which a batch string
+    must not silently accept."""
+    odd = next((char for char in text if not char.isascii()), None)
+    if odd is not None:
+        raise ValueError(f"batch string {text!r}: {odd!r} is not an ASCII character; write counts and lengths "
+                         "with the digits 0-9, e.g. '8q1c100'")
+
+
+def _check_size(text: str, groups: list[LengthGroup]) -> None:
+    """Refuse a batch beyond `MAX_SEQUENCES` or `MAX_TOKENS` from its groups alone (nothing expanded)."""
+    sequences = sum(group.count for group in groups)
+    if sequences > MAX_SEQUENCES:
+        raise ValueError(f"batch string {text!r}: {sequences} sequences; at most {MAX_SEQUENCES} per batch")
+    tokens = sum(group.count * (_largest(group.q_len, 1) + _largest(group.context, 0)) for group in groups)
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"batch string {text!r}: up to {tokens} tokens; at most {MAX_TOKENS} per batch "
+                         "(int32 offsets)")
+
+
+def _largest(span: Length, floor: int) -> int:
+    return span.bounds(floor)[1] if isinstance(span, Distribution) else span[1]
+
+
 def parse_grammar(text: str) -> list[LengthGroup]:
-    """Parse a batch string (see the module docstring) into its groups."""
+    """Parse a batch string (see the module docstring) into its groups; refuses non-ASCII text and
+    batches beyond `MAX_SEQUENCES` / `MAX_TOKENS` before anything is expanded."""
+    _check_ascii(text)
     groups = []
     for part in text.strip().split("_"):
         match = _GROUP.match(part)
@@ -210,6 +243,7 @@ def parse_grammar(text: str) -> list[LengthGroup]:
         if isinstance(group.q_len, tuple) and group.q_len[0] < 1:
             raise ValueError(f"batch string {text!r}: group {part!r} has q_len < 1")
         groups.append(group)
+    _check_size(text, groups)
     return groups
 
 

@@ -43,6 +43,22 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog.removeprefix('paged-bench').strip() or 'arguments'}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        return super().parse_known_args(_attach_dash_values(sys.argv[1:] if args is None else list(args)), namespace)
+
+
+def _attach_dash_values(argv: list[str]) -> list[str]:
+    """``--case -3q1c10`` as ``--case=-3q1c10``: argparse takes a value starting with '-' for an option
+    and says only "expected one argument"; attached, the value reaches its own check, which names it."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token[:2].startswith("-") \
+                and token[1:2].isdigit():
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
 
 def _log(message: str) -> None:
     print(f"paged-bench: {message}", file=sys.stderr, flush=True)
@@ -246,6 +262,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     device_type = _device_type(args.device)
     sweep_label, cases = _select(args, device_type)
+    from harness.cell import refuse_what_cannot_fit
+
+    refuse_what_cannot_fit(cases, device_type)  # before anything starts: every cell would be oom
     session = _session(args, device_type, sweep_label)
     out_dir = _create(_writable_folder(Path(args.out), must_be_new=not args.resume))
     print_availability(session.availability(), device_type)

@@ -50,6 +50,11 @@ def _one_line_usage_error(done: subprocess.CompletedProcess, *needles: str) -> N
     (["--backends", "nosuch-backend", "--device", "cpu"], ["nosuch-backend", "sdpa-gather"]),
     (["--gpus", "all", "--device", "cpu"], ["--gpus"]),
     (["--no-such-option"], ["--no-such-option"]),
+    (["--case", "-3q1c10", "--device", "cpu"], ["'-3q1c10'", "is not of the form"]),
+    (["--case=-3q1c10", "--device", "cpu"], ["'-3q1c10'", "is not of the form"]),
+    (["--case", "８q1c100", "--device", "cpu"], ["８", "not an ASCII character"]),
+    (["--case", "100000000q1c1000000", "--device", "cpu"], ["100000000 sequences", "at most 1048576"]),
+    (["--case", "8q1c4k", "--pool-gib", "1000000", "--device", "cpu"], ["no cell fits this machine", "8q1c4k"]),
 ])
 def test_a_mistake_is_one_line_and_creates_nothing(tmp_path, args, needles):
     out = tmp_path / "out"
