@@ -199,3 +199,34 @@ def test_peer_backends_pass_or_say_why(adapters, name):
         assert verdict in ("ok", "unsupported", "skipped"), f"{name} {grammar} p{page}: {verdict}: {reason}"
         assert verdict == "ok" or reason, f"{name} {grammar} p{page}: {verdict} without a reason"
     assert "ok" in [verdict for verdict, _ in verdicts], f"{name} passed none of {PEER_CASES}: {verdicts}"
+
+
+BINDINGS = ("cudnn", "cudnn-stats-ragged", "cudnn-offsets64", "cudnn-stats-ragged-offsets64")
+
+
+@pytest.mark.parametrize("name", BINDINGS)
+@pytest.mark.parametrize("grammar,heads", [("2q1c100_2q37c60", (8, 2)), ("4q1c200", (8, 8)), ("4q3c200", (8, 2))],
+                         ids=["mixed-gqa", "decode-mha", "specdec-gqa"])
+def test_every_cudnn_binding_is_right_where_cudnn_has_no_known_bug(adapters, name, grammar, heads):
+    """Each way of binding cuDNN's paged SDPA, gated output and LSE, on batches no cuDNN release is known to
+    get wrong (mixed, MHA decode, s_q > 1); its graph declares the offsets and Stats its form says."""
+    adapter = _adapter(adapters, name)
+    spec = case_spec({"grammar": grammar, "num_q_heads": heads[0], "num_kv_heads": heads[1]})
+    batch, reference = _inputs(spec)
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict == "ok", f"{name} {spec.describe()}: {result.verdict}: {result.reason}"
+    assert result.lse_max_abs is not None, result.lse_note
+    assert result.notes["cudnn_stats"] == adapter.form.stats
+    assert {key.ragged_dtype for key in adapter._graphs} == {adapter.form.offsets}
+
+
+def test_packed_stats_on_gqa_decode_is_right_or_caught(adapters):
+    """The packed [T, Hq] Stats on single-token GQA decode: some cuDNN releases leave most heads of a KV group
+    unwritten (docs/backends.md); the gate must then say `wrong` (LSE off) while the output itself is right."""
+    adapter = _adapter(adapters, "cudnn-stats-ragged")
+    batch, reference = _inputs(case_spec({"grammar": "4q1c200", "num_q_heads": 8, "num_kv_heads": 2}))
+    result, _ = run_gate(adapter, batch, reference)
+    assert result.verdict in ("ok", "wrong"), f"{result.verdict}: {result.reason}"
+    if result.verdict == "wrong":
+        assert "LSE" in result.reason, result.reason
+        assert result.rel_l2 is not None and result.rel_l2 < 1e-2, result.reason
