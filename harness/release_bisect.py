@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 from harness.cudnn_release import PACKAGE, cache_root, is_version
 from harness.environments import EnvSpec, run_environment
 from harness.errors import UsageError
+from records.schema import RESULTS_FILE
 
 BISECT_JSON = "bisect.json"
 Cells = dict[str, dict[str, Any]]
@@ -226,7 +227,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         status = run_environment(EnvSpec(label=f"cudnn-{release}", cudnn=release), folder, run_args)
         if status != 0:
             failures.append(f"{release}: exit status {status}")
-        return read_cells(folder, wanted) if (folder / "results.jsonl").exists() else {}
+        return read_cells(folder, wanted) if (folder / RESULTS_FILE).exists() else {}
 
     result = bisect(candidates, measure, log)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 from harness.environments import EnvSpec, EnvSpecError, check_labels, parse_env_spec, run_environment
 from harness.cudnn_release import is_version
 from harness.errors import UsageError
+from records.schema import RESULTS_FILE
 
 DEFAULT_OUT = Path("bench-out/releases")
 DEFAULT_SWEEP = "release"
@@ -136,18 +137,18 @@ def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: s
     for index, env in enumerate(envs, 1):
         folder = out / env.label
         if compare_only:
-            if not (folder / "results.jsonl").exists():
+            if not (folder / RESULTS_FILE).exists():
                 failed[env.label] = f"no results in {folder} (run without --compare-only first)"
             continue
         log(f"release {index}/{len(envs)}: {env.label} ({env.describe()}) -> {folder}")
         status = runner(env, folder, list(run_args))
         if status != 0:
             failed[env.label] = f"its run exited with status {status} (see the log above)"
-            if not (folder / "results.jsonl").exists():
+            if not (folder / RESULTS_FILE).exists():
                 continue
             log(f"release {env.label}: comparing the cells it finished")
             failed[env.label] += "; its finished cells are compared"
-    folders = {env.label: out / env.label for env in envs if (out / env.label / "results.jsonl").exists()}
+    folders = {env.label: out / env.label for env in envs if (out / env.label / RESULTS_FILE).exists()}
     if baseline not in folders:
         log(f"the baseline {baseline} has no results ({failed.get(baseline, 'nothing measured')}): nothing to compare")
         return 2
