@@ -18,7 +18,9 @@ sends each cell and waits for its row with a time limit:
   cells go to the other slots (the run stops only when no slot is left).
 
 Each finished row is appended to the `ResultStore` at once, so an interrupted sweep loses nothing it
-finished and resumes where it stopped (`cells_to_measure` is the one resume rule).
+finished and resumes where it stopped (`cells_to_measure` is the one resume rule). An interruption (Ctrl-C,
+SIGTERM) is not a result: the slots are marked stopping before their workers are killed, so the cell in
+flight leaves no row and the resumed run measures it.
 
 Concurrent slots share nothing that a timing depends on: each worker is its own process with its own
 CUDA context on its own GPU, its own L2-flush buffer on that GPU, and the host threads it needs; the
