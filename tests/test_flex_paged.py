@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from adapters.batch import BatchSpec, make_batch
-from adapters.backends.flex_paged import (PATH_BATCHED, PATH_PACKED, Q_BLOCK, FlexPagedAdapter, _smaller_tile,
+from adapters.backends.flex_paged import (PAGE_SIZE_ONE, PATH_BATCHED, PATH_PACKED, Q_BLOCK, FlexPagedAdapter, _smaller_tile,
                                           batched_query_view, document_ids, dynamo_settings, flex_path,
                                           logical_block_mask_indices, logical_page_table, make_logical_mask_mod,
                                           make_mask_mod, packed_lse, packed_output, paged_block_mask_indices,
@@ -262,7 +262,7 @@ def test_flex_dynamo_settings_are_scoped():
 
 GATE_CASES = [
     dict(text="2q1c100_2q37c60", page_size=16, heads=(8, 2), causal=True),
-    dict(text="3q1c50", page_size=1, heads=(4, 4), causal=True),
+    dict(text="3q1c50", page_size=2, heads=(4, 4), causal=True),
     dict(text="1q150c10_2q20c0", page_size=64, heads=(8, 1), causal=True),
     dict(text="2q9c30_1q1c7", page_size=8, heads=(8, 2), causal=False),
     dict(text="4q1c40", page_size=8, heads=(8, 2), causal=True),
@@ -310,3 +310,18 @@ def test_flex_convert_logical_block_mask_signature_is_handled():
 
     parameters = inspect.signature(PagedAttention.convert_logical_block_mask).parameters
     assert "batch_idx" in parameters  # the adapter passes it positionally, kv_len only where it exists
+
+
+@pytest.mark.parametrize("grammar", ["3q1c50", "2q1c100_2q37c60"])
+def test_page_size_one_is_declined_with_flexs_reason(grammar):
+    """Page size 1 (a KV block of one key: BLOCK_N = 1) is declined before anything is built, naming torch's
+    FlexAttention and what fails; the gate records it as unsupported, never as an error or wrong."""
+    adapter = FlexPagedAdapter(compile=False)
+    spec = BatchSpec.from_grammar(grammar, page_size=1, num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="bf16")
+    supported, why = adapter.supports(spec)
+    assert not supported and why == PAGE_SIZE_ONE
+    assert "FlexAttention" in why and "page size 1" in why and "BLOCK_N = 1" in why
+    result, _ = _gate(adapter, dict(text=grammar, page_size=1, heads=(4, 2), causal=True), dtype="bf16", head_dim=16)
+    assert (result.verdict, result.reason) == ("unsupported", PAGE_SIZE_ONE)
+    assert adapter.supports(BatchSpec.from_grammar(grammar, page_size=2, num_q_heads=4, num_kv_heads=2,
+                                                   head_dim=16, dtype="bf16"))[0]

@@ -39,8 +39,9 @@ the H100 (torch 2.11) are retried with Flex's own kernel options, recorded in
   the page -> ``BLOCK_N = page_size``;
 - "out of resource: ... shared memory" (the main kernel's default config at page >= 64 under
   FORCE_USE_FLEX_ATTENTION; Triton advises smaller blocks or fewer stages) -> `SHARED_MEMORY_LADDER`.
-A layout that Flex still cannot compile (e.g. a tile below Triton's minimum, page size 1) becomes
-`Unsupported` with Flex's / Triton's own message; other failures stay errors. On CPU it runs compiled
+A layout that Flex still cannot compile (e.g. a tile below Triton's minimum) becomes `Unsupported`
+with Flex's / Triton's own message; other failures stay errors. Page size 1 is declined up front
+(`PAGE_SIZE_ONE`): the compile failure there did not read as a refusal and showed as an error. On CPU it runs compiled
 too (or eager, which materialises the scores, when constructed with ``compile=False``: used by the
 CPU tests).
 
@@ -70,6 +71,11 @@ RECOMPILE_LIMIT = 512
 default limit of 8 would silently fall back to the eager (score-materialising) path after the 8th."""
 PATH_BATCHED = "batched"
 PATH_PACKED = "packed"
+PAGE_SIZE_ONE = ("torch's FlexAttention cannot run page size 1: the block mask's KV block is one page, so Flex's "
+                 "kernels tile the keys by BLOCK_N = 1 (its decoding kernel shrinks BLOCK_N to the KV block), which "
+                 "Inductor fails to compile on the GPU (InductorError), and a CPU capability probe got wrong bf16 "
+                 "outputs there")
+"""Why `FlexPagedAdapter.supports` declines page size 1 (a layout of the block mask, not of the batch)."""
 
 
 def document_ids(q_lens: tuple[int, ...] | list[int]) -> torch.Tensor:
@@ -430,6 +436,8 @@ class FlexPagedAdapter(Adapter):
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         if spec.num_q_heads % spec.num_kv_heads:
             return False, "Expect number of query heads to be a multiple of kv heads for GQA"
+        if spec.page_size == 1:
+            return False, PAGE_SIZE_ONE
         return True, ""
 
     def versions(self) -> dict[str, str]:
