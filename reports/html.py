@@ -174,9 +174,10 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
     reference = baseline_backend(declared)
     registered = [backend for backend, values in declared.items() if values.get("in_sweep", True)]
     win_table = winners(results)
-    colors = plots.backend_colors(sorted(set(results.rows["backend"]) - {""}),
+    styles = plots.backend_styles(sorted(set(results.rows["backend"]) - {""}),
                                   {backend: values.get("color") for backend, values in declared.items()})
-    figures = plots.result_figures(results, colors, reference)
+    colors = {backend: style.color for backend, style in styles.items()}
+    figures = plots.result_figures(results, styles, reference)
     comparison = compare(baseline, results) if baseline is not None else None
     sets = [("results", results)] + ([("baseline", baseline)] if baseline is not None else [])
     matrix = capability_matrix(results)
@@ -185,7 +186,7 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
         "generated_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "label": results.label, "headline": _headline(results), "reference": reference,
         "timer_words": _timer_words(results), "warnings": results.warnings + (baseline.warnings if baseline else []),
-        "backends": backend_summaries(results, registered), "colors": colors,
+        "backends": backend_summaries(results, registered), "colors": colors, "styles": styles,
         "verdicts": list(VERDICTS), "winners": win_table.to_dict("records") if len(win_table) else [],
         "win_counts": win_counts(win_table), "figures": figures,
         "rows": _result_rows(results), "skipped": results.skipped_backends(), "matrix": matrix, "symbols": SYMBOLS,

@@ -574,14 +574,14 @@ def _scatter_figure(mset: MachineSet) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from reports.plots import backend_colors
+    from reports.plots import backend_styles
 
     others = mset.machines[1:]
     pairs = [(m, mset.cells.dropna(subset=[f"share_ratio_{m.index}"])) for m in others]
     pairs = [(m, cells) for m, cells in pairs if len(cells)]
     if not pairs:
         return None
-    colors = backend_colors(sorted(set(mset.cells["backend"])))
+    styles = backend_styles(sorted(set(mset.cells["backend"])))
     width = min(4.6 * len(pairs) + 1.2, 12.5)
     fig, axes = plt.subplots(1, len(pairs), squeeze=False, layout="constrained", figsize=(width, 4.8))
     for ax, (machine, cells) in zip(axes[0], pairs):
@@ -591,7 +591,10 @@ def _scatter_figure(mset: MachineSet) -> Any:
         ax.plot(line, line, color="#333", linewidth=0.8)
         for factor in (1 + mset.threshold, 1 / (1 + mset.threshold)):
             ax.plot(line, [v * factor for v in line], color="#999", linewidth=0.8, linestyle=(0, (4, 3)))
-        ax.scatter(x, y, s=14, c=[colors.get(b, "#777") for b in cells["backend"]], linewidths=0, zorder=3)
+        for backend, style in styles.items():
+            own = (cells["backend"] == backend).to_numpy()
+            if own.any():
+                ax.scatter(x[own], y[own], s=16, color=style.color, marker=style.marker, linewidths=0, zorder=3)
         out = cells[cells[f"status_{machine.index}"].isin(STANDS_OUT)]
         ax.scatter(out["share_0"], out[f"share_{machine.index}"], s=70, facecolors="none", edgecolors="#d62728",
                    linewidths=1.3, zorder=4)
@@ -606,7 +609,7 @@ def _scatter_figure(mset: MachineSet) -> Any:
         ax.set_box_aspect(1)
         ax.set_xlabel(f"% of ceiling on {mset.reference.label}")
         ax.set_ylabel(f"% of ceiling on {machine.label}")
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=b) for b, c in colors.items()
+    handles = [Line2D([], [], marker=style.marker, linestyle="", color=style.color, label=b) for b, style in styles.items()
                if b in set(mset.cells["backend"]) and mset.cells.loc[mset.cells["backend"] == b, "share_0"].notna().any()]
     handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="#d62728",
                           label="stands out"))

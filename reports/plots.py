@@ -12,6 +12,7 @@ written here.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import math
@@ -31,10 +32,18 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from reports.capability import SYMBOLS  # noqa: E402
 from reports.model import ResultSet, workload_kinds, workload_rank  # noqa: E402
 
 PALETTE = ["#1f6fb4", "#d9472b", "#8a55c2", "#e89b0c", "#14a3b8", "#8c564b", "#d6559c", "#6b6b6b", "#a6a62a"]
-LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+"""Backend markers; past these, `marker_shape` makes regular polygons, stars and asterisks without end."""
+MARKER_GLYPHS = dict(zip(MARKERS, "●■▲◆▼✚✖◀▶⬟⬢★"))
+"""The HTML pages' text stand-in for each marker (legends, cards, tables)."""
+HATCHES = ("", "////", "....", "xxxx", "\\\\\\\\", "oo", "++", "----", "||||", "**", "OO", "//..")
+"""Bar fills, parallel to `MARKERS`: bars of two backends that share a colour differ in hatching."""
+DASHES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1))]
+"""Line styles for a second variable within one backend (e.g. the cached context of prefill lines)."""
 SPEEDUP_CMAP = "RdYlGn"
 STATUS_COLORS = {"slower": "#d62728", "faster": "#2ca02c", "same": "#4c4c4c"}
 STYLE = {
@@ -55,14 +64,80 @@ class Figure:
     svg: str
 
 
-def backend_colors(backends: list[str], fixed: dict[str, str] | None = None) -> dict[str, str]:
-    """One colour per backend, stable for a given set: the colours backends declare (``fixed``), then
-    the palette for the others in name order."""
+@dataclass(frozen=True)
+class BackendStyle:
+    """How one backend is drawn: ``color`` and ``marker`` (a pair no other backend of the figure has),
+    ``hatch`` for bars, ``glyph`` for the HTML page."""
+
+    color: str
+    marker: str | tuple[int, int, int]
+    hatch: str
+    glyph: str
+
+
+def marker_shape(index: int) -> str | tuple[int, int, int]:
+    """The ``index``-th marker: `MARKERS`, then (sides, kind, 0) polygons (kind 0), stars (1) and asterisks
+    (2) from 7 sides up, so any number of markers are distinct."""
+    if index < len(MARKERS):
+        return MARKERS[index]
+    extra = index - len(MARKERS)
+    return (7 + extra // 3, extra % 3, 0)
+
+
+def _glyph(marker: str | tuple[int, int, int]) -> str:
+    return MARKER_GLYPHS[marker] if isinstance(marker, str) else f"{'⬣✶✳'[marker[1]]}{marker[0]}"
+
+
+def _preference(name: str) -> int:
+    """A stable number from the backend's name (the same on every machine and run; not Python's hash)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
+def _first_free(start: int, size: int, taken) -> int | None:
+    """The first index from ``start`` (cyclic over ``size``) not in ``taken``; None if all are."""
+    return next(((start + k) % size for k in range(size) if (start + k) % size not in taken), None)
+
+
+def backend_styles(backends: list[str], fixed: dict[str, str] | None = None) -> dict[str, BackendStyle]:
+    """A style per backend, deterministic and independent of the input order; no two share (colour,
+    marker), whatever their number. Backends declaring a colour (``fixed``) keep it. Others take the
+    colour and marker their name prefers (`_preference`) unless a backend placed earlier (declared ones
+    first, then by name) took it: the next unused colour while any is left, the next unused marker while
+    any is left, and past those the first marker not yet paired with the colour. So a backend's style
+    stays the same across reports unless another backend's preference collides with it."""
     fixed = {backend: color for backend, color in (fixed or {}).items() if color and backend in backends}
-    others = [b for b in sorted(backends) if b not in fixed]
-    colors = dict(fixed)
-    colors.update({b: PALETTE[i % len(PALETTE)] for i, b in enumerate(others)})
-    return {b: colors[b] for b in sorted(backends, key=lambda b: (b not in fixed, b))}
+    order = sorted(set(backends), key=lambda b: (b not in fixed, b))
+    used_colors: set[str] = set()
+    used_markers: set[int] = set()
+    pairs: set[tuple[str, int]] = set()
+    styles: dict[str, BackendStyle] = {}
+    for backend in order:
+        preference = _preference(backend)
+        if backend in fixed:
+            color = fixed[backend]
+        else:
+            free = _first_free(preference % len(PALETTE), len(PALETTE), {PALETTE.index(c) for c in used_colors
+                                                                          if c in PALETTE})
+            color = PALETTE[preference % len(PALETTE) if free is None else free]
+        marker = _first_free((preference // len(PALETTE)) % len(MARKERS), len(MARKERS), used_markers)
+        if marker is None:
+            marker = next(m for m in itertools.count() if (color, m) not in pairs)
+        used_colors.add(color)
+        used_markers.add(marker)
+        pairs.add((color, marker))
+        shape = marker_shape(marker)
+        styles[backend] = BackendStyle(color, shape, HATCHES[marker % len(HATCHES)], _glyph(shape))
+    return styles
+
+
+def backend_colors(backends: list[str], fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """Each backend's colour from `backend_styles` (declared colours kept)."""
+    return {backend: style.color for backend, style in backend_styles(backends, fixed).items()}
+
+
+def _bar_handle(style: BackendStyle, label: str) -> Patch:
+    """A legend entry for bars: the backend's colour and hatching."""
+    return Patch(facecolor=style.color, hatch=style.hatch, edgecolor="white", linewidth=0, label=label)
 
 
 def _svg(fig: plt.Figure, figure_id: str) -> str:
@@ -133,33 +208,33 @@ def _compact_log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(_minor_tick))
 
 
-def _line_panels(rows: pd.DataFrame, *, x: str, y: str, style_by: str | None, colors: dict[str, str],
+def _line_panels(rows: pd.DataFrame, *, x: str, y: str, style_by: str | None, styles: dict[str, BackendStyle],
                  xlabel: str, ylabel: str, error_bars: bool, ceiling: tuple[float, str] | None = None
                  ) -> plt.Figure:
-    """A grid of panels (rows: batch size; columns: page size), one line per backend (and per value
-    of ``style_by``), log-log axes."""
+    """A grid of panels (rows: batch size; columns: page size), one line per backend (its colour and
+    marker) and per value of ``style_by`` (its dash), log-log axes."""
     pages = sorted(rows["page_size"].unique())
     batches = sorted(rows["batch_size"].unique())
-    styles = sorted(rows[style_by].unique()) if style_by else [None]
+    values = sorted(rows[style_by].unique()) if style_by else [None]
     fig, axes = plt.subplots(len(batches), len(pages), squeeze=False, sharex=True, sharey="row", layout="constrained",
                              figsize=(min(6.2 * len(pages), 12.5), 2.35 * len(batches) + 0.9))
     for i, batch in enumerate(batches):
         for j, page in enumerate(pages):
             ax = axes[i][j]
             cell = rows[(rows["batch_size"] == batch) & (rows["page_size"] == page)]
-            for backend, color in colors.items():
-                for k, value in enumerate(styles):
+            for backend, style in styles.items():
+                for k, value in enumerate(values):
                     line = cell[cell["backend"] == backend]
                     if style_by:
                         line = line[line[style_by] == value]
                     line = line.sort_values(x)
                     if line.empty:
                         continue
-                    linestyle, marker = LINE_STYLES[k % len(LINE_STYLES)]
                     yerr = None
                     if error_bars:
                         yerr = np.vstack([(line[y] - line["q1_us"]).clip(lower=0), (line["q3_us"] - line[y]).clip(lower=0)])
-                    ax.errorbar(line[x], line[y], yerr=yerr, color=color, linestyle=linestyle, marker=marker,
+                    ax.errorbar(line[x], line[y], yerr=yerr, color=style.color, linestyle=DASHES[k % len(DASHES)],
+                                marker=style.marker,
                                 markersize=3.5, linewidth=1.4, capsize=2 if error_bars else 0, elinewidth=0.9)
             if ceiling:
                 ax.axhline(ceiling[0], color="#333", linestyle=(0, (4, 3)), linewidth=1)
@@ -175,39 +250,40 @@ def _line_panels(rows: pd.DataFrame, *, x: str, y: str, style_by: str | None, co
                 ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(ylabel)
-    handles = [Line2D([], [], color=c, linewidth=2.2, label=b) for b, c in colors.items() if b in set(rows["backend"])]
-    if style_by and len(styles) > 1:
-        handles += [Line2D([], [], color="#555", linestyle=LINE_STYLES[k % 5][0], marker=LINE_STYLES[k % 5][1],
-                           markersize=3.5, label=f"{style_by} {length_label(v)}") for k, v in enumerate(styles)]
+    handles = [Line2D([], [], color=style.color, marker=style.marker, markersize=5, linewidth=2.2, label=b)
+               for b, style in styles.items() if b in set(rows["backend"])]
+    if style_by and len(values) > 1:
+        handles += [Line2D([], [], color="#555", linestyle=DASHES[k % len(DASHES)], linewidth=1.4,
+                           label=f"{style_by} {length_label(v)}") for k, v in enumerate(values)]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 9), frameon=False)
     return fig
 
 
-def latency_figures(results: ResultSet, colors: dict[str, str]) -> list[Figure]:
+def latency_figures(results: ResultSet, styles: dict[str, BackendStyle]) -> list[Figure]:
     figures = []
     decode = _ok(results, "decode")
     if len(decode):
-        fig = _line_panels(decode, x="context", y="median_us", style_by=None, colors=colors, error_bars=True,
+        fig = _line_panels(decode, x="context", y="median_us", style_by=None, styles=styles, error_bars=True,
                            xlabel="context (cached tokens per sequence)", ylabel="median µs (q1–q3)")
         figures.append(Figure("plot-latency-decode", "Decode latency against context", "Median launch time with q1–q3 error bars; "
                               "lower is better.", _svg(fig, "plot-latency-decode")))
     prefill = _ok(results, "prefill")
     if len(prefill):
-        fig = _line_panels(prefill, x="q_len", y="median_us", style_by="context", colors=colors, error_bars=True,
+        fig = _line_panels(prefill, x="q_len", y="median_us", style_by="context", styles=styles, error_bars=True,
                            xlabel="tokens per sequence (q_len)", ylabel="median µs (q1–q3)")
         figures.append(Figure("plot-latency-prefill", "Prefill latency against tokens per sequence", "Median launch time with q1–q3 error bars; "
                               "line style = cached context; lower is better.", _svg(fig, "plot-latency-prefill")))
     return figures
 
 
-def throughput_figures(results: ResultSet, colors: dict[str, str]) -> list[Figure]:
+def throughput_figures(results: ResultSet, styles: dict[str, BackendStyle]) -> list[Figure]:
     ceilings = results.ceilings() or {}
     figures = []
     prefill = _ok(results, "prefill").dropna(subset=["tflops"])
     if len(prefill):
         peak = ceilings.get("matmul_bf16_tflops")
         ceiling = (float(peak), f"bf16 matmul ceiling {float(peak):.0f} TFLOP/s") if peak else None
-        fig = _line_panels(prefill, x="q_len", y="tflops", style_by="context", colors=colors, error_bars=False,
+        fig = _line_panels(prefill, x="q_len", y="tflops", style_by="context", styles=styles, error_bars=False,
                            xlabel="tokens per sequence (q_len)", ylabel="TFLOP/s", ceiling=ceiling)
         caption = "Matrix FLOPs per second" + ("; dashed: this machine's measured bf16 matmul rate" if ceiling else
                                                " (no ceiling drawn: none was measured with these results)")
@@ -217,7 +293,7 @@ def throughput_figures(results: ResultSet, colors: dict[str, str]) -> list[Figur
     if len(decode):
         peak = ceilings.get("copy_tbps")
         ceiling = (float(peak), f"device copy ceiling {float(peak):.2f} TB/s") if peak else None
-        fig = _line_panels(decode, x="context", y="tbps", style_by=None, colors=colors, error_bars=False,
+        fig = _line_panels(decode, x="context", y="tbps", style_by=None, styles=styles, error_bars=False,
                            xlabel="context (cached tokens per sequence)", ylabel="TB/s", ceiling=ceiling)
         caption = "Bytes at least moved per second" + ("; dashed: this machine's measured copy bandwidth" if ceiling else
                                                        " (no ceiling drawn: none was measured with these results)")
@@ -237,8 +313,33 @@ def _speedup_grid(own: pd.DataFrame, ref: pd.Series, batches: list, columns: lis
             grid[i, k] = math.log2(ref[row["case"]] / row["median_us"])
             labels[i][k] = f"{2 ** grid[i, k]:.2f}×"
         else:
-            labels[i][k] = "no ref" if row["verdict"] == "ok" else row["verdict"]
+            labels[i][k] = heat_label("no ref" if row["verdict"] == "ok" else row["verdict"])
     return grid, labels
+
+
+HEAT_LABELS = {**SYMBOLS, "no ref": "n/r"}
+"""Short labels of untimed heat-map cells (the capability matrix's symbols): a verdict's full word
+overflows a cell; the figure's caption spells them out."""
+CHAR_WIDTH_EM = 0.62
+"""Average advance of a DejaVu Sans character in ems (digits and lower case), for fitting a label."""
+
+
+def heat_label(verdict: str) -> str:
+    """The text of an untimed heat-map cell: its symbol, or the verdict cut to four characters."""
+    return HEAT_LABELS.get(verdict, verdict[:4])
+
+
+def fit_fontsize(text: str, cell_width_pt: float, largest: float = 7.0, smallest: float = 4.0) -> float:
+    """The largest font size (points, within [smallest, largest]) at which ``text`` fits a cell
+    ``cell_width_pt`` wide with a little margin."""
+    needed = max(len(text), 1) * CHAR_WIDTH_EM
+    return max(smallest, min(largest, 0.9 * cell_width_pt / needed))
+
+
+def _heat_caption_key(labels) -> str:
+    """'— unsupported, skip skipped' for the symbols a heat map shows."""
+    shown = {text for row in labels for text in row}
+    return ", ".join(f"{symbol} {word}" for word, symbol in HEAT_LABELS.items() if symbol in shown and symbol != word)
 
 
 def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
@@ -263,8 +364,10 @@ def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
         finite = [np.abs(g[np.isfinite(g)]).max() for g, _ in grids.values() if np.isfinite(g).any()]
         span = max([1.0, *finite])
         norm = Normalize(-span, span)
+        width = min(0.62 * len(columns) * len(pages) + 1.6, 12.5)
+        cell_pt = (width - 1.6) / (len(columns) * len(pages)) * 72
         fig, axes = plt.subplots(1, len(pages), squeeze=False, layout="constrained",
-                                 figsize=(min(0.62 * len(columns) * len(pages) + 1.6, 12.5), 0.42 * len(batches) + 1.5))
+                                 figsize=(width, 0.42 * len(batches) + 1.5))
         for ax, page in zip(axes[0], pages):
             grid, labels = grids[page]
             ax.imshow(np.ma.masked_invalid(grid), cmap=SPEEDUP_CMAP, norm=norm, aspect="auto")
@@ -273,7 +376,8 @@ def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
                     ax.add_patch(Rectangle((k - 0.5, i - 0.5), 1, 1, color="#d0d4d9", linewidth=0))
                 if labels[i][k]:
                     dark = np.isfinite(grid[i, k]) and abs(grid[i, k]) > 0.6 * span
-                    ax.text(k, i, labels[i][k], ha="center", va="center", fontsize=7, color="white" if dark else "#222")
+                    ax.text(k, i, labels[i][k], ha="center", va="center", fontsize=fit_fontsize(labels[i][k], cell_pt),
+                            color="white" if dark else "#222")
             ax.set_xticks(range(len(columns)))
             ax.set_xticklabels([f"q{length_label(q)}\nc{length_label(c)}" for q, c in columns], fontsize=7)
             ax.set_yticks(range(len(batches)))
@@ -285,10 +389,12 @@ def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
         ticks = [t for t in range(-6, 7) if abs(t) <= span]
         bar.set_ticks(ticks)
         bar.set_ticklabels([f"{2.0 ** t:g}×" for t in ticks])
+        key = _heat_caption_key(row for _, labels in grids.values() for row in labels)
         figure_id = f"plot-speedup-{_slug(backend)}"
         figures.append(Figure(figure_id, f"Speed-up of {backend} against {reference}",
                               f"{reference} time / {backend} time per cell: green = {backend} faster. "
-                              "Grey: not timed (verdict shown); blank: no such case in the sweep.",
+                              f"Grey: not timed (verdict shown{': ' + key if key else ''}); "
+                              "blank: no such case in the sweep.",
                               _svg(fig, figure_id)))
     return figures
 
@@ -316,14 +422,14 @@ def _roofline_slots(rows: pd.DataFrame) -> list[tuple[str, str] | None]:
     return slots
 
 
-def roofline_figure(results: ResultSet, colors: dict[str, str]) -> Figure | None:
+def roofline_figure(results: ResultSet, styles: dict[str, BackendStyle]) -> Figure | None:
     """Grouped bars, one panel per page size: per case (grouped by workload kind), each backend's
     share of the binding ceiling (the larger of % matmul and % copy)."""
     shares = roofline_share(results.ok_rows)
     if shares.empty:
         return None
     pages = sorted(shares["page_size"].unique())
-    backends = [b for b in colors if b in set(shares["backend"])]
+    backends = [b for b in styles if b in set(shares["backend"])]
     most = max(len(_roofline_slots(shares[shares["page_size"] == page])) for page in pages)
     width = min(max(6.0, 0.11 * most * max(2, len(backends)) + 1.5), 12.5)
     fig, axes = plt.subplots(len(pages), 1, squeeze=False, layout="constrained", figsize=(width, 2.9 * len(pages) + 0.5))
@@ -335,7 +441,8 @@ def roofline_figure(results: ResultSet, colors: dict[str, str]) -> Figure | None
             own = rows[rows["backend"] == backend].set_index("case")
             xs = [x for x, slot in enumerate(slots) if slot is not None and slot[1] in own.index]
             ax.bar([x - 0.4 + bar * (b + 0.5) for x in xs], [own.loc[slots[x][1], "roofline_pct"] for x in xs],
-                   width=bar, color=colors[backend], label=backend)
+                   width=bar, color=styles[backend].color, hatch=styles[backend].hatch, edgecolor="white",
+                   linewidth=0, label=backend)
         first = {row["case"]: row for row in rows.drop_duplicates("case").to_dict("records")}
         labels = []
         for slot in slots:
@@ -362,7 +469,7 @@ def roofline_figure(results: ResultSet, colors: dict[str, str]) -> Figure | None
         ax.set_ylabel("% of binding ceiling")
         ax.set_title(f"page {int(page)}", loc="left")
         ax.grid(axis="x", visible=False)
-    handles = [Patch(color=colors[b], label=b) for b in backends]
+    handles = [_bar_handle(styles[b], b) for b in backends]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False)
     return Figure("plot-roofline", "Share of the roofline",
                   "Per case, the larger of % of the matmul ceiling and % of the copy ceiling (the binding one: "
@@ -419,7 +526,7 @@ def comparison_figure(comparison) -> Figure | None:
                   _svg(fig, "plot-comparison"))
 
 
-def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | None) -> Figure | None:
+def variant_figure(results: ResultSet, styles: dict[str, BackendStyle], reference: str | None) -> Figure | None:
     """The cells outside the main variant (other head configurations, dtypes, pools), each next to its
     twin of the main variant: per backend, the speed-up against ``reference`` (its time / the
     backend's), one group of bars per cell. Without a reference, each backend's time."""
@@ -438,7 +545,7 @@ def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | 
             if name not in labels:
                 labels.append(name)
                 groups.append(rows[rows["case"] == name].set_index("backend")["median_us"])
-    backends = [b for b in colors if any(b in group.index for group in groups)]
+    backends = [b for b in styles if any(b in group.index for group in groups)]
     if not backends:
         return None
     height = 0.8 / max(1, len(backends))
@@ -455,7 +562,8 @@ def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | 
             else:
                 values.append(group[backend])
             ys.append(y - 0.4 + height * (b + 0.5))
-        ax.barh(ys, values, height=height, color=colors[backend], label=backend)
+        ax.barh(ys, values, height=height, color=styles[backend].color, hatch=styles[backend].hatch,
+                edgecolor="white", linewidth=0, label=backend)
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
@@ -467,7 +575,7 @@ def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | 
     else:
         ax.set_xlabel("median µs")
     ax.grid(axis="y", visible=False)
-    fig.legend(handles=[Patch(color=colors[b], label=b) for b in backends], loc="outside upper center",
+    fig.legend(handles=[_bar_handle(styles[b], b) for b in backends], loc="outside upper center",
                ncol=min(len(backends), 6), frameon=False)
     what = f"speed-up against {reference}: right of 1 is faster" if reference else "median time: shorter is faster"
     return Figure("plot-variants", "Other head configurations, dtypes and pools",
@@ -475,13 +583,14 @@ def variant_figure(results: ResultSet, colors: dict[str, str], reference: str | 
                   _svg(fig, "plot-variants"))
 
 
-def result_figures(results: ResultSet, colors: dict[str, str], baseline: str | None) -> dict[str, list[Figure]]:
+def result_figures(results: ResultSet, styles: dict[str, BackendStyle], baseline: str | None
+                   ) -> dict[str, list[Figure]]:
     """Every figure of one result set, grouped by section: latency, throughput, speed-up against
     ``baseline`` (the standard cells' maps, then the variants beside their twins), roofline."""
     with plt.rc_context(STYLE):
-        roofline = roofline_figure(results, colors)
-        variants = variant_figure(results, colors, baseline)
-        return {"latency": latency_figures(results, colors), "throughput": throughput_figures(results, colors),
+        roofline = roofline_figure(results, styles)
+        variants = variant_figure(results, styles, baseline)
+        return {"latency": latency_figures(results, styles), "throughput": throughput_figures(results, styles),
                 "speedup": speedup_figures(results, baseline) + ([variants] if variants else []),
                 "roofline": [roofline] if roofline else []}
 
