@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 
 import pandas as pd
 
-from reports.model import OK, ResultSet, load_results
+from reports.model import CPU_SMOKE_NOTE, OK, ResultSet, load_results
 from reports.text import compact, is_missing, percent, text_table
 
 NOISE_FLOOR = 0.05
@@ -354,8 +354,9 @@ def format_comparison_text(comparison: Comparison, *, show_same: bool = False) -
     """The comparison for a terminal or a closing note: sides, provenance differences, counts, and
     every flagged cell and capability change (all cells with ``show_same``)."""
     old, new = comparison.old, comparison.new
-    lines = [f"Version comparison: old = {old.label}, new = {new.label}",
-             f"Noise band per cell: {NOISE_RULE}", ""]
+    on_cpu = old.measured_on_cpu or new.measured_on_cpu
+    lines = ([f"CPU run: {CPU_SMOKE_NOTE}", ""] if on_cpu else []) + [
+        f"Version comparison: old = {old.label}, new = {new.label}", f"Noise band per cell: {NOISE_RULE}", ""]
     if len(comparison.provenance):
         lines += ["Provenance differences:",
                   text_table(["field", "old", "new"], comparison.provenance[["field", "old", "new"]].values.tolist()), ""]
@@ -367,6 +368,8 @@ def format_comparison_text(comparison: Comparison, *, show_same: bool = False) -
     regressions = comparison.regressions
     lines.append(f"Regressions: {len(regressions)} ({comparison.regression_breakdown()})" if regressions
                  else "Regressions: none")
+    if on_cpu and regressions:
+        lines[-1] += " - CPU timings: not findings (see the note at the top)"
     lines.append("")
     cells = comparison.cells
     if len(cells):

@@ -17,7 +17,7 @@ from records.schema import GLOSSARY
 from reports import plots
 from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
-from reports.model import ResultSet
+from reports.model import CPU_SMOKE_NOTE, ResultSet
 from reports.tables import backend_summaries, config_text, win_counts, winners, write_csv
 from reports.text import compact, duration, is_missing
 
@@ -173,16 +173,18 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
     declared = effective_declarations(results, declarations)
     reference = baseline_backend(declared)
     registered = [backend for backend, values in declared.items() if values.get("in_sweep", True)]
-    win_table = winners(results)
+    on_cpu = results.measured_on_cpu or (baseline is not None and baseline.measured_on_cpu)
+    win_table = pd.DataFrame() if on_cpu else winners(results)  # CPU timings name no winner (CPU_SMOKE_NOTE)
     styles = plots.backend_styles(sorted(set(results.rows["backend"]) - {""}),
                                   {backend: values.get("color") for backend, values in declared.items()})
     colors = {backend: style.color for backend, style in styles.items()}
-    figures = plots.result_figures(results, styles, reference)
+    figures = plots.result_figures(results, styles, None if on_cpu else reference)
     comparison = compare(baseline, results) if baseline is not None else None
     sets = [("results", results)] + ([("baseline", baseline)] if baseline is not None else [])
     matrix = capability_matrix(results)
     return {
         "title": title or f"Paged-attention benchmark: {results.label}",
+        "cpu_note": CPU_SMOKE_NOTE if on_cpu else "",
         "generated_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "label": results.label, "headline": _headline(results), "reference": reference,
         "timer_words": _timer_words(results), "warnings": results.warnings + (baseline.warnings if baseline else []),

@@ -34,6 +34,18 @@ NUMERIC_COLUMNS: list[str] = [
 WORKLOAD_ORDER: tuple[str, ...] = ("decode", "spec-decode", "prefill", "mixed")
 OK = "ok"
 SKIPPED = "skipped"
+ERROR = "error"
+NOT_HERE_WORDS: tuple[str, ...] = (
+    "Unable to find symbol", "cannot open shared object file", "No module named", "runs on CUDA devices only",
+    "CUDA is not available", "not loadable here")
+"""Words of an error that says the backend cannot run on this machine at all (its library or device is
+missing, e.g. nvidia-cudnn-frontend without the cuDNN library: "Unable to find symbol cudnnGetVersion"):
+such a cell is shown as skipped (not available here), not as a failure of the backend."""
+CPU_SMOKE_NOTE = (
+    "These results were measured on a CPU: they are a smoke test of the pipeline (Triton's interpreter, JAX and "
+    "torch on the host), not a measurement of the backends. CPU timings swing by two orders of magnitude between "
+    "runs, so no winners, margins, speed-ups or regressions are named from them.")
+"""What every report of a CPU run says at its top (one text for the page and the terminal)."""
 
 
 def rows_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -128,6 +140,22 @@ def workload_rank(kinds: pd.Series) -> pd.Series:
     return kinds.map(lambda kind: order.get(kind, len(order)))
 
 
+def cannot_run_here(reason: str) -> bool:
+    """True when an error's text says the backend cannot run on this machine (`NOT_HERE_WORDS`)."""
+    return any(words in str(reason) for words in NOT_HERE_WORDS)
+
+
+def _available_no(record: dict[str, Any]) -> bool:
+    return str(record.get("available", "")).lower() in ("no", "false")
+
+
+def not_here_rows(rows: pd.DataFrame, availability: dict[str, dict[str, Any]]) -> pd.Series:
+    """Error rows of backends that could not run here: their runs recorded them unavailable, or the
+    error's words say the library or device is missing (`cannot_run_here`)."""
+    unavailable = {backend for backend, record in availability.items() if _available_no(record)}
+    return (rows["verdict"] == ERROR) & (rows["backend"].isin(unavailable) | rows["reason"].map(cannot_run_here))
+
+
 def _sort_key(frame: pd.DataFrame) -> pd.Series:
     return workload_rank(frame["workload"])
 
@@ -144,6 +172,29 @@ class ResultSet:
     name: str = ""
     warnings: list[str] = field(default_factory=list)
     """What reading the folder could not take in (unreadable lines, with their numbers)."""
+
+    def __post_init__(self) -> None:
+        """Error cells of a backend that cannot run here become skipped, with the reason (`not_here_rows`)."""
+        if len(self.rows):
+            mask = not_here_rows(self.rows, self.availability())
+            if mask.any():
+                self.rows = self.rows.copy()
+                availability = self.availability()
+                self.rows.loc[mask, "reason"] = [
+                    f"not available here: {reason or availability.get(backend, {}).get('reason', '')}"
+                    for backend, reason in zip(self.rows.loc[mask, "backend"], self.rows.loc[mask, "reason"])]
+                self.rows.loc[mask, "verdict"] = SKIPPED
+
+    @property
+    def measured_on_cpu(self) -> bool:
+        """True when these results hold no GPU measurement: every row names a CPU device, or (rows naming
+        none) every run's provenance says it had no GPU. Their timings are a smoke test (`CPU_SMOKE_NOTE`)."""
+        devices = {str(device) for device in self.rows["device"] if device}
+        if devices:
+            return not any(device.startswith("cuda") for device in devices)
+        records = [record for record in self.runs["provenance"] if record]
+        return bool(records) and all(not record.get("gpu_count") and str(record.get("gpu") or "none").lower()
+                                     in ("none", "cpu") for record in records)
 
     @classmethod
     def from_records(cls, rows: Iterable[dict[str, Any]], runs: Iterable[dict[str, Any]] = (),
