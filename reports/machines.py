@@ -609,7 +609,8 @@ def _scatter_figure(mset: MachineSet) -> Any:
         ax.set_box_aspect(1)
         ax.set_xlabel(f"% of ceiling on {mset.reference.label}")
         ax.set_ylabel(f"% of ceiling on {machine.label}")
-    handles = [Line2D([], [], marker=style.marker, linestyle="", color=style.color, label=b) for b, style in styles.items()
+    handles = [Line2D([], [], marker=style.marker, linestyle="", color=style.color, label=b)
+               for b, style in styles.items()
                if b in set(mset.cells["backend"]) and mset.cells.loc[mset.cells["backend"] == b, "share_0"].notna().any()]
     handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="#d62728",
                           label="stands out"))

@@ -413,7 +413,8 @@ def roofline_share(rows: pd.DataFrame) -> pd.DataFrame:
 
 def _roofline_slots(rows: pd.DataFrame) -> list[tuple[str, str] | None]:
     """x slots of one panel: (kind, case) in workload order, a None gap between kinds."""
-    ordered = rows.assign(_k=workload_rank(rows["workload"])).sort_values(["_k", "batch_size", "q_len", "context", "case"])
+    ordered = rows.assign(_k=workload_rank(rows["workload"])).sort_values(
+        ["_k", "batch_size", "q_len", "context", "case"])
     slots: list[tuple[str, str] | None] = []
     for kind, case in dict.fromkeys(zip(ordered["workload"], ordered["case"])):
         if slots and slots[-1] is not None and slots[-1][0] != kind:
@@ -517,7 +518,8 @@ def comparison_figure(comparison) -> Figure | None:
         ax.set_ylabel("new / old time")
         ax.set_title(backend, loc="left")
         ax.grid(axis="x", visible=False)
-    axes[-1, 0].set_xlabel(f"cells ({', '.join(workload_kinds(timed['workload']))}; by page size, batch, tokens, context)")
+    kinds = ", ".join(workload_kinds(timed["workload"]))
+    axes[-1, 0].set_xlabel(f"cells ({kinds}; by page size, batch, tokens, context)")
     handles = [Patch(color="#d9d9d9", label="noise band")] + [
         Line2D([], [], marker="o", linestyle="", color=c, label=s) for s, c in STATUS_COLORS.items()]
     fig.legend(handles=handles, loc="outside upper center", ncol=4, frameon=False)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from adapters.batch import BatchSpec, make_batch
-from adapters.backends.flex_paged import (PAGE_SIZE_ONE, PATH_BATCHED, PATH_PACKED, Q_BLOCK, FlexPagedAdapter, _smaller_tile,
+from adapters.backends.flex_paged import (PAGE_SIZE_ONE, PATH_BATCHED, PATH_PACKED, Q_BLOCK, FlexPagedAdapter,
+                                          _smaller_tile,
                                           batched_query_view, document_ids, dynamo_settings, flex_path,
                                           logical_block_mask_indices, logical_page_table, make_logical_mask_mod,
                                           make_mask_mod, packed_lse, packed_output, paged_block_mask_indices,

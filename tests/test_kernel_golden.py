@@ -252,7 +252,8 @@ def golden_problems(case: Case, got: dict, stored: dict) -> list[str]:
     if not got["finite"]:
         problems.append("non-finite output (a NaN slot reached it)")
     if not got["reference_error"] <= REFERENCE_ATOL[case.dtype]:
-        problems.append(f"max |out - float64 reference| = {got['reference_error']:.3g} > {REFERENCE_ATOL[case.dtype]:.3g}")
+        problems.append(f"max |out - float64 reference| = {got['reference_error']:.3g} "
+                        f"> {REFERENCE_ATOL[case.dtype]:.3g}")
     problems += [f"sample {m}" for m in sample_mismatches(got["samples"], stored["samples"], SAMPLE_ATOL[case.dtype])]
     return problems
 
@@ -341,7 +342,8 @@ def main(argv: list[str]) -> int:
             if row["reference_error"] > REFERENCE_ATOL[case.dtype] or not row["finite"]:
                 print(f"{case.name}: off the float64 reference ({row['reference_error']:.3g}); not written")
                 return 1
-            print(f"{case.name} {time.perf_counter() - started:.2f}s error {row['reference_error']:.2g}", file=sys.stderr)
+            print(f"{case.name} {time.perf_counter() - started:.2f}s error {row['reference_error']:.2g}",
+                  file=sys.stderr)
         lines = ",\n".join(f"  {json.dumps(name)}: {json.dumps(row)}" for name, row in cases.items())
         GOLDEN.write_text(
             '{"note": "Per case: the configuration label, split count, largest difference from the float64 reference '

@@ -81,8 +81,8 @@ def test_report_with_sixteen_backends_shows_a_distinct_mark_per_card(tmp_path):
     page = render_report(load_results(folder), tmp_path / "report.html").read_text()
     marks = {}
     for name in SIXTEEN:
-        card = re.search(rf'id="backend-{re.escape(name)}">\s*<h3><span class="mark"[^>]*style="color: ([^"]+)">([^<]+)<',
-                         page)
+        card = re.search(rf'id="backend-{re.escape(name)}">\s*<h3><span class="mark"[^>]*'
+                         r'style="color: ([^"]+)">([^<]+)<', page)
         assert card, name
         marks[name] = card.groups()
     assert len(set(marks.values())) == len(SIXTEEN)
