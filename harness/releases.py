@@ -9,7 +9,7 @@ the way my engine calls it, on my model's shapes?" in one command.
 Every way users call cuDNN is a row of its own (`adapters.base.rows_calling`: the cuDNN bindings of
 ``adapters/backends/cudnn_sdpa.py`` and FlashInfer's cuDNN path), and every one is gated (output and LSE)
 and timed in each release by default; ``--backends`` narrows that. The cells are any selection ``run``
-takes (``--sweep``, ``--case``, ``--sweep-file``, ``--model``, ``--heads``, ...; default: the ``release``
+takes (``--sweep``, ``--case``, ``--sweep-file``, ``--model``, ``--heads``, ...; default: the ``short``
 sweep). Each release runs in its own process (`harness.environments.run_environment`: fetched and cached
 by `harness.cudnn_release`, preloaded), optionally after the capability probe, into ``<out>/<label>/``
 (resumable: a rerun measures only what is missing). Then `reports.releases` writes ``<out>/releases.html``,
@@ -35,8 +35,9 @@ from harness.errors import UsageError
 from records.schema import RESULTS_FILE
 
 DEFAULT_OUT = Path("bench-out/releases")
-DEFAULT_SWEEP = "release"
-"""The sweep a release check runs when no selection option is given (`harness.sweep._release_cases`)."""
+DEFAULT_SWEEP = "short"
+"""The sweep a release check runs when no selection option is given: the headline cells plus every head
+grouping's decode, speculative decoding and the decode-heavy mixed step (`harness.sweep._short_cases`)."""
 LIBRARY = "cudnn"
 """The library whose releases this command qualifies: every backend row calling it is gated by default."""
 

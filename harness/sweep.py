@@ -263,9 +263,6 @@ SWEEP_AXES: dict[str, dict[str, Axes]] = {
     },
 }
 
-SWEEP_AXES["release"] = SWEEP_AXES["short"]
-"""`paged-bench releases`' default sweep: the short sweep's axes plus the cells of `_release_cases`."""
-
 RETIRED_FROM_DEFAULT: dict[str, str] = {
     f"prefill-b{b}-q{q}-c1024-p{p}": "prefill at context 1024 sits between contexts 0 and 2048, which stay; "
                                      "dropped to make room for the head/dtype cells (the short sweep keeps "
@@ -295,11 +292,12 @@ def _default_cases() -> tuple[Case, ...]:
     return tuple(cases)
 
 
-def _release_cases() -> tuple[Case, ...]:
-    """The cells a cuDNN release check adds to the short sweep: decode in every head grouping (MHA 1:1,
-    GQA 4:1, MQA-like 8:1 with one KV head, D 256), a small-batch long-context decode, speculative decoding
-    (2-8 and 4 new tokens per sequence) and the decode-heavy mixed step: the shapes where a release has
-    broken one binding while the others worked (docs/backends.md, cuDNN)."""
+def _short_cases() -> tuple[Case, ...]:
+    """The short sweep's cells beyond its axes: decode in every head grouping (MHA 1:1, GQA 4:1 is the
+    axes', 8:1 with one KV head, D 256), a small-batch long-context decode, speculative decoding (4 and
+    2-8 new tokens per sequence) and the decode-heavy mixed step: the shapes where a cuDNN release has
+    broken one binding while the others worked (docs/backends.md), so that the quick check and the
+    release check (`paged-bench releases`) see them."""
     decode = ("decode-b64-q1-c4096", "64q1c4k")
     return (
         make_case(*decode, 16, num_q_heads=32, num_kv_heads=32, head_dim=128),    # MHA
@@ -312,8 +310,7 @@ def _release_cases() -> tuple[Case, ...]:
     )
 
 
-SWEEP_CASES: dict[str, tuple[Case, ...]] = {"default": _default_cases(), "short": (), "cpu-tiny": (),
-                                            "release": _release_cases()}
+SWEEP_CASES: dict[str, tuple[Case, ...]] = {"default": _default_cases(), "short": _short_cases(), "cpu-tiny": ()}
 """Named cases of each sweep beyond its axes."""
 
 

@@ -196,13 +196,13 @@ def test_good_selection_values_reach_every_release_process(capsys, monkeypatch, 
     assert "--sweep" not in args  # --case given: no built-in sweep added
 
 
-def test_releases_default_to_the_release_sweep_and_narrow_by_binding(monkeypatch, tmp_path):
+def test_releases_default_to_the_short_sweep_and_narrow_by_binding(monkeypatch, tmp_path):
     _gpu_here(monkeypatch)
     calls = []
     monkeypatch.setattr("harness.releases.run_environment", lambda env, folder, args: calls.append(args) or 3)
     cli.main(["releases", "9.19.0.56", "9.28.1.4", "--binding", "cudnn-stats-ragged", "--out", str(tmp_path)])
     args = calls[0]
-    assert args[args.index("--sweep") + 1] == "release"
+    assert args[args.index("--sweep") + 1] == "short"
     assert args[args.index("--backends") + 1] == "cudnn-stats-ragged"
 
 
