@@ -73,7 +73,10 @@ def _gpu_key() -> str:
     parts = [sys.executable, os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")]
     with contextlib.suppress(OSError):
         parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    spec = importlib.util.find_spec("torch")
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):  # no torch here (or an import hook that hides it): nothing to key on
+        spec = None
     for folder in (spec.submodule_search_locations or []) if spec else []:
         with contextlib.suppress(OSError):
             version = Path(folder) / "version.py"

@@ -623,10 +623,10 @@ def machine_figures(mset: MachineSet) -> dict[str, Any]:
     """``overview``: the share scatter; ``workloads``: [(workload, [time figure, share figure])]."""
     import matplotlib.pyplot as plt
 
-    from reports.plots import STYLE, Figure, _slug, _svg
+    from reports.plots import STYLE, Figure, slug, svg_of
 
     def figure(fig, figure_id: str, title: str, caption: str) -> list[Figure]:
-        return [Figure(figure_id, title, caption, _svg(fig, figure_id))] if fig is not None else []
+        return [Figure(figure_id, title, caption, svg_of(fig, figure_id))] if fig is not None else []
 
     labels = " · ".join(m.label for m in mset.machines)
     with plt.rc_context(STYLE):
@@ -635,12 +635,12 @@ def machine_figures(mset: MachineSet) -> dict[str, Any]:
                           f"equally well; outside the dashed band (±{mset.threshold:.0%}) it stands out.")
         workloads = []
         for workload in mset.workloads:
-            slug = _slug(workload)
-            time = figure(_bar_figure(mset, workload, "median_us"), f"plot-machines-time-{slug}",
+            name = slug(workload)
+            time = figure(_bar_figure(mset, workload, "median_us"), f"plot-machines-time-{name}",
                           f"{workload}: median time per cell on each machine",
                           f"Bars side by side: {labels}. Log scale; lower is faster. Shaded: the share stands out; "
                           "x: present but not timed.")
-            share = figure(_bar_figure(mset, workload, "share"), f"plot-machines-share-{slug}",
+            share = figure(_bar_figure(mset, workload, "share"), f"plot-machines-share-{name}",
                            f"{workload}: share of each machine's own binding ceiling",
                            "The larger of % of the machine's measured bf16 matmul rate and % of its copy bandwidth; "
                            "100 % = that machine's ceiling, so machines of different speed compare fairly.")

@@ -140,7 +140,7 @@ def _bar_handle(style: BackendStyle, label: str) -> Patch:
     return Patch(facecolor=style.color, hatch=style.hatch, edgecolor="white", linewidth=0, label=label)
 
 
-def _svg(fig: plt.Figure, figure_id: str) -> str:
+def svg_of(fig: plt.Figure, figure_id: str) -> str:
     buffer = io.StringIO()
     with plt.rc_context({"svg.hashsalt": figure_id}):
         fig.savefig(buffer, format="svg")
@@ -266,13 +266,13 @@ def latency_figures(results: ResultSet, styles: dict[str, BackendStyle]) -> list
         fig = _line_panels(decode, x="context", y="median_us", style_by=None, styles=styles, error_bars=True,
                            xlabel="context (cached tokens per sequence)", ylabel="median µs (q1–q3)")
         figures.append(Figure("plot-latency-decode", "Decode latency against context", "Median launch time with q1–q3 error bars; "
-                              "lower is better.", _svg(fig, "plot-latency-decode")))
+                              "lower is better.", svg_of(fig, "plot-latency-decode")))
     prefill = _ok(results, "prefill")
     if len(prefill):
         fig = _line_panels(prefill, x="q_len", y="median_us", style_by="context", styles=styles, error_bars=True,
                            xlabel="tokens per sequence (q_len)", ylabel="median µs (q1–q3)")
         figures.append(Figure("plot-latency-prefill", "Prefill latency against tokens per sequence", "Median launch time with q1–q3 error bars; "
-                              "line style = cached context; lower is better.", _svg(fig, "plot-latency-prefill")))
+                              "line style = cached context; lower is better.", svg_of(fig, "plot-latency-prefill")))
     return figures
 
 
@@ -288,7 +288,7 @@ def throughput_figures(results: ResultSet, styles: dict[str, BackendStyle]) -> l
         caption = "Matrix FLOPs per second" + ("; dashed: this machine's measured bf16 matmul rate" if ceiling else
                                                " (no ceiling drawn: none was measured with these results)")
         figures.append(Figure("plot-tflops-prefill", "Prefill compute throughput (TFLOP/s)", caption + ". Higher is better.",
-                              _svg(fig, "plot-tflops-prefill")))
+                              svg_of(fig, "plot-tflops-prefill")))
     decode = _ok(results, "decode").dropna(subset=["tbps"])
     if len(decode):
         peak = ceilings.get("copy_tbps")
@@ -298,7 +298,7 @@ def throughput_figures(results: ResultSet, styles: dict[str, BackendStyle]) -> l
         caption = "Bytes at least moved per second" + ("; dashed: this machine's measured copy bandwidth" if ceiling else
                                                        " (no ceiling drawn: none was measured with these results)")
         figures.append(Figure("plot-tbps-decode", "Decode memory throughput (TB/s)", caption + ". Higher is better.",
-                              _svg(fig, "plot-tbps-decode")))
+                              svg_of(fig, "plot-tbps-decode")))
     return figures
 
 
@@ -390,16 +390,16 @@ def speedup_figures(results: ResultSet, reference: str | None) -> list[Figure]:
         bar.set_ticks(ticks)
         bar.set_ticklabels([f"{2.0 ** t:g}×" for t in ticks])
         key = _heat_caption_key(row for _, labels in grids.values() for row in labels)
-        figure_id = f"plot-speedup-{_slug(backend)}"
+        figure_id = f"plot-speedup-{slug(backend)}"
         figures.append(Figure(figure_id, f"Speed-up of {backend} against {reference}",
                               f"{reference} time / {backend} time per cell: green = {backend} faster. "
                               f"Grey: not timed (verdict shown{': ' + key if key else ''}); "
                               "blank: no such case in the sweep.",
-                              _svg(fig, figure_id)))
+                              svg_of(fig, figure_id)))
     return figures
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -475,7 +475,7 @@ def roofline_figure(results: ResultSet, styles: dict[str, BackendStyle]) -> Figu
     return Figure("plot-roofline", "Share of the roofline",
                   "Per case, the larger of % of the matmul ceiling and % of the copy ceiling (the binding one: "
                   "'FLOP' = compute-bound, 'mem' = memory-bound). 100 % = the machine's measured ceiling.",
-                  _svg(fig, "plot-roofline"))
+                  svg_of(fig, "plot-roofline"))
 
 
 def comparison_figure(comparison) -> Figure | None:
@@ -525,7 +525,7 @@ def comparison_figure(comparison) -> Figure | None:
     fig.legend(handles=handles, loc="outside upper center", ncol=4, frameon=False)
     return Figure("plot-comparison", "Time ratio per cell",
                   "Above 1: the new set is slower. Grey: the cell's noise band; red / green: outside it.",
-                  _svg(fig, "plot-comparison"))
+                  svg_of(fig, "plot-comparison"))
 
 
 def variant_figure(results: ResultSet, styles: dict[str, BackendStyle], reference: str | None) -> Figure | None:
@@ -582,7 +582,7 @@ def variant_figure(results: ResultSet, styles: dict[str, BackendStyle], referenc
     what = f"speed-up against {reference}: right of 1 is faster" if reference else "median time: shorter is faster"
     return Figure("plot-variants", "Other head configurations, dtypes and pools",
                   f"Cells outside the standard layer, each under its standard twin where the sweep has one; {what}.",
-                  _svg(fig, "plot-variants"))
+                  svg_of(fig, "plot-variants"))
 
 
 def result_figures(results: ResultSet, styles: dict[str, BackendStyle], baseline: str | None

@@ -48,8 +48,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from reports.compare import CELL_FIELDS, NOISE_FLOOR, NOISE_RULE, Comparison, Finding, compare  # noqa: E402
-from reports.model import OK, WORKLOAD_ORDER, ResultSet, load_results  # noqa: E402
-from reports.plots import STYLE, Figure, _svg, short_case  # noqa: E402
+from reports.model import OK, ResultSet, load_results, workload_kinds  # noqa: E402
+from reports.plots import STYLE, Figure, short_case, svg_of  # noqa: E402
 from reports.text import compact, is_missing, percent, text_table  # noqa: E402
 
 __all__ = ["ReleaseComparison", "Behaviour", "compare_releases", "load_releases", "format_releases_text", "releases_summary",
@@ -238,7 +238,7 @@ class ReleaseComparison:
         for record in timeline.to_dict("records"):
             grouped.setdefault(record["cell_id"], {})[record["release"]] = record
             first.setdefault(record["cell_id"], record)
-        order = {kind: i for i, kind in enumerate(WORKLOAD_ORDER)}
+        order = {kind: i for i, kind in enumerate(workload_kinds(timeline["workload"]))}
 
         def key(record):
             return (order.get(record["workload"], len(order)), record["backend"],
@@ -480,8 +480,7 @@ def release_figures(rc: ReleaseComparison) -> list[Figure]:
     timeline = rc.timeline()
     if timeline.empty or len(rc.labels) < 2:
         return []
-    kinds = [k for k in WORKLOAD_ORDER if k in set(timeline["workload"])] + sorted(
-        set(timeline["workload"]) - set(WORKLOAD_ORDER) - {""})
+    kinds = [kind for kind in workload_kinds(timeline["workload"]) if kind]
     if not kinds:
         return []
     positions = list(range(len(rc.labels)))
@@ -546,7 +545,7 @@ def release_figures(rc: ReleaseComparison) -> list[Figure]:
                    Line2D([], [], color=LINE_COLORS["lost"], marker="x", linestyle="", label="stopped working"),
                    Line2D([], [], color=LINE_COLORS["gained"], marker="^", linestyle="", label="started working")]
         fig.legend(handles=handles, loc="outside upper center", ncol=6, frameon=False)
-        svg = _svg(fig, "plot-releases")
+        svg = svg_of(fig, "plot-releases")
     return [Figure("plot-releases", "Each cell's time across releases",
                    f"Time divided by the cell's time on {rc.baseline}, per workload; above 1 is slower. "
                    "Coloured lines: cells outside their noise band on some release.", svg)]

@@ -11,7 +11,7 @@ import pandas as pd
 
 from records.schema import COLUMNS
 from reports.compare import noise_band
-from reports.model import OK, SKIPPED, WORKLOAD_ORDER, ResultSet
+from reports.model import OK, SKIPPED, ResultSet, workload_rank
 
 
 @dataclass
@@ -73,8 +73,7 @@ def winners(results: ResultSet) -> pd.DataFrame:
     frame = pd.DataFrame(records)
     if frame.empty:
         return frame
-    order = {kind: i for i, kind in enumerate(WORKLOAD_ORDER)}
-    frame = frame.assign(_k=frame["workload"].map(order)).sort_values(["_k", "page_size", "batch_size", "q_len", "context"])
+    frame = frame.assign(_k=workload_rank(frame["workload"])).sort_values(["_k", "page_size", "batch_size", "q_len", "context"])
     return frame.drop(columns="_k").reset_index(drop=True)
 
 
