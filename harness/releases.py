@@ -115,7 +115,7 @@ def check_selection(args: argparse.Namespace, backends: str | None) -> None:
 
 
 def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: str | Path, run_args: Sequence[str], *,
-                 fail_on_regression: bool = False, compare_only: bool = False, title: str = "",
+                 fail_on_regression: bool = False, compare_only: bool = False, title: str = "", timing: bool = True,
                  runner: Callable[[EnvSpec, Path, list[str]], int] | None = None,
                  log: Callable[[str], None] = _log) -> int:
     """Run ``run_args`` (`child_run_args`) in each environment (in order; ``compare_only`` skips running
@@ -154,7 +154,7 @@ def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: s
         log(f"the baseline {baseline} has no results ({failed.get(baseline, 'nothing measured')}): nothing to compare")
         return 2
     requested = {env.label: env.cudnn for env in envs if env.cudnn}
-    rc = load_releases(folders, baseline, requested=requested,
+    rc = load_releases(folders, baseline, requested=requested, timing=timing,
                        failed={label: why for label, why in failed.items() if label not in folders})
     for label, why in failed.items():
         if label in folders:
@@ -200,6 +200,9 @@ def add_releases_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="exit 1 when a binding that worked broke, a capability was lost or a cell got slower "
                              "beyond its noise band on some release (for CI)")
     parser.add_argument("--title", default="", help="title of the releases page")
+    parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare times too (default: on); --no-timing compares verdicts, refusals and "
+                             "capabilities only, for runs whose times are not comparable (a shared or busy GPU)")
     return parser
 
 
@@ -225,7 +228,7 @@ def cmd_releases(args: argparse.Namespace) -> int:
             check_gpu(args.device, "releases")
         run_args = child_run_args(args, capability=args.capability, backends=backends)
         return run_releases(envs, args.baseline, args.out, run_args, fail_on_regression=args.fail_on_regression,
-                            compare_only=args.compare_only, title=args.title)
+                            compare_only=args.compare_only, title=args.title, timing=args.timing)
     except UsageError as error:
         _log(str(error))
         return 2

@@ -171,6 +171,10 @@ class OnlyInNew:
 
 DEFAULT_CHECKS: tuple[Check, ...] = (OnlyInOld(), OnlyInNew(), CapabilityLost(), CapabilityGained(), FailureChanged(),
                                      SlowerThanNoise(), FasterThanNoise())
+TIMING_CHECKS = ("slower", "faster")
+BEHAVIOUR_CHECKS: tuple[Check, ...] = tuple(check for check in DEFAULT_CHECKS if check.name not in TIMING_CHECKS)
+"""Verdicts, refusals and capabilities only: for result sets whose timings cannot be compared (measured on
+a shared or busy GPU)."""
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from reports.compare import CELL_FIELDS, NOISE_FLOOR, NOISE_RULE, Comparison, Finding, compare  # noqa: E402
+from reports.compare import (BEHAVIOUR_CHECKS, CELL_FIELDS, DEFAULT_CHECKS, NOISE_FLOOR, NOISE_RULE, Comparison,  # noqa: E402
+                             Finding, compare)
 from reports.model import OK, ResultSet, load_results, workload_kinds  # noqa: E402
 from reports.plots import STYLE, Figure, short_case, svg_of  # noqa: E402
 from reports.text import compact, is_missing, percent, text_table  # noqa: E402
@@ -143,6 +144,8 @@ class ReleaseComparison:
     requested: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """Environments that produced no results, with why (listed, never silently left out)."""
+    timing: bool = True
+    """Whether times were compared; False compares verdicts, refusals and capabilities only (`BEHAVIOUR_CHECKS`)."""
     _timeline: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -302,9 +305,11 @@ class ReleaseComparison:
 
 
 def compare_releases(sets: Sequence[ResultSet] | dict[str, ResultSet], baseline: str | int = 0, *,
-                     requested: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> ReleaseComparison:
+                     requested: dict[str, str] | None = None, failed: dict[str, str] | None = None,
+                     timing: bool = True) -> ReleaseComparison:
     """Compare every set with the baseline (a label or an index into ``sets``), pairwise with
-    `reports.compare.compare`. Labels are the sets' own (``ResultSet.label``) unless a dict is given."""
+    `reports.compare.compare` (behaviour only when ``timing`` is False). Labels are the sets' own
+    (``ResultSet.label``) unless a dict is given."""
     named = dict(sets) if isinstance(sets, dict) else {}
     if not isinstance(sets, dict):
         for results in sets:
@@ -316,9 +321,10 @@ def compare_releases(sets: Sequence[ResultSet] | dict[str, ResultSet], baseline:
     base = list(named)[baseline] if isinstance(baseline, int) else baseline
     if base not in named:
         raise ValueError(f"baseline {base!r} is not one of the releases: {', '.join(named)}")
-    comparisons = {label: compare(named[base], results) for label, results in named.items() if label != base}
+    checks = DEFAULT_CHECKS if timing else BEHAVIOUR_CHECKS
+    comparisons = {label: compare(named[base], results, checks) for label, results in named.items() if label != base}
     return ReleaseComparison(sets=named, baseline=base, comparisons=comparisons, requested=dict(requested or {}),
-                             failed=dict(failed or {}))
+                             failed=dict(failed or {}), timing=timing)
 
 
 def load_releases(folders: dict[str, str | Path], baseline: str | int = 0, **kwargs) -> ReleaseComparison:
@@ -329,8 +335,19 @@ def load_releases(folders: dict[str, str | Path], baseline: str | int = 0, **kwa
 
 # --- text ------------------------------------------------------------------------------------------
 
+TEXT_DETAIL_CHARS = 240
+"""A finding's detail on the terminal is cut here (cuDNN's refusals run to kilobytes); the page and the JSON
+keep it whole."""
+
+
+def _clipped(text: str, limit: int = TEXT_DETAIL_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _finding_rows(rc: ReleaseComparison, findings: list[tuple[str, Finding]]) -> list[list[str]]:
-    return [[label, finding.check.upper(), finding.kind, finding.label, finding.message] for label, finding in findings]
+    return [[label, finding.check.upper(), finding.kind, finding.label, _clipped(finding.message)]
+            for label, finding in findings]
 
 
 def _per_label(behaviours: list[Behaviour], attribute: str) -> str:
@@ -383,7 +400,8 @@ def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> st
     regression, improvement and capability change, and the time of each flagged cell across releases
     (every cell with ``show_all``)."""
     lines = [f"cuDNN releases compared with {rc.baseline} (order: {', '.join(rc.labels)})",
-             f"Noise band per cell: {NOISE_RULE}", ""]
+             f"Noise band per cell: {NOISE_RULE}" if rc.timing else
+             "Timings not compared (--no-timing): verdicts, refusals and capabilities only", ""]
     table = [[r["release"] + (" (baseline)" if r["baseline"] else ""), r["requested"], r["cudnn_backend"],
               r["torch_cudnn"], r["cells"], r["ok"], r["slower"], r["faster"], r["lost"], r["gained"], r["changed"]]
              for r in rc.release_rows()]
@@ -403,7 +421,7 @@ def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> st
         lines.append(text_table(["backend", "case", *rc.labels, "where"], changed))
         reasons = [(b, label) for b in behaviour if b.changed for label in (*b.broke_in, *b.changed_in)]
         for b, label in reasons[:20]:
-            lines.append(f"  {b.backend} {b.case} on {label}: {b.reasons.get(label, '')}"[:400])
+            lines.append(f"  {b.backend} {b.case} on {label}: {_clipped(b.reasons.get(label, ''))}")
     else:
         lines.append("  none: every binding has the same verdict on every release, cell by cell")
     lines.append("")
@@ -413,7 +431,7 @@ def format_releases_text(rc: ReleaseComparison, *, show_all: bool = False) -> st
                              rc.capability_changes), ("Only on one side", rc.missing)):
         if findings:
             lines += [f"{title}:", text_table(headers, _finding_rows(rc, findings)), ""]
-    grid = time_grid(rc, flagged_only=not show_all)
+    grid = time_grid(rc, flagged_only=not show_all) if rc.timing else pd.DataFrame()
     if len(grid):
         lines += [("Every cell" if show_all else "Flagged cells") + " across releases (µs; x ratio to "
                   f"{rc.baseline}; status):", text_table(list(grid.columns), grid.values.tolist()), ""]
@@ -451,7 +469,8 @@ def releases_summary(rc: ReleaseComparison) -> dict[str, Any]:
         return [{"release": label, **finding.as_dict()} for label, finding in findings]
 
     return {
-        "baseline": rc.baseline, "releases": rc.release_rows(), "noise_band": NOISE_RULE,
+        "baseline": rc.baseline, "releases": rc.release_rows(), "noise_band": NOISE_RULE if rc.timing else None,
+        "timing_compared": rc.timing,
         "verdict": verdict_line(rc), "behaviour_changes": [b.as_dict() for b in rc.behaviour() if b.changed],
         "broken": [b.as_dict() for b in rc.broken], "fixed": [b.as_dict() for b in rc.fixed],
         "regressions": listed(rc.regressions), "improvements": listed(rc.improvements),
@@ -478,7 +497,7 @@ def release_figures(rc: ReleaseComparison) -> list[Figure]:
     the bottom, a cross marks a release where a cell stopped working, a triangle one where a cell the
     baseline could not run started working."""
     timeline = rc.timeline()
-    if timeline.empty or len(rc.labels) < 2:
+    if timeline.empty or len(rc.labels) < 2 or not rc.timing:
         return []
     kinds = [kind for kind in workload_kinds(timeline["workload"]) if kind]
     if not kinds:
@@ -580,6 +599,7 @@ def build_releases_context(rc: ReleaseComparison, title: str = "") -> dict[str, 
         "capability_changes": listed(rc.capability_changes), "missing": listed(rc.missing),
         "cells": grid_cells, "figures": release_figures(rc), "markup": Markup,
         "behaviour": rc.behaviour(), "broken": rc.broken, "measured_anything": rc.measured_anything,
+        "timing": rc.timing,
     }
 
 

@@ -429,3 +429,21 @@ def test_release_check_arguments_parse_every_selection_option():
     for option in ("--sweep-file", "--heads", "--seed", "--no-causal", "--pool-pages", "--capability"):
         assert option in words
     assert cmd_releases is not None
+
+
+def test_no_timing_compares_behaviour_only(tmp_path, capsys):
+    """Result sets whose times are not comparable (a shared GPU): --no-timing keeps every verdict change and
+    drops the timing findings, the time plot and the time table."""
+    envs = [EnvSpec(label) for label in _plan()]
+    status = run_releases(envs, None, tmp_path, ["--no-report"], runner=_runner(_plan()), fail_on_regression=True,
+                          timing=False, log=lambda message: None)
+    assert status == 1  # the binding that broke still fails the check
+    text = capsys.readouterr().out
+    assert "Timings not compared" in text and "slower" not in text.lower().split("what changed")[1]
+    summary = json.loads((tmp_path / RELEASES_JSON).read_text())
+    assert summary["timing_compared"] is False
+    assert not [r for r in summary["regressions"] if r["check"] == "slower"]
+    assert {(c["backend"], c["case"]) for c in summary["behaviour_changes"]} == {
+        ("cudnn-stats-ragged", "decode-b64-q1-c4096-p16"), ("cudnn-stats-ragged", "specdec-b64-q4-c4096-p16")}
+    html = (tmp_path / "releases.html").read_text()
+    assert "Timings were not compared" in html and "plot-releases" not in html and 'id="cells"' not in html
