@@ -377,8 +377,8 @@ def verdict_line(rc: ReleaseComparison) -> str:
                          for label, nouns in counts.items())
 
     if not rc.measured_anything:
-        return (f"Nothing was compared: every cell was skipped on every release (no backend that calls cuDNN "
-                f"could run here); see each release's reasons.")
+        return ("Nothing was compared: every cell was skipped on every release (no backend that calls cuDNN "
+                "could run here); see each release's reasons.")
     broken, fixed = rc.broken, rc.fixed
     behaviour = ("behaviour: " + "; ".join(
         [f"{len(broken)} cell(s) broke ({_per_label(broken, 'broke_in')})"] * bool(broken)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from records.schema import COLUMNS
 from reports.compare import noise_band
-from reports.model import OK, SKIPPED, ResultSet, workload_rank
+from reports.model import ResultSet, workload_rank
 
 
 @dataclass

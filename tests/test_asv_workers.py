@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.processes import alive, children
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CASE = 'Case(name="asv-tiny", grammar="2q1c9", page_size=4, num_q_heads=4, num_kv_heads=2, head_dim=32, dtype="fp32")'
 
@@ -59,27 +61,6 @@ def test_workers_start_whatever_script_started_the_parent(tmp_path):
     assert "only_in_the_parent" not in done.stderr
 
 
-def _children(pid: int) -> set[int]:
-    """Process ids whose parent is ``pid`` (Linux /proc)."""
-    found = set()
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == str(pid):
-            found.add(int(status.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_for_worker(parent: subprocess.Popen, pidfile: Path, timeout_s: float = 240.0) -> int:
     """The worker's pid once it is inside a cell (fault-wait writes its pid there)."""
     deadline = time.monotonic() + timeout_s
@@ -94,7 +75,7 @@ def _wait_for_worker(parent: subprocess.Popen, pidfile: Path, timeout_s: float =
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.1)
     return False
@@ -126,7 +107,7 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
                               stderr=subprocess.DEVNULL)
     try:
         worker = _wait_for_worker(parent, pidfile)
-        assert worker in _children(parent.pid)
+        assert worker in children(parent.pid)
         parent.kill()
         parent.wait(30)
         assert _wait_gone(worker, 30), "the worker outlived its parent"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from records.store import ResultStore
+from tests.processes import alive, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 PIDFILE_ENV = "PAGED_BENCH_TEST_PIDFILE"  # tests/faulty_adapters.py's name (not imported: it registers backends)
@@ -37,23 +38,6 @@ def _rows(out: Path) -> list[dict]:
     return ResultStore(out).read_rows() if (out / "results.jsonl").exists() else []
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (Linux /proc)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def _wait_for(condition, run: subprocess.Popen, what: str, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -67,17 +51,10 @@ def _wait_for(condition, run: subprocess.Popen, what: str, timeout_s: float = 30
 def _interrupt(run: subprocess.Popen) -> tuple[int, str, set[int]]:
     """Ctrl-C as a terminal sends it (to the whole process group); the exit status, stderr and the
     processes the run had at that moment."""
-    below = _descendants(run.pid)
+    below = descendants(run.pid)
     os.killpg(run.pid, signal.SIGINT)
     _, stderr = run.communicate(timeout=120)
     return run.returncode, stderr, below
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _assert_clean_exit(status: int, stderr: str, below: set[int]) -> None:
@@ -86,9 +63,9 @@ def _assert_clean_exit(status: int, stderr: str, below: set[int]) -> None:
     assert "Traceback" not in stderr and "Error" not in stderr, stderr[-3000:]
     assert "interrupted" in stderr
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(pid) for pid in below):
+    while time.monotonic() < deadline and any(alive(pid) for pid in below):
         time.sleep(0.1)
-    assert not [pid for pid in below if _alive(pid)], "processes outlived the interrupted run"
+    assert not [pid for pid in below if alive(pid)], "processes outlived the interrupted run"
 
 
 def _resume(out: Path, backends: str) -> list[dict]:

@@ -26,6 +26,7 @@ from harness.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, cont
                             order_by_case, run_cells, summarise_dump)
 from harness.sweep import Case
 from records.store import ResultStore
+from tests.processes import alive, children
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}
@@ -149,26 +150,6 @@ if __name__ == "__main__":
 """
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("slots", [1, 2])
 def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slots):
     script = tmp_path / "sweep.py"
@@ -189,7 +170,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
                 break
             time.sleep(0.1)
         assert sweep.poll() is None, "the sweep ended before it could be killed"
-        workers = _children(sweep.pid) if Path("/proc").exists() else []
+        workers = children(sweep.pid) if Path("/proc").exists() else []
         assert workers or not Path("/proc").exists(), "no worker process found"
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait(10)
@@ -204,9 +185,9 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
     assert first_two <= {row["cell_id"] for row in before} <= good
     for worker in workers:  # an orphaned worker notices its parent is gone and exits
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(worker), f"worker {worker} outlived its killed parent"
+        assert not alive(worker), f"worker {worker} outlived its killed parent"
 
     rows = _run(KILL_CELLS, out_dir, run_id="resumed",
                 slots=[Slot(f"cpu{n}") for n in range(slots)])
