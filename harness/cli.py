@@ -260,12 +260,16 @@ def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None,
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.progress import ProgressReporter
 
+    from harness.shard import resolve_shard
+
+    shard = resolve_shard(args.shard, args.shard_count, os.environ)  # a bad value stops here, before anything
     device_type = _device_type(args.device)
     sweep_label, cases = _select(args, device_type)
     from harness.cell import refuse_what_cannot_fit
 
     refuse_what_cannot_fit(cases, device_type)  # before anything starts: every cell would be oom
     session = _session(args, device_type, sweep_label)
+    session.shard = shard
     out_dir = _create(_writable_folder(Path(args.out), must_be_new=not args.resume))
     print_availability(session.availability(), device_type)
     skipped = [row for row in session.availability()
@@ -275,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              + "; ".join(f"{row['backend']} ({row['reason']})" for row in skipped))
     if device_type == "cuda":
         _log("machine ceilings (measured once per GPU, then read from the cache) ...")
-    session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"))
+    session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"), cases=cases)
     for slot in session.slots:
         if slot.ceilings:
             _log(f"  {slot.label}: bf16 matmul {slot.ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, "
@@ -288,7 +292,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                  "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
     if capability:
         _run_capability(device_type, out_dir, session.backends, session.worker_env)
-    cells = len(cases) * len(session.selected_backends())
+    cells = len(session.cases_here(cases)) * len(session.selected_backends())
+    if shard is not None:
+        _log(f"shard {shard.label} ({shard.source}): {cells} of the sweep's "
+             f"{len(cases) * len(session.selected_backends())} cells")
     _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / 'results.jsonl'}")
     reporter = ProgressReporter(cells, quiet=args.quiet)
     try:
@@ -328,9 +335,28 @@ def render(results_dir: Path, out_path: Path, baseline_dir: Path | None = None) 
     return render_report(results, out_path, baseline=baseline, declarations=_declarations())
 
 
+def _merged_shards(folders: list[Path]):
+    """The folders as one result set when they are shards of one sweep (`run --shard`), else None."""
+    from reports.model import load_results, merge_shards
+
+    return merge_shards([load_results(folder) for folder in folders])
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     folders = [_results_folder(text) for text in args.results]
     baseline = _results_folder(args.baseline, "--baseline") if args.baseline else None
+    if len(folders) > 1 and baseline is None:
+        merged = _merged_shards(folders)
+        if merged is not None:
+            out = Path(args.out) if args.out else folders[0].parent / "report.html"
+            _writable_folder(out.parent, must_be_new=False)
+            _log(merged.warnings[0])  # which shards are merged, which are missing
+            for warning in merged.warnings[1:]:
+                _log(f"warning: {warning}")
+            from reports.html import render_report
+
+            _log(f"report: {render_report(merged, out, declarations=_declarations())}")
+            return 0
     if len(folders) > 1:
         if baseline is not None:
             raise UsageError("--baseline compares two result sets; with several folders the report compares the machines")
@@ -428,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-ms", type=float, default=150.0, help="timed repetitions per cell, in ms (default 150)")
     run.add_argument("--cell-timeout", type=float, default=300.0, help="seconds before a cell is stopped (default 300)")
     run.add_argument("--quiet", action="store_true", help="no progress display (cells that fail are still listed)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="measure only shard I of N of the selection (whole cases, split the same way on every "
+                          "host; `report` merges the N folders). Default: from a Slurm array task or a Kubernetes "
+                          "Indexed Job's environment, else every cell; --shard 1/1 ignores that environment")
+    run.add_argument("--shard-count", metavar="N",
+                     help="the shard count of a Kubernetes Indexed Job, whose JOB_COMPLETION_INDEX gives the "
+                          "shard (default: $PAGED_BENCH_SHARD_COUNT)")
     run.set_defaults(func=cmd_run)
 
     env = commands.add_parser("env", help="backends available here and provenance")

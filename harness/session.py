@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from harness.cell import TimerOptions
 from harness.runner import ProgressCallback, RunConfig, Slot, _environ, run_cells
+from harness.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.sweep import Case
 from records.store import ResultStore
 
@@ -72,7 +73,8 @@ def availability(device_type: str, worker_env: dict[str, str] | None = None) -> 
 class RunSession:
     """A run into ``out_dir`` on ``device_type`` ("cuda" or "cpu"), on the GPUs ``gpus`` (None: one
     worker on the current GPU), with the backends ``backends`` (None: every backend that takes part in
-    sweeps). `start` writes the run's record; `run` measures cells (resumable)."""
+    sweeps), measuring only the cells of ``shard`` (None: all; `harness.shard`). `start` writes the
+    run's record; `run` measures cells (resumable)."""
 
     out_dir: Path
     device_type: str
@@ -84,6 +86,7 @@ class RunSession:
     cell_timeout_s: float = 300.0
     run_id: str = field(default_factory=new_run_id)
     env_id: str = ""
+    shard: Shard | None = None
     slots: list[Slot] = field(default_factory=list)
     slot_failures: list[tuple[str, str]] = field(default_factory=list)
     _availability: list[dict[str, Any]] | None = None
@@ -110,6 +113,10 @@ class RunSession:
     def unknown_backends(self) -> list[str]:
         known = {row["backend"] for row in self.availability()}
         return [name for name in (self.backends or []) if name not in known]
+
+    def cases_here(self, cases: list[Case]) -> list[Case]:
+        """The cases this run measures: the run's shard of the selection (every case without a shard)."""
+        return shard_cases(cases, self.shard)
 
     # --- devices ------------------------------------------------------------------------------
     def _prepare_slots(self, on_slot_failure: Callable[[str, str], None] | None) -> list[Slot]:
@@ -141,8 +148,10 @@ class RunSession:
 
     # --- the run ----------------------------------------------------------------------------
     def start(self, *, extra: dict[str, Any] | None = None,
-              on_slot_failure: Callable[[str, str], None] | None = None) -> dict[str, Any]:
-        """Measure or read the ceilings, collect provenance, and append the run's record to runs.jsonl."""
+              on_slot_failure: Callable[[str, str], None] | None = None,
+              cases: list[Case] | None = None) -> dict[str, Any]:
+        """Measure or read the ceilings, collect provenance, and append the run's record to runs.jsonl
+        (with the shard's record when the run is a shard of ``cases``, the whole selection)."""
         from adapters.base import declared_packages
         from harness import provenance
 
@@ -157,17 +166,22 @@ class RunSession:
         meta = {"run_id": self.run_id, "env_id": self.env_id, "provenance": record,
                 "ceilings": self.slots[0].ceilings, "gpus": gpus, "sweep": self.sweep_label, "argv": self.argv,
                 "started_at": record["date"], "availability": self.availability(), **(extra or {})}
+        if self.shard is not None:
+            if cases is None:
+                raise RuntimeError("a sharded RunSession.start() needs the whole selection (cases=...)")
+            meta[RECORD_KEY] = shard_record(self.shard, cases, self.selected_backends())
         ResultStore(self.out_dir).append_run(meta)
         return meta
 
     def run(self, cases: list[Case], *, resume: bool = True, retry_failed: bool = False,
             on_progress: ProgressCallback | None = None,
             on_slot_failure: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
-        """Gate and time every (backend, case) cell, cases in order, each case's backends together."""
+        """Gate and time every (backend, case) cell of the run's shard of ``cases`` (the whole selection),
+        cases in order, each case's backends together."""
         if not self.slots:
             raise RuntimeError("RunSession.start() must come before run()")
         names = self.selected_backends()
-        cells = [(name, case) for case in cases for name in names]
+        cells = [(name, case) for case in self.cases_here(cases) for name in names]
         config = RunConfig(timer=self.timer, env_id=self.env_id, run_id=self.run_id, worker_env=self.worker_env,
                            cell_timeout_s=self.cell_timeout_s)
         return run_cells(cells, self.out_dir, config, slots=self.slots, resume=resume, retry_failed=retry_failed,

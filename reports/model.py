@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -328,3 +328,60 @@ def load_results(path: str | Path, name: str = "") -> ResultSet:
 def _line_list(numbers: list[int], limit: int = 10) -> str:
     shown = ", ".join(map(str, numbers[:limit]))
     return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+# --- shards of one sweep (`paged-bench run --shard I/N`) ---------------------------------------------
+SHARD_KEY = "shard"
+"""The runs.jsonl key of a shard's record (written by harness.shard, `RECORD_KEY`): index, count,
+selection (a hash of the whole selection), cases (how many the selection has), source."""
+
+
+def shard_records(results: ResultSet) -> list[dict[str, Any]]:
+    """The shard record of each of the set's runs (None for a run that was not a shard)."""
+    if SHARD_KEY not in results.runs.columns:
+        return [None] * len(results.runs)  # type: ignore[list-item]
+    return [record if isinstance(record, dict) else None for record in results.runs[SHARD_KEY]]
+
+
+def shard_plan(sets: Sequence[ResultSet]) -> tuple[dict[str, Any], list[set[int]]] | None:
+    """(the common shard record, each set's shard indices) when every run of every set is a shard of one
+    selection and count and no index is in two sets; None otherwise (they are compared as machines)."""
+    records = [shard_records(results) for results in sets]
+    if not all(records) or any(record is None for found in records for record in found):
+        return None
+    first = records[0][0]
+    if any((r.get("selection"), r.get("count")) != (first.get("selection"), first.get("count"))
+           for found in records for r in found):
+        return None
+    indices = [{int(r["index"]) for r in found} for found in records]
+    if sum(map(len, indices)) != len(set().union(*indices)):
+        return None
+    return first, indices
+
+
+def shard_note(record: dict[str, Any], present: set[int], sweep: str) -> str:
+    """Which shards of the sweep are merged and which are missing (shards with no case are not missing)."""
+    count, cases = int(record["count"]), int(record.get("cases") or record["count"])
+    missing = [index for index in range(1, count + 1) if index not in present and index <= cases]
+    text = f"merged shards {', '.join(f'{i}/{count}' for i in sorted(present))} of sweep '{sweep}'"
+    if missing:
+        return text + f"; missing: {', '.join(f'{i}/{count}' for i in missing)} (their cells are absent)"
+    return text + f" (all {min(count, cases)} shard(s) with cells present)"
+
+
+def merge_shards(sets: Sequence[ResultSet]) -> ResultSet | None:
+    """One `ResultSet` of the shard folders of one sweep (`shard_plan`), its first warning saying which
+    shards are present and which are missing; None when the sets are not shards of one sweep."""
+    plan = shard_plan(sets)
+    if plan is None:
+        return None
+    record, indices = plan
+    runs = pd.concat([results.runs for results in sets], ignore_index=True)
+    sweeps = [str(sweep) for sweep in dict.fromkeys(runs["sweep"]) if sweep]
+    sweep = ", ".join(sweeps) or "?"
+    note = shard_note(record, set().union(*indices), sweep)
+    rows = pd.concat([results.rows for results in sets], ignore_index=True)
+    capability = pd.concat([results.capability for results in sets], ignore_index=True)
+    return ResultSet(rows=rows_frame(rows.to_dict("records")), runs=runs_frame(runs.to_dict("records")),
+                     capability=capability_frame(capability), name=f"{sweep} ({int(record['count'])} shards)",
+                     warnings=[note] + [warning for results in sets for warning in results.warnings])
