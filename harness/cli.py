@@ -296,6 +296,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if shard is not None:
         _log(f"shard {shard.label} ({shard.source}): {cells} of the sweep's "
              f"{len(cases) * len(session.selected_backends())} cells")
+        if not cells:  # more shards than cases: an empty results file keeps the folder a (merge-able) shard
+            from records.store import ResultStore
+
+            ResultStore(out_dir).results_path.touch()
+            return 0
     _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / 'results.jsonl'}")
     reporter = ProgressReporter(cells, quiet=args.quiet)
     try:

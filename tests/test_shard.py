@@ -188,3 +188,16 @@ def test_shard_folders_merge_into_the_unsharded_sweep(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "merged shards 1/2, 2/2" in done.stderr and out.exists()
     assert "merged shards 1/2, 2/2" in out.read_text()
+
+
+def test_an_empty_shard_is_a_results_folder_of_no_cells(tmp_path):
+    from reports.model import load_results, merge_shards
+
+    out = tmp_path / "s5"
+    done = _cli("run", "--device", "cpu", "--sweep", "cpu-tiny", "--backends", "sdpa-gather", "--shard", "5/5",
+                "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "results.jsonl").read_text() == ""
+    merged = merge_shards([load_results(out)])  # cpu-tiny has 4 cases: shard 5/5 holds none
+    assert merged is not None and len(merged.rows) == 0
+    assert "missing: 1/5, 2/5, 3/5, 4/5 " in merged.warnings[0]
