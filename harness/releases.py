@@ -71,7 +71,8 @@ def child_run_args(args: argparse.Namespace, *, capability: bool, backends: str 
     from harness.selection import selection_argv
 
     run_args = ["--no-report", "--resume", *selection_argv(args),
-                "--capability" if capability else "--no-capability"]
+                "--capability" if capability else "--no-capability",
+                "--shard", "1/1"]  # every environment runs the whole selection, even inside a job array
     for flag, value in (("--backends", backends), ("--device", getattr(args, "device", None))):
         if value:
             run_args += [flag, value]

@@ -152,7 +152,7 @@ def test_run_args_are_the_same_selection_for_every_release():
          "--page-size", "16", "--target-ms", "50"])
     assert child_run_args(args, capability=False, backends="cudnn") == [
         "--no-report", "--resume", "--sweep", "short", "--workloads", "decode", "--model", "llama-3-70b-tp8",
-        "--page-size", "16", "--no-capability", "--backends", "cudnn", "--target-ms", "50.0"]
+        "--page-size", "16", "--no-capability", "--shard", "1/1", "--backends", "cudnn", "--target-ms", "50.0"]
 
 
 RUN_ARGS = ["--no-report", "--resume", "--sweep", "short", "--no-capability"]
