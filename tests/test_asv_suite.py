@@ -11,9 +11,20 @@ from harness import asv_suite
 from harness.sweep import SWEEP_AXES, SWEEPS
 
 
-def test_every_sweep_backend_is_an_asv_parameter():
+def test_every_sweep_backend_is_an_asv_parameter(monkeypatch):
+    monkeypatch.delenv(asv_suite.BACKENDS_ENV, raising=False)
     in_sweep = [name for name, adapter in discover().items() if adapter.in_sweep]
     assert in_sweep and asv_suite.backend_names() == in_sweep
+
+
+def test_the_backends_variable_narrows_every_class_and_names_unknown_ones(monkeypatch):
+    monkeypatch.setenv(asv_suite.BACKENDS_ENV, "cudnn, triton,cudnn-stats-ragged")
+    assert asv_suite.backend_names() == ["cudnn", "triton", "cudnn-stats-ragged"]  # a probe-only binding too
+    for workload in (*asv_suite.AXES_WORKLOADS, asv_suite.CASES):
+        assert asv_suite.asv_params(workload)[0][0] == ["cudnn", "triton", "cudnn-stats-ragged"]
+    monkeypatch.setenv(asv_suite.BACKENDS_ENV, "cudnn,nope")
+    with pytest.raises(ValueError, match="unknown backend.*nope.*choose from"):
+        asv_suite.backend_names()
 
 
 @pytest.mark.parametrize("sweep", list(SWEEP_AXES))
