@@ -44,11 +44,13 @@ work, so each way is its own backend row (`Binding`; a class per row below, all 
     ``[B, Hq, S_q, 1]`` with token-major strides ``[S_q*Hq, 1, Hq, 1]`` and a ragged offset
     ``cu_seqlens_q * Hq``. FlashInfer records a cuDNN bug in exactly this layout (NVBug 6783545: the
     s_q == 1 decode kernel with Hq != Hkv leaves most heads of a ragged Stats unwritten; the output is
-    right), so the release check shows it as ``wrong`` (LSE off) where a release has it.
+    right), so the release check shows it as ``wrong`` (LSE off) where a release has it (measured on an
+    H100: every GQA decode cell wrong in 9.19 to 9.26.1, right in 9.27.0; results/h100-cudnn-releases).
   - 64-bit offsets: engines with large pools or long packed batches declare the ragged offsets int64
     whatever the size; the other rows do so only when an element offset passes 2^31 - 1.
   - T rows: one "batch" per query token (B' = T, S_q = 1) against the B-row page table, as users first
-    write it; cuDNN refuses it (docs/backends.md), and the capability probe keeps asking.
+    write it; cuDNN refuses it wherever a sequence has more than one query (docs/backends.md), and the
+    capability probe keeps asking. On a pure decode batch the two forms coincide, and it runs.
 
 Graphs are built in ``prepare`` (build seconds in ``notes["setup_s"]``) and cached on the adapter
 instance by everything that changes them (`GraphKey`); ``run`` only binds the stream and executes.
@@ -56,7 +58,7 @@ instance by everything that changes them (`GraphKey`); ``run`` only binds the st
 `Unsupported` with cuDNN's own message.
 
 The argument builders (`cudnn_layout`, `ragged_offsets`, `page_table_view`, `seq_len_tensors`,
-`cache_view`, `trow_arguments`, `stats_index`, `stats_layout_args`) are pure functions of CPU or GPU
+`cache_view`, `trow_arguments`, `stats_index`, `stats_strides`) are pure functions of CPU or GPU
 tensors and need no cudnn.
 """
 
