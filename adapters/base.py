@@ -231,12 +231,6 @@ def get_adapter(name: str) -> Adapter:
     return adapters[name]
 
 
-def baseline_name(classes: dict[str, type[Adapter]] | None = None) -> str | None:
-    """The registered backend declared as the speed-up baseline, if any."""
-    classes = adapter_classes() if classes is None else classes
-    return next((name for name, cls in classes.items() if cls.baseline), None)
-
-
 def rows_calling(library: str, classes: dict[str, type[Adapter]] | None = None) -> list[str]:
     """Every registered backend row that calls ``library`` (`Adapter.library`), probe-only bindings
     included: what a release check of that library gates by default."""
