@@ -345,13 +345,6 @@ def write_capability(df: pd.DataFrame, path: Path | str | None = None) -> Path:
     return path
 
 
-def read_capability(path: Path | str) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"value": str, "reason": str, "case": str, "versions": str, "backend_versions": str},
-                     keep_default_na=False, na_values={"rel_l2": [""], "max_abs": [""]})
-    df = df.rename(columns={"versions": "backend_versions"})  # files written before the column was renamed
-    return df[[c for c in COLUMNS if c in df.columns]]
-
-
 def summary(df: pd.DataFrame) -> str:
     """Backends as columns, feature=value as rows, verdicts as cells (for the terminal)."""
     table = df.assign(cell=df["feature"] + "=" + df["value"].astype(str))

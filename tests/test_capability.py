@@ -15,7 +15,15 @@ from harness import capability
 from adapters.batch import BatchSpec, PagedBatch
 from adapters.backends.sdpa_gather import SdpaGatherAdapter
 from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe,
-                                read_capability, short_device_name, write_capability)
+                                short_device_name, write_capability)
+from reports.model import capability_frame
+
+
+def read_capability(path):
+    """capability.csv as the reports read it."""
+    import pandas as pd
+
+    return capability_frame(pd.read_csv(path, dtype=str, keep_default_na=False))
 
 
 class _Missing(Adapter):
