@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
+from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE
 
 DEFAULT_OUT = Path("bench-out")
 CPU_SWEEPS = ("cpu-tiny",)
@@ -83,8 +84,8 @@ def _writable_folder(path: Path, *, must_be_new: bool) -> Path:
     """Check that ``path`` can be a results folder (without creating it)."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {path}: exists and is not a folder")
-    if must_be_new and (path / "results.jsonl").exists():
-        raise UsageError(f"--out {path}: already holds results.jsonl; resume it (the default) or choose another --out")
+    if must_be_new and (path / RESULTS_FILE).exists():
+        raise UsageError(f"--out {path}: already holds {RESULTS_FILE}; resume it (the default) or choose another --out")
     probe = path
     while not probe.exists():
         probe = probe.parent
@@ -109,8 +110,8 @@ def _results_folder(text: str, option: str = "results folder") -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{option} {text}: no such folder")
-    if not (folder / "results.jsonl").exists():
-        raise UsageError(f"{option} {text}: holds no results.jsonl (not a results folder)")
+    if not (folder / RESULTS_FILE).exists():
+        raise UsageError(f"{option} {text}: holds no {RESULTS_FILE} (not a results folder)")
     return folder
 
 
@@ -232,8 +233,8 @@ def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None,
     from harness import capability
     from harness.runner import describe_exit
 
-    target = out_dir / "capability.csv"
-    partial = out_dir / "capability.csv.partial"
+    target = out_dir / CAPABILITY_FILE
+    partial = out_dir / f"{CAPABILITY_FILE}.partial"
     partial.unlink(missing_ok=True)
     remaining = with_probe_variants(backends) if backends else list(adapter_classes())
     while remaining:
@@ -301,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             ResultStore(out_dir).results_path.touch()
             return 0
-    _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / 'results.jsonl'}")
+    _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / RESULTS_FILE}")
     reporter = ProgressReporter(cells, quiet=args.quiet)
     try:
         rows = session.run(cases, resume=args.resume, retry_failed=args.retry_failed, on_progress=reporter,
@@ -313,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
     _log("verdicts: " + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())))
     if args.report:
-        path = render(out_dir, Path(args.report_path) if args.report_path else out_dir / "report.html")
+        path = render(out_dir, Path(args.report_path) if args.report_path else out_dir / REPORT_FILE)
         _log(f"report: {path}")
     return 0
 
@@ -353,7 +354,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(folders) > 1 and baseline is None:
         merged = _merged_shards(folders)
         if merged is not None:
-            out = Path(args.out) if args.out else folders[0].parent / "report.html"
+            out = Path(args.out) if args.out else folders[0].parent / REPORT_FILE
             _writable_folder(out.parent, must_be_new=False)
             _log(merged.warnings[0])  # which shards are merged, which are missing
             for warning in merged.warnings[1:]:
@@ -376,7 +377,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_machines_text(machines))
         _log(f"machines report: {render_machines_report(machines, out)}")
         return 1 if machines.errors else 0
-    out = Path(args.out) if args.out else folders[0] / "report.html"
+    out = Path(args.out) if args.out else folders[0] / REPORT_FILE
     _writable_folder(out.parent, must_be_new=False)
     _log(f"report: {render(folders[0], out, baseline)}")
     return 0
@@ -453,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run the capability probe first (default: on with a GPU, off on the CPU)")
     run.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                      help="render the HTML report at the end (default: on)")
-    run.add_argument("--report-path", help="where to write the report (default: <out>/report.html)")
+    run.add_argument("--report-path", help=f"where to write the report (default: <out>/{REPORT_FILE})")
     run.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays instead of launches")
     run.add_argument("--no-flush", action="store_true", help="do not flush L2 between repetitions")
     run.add_argument("--target-ms", type=float, default=150.0, help="timed repetitions per cell, in ms (default 150)")
@@ -482,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(machines side by side)")
     report.add_argument("results", nargs="+")
     report.add_argument("--baseline", help="a second results folder to compare against (e.g. an older release)")
-    report.add_argument("--out", help="HTML path (default: <results>/report.html; machines.html beside them for several)")
+    report.add_argument("--out", help=f"HTML path (default: <results>/{REPORT_FILE}; machines.html beside them for several)")
     report.set_defaults(func=cmd_report)
 
     compare = commands.add_parser("compare", help="compare two results folders cell by cell")
@@ -544,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paged-bench: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _log("interrupted; every finished cell is in results.jsonl (run the same command again to resume)")
+        _log(f"interrupted; every finished cell is in {RESULTS_FILE} (run the same command again to resume)")
         return 130
 
 

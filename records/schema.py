@@ -11,6 +11,7 @@ RUNS_FILE = "runs.jsonl"
 CAPABILITY_FILE = "capability.csv"
 """The capability probe's answers (`CAPABILITY_COLUMNS`), when the run probed."""
 REPORT_FILE = "report.html"
+"""The HTML report `run --report` and `report` write into a results folder by default."""
 
 VERDICTS: dict[str, str] = {
     "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE, RUNS_FILE
 from reports.capability import format_capability_text
 from reports.compare import compare, format_comparison_text
 from reports.model import load_results
@@ -19,9 +20,9 @@ from reports.model import load_results
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="results folder (holds results.jsonl, runs.jsonl, optional capability.csv)")
+    parser.add_argument("results", help=f"results folder (holds {RESULTS_FILE}, {RUNS_FILE}, optional {CAPABILITY_FILE})")
     parser.add_argument("--baseline", help="an older results folder to compare against (version regressions)")
-    parser.add_argument("--out", help="HTML file to write (default: RESULTS_DIR/report.html)")
+    parser.add_argument("--out", help=f"HTML file to write (default: RESULTS_DIR/{REPORT_FILE})")
     parser.add_argument("--title", default="", help="page title")
     parser.add_argument("--csv", help="also write every row as CSV here")
     parser.add_argument("--json", help="with --baseline: write the comparison summary as JSON here")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_capability_text(results))
     if args.csv:
         print(f"rows: {write_csv(results, args.csv)}", file=sys.stderr)
-    out = Path(args.out) if args.out else Path(args.results) / "report.html"
+    out = Path(args.out) if args.out else Path(args.results) / REPORT_FILE
     print(f"report: {render_report(results, out, baseline=baseline, title=args.title)}", file=sys.stderr)
     if args.fail_on_regression and comparison is not None and comparison.regressions:
         return 1
