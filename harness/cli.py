@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_TARGET_MS
 from harness.errors import UsageError
 from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE
 
@@ -457,8 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report-path", help=f"where to write the report (default: <out>/{REPORT_FILE})")
     run.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays instead of launches")
     run.add_argument("--no-flush", action="store_true", help="do not flush L2 between repetitions")
-    run.add_argument("--target-ms", type=float, default=150.0, help="timed repetitions per cell, in ms (default 150)")
-    run.add_argument("--cell-timeout", type=float, default=300.0, help="seconds before a cell is stopped (default 300)")
+    run.add_argument("--target-ms", type=float, default=DEFAULT_TARGET_MS,
+                     help=f"timed repetitions per cell, in ms (default {DEFAULT_TARGET_MS:g})")
+    run.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
+                     help=f"seconds before a cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
     run.add_argument("--quiet", action="store_true", help="no progress display (cells that fail are still listed)")
     run.add_argument("--shard", metavar="I/N",
                      help="measure only shard I of N of the selection (whole cases, split the same way on every "

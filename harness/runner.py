@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.cell import TimerOptions
+from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.gate import GateResult, failure_verdict
 from harness.results import cell_id, make_row
 from harness.sweep import Case
@@ -95,7 +96,7 @@ class RunConfig:
     run_id: str = ""
     worker_env: dict[str, str] = field(default_factory=dict)
     """Added to every worker's environment (e.g. what the selected backends declare they need)."""
-    cell_timeout_s: float = 300.0
+    cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.cell import TimerOptions
+from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.runner import ProgressCallback, RunConfig, Slot, _environ, run_cells
 from harness.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.sweep import Case
@@ -83,7 +84,7 @@ class RunSession:
     gpus: list[int] | None = None
     sweep_label: str = ""
     argv: list[str] = field(default_factory=list)
-    cell_timeout_s: float = 300.0
+    cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
     run_id: str = field(default_factory=new_run_id)
     env_id: str = ""
     shard: Shard | None = None

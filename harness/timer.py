@@ -14,8 +14,7 @@ from typing import Callable
 
 import torch
 
-DEFAULT_TARGET_MS = 150.0
-"""Time spent on the timed repetitions of one cell (the count adapts to the kernel's length)."""
+from harness.defaults import DEFAULT_TARGET_MS
 MIN_REPS = 20
 MAX_REPS = 1000
 WARMUP_MS = 40.0

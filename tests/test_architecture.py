@@ -108,7 +108,8 @@ TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", 
               "harness.errors", "reports", "reports.model", "reports.compare", "reports.text", "reports.capability",
               "reports.tables", "reports.plots", "reports.html", "reports.machines", "reports.releases", "reports.cli",
               "benchmarks.bench_decode", "benchmarks.bench_prefill", "benchmarks.bench_mixed",
-              "benchmarks.bench_cases", "harness.models", "harness.sweepfile", "harness.selection", "harness.reproducer"]
+              "benchmarks.bench_cases", "harness.models", "harness.sweepfile", "harness.selection", "harness.reproducer",
+              "harness.defaults"]
 
 BLOCK_TORCH = """
 import sys
