@@ -8,7 +8,6 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pandas as pd
 from markupsafe import Markup
 
@@ -19,11 +18,11 @@ from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
 from reports.model import CPU_SMOKE_NOTE, ResultSet
 from reports.tables import backend_summaries, config_text, win_counts, winners, write_csv
-from reports.text import compact, duration, is_missing
+from reports.templating import environment
+from reports.text import duration, is_missing
 
 __all__ = ["render_report", "render_html", "write_csv"]
 
-TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 
 REPORT_GLOSSARY = {
@@ -37,26 +36,6 @@ REPORT_GLOSSARY = {
     "lost / gained": "a cell or capability that was ok and is not any more (lost), or the reverse (gained)",
     "partial": "derived capability matrix only: some of the backend's cells with this feature value passed, some not",
 }
-
-
-def _number(value: Any, digits: int = 3) -> str:
-    return compact(value, digits)
-
-
-def _pct(value: Any) -> str:
-    return "" if is_missing(value) else f"{value:.1f}%"
-
-
-def _sort_value(value: Any) -> str:
-    return "" if is_missing(value) else str(value)
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=_number, pct=_pct, sortval=_sort_value, missing=is_missing)
-    env.globals["duration"] = duration
-    return env
 
 
 def effective_declarations(results: ResultSet, defaults: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -202,7 +181,7 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
 def render_html(results: ResultSet, *, baseline: ResultSet | None = None, title: str = "",
                 declarations: dict[str, dict[str, Any]] | None = None) -> str:
     context = build_context(results, baseline=baseline, title=title, declarations=declarations)
-    return _environment().get_template(TEMPLATE).render(**context)
+    return environment().get_template(TEMPLATE).render(**context)
 
 
 def render_report(results: ResultSet, out_path: str | Path, *, baseline: ResultSet | None = None, title: str = "",

@@ -37,6 +37,7 @@ import pandas as pd
 
 from reports.compare import NOISE_K, noise_band
 from reports.model import OK, ResultSet, load_results, workload_rank
+from reports.templating import environment
 from reports.text import compact, is_missing, text_table
 
 __all__ = ["SHARE_THRESHOLD", "SHARE_RULE", "Machine", "Collision", "MachineSet", "machine_set", "load_machines",
@@ -674,10 +675,6 @@ def _ratio_text(value: Any) -> str:
     return "" if is_missing(value) else f"{value:.2f}×"
 
 
-def _sortable(value: Any) -> str:
-    return "" if is_missing(value) else str(value)
-
-
 def _fact_table(machines: Sequence[Machine]) -> list[dict[str, Any]]:
     facts = [m.facts() for m in machines]
     return [{"field": key, "cells": [f[key] for f in facts], "varies": len({f[key] for f in facts}) > 1}
@@ -733,15 +730,6 @@ def build_machines_context(mset: MachineSet, title: str = "") -> dict[str, Any]:
     }
 
 
-def _environment():
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=compact, share=_share_text, ratio=_ratio_text, sortval=_sortable, missing=is_missing)
-    return env
-
-
 def _as_machine_set(sources: MachineSet | Sequence[SOURCE], threshold: float) -> MachineSet:
     return sources if isinstance(sources, MachineSet) else machine_set(sources, threshold=threshold)
 
@@ -751,7 +739,8 @@ def render_machines_html(sources: MachineSet | Sequence[SOURCE], title: str = ""
     from markupsafe import Markup
 
     mset = _as_machine_set(sources, threshold)
-    return _environment().get_template(TEMPLATE).render(markup=Markup, **build_machines_context(mset, title))
+    return environment(share=_share_text, ratio=_ratio_text).get_template(TEMPLATE).render(
+        markup=Markup, **build_machines_context(mset, title))
 
 
 def render_machines_report(result_sets: MachineSet | Sequence[SOURCE], out_path: str | os.PathLike, title: str = "",

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -51,7 +50,8 @@ from reports.compare import (BEHAVIOUR_CHECKS, CELL_FIELDS, DEFAULT_CHECKS, NOIS
                              Finding, compare)
 from reports.model import OK, ResultSet, load_results, workload_kinds  # noqa: E402
 from reports.plots import STYLE, Figure, short_case, svg_of  # noqa: E402
-from reports.text import compact, is_missing, percent, text_table  # noqa: E402
+from reports.templating import environment  # noqa: E402
+from reports.text import compact, is_missing, text_table  # noqa: E402
 
 __all__ = ["ReleaseComparison", "Behaviour", "compare_releases", "load_releases", "format_releases_text", "releases_summary",
            "release_figures", "render_releases", "render_releases_html", "write_summary", "time_grid",
@@ -572,14 +572,6 @@ def release_figures(rc: ReleaseComparison) -> list[Figure]:
 
 # --- HTML --------------------------------------------------------------------------------------------
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=compact, pct=lambda v: percent(100 * v) if not is_missing(v) else "",
-                       missing=is_missing)
-    return env
-
-
 def build_releases_context(rc: ReleaseComparison, title: str = "") -> dict[str, Any]:
     """Everything the page shows, as plain data (figures rendered to SVG)."""
     grid_cells = [{"backend": cell["backend"], "case": cell["case"], "workload": cell["workload"],
@@ -604,7 +596,7 @@ def build_releases_context(rc: ReleaseComparison, title: str = "") -> dict[str, 
 
 
 def render_releases_html(rc: ReleaseComparison, title: str = "") -> str:
-    return _environment().get_template(TEMPLATE).render(**build_releases_context(rc, title))
+    return environment().get_template(TEMPLATE).render(**build_releases_context(rc, title))
 
 
 def render_releases(rc: ReleaseComparison, out_path: str | Path, title: str = "") -> Path:
