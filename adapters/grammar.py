@@ -79,7 +79,7 @@ def _parse_int(part: str) -> int:
     return int(part)
 
 
-def _parse_length(text: str) -> tuple[int, int]:
+def parse_length(text: str) -> tuple[int, int]:
     """``"4k"`` -> (4096, 4096); ``"9-2000"`` -> (9, 2000)."""
     lo, _, hi = text.partition("-")
     low = _parse_int(lo)
@@ -178,7 +178,7 @@ def _parse_distribution(text: str) -> Distribution:
 
 
 def _parse_any_length(text: str) -> Length:
-    return _parse_distribution(text) if text.startswith("~") else _parse_length(text)
+    return _parse_distribution(text) if text.startswith("~") else parse_length(text)
 
 
 @dataclass(frozen=True)

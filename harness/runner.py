@@ -235,7 +235,7 @@ def _sigint_blocked():
 
 
 @contextlib.contextmanager
-def _environ(extra: dict[str, str]):
+def environ_with(extra: dict[str, str]):
     """``os.environ`` with ``extra`` set while a worker is spawned (it inherits the environment)."""
     saved = {key: os.environ.get(key) for key in extra}
     os.environ.update(extra)
@@ -318,7 +318,7 @@ class _Worker:
         self.log_path = Path(setup.fault_log)
         self.stopping = stopping
         parent_conn, child_conn = context.Pipe()
-        with _SPAWN_LOCK, _environ({**setup.run.worker_env, **setup.slot.env}), _main_module_hidden(), \
+        with _SPAWN_LOCK, environ_with({**setup.run.worker_env, **setup.slot.env}), _main_module_hidden(), \
                 _sigint_blocked():
             self.process = context.Process(target=worker_main, args=(child_conn, setup), name="paged-bench-worker")
             self.process.start()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from harness.cell import TimerOptions
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
-from harness.runner import ProgressCallback, RunConfig, Slot, _environ, run_cells
+from harness.runner import ProgressCallback, RunConfig, Slot, environ_with, run_cells
 from harness.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.sweep import Case
 from records.store import ResultStore
@@ -59,7 +59,7 @@ def availability(device_type: str, worker_env: dict[str, str] | None = None) -> 
     from adapters.base import discover, versions_of
 
     rows = []
-    with _environ(worker_env or {}):
+    with environ_with(worker_env or {}):
         for name, adapter in discover().items():
             try:
                 ok, why = adapter.available(torch.device(device_type))

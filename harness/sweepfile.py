@@ -38,7 +38,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from adapters.grammar import _parse_length, parse_grammar
+from adapters.grammar import parse_grammar, parse_length
 from harness.models import format_heads, get_model, parse_heads
 from harness.sweep import DTYPE_NAMES, MIXED_GRAMMARS, PAGE_SIZES, Axes, Case, Sweep, cases_from_axes, make_case
 
@@ -150,7 +150,7 @@ class _Table:
 
 def _int(value: Any, minimum: int = 0, lengths: bool = False) -> int:
     if isinstance(value, str) and lengths:
-        low, high = _parse_length(value.strip())
+        low, high = parse_length(value.strip())
         if low != high:
             raise ValueError(f"{value!r} is a range; give one length per entry")
         value = low
