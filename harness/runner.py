@@ -30,7 +30,6 @@ parent's threads only wait on pipes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import faulthandler
 import logging
 import multiprocessing

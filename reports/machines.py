@@ -513,7 +513,7 @@ def _bar_figure(mset: MachineSet, workload: str, metric: str) -> Any:
 
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-    from reports.plots import _compact_tick
+    from reports.plots import compact_tick
 
     cells = mset.cells[mset.cells["workload"] == workload]
     values = [f"{metric}_{m.index}" for m in mset.machines]
@@ -546,7 +546,7 @@ def _bar_figure(mset: MachineSet, workload: str, metric: str) -> Any:
             ax.set_yscale("log")
             decades = math.log10(float(shown.max()) / float(shown.min())) if len(shown) and shown.min() > 0 else 0.0
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)))
-            ax.yaxis.set_major_formatter(FuncFormatter(_compact_tick))
+            ax.yaxis.set_major_formatter(FuncFormatter(compact_tick))
             ax.yaxis.set_minor_locator(NullLocator())
             if len(shown) and shown.min() > 0:
                 ax.set_ylim(float(shown.min()) / 2.5, float(shown.max()) * 1.6)

@@ -187,7 +187,7 @@ def _log2_axis(ax, values) -> None:
         ax.set_xlim(values[0] / 2, values[0] * 2)
 
 
-def _compact_tick(value: float, _position=None) -> str:
+def compact_tick(value: float, _position=None) -> str:
     if value <= 0:
         return ""
     if value >= 1000:
@@ -200,11 +200,11 @@ def _minor_tick(value: float, _position=None) -> str:
     if value <= 0:
         return ""
     lead = round(value / 10 ** math.floor(math.log10(value)), 6)
-    return _compact_tick(value) if lead in (2.0, 5.0) else ""
+    return compact_tick(value) if lead in (2.0, 5.0) else ""
 
 
 def _compact_log_y(ax) -> None:
-    ax.yaxis.set_major_formatter(FuncFormatter(_compact_tick))
+    ax.yaxis.set_major_formatter(FuncFormatter(compact_tick))
     ax.yaxis.set_minor_formatter(FuncFormatter(_minor_tick))
 
 
@@ -570,7 +570,7 @@ def variant_figure(results: ResultSet, styles: dict[str, BackendStyle], referenc
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×" if reference else _compact_tick(v)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×" if reference else compact_tick(v)))
     if reference:
         ax.axvline(1, color="#333", linewidth=0.9)
         ax.set_xlabel(f"speed-up against {reference} ({reference} time / backend time)")
