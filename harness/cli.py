@@ -54,7 +54,7 @@ def _attach_dash_values(argv: list[str]) -> list[str]:
     and says only "expected one argument"; attached, the value reaches its own check, which names it."""
     out: list[str] = []
     for token in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and token[:2].startswith("-") \
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-") \
                 and token[1:2].isdigit():
             out[-1] = f"{out[-1]}={token}"
         else:
@@ -129,30 +129,11 @@ def _select(args: argparse.Namespace, device_type: str) -> tuple[str, list]:
     return selection.label, selection.cases
 
 
-def _backend_names(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise UsageError(f"--backends {text!r}: name at least one backend")
-    return names
-
-
-def _check_backends(text: str | None) -> None:
-    """Every name of ``--backends`` is a registered backend (one line naming the unknown ones otherwise)."""
-    from adapters.base import adapter_classes
-
-    names = _backend_names(text) or []
-    known = adapter_classes()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-
-
 def _session(args: argparse.Namespace, device_type: str, sweep_label: str):
     import torch
 
     from harness.cell import TimerOptions
+    from harness.selection import backend_list
     from harness.session import RunSession, parse_gpus
 
     try:
@@ -161,7 +142,7 @@ def _session(args: argparse.Namespace, device_type: str, sweep_label: str):
     except ValueError as error:
         raise UsageError(str(error)) from None
     timer = TimerOptions(target_ms=args.target_ms, flush_l2=not args.no_flush, cuda_graph=args.cuda_graph)
-    session = RunSession(out_dir=Path(args.out), device_type=device_type, backends=_backend_names(args.backends),
+    session = RunSession(out_dir=Path(args.out), device_type=device_type, backends=backend_list(args.backends),
                          timer=timer, gpus=gpus, sweep_label=sweep_label, argv=["paged-bench", *sys.argv[1:]],
                          cell_timeout_s=args.cell_timeout)
     unknown = session.unknown_backends()
@@ -386,11 +367,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_capability(args: argparse.Namespace) -> int:
     from adapters.base import worker_environment
+    from harness.selection import backend_list
 
     device_type = _device_type(args.device)
     out_dir = _create(_writable_folder(Path(args.out), must_be_new=False))
-    return 0 if _run_capability(device_type, out_dir, _backend_names(args.backends),
-                                worker_environment(_backend_names(args.backends), device_type)) else 1
+    backends = backend_list(args.backends)
+    return 0 if _run_capability(device_type, out_dir, backends, worker_environment(backends, device_type)) else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -413,7 +395,9 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     specs = [parse_env_spec(text) for text in (args.old_env, args.new_env)]
     check_labels(specs)
-    _check_backends(args.backends)
+    from harness.selection import check_backends
+
+    check_backends(args.backends)
     device_type = _device_type(args.device)
     default_sweep(args, "short" if device_type == "cuda" else CPU_SWEEPS[0])
     _select(args, device_type)  # the same checks as `run`, before anything starts

@@ -102,17 +102,10 @@ def check_gpu(device: str | None, command: str) -> None:
 
 def check_selection(args: argparse.Namespace, backends: str | None) -> None:
     """The same checks as ``run`` (selection options, backend names), before any release is fetched."""
-    from adapters.base import adapter_classes
-    from harness.selection import select_cases
+    from harness.selection import check_backends, select_cases
 
     select_cases(args, "cuda")
-    if backends:
-        known = adapter_classes()
-        names = [name.strip() for name in backends.split(",") if name.strip()]
-        unknown = [name for name in names if name not in known]
-        if unknown or not names:
-            raise UsageError(f"--backends {backends!r}: unknown backend(s) {', '.join(unknown) or '(none named)'}; "
-                             f"the rows calling cuDNN are {default_backends()}; every backend: {', '.join(known)}")
+    check_backends(backends, hint=f"the rows calling cuDNN are {default_backends()}; ")
 
 
 def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: str | Path, run_args: Sequence[str], *,

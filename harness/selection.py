@@ -87,6 +87,30 @@ class Selection:
     """The sweep file's path, if any."""
 
 
+def backend_list(text: str | None) -> list[str] | None:
+    """``--backends a,b`` as names (None when not given); a value that names none is a `UsageError`."""
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"--backends {text!r}: name at least one backend")
+    return names
+
+
+def check_backends(text: str | None, hint: str = "") -> list[str] | None:
+    """`backend_list`, each name a registered backend: a `UsageError` names the unknown ones and the
+    choices (``hint`` goes before them, e.g. which backends a command gates by default)."""
+    from adapters.base import adapter_classes
+
+    names = backend_list(text)
+    known = adapter_classes()
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise UsageError(f"--backends {text!r}: unknown backend(s) {', '.join(unknown)}; {hint}"
+                         f"choose from {', '.join(known)}")
+    return names
+
+
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
     """Add the options `select_cases` reads (all optional; values are checked there, not by argparse,
     so that every bad value is one `UsageError` line)."""
