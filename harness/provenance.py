@@ -25,8 +25,8 @@ CORE_PACKAGES = ("torch", "numpy", "pandas")
 
 
 def project_commit() -> str:
-    if os.environ.get(COMMIT_ENV):
-        return os.environ[COMMIT_ENV]
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files); ``$PAGED_BENCH_COMMIT``
+    only where the code is not a git checkout, so a stale variable never names the wrong commit."""
     try:
         root = Path(__file__).resolve().parent.parent
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
@@ -35,7 +35,7 @@ def project_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get(COMMIT_ENV) or "unknown"
 
 
 def _package_versions(names) -> dict[str, str]:
