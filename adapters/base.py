@@ -123,6 +123,21 @@ class Adapter(abc.ABC):
     binding: ClassVar[str] = ""
     """How this row calls its library, for backends users call several ways (each way is its own row,
     e.g. cuDNN's Stats layouts and offset widths); empty when there is one way."""
+    model_features: ClassVar[frozenset[str]] = frozenset()
+    """The model features (`adapters.features.FEATURES`: sliding window, soft-cap, sinks, fp8 KV) this
+    row runs through its library's own API. A batch asking for any other is `unsupported` before
+    `prepare` (`feature_refusal`): a row is the library as its users call it, never an emulation."""
+    feature_reasons: ClassVar[dict[str, str]] = {}
+    """Why the library cannot run a feature this row lacks, in its own terms (e.g. the API that has no
+    such argument, or the build that compiled it out): the `unsupported` cell's reason."""
+
+    def feature_refusal(self, spec: BatchSpec) -> str:
+        """Why this row declines the model features ``spec`` asks for, or "" when it runs them all."""
+        from adapters.features import FEATURE_TEXT
+
+        missing = [name for name in spec.features if name not in self.model_features]
+        return "; ".join(self.feature_reasons.get(name) or f"{FEATURE_TEXT[name]}: not passed to the library by "
+                         f"this row (no reason recorded in adapters/backends)" for name in missing)
 
     def worker_env(self, device_type: str) -> dict[str, str]:
         """Environment variables a measuring process needs before it imports this backend (e.g. the
@@ -165,7 +180,8 @@ class Adapter(abc.ABC):
     def describe(cls) -> dict[str, Any]:
         """The declared facts the harness and the reports use, as plain values (stored with each run)."""
         return {"in_sweep": cls.in_sweep, "q_layout": cls.q_layout, "baseline": cls.baseline, "color": cls.color,
-                "devices": list(cls.devices), "library": cls.library, "binding": cls.binding}
+                "devices": list(cls.devices), "library": cls.library, "binding": cls.binding,
+                "model_features": sorted(cls.model_features)}
 
 
 def installed_versions(distributions: Iterable[str], *, required: str | None = None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from adapters.features import FP8_MAX, features_of, window_left  # noqa: F401 (window_left re-exported)
 from adapters.grammar import (  # noqa: F401 (re-exported)
     DTYPE_NAMES, Distribution, LengthGroup, SequenceKind, classify_sequence, format_grammar, parse_grammar,
     resolve_lengths,
@@ -22,6 +23,8 @@ from adapters.validation import NULL_PAGE, validate_spec  # noqa: F401 (NULL_PAG
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 """`DTYPE_NAMES` as torch dtypes."""
+KV_TORCH_DTYPES: dict[str, torch.dtype] = {"fp8": torch.float8_e4m3fn}
+"""`adapters.features.KV_DTYPES` as torch dtypes."""
 BatchKind = Literal["decode", "prefill", "mixed"]
 
 SPARE_PAGE_FRACTION = 0.25
@@ -44,6 +47,9 @@ class BatchSpec:
     ``q_lens[b]`` new tokens of sequence b attend to ``kv_lens[b] >= q_lens[b]`` cached tokens, the
     new ones being the last ``q_lens[b]`` of them (causal is bottom-right).
 
+    Model features (`adapters.features`): ``sliding_window``, ``softcap``, ``sinks`` and an fp8 cache
+    (``kv_dtype`` "fp8" with ``kv_scale`` "tensor" or "head"); the defaults are plain attention.
+
     The page pool (``num_pages``, the first dim of each cache, null page included) is ``pool_pages``
     when set, else as many pages as ``pool_gib`` GiB of K and V caches hold, else the null page, the
     pages the batch owns and `SPARE_PAGE_FRACTION` more. The batch's pages are scattered over the
@@ -62,6 +68,11 @@ class BatchSpec:
     label: str = ""
     pool_pages: int | None = None
     pool_gib: float | None = None
+    sliding_window: int | None = None
+    softcap: float | None = None
+    sinks: bool = False
+    kv_dtype: str | None = None
+    kv_scale: str = "tensor"
 
     def __post_init__(self) -> None:
         validate_spec(self)
@@ -115,7 +126,7 @@ class BatchSpec:
             return self.pool_pages
         if self.pool_gib is not None:
             return pool_pages_for_gib(self.pool_gib, self.page_size, self.num_kv_heads, self.head_dim,
-                                      self.elem_bytes)
+                                      self.kv_elem_bytes)
         owned = self.owned_pages
         return 1 + owned + math.ceil(owned * SPARE_PAGE_FRACTION)
 
@@ -143,21 +154,45 @@ class BatchSpec:
         return torch.finfo(self.torch_dtype).bits // 8
 
     @property
+    def cache_dtype(self) -> torch.dtype:
+        """dtype of the K and V caches: the query's, or fp8 e4m3 for ``kv_dtype`` "fp8"."""
+        return KV_TORCH_DTYPES[self.kv_dtype] if self.kv_dtype is not None else self.torch_dtype
+
+    @property
+    def kv_elem_bytes(self) -> int:
+        return torch.finfo(self.cache_dtype).bits // 8
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The model features this batch asks for (`adapters.features.FEATURES`), empty for plain attention."""
+        return features_of(self)
+
+    @property
     def kind(self) -> BatchKind:
         kinds = {classify_sequence(q, kv) for q, kv in zip(self.q_lens, self.kv_lens)}
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def cache_bytes(self) -> int:
         """Bytes of K and V caches together, for sizing before allocation."""
-        return 2 * self.cache_elements * self.elem_bytes
+        return 2 * self.cache_elements * self.kv_elem_bytes
 
     def describe(self) -> str:
         name = self.label or f"B{self.batch_size}"
         pool = ""
         if self.pool_pages is not None or self.pool_gib is not None:
             pool = f" pool {self.num_pages} pages ({self.cache_bytes() / GIB:.3g} GiB)"
+        extras = []
+        if self.sliding_window is not None:
+            extras.append(f"window {self.sliding_window}")
+        if self.softcap is not None:
+            extras.append(f"soft-cap {self.softcap:g}")
+        if self.sinks:
+            extras.append("sinks")
+        if self.kv_dtype is not None:
+            extras.append(f"{self.kv_dtype} KV (per-{self.kv_scale} scales)")
         return (f"{name} page {self.page_size} H {self.num_q_heads}/{self.num_kv_heads} D {self.head_dim} "
-                f"{self.dtype} {'causal' if self.causal else 'non-causal'}{pool}")
+                f"{self.dtype} {'causal' if self.causal else 'non-causal'}{pool}"
+                + "".join(f", {extra}" for extra in extras))
 
 
 @dataclass
@@ -165,11 +200,14 @@ class PagedBatch:
     """The tensors of one batch, on one device.
 
     q            [T, Hq, D]                        packed new tokens, T = sum(q_lens), spec dtype
-    k_cache      [num_pages, page_size, Hkv, D]    NHD pages, spec dtype
+    k_cache      [num_pages, page_size, Hkv, D]    NHD pages, spec dtype (``spec.cache_dtype``: fp8 e4m3)
     v_cache      [num_pages, page_size, Hkv, D]
     block_table  [B, max_pages] int32              page ids; padding entries hold NULL_PAGE
     cu_seqlens_q [B + 1] int32                     query offsets in tokens, starts at 0, ends at T
     kv_lens      [B] int32                         tokens in the cache per sequence, >= q_len
+    sinks        [Hq] float32 or None              per-head sink logits (``spec.sinks``)
+    k_scale      [1] or [Hkv] float32 or None      fp8 caches only: true K = k_cache * k_scale
+    v_scale      [1] or [Hkv] float32 or None      (per tensor: one value; per head: one per KV head)
     """
 
     spec: BatchSpec
@@ -179,6 +217,9 @@ class PagedBatch:
     block_table: torch.Tensor
     cu_seqlens_q: torch.Tensor
     kv_lens: torch.Tensor
+    sinks: torch.Tensor | None = None
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -193,8 +234,17 @@ class PagedBatch:
         return self.spec.scale
 
     def to(self, device: torch.device | str) -> "PagedBatch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if f.name != "spec"}
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if f.name != "spec" and getattr(self, f.name) is not None}
         return PagedBatch(spec=self.spec, **moved)
+
+    def dequantised_caches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) caches in float32 with their scales applied: what the cache stands for."""
+        k, v = self.k_cache.float(), self.v_cache.float()
+        if self.k_scale is not None:
+            k = k * self.k_scale.float().view(1, 1, -1, 1)
+            v = v * self.v_scale.float().view(1, 1, -1, 1)
+        return k, v
 
 
 def page_assignment(spec: BatchSpec) -> torch.Tensor:
@@ -220,9 +270,37 @@ def owned_slots(spec: BatchSpec, block_table: torch.Tensor) -> torch.Tensor:
     return used
 
 
+def _quantised_cache(values: torch.Tensor, spec: BatchSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` (a cache in the query dtype) as fp8 e4m3 and its float32 scales: each KV head's values
+    are first multiplied by a gain of 0.5, 1 or 2 (head h: 2^(h mod 3 - 1)), so that per-head scales differ
+    and a kernel that applies the wrong head's scale is caught; the scale maps the largest magnitude (of
+    the tensor, or of each head) onto `FP8_MAX`, as engines calibrate it."""
+    heads = spec.num_kv_heads
+    gains = torch.tensor([2.0 ** (h % 3 - 1) for h in range(heads)], device=values.device, dtype=values.dtype)
+    values.mul_(gains.view(1, 1, heads, 1))
+    amax = values.abs().amax(dim=(0, 1, 3)).float()  # [Hkv]
+    if spec.kv_scale == "tensor":
+        amax = amax.amax().reshape(1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    quantised = (values.float() / scale.view(1, 1, -1, 1)).to(KV_TORCH_DTYPES[spec.kv_dtype])
+    return quantised, scale
+
+
+def sink_logits(spec: BatchSpec, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Per-head sink logits ``[Hq]`` float32: the log of the expected softmax mass of the median
+    sequence's keys (``kv_len * e^(1/2)`` for the suite's N(0, 1) scores) plus U(-1, 1), so that the sink
+    holds a visible share (about a quarter to three quarters) of a row's mass and a backend that drops or
+    misplaces it fails the gate by a wide margin."""
+    median_kv = sorted(spec.kv_lens)[len(spec.kv_lens) // 2]
+    centre = math.log(median_kv) + 0.5
+    jitter = torch.rand(spec.num_q_heads, generator=generator, device=device, dtype=torch.float32) * 2 - 1
+    return centre + jitter
+
+
 def make_batch(spec: BatchSpec, device: torch.device | str = "cpu") -> PagedBatch:
     """Build the tensors of ``spec`` on ``device``: random normal q/k/v from ``spec.seed`` (the same
-    on every run on one kind of device), every slot no sequence owns zeroed."""
+    on every run on one kind of device), every slot no sequence owns zeroed; an fp8 cache quantised
+    from such values (`_quantised_cache`), sink logits drawn last (`sink_logits`)."""
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     dtype = spec.torch_dtype
@@ -234,6 +312,11 @@ def make_batch(spec: BatchSpec, device: torch.device | str = "cpu") -> PagedBatc
     used = owned_slots(spec, block_table).to(device)[:, :, None, None]
     k_cache.mul_(used)
     v_cache.mul_(used)
+    k_scale = v_scale = None
+    if spec.kv_dtype is not None:
+        k_cache, k_scale = _quantised_cache(k_cache, spec)
+        v_cache, v_scale = _quantised_cache(v_cache, spec)
+    sinks = sink_logits(spec, generator, device) if spec.sinks else None
     cu_seqlens_q = torch.zeros(spec.batch_size + 1, dtype=torch.int32)
     cu_seqlens_q[1:] = torch.cumsum(torch.tensor(spec.q_lens, dtype=torch.int32), 0)
     return PagedBatch(
@@ -244,4 +327,7 @@ def make_batch(spec: BatchSpec, device: torch.device | str = "cpu") -> PagedBatc
         block_table=block_table.to(device),
         cu_seqlens_q=cu_seqlens_q.to(device),
         kv_lens=torch.tensor(spec.kv_lens, dtype=torch.int32, device=device),
+        sinks=sinks,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )

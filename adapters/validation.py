@@ -83,6 +83,11 @@ def validate_spec(spec: "BatchSpec") -> None:
     if spec.dtype not in DTYPE_NAMES:
         raise BatchValidationError("dtype", f"{spec.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     _integer("seed", spec.seed)
+    from adapters.features import check_features
+
+    problem = check_features(spec.sliding_window, spec.softcap, spec.sinks, spec.kv_dtype, spec.kv_scale, spec.causal)
+    if problem is not None:
+        raise BatchValidationError(*problem)
     validate_pool(spec)
 
 
@@ -105,7 +110,7 @@ def validate_pool(spec: "BatchSpec") -> None:
     if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
         raise BatchValidationError("pool_gib", f"{gib!r} is not a positive number of GiB")
     if spec.num_pages < needed:
-        page_bytes = 2 * spec.page_size * spec.num_kv_heads * spec.head_dim * spec.elem_bytes
+        page_bytes = 2 * spec.page_size * spec.num_kv_heads * spec.head_dim * spec.kv_elem_bytes
         raise BatchValidationError("pool_gib", f"{gib:g} GiB holds {spec.num_pages} pages of {page_bytes} bytes "
                                    f"(K and V), too few for the batch, which needs {needed} (the null page and "
                                    f"its {needed - 1} pages)")
@@ -125,6 +130,21 @@ def _check_tensor(field: str, tensor: Any, shape: tuple[int, ...] | None, dtype:
         raise BatchValidationError(field, f"is not contiguous (strides {tuple(tensor.stride())})")
 
 
+def _check_optional(field: str, tensor: Any, wanted: bool, shapes: tuple[tuple[int, ...], ...],
+                    device: torch.device) -> None:
+    """A float32 tensor the spec's features call for (sink logits, fp8 scales), absent otherwise."""
+    if not wanted:
+        if tensor is not None:
+            raise BatchValidationError(field, "is set, but the spec does not ask for it")
+        return
+    if tensor is None:
+        raise BatchValidationError(field, "is missing: the spec asks for it")
+    _check_tensor(field, tensor, shapes[0], torch.float32, device)
+    if not torch.isfinite(tensor).all() or (field.endswith("scale") and not (tensor > 0).all()):
+        raise BatchValidationError(field, "holds a non-finite" + (" or non-positive" if field.endswith("scale") else "")
+                                   + " value")
+
+
 def _check_tensors(batch: "PagedBatch") -> None:
     """Shapes against the spec, dtypes, one device, contiguity."""
     spec = batch.spec
@@ -135,8 +155,12 @@ def _check_tensors(batch: "PagedBatch") -> None:
         raise BatchValidationError("q", f"dtype {batch.q.dtype}, expected {spec.torch_dtype} (spec dtype {spec.dtype!r})")
     _check_tensor("q", batch.q, (spec.total_q, spec.num_q_heads, spec.head_dim), spec.torch_dtype, device)
     cache_shape = (spec.num_pages, spec.page_size, spec.num_kv_heads, spec.head_dim)
-    _check_tensor("k_cache", batch.k_cache, cache_shape, batch.q.dtype, device)
-    _check_tensor("v_cache", batch.v_cache, cache_shape, batch.q.dtype, device)
+    _check_tensor("k_cache", batch.k_cache, cache_shape, spec.cache_dtype, device)
+    _check_tensor("v_cache", batch.v_cache, cache_shape, spec.cache_dtype, device)
+    _check_optional("sinks", batch.sinks, spec.sinks, ((spec.num_q_heads,),), device)
+    scale_shapes = ((1,),) if spec.kv_scale == "tensor" else ((spec.num_kv_heads,),)
+    _check_optional("k_scale", batch.k_scale, spec.kv_dtype is not None, scale_shapes, device)
+    _check_optional("v_scale", batch.v_scale, spec.kv_dtype is not None, scale_shapes, device)
     if not isinstance(batch.block_table, torch.Tensor) or batch.block_table.dim() != 2 \
             or batch.block_table.shape[0] != spec.batch_size:
         shape = tuple(batch.block_table.shape) if isinstance(batch.block_table, torch.Tensor) else None

@@ -8,7 +8,8 @@ Names: ``{stem}-p{page}{variant}``, where the stem names the batch (``decode-b64
 ``mixed-8d3000-8p2000``, a file's case name, or the batch string itself) and the variant suffix
 names every field that differs from the case's base (`STANDARD_FIELDS`: 32/8/128 heads, bf16, causal,
 seed 0, default pool), in this order: ``-h{Hq}x{Hkv}d{D}``, ``-{dtype}``, ``-noncausal``,
-``-pool{N}pages`` or ``-pool{G}gib``, ``-s{seed}``. So ``decode-b64-q1-c4096-p16-h16x8d256`` is the
+``-pool{N}pages`` or ``-pool{G}gib``, ``-s{seed}``, then the model features (`adapters.features`):
+``-w{window}``, ``-cap{softcap}``, ``-sinks``, ``-kvfp8`` (``-kvfp8h`` with per-head scales). So ``decode-b64-q1-c4096-p16-h16x8d256`` is the
 headline decode with Gemma-2-9B's heads, and a standard case keeps the name it always had.
 
 A sweep (`Sweep`) is a product of axes per workload (`Axes`; asv parameterises over exactly these)
@@ -33,13 +34,19 @@ if TYPE_CHECKING:
 from adapters.grammar import (  # noqa: F401 (DTYPE_NAMES re-exported)
     DTYPE_NAMES, _format_length, classify_workload, parse_grammar, resolve_lengths,
 )
+from adapters.features import features_of, feature_suffix
 from harness.models import format_heads, get_model, parse_heads
 
 STANDARD_HEADS = {"num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
 """A Llama-3-8B-like layer (GQA 4:1): the head configuration of every case that names no other."""
 
+FEATURE_DEFAULTS: dict[str, Any] = {"sliding_window": None, "softcap": None, "sinks": False, "kv_dtype": None,
+                                    "kv_scale": "tensor"}
+"""The model-feature fields of a plain case (`adapters.features`); a case's identity leaves them out
+while they hold these values, so every case made before them keeps its cell id."""
+
 STANDARD_FIELDS: dict[str, Any] = {**STANDARD_HEADS, "dtype": "bf16", "causal": True, "seed": 0,
-                                   "pool_pages": None, "pool_gib": None}
+                                   "pool_pages": None, "pool_gib": None, **FEATURE_DEFAULTS}
 """The fields a case name does not spell out (see the module docstring); anything else gets a suffix."""
 
 VARIANT_FIELDS: tuple[str, ...] = tuple(STANDARD_FIELDS)
@@ -72,6 +79,11 @@ class Case:
     seed: int = 0
     pool_pages: int | None = None
     pool_gib: float | None = None
+    sliding_window: int | None = None
+    softcap: float | None = None
+    sinks: bool = False
+    kv_dtype: str | None = None
+    kv_scale: str = "tensor"
     stem: str = field(default="", compare=False, repr=False)
     base: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
 
@@ -81,7 +93,13 @@ class Case:
         return BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
                                       num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
                                       head_dim=self.head_dim, dtype=self.dtype, causal=self.causal,
-                                      pool_pages=self.pool_pages, pool_gib=self.pool_gib)
+                                      pool_pages=self.pool_pages, pool_gib=self.pool_gib,
+                                      **{name: getattr(self, name) for name in FEATURE_DEFAULTS})
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The model features the case asks for (`adapters.features.FEATURES`), empty for plain attention."""
+        return features_of(self)
 
     def lengths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(q_lens, kv_lens), drawn from the seed (torch-free)."""
@@ -121,6 +139,9 @@ class Case:
         for name in ("pool_pages", "pool_gib"):
             if out[name] is None:
                 del out[name]
+        for name, default in FEATURE_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
         return out
 
 
@@ -143,14 +164,20 @@ def variant_suffix(values: dict[str, Any], base: dict[str, Any]) -> str:
             parts.append("pooldefault")
     if values["seed"] != base["seed"]:
         parts.append(f"s{values['seed']}")
+    feature_names = tuple(FEATURE_DEFAULTS)
+    if any(values.get(name) != base.get(name) for name in feature_names):
+        parts += feature_suffix({name: values.get(name) for name in feature_names})
     return "".join(f"-{part}" for part in parts)
 
 
 def _normalise(fields: dict[str, Any]) -> dict[str, Any]:
     """Types a case keeps (an int pool_gib becomes a float, so ``16`` and ``16.0`` are one case)."""
     out = dict(fields)
-    if out.get("pool_gib") is not None and not isinstance(out["pool_gib"], bool):
-        out["pool_gib"] = float(out["pool_gib"])
+    for name in ("pool_gib", "softcap"):
+        if out.get(name) is not None and isinstance(out[name], int) and not isinstance(out[name], bool):
+            out[name] = float(out[name])
+    if out.get("kv_dtype", None) is None and "kv_scale" in out:
+        out["kv_scale"] = "tensor"  # scales exist only with an fp8 cache
     return out
 
 
