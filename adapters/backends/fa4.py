@@ -16,6 +16,25 @@ Call (everything after v by keyword: FA4's 4th positional parameter is ``qv``, n
   kv length inside its last page must be finite (P = 0 times a NaN row is NaN): ours are zeros.
 - LSE: ``[Hq, T]`` float32, natural log; ``to_lse`` transposes it.
 - No split-KV on SM90 (``num_splits`` stays 1).
+
+Model features (read from flash-attn-4's ``flash_attn/cute/interface.py``, ``mask.py``, ``softmax.py`` and
+``utils.py`` at the repository's tags 4.0.0b5 to 4.0.0b27, the newest it holds; the GPU machine has
+4.0.0b36, newer than any tag read here), passed by `fa4_arguments`:
+
+- sliding window: ``window_size=(W - 1, 0)``. FA4's local mask keeps key columns
+  ``row + seqlen_k - seqlen_q - window_size[0] <= j <= row + seqlen_k - seqlen_q + window_size[1]`` (the
+  same bounds as flash-attn 2), so a left bound of W - 1 gives the suite's ``p - W < j <= p``. With causal
+  the right bound is forced to 0 and the kernel runs its local (not causal) mask; on SM90 a local kernel
+  picks another KV tile at head dims 192 and 256 (`sm90_kv_tile`).
+- soft-cap: ``softcap=c``, applied as a score_mod after ``softmax_scale`` (``c * tanh(s / c)`` of the
+  scaled score). SM100 at head dim 256 asserts "does not support softcap" (then ``unsupported``).
+- sinks: ``learnable_sink`` = the batch's ``[Hq]`` float32 sink logits (float32 accepted from 4.0.0b26;
+  earlier betas assert "learnable_sink must be bfloat16", which `prepare` reports as ``unsupported``).
+  ``Softmax.finalize`` adds ``exp(sink)`` to each row's sum before it writes the LSE, and a row with no keys
+  gets the sink itself as its LSE: FA4's returned LSE includes the sink, the suite's convention, so
+  `fa4_lse` stays a transpose.
+- fp8 KV cache: declined (`FEATURE_REASONS`): FA4 takes fp8 only for q, k and v together (one dtype,
+  with ``q_descale``/``k_descale``/``v_descale`` of shape ``[B, Hkv]``) and only on SM100.
 - FA4 compiles each kernel configuration with the CuTe DSL at first call (in ``prepare``;
   ``notes["setup_s"]``); with ``FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1`` (set by `worker_env`)
   compiled kernels are kept on disk for later processes.
@@ -44,12 +63,24 @@ import torch
 
 from adapters.base import Adapter, Prepared, Unsupported, installed_versions, register
 from adapters.batch import BatchSpec, PagedBatch
+from adapters.features import window_left
 
 DISTRIBUTION = "flash-attn-4"
 DTYPES = ("bf16", "fp16")
 PAGED_ARCH_MAJORS = (9, 10, 11)
 """Compute capabilities (major) with a paged forward in FA4: SM90 (from 4.0.0b5) and SM100/SM110
 (the SM80 and SM120 paths assert "paged KV not supported")."""
+
+
+MODEL_FEATURES = frozenset({"sliding_window", "softcap", "sinks"})
+"""Features FA4's ``flash_attn_varlen_func`` takes: ``window_size``, ``softcap``, ``learnable_sink``."""
+FEATURE_REASONS = {
+    "fp8_kv": "flash_attn.cute.flash_attn_varlen_func takes fp8 only for q, k and v together (\"q, k, v, and qv "
+              "must have the same dtype\", with q_descale/k_descale/v_descale [B, Hkv]) and only on SM100 (\"FP8 is "
+              "only supported on SM100 (compute capability 10.x) for FA4 CuTe.\", flash-attn-4 4.0.0b10-b27): no "
+              "fp16/bf16 query over an fp8 KV cache",
+}
+"""Why the features FA4 lacks are declined, in its terms."""
 
 
 class FA4ImportError(ImportError):
@@ -118,30 +149,45 @@ def load_fa4(package_dir: Path | None = None) -> types.ModuleType:
     return module
 
 
+def feature_arguments(batch: PagedBatch) -> dict[str, Any]:
+    """The model-feature keyword arguments of FA4's varlen call (none for plain attention)."""
+    spec = batch.spec
+    kwargs: dict[str, Any] = {}
+    if spec.sliding_window is not None:
+        kwargs["window_size"] = (window_left(spec.sliding_window), 0)
+    if spec.softcap is not None:
+        kwargs["softcap"] = float(spec.softcap)
+    if spec.sinks:
+        kwargs["learnable_sink"] = batch.sinks  # [Hq] float32
+    return kwargs
+
+
 def fa4_arguments(batch: PagedBatch) -> dict[str, Any]:
     """Keyword arguments of FA4's paged varlen call for ``batch`` (after q, k_cache, v_cache)."""
     spec = batch.spec
     return dict(cu_seqlens_q=batch.cu_seqlens_q, max_seqlen_q=spec.max_q_len, seqused_k=batch.kv_lens,
-                page_table=batch.block_table, softmax_scale=spec.scale, causal=spec.causal, return_lse=True)
+                page_table=batch.block_table, softmax_scale=spec.scale, causal=spec.causal, return_lse=True,
+                **feature_arguments(batch))
 
 
 def fa4_lse(raw: torch.Tensor) -> torch.Tensor:
-    """FA4's varlen LSE ``[Hq, T]`` (natural log) as ``[T, Hq]``."""
+    """FA4's varlen LSE ``[Hq, T]`` (natural log, the sink included when there is one) as ``[T, Hq]``."""
     return raw.float().transpose(0, 1)
 
 
-def sm90_kv_tile(head_dim: int, causal: bool) -> int:
-    """FA4's SM90 forward KV tile for q/k/v of one head dim, no sliding window (as its
-    ``_tile_size_fwd_sm90`` chooses it): a page of exactly this many keys loads by TMA."""
+def sm90_kv_tile(head_dim: int, causal: bool, local: bool = False) -> int:
+    """FA4's SM90 forward KV tile for q/k/v of one head dim (as its ``_tile_size_fwd_sm90`` chooses it;
+    ``local``: a sliding window, for which FA4 runs its local mask instead of the causal one): a page of
+    exactly this many keys loads by TMA."""
     if head_dim <= 64:
         return 128
     if head_dim <= 96:
-        return 128 if causal else 144
+        return 128 if causal or local else 144
     if head_dim <= 128:
         return 128
     if head_dim <= 192:
-        return 112
-    return 80
+        return 96 if local else 112
+    return 64 if local else 80
 
 
 @register
@@ -150,6 +196,8 @@ class FA4Adapter(Adapter):
 
     name = "fa4"
     packages = ("flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi")
+    model_features = MODEL_FEATURES
+    feature_reasons = FEATURE_REASONS
 
     def __init__(self) -> None:
         self._module: types.ModuleType | None = None
@@ -215,5 +263,6 @@ class FA4Adapter(Adapter):
         notes: dict[str, Any] = {"entry_point": "flash_attn.cute.flash_attn_varlen_func(page_table, seqused_k)",
                                  "setup_s": round(time.perf_counter() - started, 4)}
         if major == 9:
-            notes["paged_kv_tma"] = spec.page_size == sm90_kv_tile(spec.head_dim, spec.causal)
+            local = spec.sliding_window is not None
+            notes["paged_kv_tma"] = spec.page_size == sm90_kv_tile(spec.head_dim, spec.causal and not local, local)
         return Prepared(run=run, notes=notes, to_lse=fa4_lse)
