@@ -57,8 +57,34 @@ instance by everything that changes them (`GraphKey`); ``run`` only binds the st
 ``close()`` drops graphs and handles. A graph that cuDNN refuses to validate or build becomes
 `Unsupported` with cuDNN's own message.
 
+**Model features** (`adapters.features`), through ``graph.sdpa``'s own arguments (`sdpa_arguments`,
+read from the frontend 1.32 headers, ``cudnn_frontend/node/sdpa_support_surface.h`` and
+``utils/attn_score_modifiers.h``):
+
+- sliding window W: ``diagonal_band_left_bound=W`` beside the bottom-right causal band. cuDNN keeps key
+  j of query row i iff ``j + W - (s_kv - s_q) > i`` (per sequence, from ``seq_len_q``/``seq_len_kv``),
+  i.e. ``p - W < j <= p`` at absolute position p: W keys, the query's own included (the left bound is
+  W, not FlashAttention's W - 1). Bottom-right alignment with a left bound and s_q != s_kv needs cuDNN
+  9.6.0 (`FEATURE_MIN_VERSION`).
+- soft-cap c: sdpa has no cap argument; its ``score_mod`` callback is the way (the frontend's own
+  paged soft-cap test, ``test/python/test_flexible_sdpa.py``). A score_mod switches off the node's own
+  masks ("Attention score mod enabled and hence other subgraphs are disabled"), so the callback
+  (`score_mod_ops`) also spells the padding mask, the bottom-right causal band and the window, with the
+  pointwise ops the frontend's own masks are made of: ``c * tanh(s / c)`` on the scaled score, then
+  ``binary_select(score, -inf, mask)``. ``use_padding_mask`` is then off; ``seq_len_q``/``seq_len_kv``
+  are still bound (paged caches need them).
+- sinks: ``sink_token``, float32 ``(1, Hq, 1, 1)`` (cuDNN 9.13.0+). The softmax adds ``exp(sink - max)``
+  to the row's sum before the log (``node/softmax.h``), so Stats already include the sink: the suite's
+  LSE (`STATS_INCLUDE_SINK`, `lse_with_sink`). cuDNN's backend declines a sink where S_q == 1 ("decode
+  only mode, i.e. s_q == 1, not supported with sink_token"), so pure-decode graphs with sinks are its
+  `unsupported` answer.
+- fp8 K/V: declined (`FEATURE_REASONS`): ``sdpa`` takes no fp8 operand nor descale, and ``sdpa_fp8``
+  wants Q in fp8 too, per-tensor descales only, and on Hopper neither bottom-right causal masks nor a
+  bf16/fp16 output.
+
 The argument builders (`cudnn_layout`, `ragged_offsets`, `page_table_view`, `seq_len_tensors`,
-`cache_view`, `trow_arguments`, `stats_index`, `stats_strides`) are pure functions of CPU or GPU
+`cache_view`, `trow_arguments`, `stats_index`, `stats_strides`, `sdpa_arguments`, `score_mod_ops`,
+`sink_tensor`, `packed_graph_key`, `trow_graph_key`) are pure functions of the spec or of CPU or GPU
 tensors and need no cudnn.
 """
 
@@ -275,6 +301,168 @@ def trow_arguments(spec: BatchSpec, block_table: torch.Tensor) -> TRowArguments:
 
 
 # ----------------------------------------------------------------------------------------------
+# Model features (module docstring, "Model features"): pure descriptions of the sdpa arguments
+
+CUDNN_FEATURES: frozenset[str] = frozenset({"sliding_window", "softcap", "sinks"})
+"""The model features the cuDNN rows pass to ``graph.sdpa`` (`Adapter.model_features`)."""
+
+FEATURE_REASONS: dict[str, str] = {
+    "fp8_kv": (
+        "cuDNN: graph.sdpa takes Q, K and V in one fp16/bf16 type and has no K/V descale input, so a bf16 "
+        "query over an fp8 e4m3 cache is no form it takes; its fp8 node, graph.sdpa_fp8 (cuDNN 9.1.0+, paged "
+        "caches 9.5.0+), wants Q in fp8 as well, takes per-tensor descale_q/descale_k/descale_v scalars only "
+        "(no per-KV-head scales; MXFP8 block scales are not served over paged caches), and on Hopper refuses a "
+        "bottom-right causal mask ('only supported on Blackwell architecture', cuDNN 9.7.0+) and a bf16/fp16 "
+        "output ('only supported on Blackwell architecture with cuDNN version 9.13.0 and newer')"),
+}
+"""Why the cuDNN rows decline a feature, in cuDNN's terms (`Adapter.feature_reasons`)."""
+
+FEATURE_MIN_VERSION: dict[str, tuple[int, str]] = {
+    "sliding_window": (90600, "a diagonal_band_left_bound (sliding window) with the bottom-right causal band "
+                              "and s_q != s_kv"),
+    "sinks": (91300, "graph.sdpa's sink_token (attention sinks)"),
+}
+"""The first cuDNN release (``cudnn.backend_version()``) that takes each feature in this graph, and what it
+takes (the frontend 1.32 support surface): `supports` declines below it with the version found."""
+
+STATS_INCLUDE_SINK = True
+"""cuDNN's Stats with a ``sink_token``: ``max + log(sum_j exp(s_j - max) + exp(sink - max))`` (the frontend's
+softmax node), already the suite's LSE. Were it the sink-free LSE, `lse_with_sink` adds the sink."""
+
+
+def lse_with_sink(lse: torch.Tensor, sinks: torch.Tensor | None, *, stats_include_sink: bool = STATS_INCLUDE_SINK
+                  ) -> torch.Tensor:
+    """The suite's LSE ``[T, Hq]`` from cuDNN's Stats gathered to ``[T, Hq]``: unchanged when the Stats hold the
+    sink (or there is none), else ``logaddexp(lse, sink_h)``."""
+    if sinks is None or stats_include_sink:
+        return lse
+    return torch.logaddexp(lse.float(), sinks.float().to(lse.device)[None, :])
+
+
+@dataclass(frozen=True)
+class ScoreMod:
+    """The ``score_mod`` callback `score_mod_ops` builds: the soft-cap ``c * tanh(s / c)`` of the scaled score,
+    then the masks a score_mod must spell itself (padding always; the bottom-right causal band when
+    ``causal``; the window's left bound W when set)."""
+
+    softcap: float
+    causal: bool
+    sliding_window: int | None = None
+
+
+@dataclass(frozen=True)
+class SinkToken:
+    """The ``sink_token`` input: float32 ``(1, Hq, 1, 1)``, one logit per query head."""
+
+    dims: tuple[int, int, int, int]
+    strides: tuple[int, int, int, int]
+
+
+def sdpa_arguments(heads: int, *, causal: bool, sliding_window: int | None = None, softcap: float | None = None,
+                   sinks: bool = False) -> dict[str, Any]:
+    """The masking and feature keywords of ``graph.sdpa`` for this graph, without cudnn: enums by name
+    (``"BOTTOM_RIGHT"``), the score_mod as a `ScoreMod`, the sink as a `SinkToken`. The paged-cache, length and
+    Stats keywords are the same for every graph (`_sdpa`)."""
+    arguments: dict[str, Any]
+    if softcap is not None:
+        arguments = {"use_padding_mask": False,
+                     "score_mod": ScoreMod(softcap=float(softcap), causal=causal, sliding_window=sliding_window)}
+    else:
+        arguments = {"use_padding_mask": True}
+        if causal:
+            arguments.update(diagonal_alignment="BOTTOM_RIGHT", diagonal_band_right_bound=0)
+            if sliding_window is not None:
+                arguments["diagonal_band_left_bound"] = int(sliding_window)
+    if sinks:
+        arguments["sink_token"] = SinkToken(dims=(1, heads, 1, 1), strides=(heads, 1, 1, 1))
+    return arguments
+
+
+def describe_arguments(arguments: dict[str, Any]) -> str:
+    """The feature keywords of `sdpa_arguments` in one line for a result's notes, e.g.
+    'diagonal_band_left_bound=4096; sink_token (1, 32, 1, 1)'; "" for plain attention."""
+    parts = []
+    for name, value in arguments.items():
+        if name == "diagonal_band_left_bound":
+            parts.append(f"{name}={value}")
+        elif isinstance(value, ScoreMod):
+            masks = "padding" + (", bottom-right causal" if value.causal else "") + \
+                (f", window {value.sliding_window}" if value.causal and value.sliding_window is not None else "")
+            parts.append(f"score_mod {value.softcap:g}*tanh(s/{value.softcap:g}) + masks ({masks})")
+        elif isinstance(value, SinkToken):
+            parts.append(f"sink_token {value.dims}")
+    return "; ".join(parts)
+
+
+def sink_tensor(sinks: torch.Tensor) -> torch.Tensor:
+    """The batch's sink logits ``[Hq]`` as cuDNN's ``sink_token``: float32 ``(1, Hq, 1, 1)``, contiguous."""
+    return sinks.to(torch.float32).reshape(1, -1, 1, 1).contiguous()
+
+
+def score_mod_constants(mod: ScoreMod) -> dict[str, tuple[float | int, torch.dtype]]:
+    """The pass-by-value scalars the score_mod reads, by name: (value, dtype); bound as (1, 1, 1, 1) CPU tensors."""
+    constants: dict[str, tuple[float | int, torch.dtype]] = {"softcap": (float(mod.softcap), torch.float32),
+                                                              "neg_inf": (float("-inf"), torch.float32)}
+    if mod.causal and mod.sliding_window is not None:
+        constants["window"] = (int(mod.sliding_window), torch.int32)
+    return constants
+
+
+def score_mod_ops(graph, score, mod: ScoreMod, *, constants: dict[str, Any], seq_q, seq_kv, int32, boolean):
+    """Spell ``mod`` on ``score`` ([B, H, S_q, S_kv], scaled) with ``graph``'s pointwise ops (the frontend's
+    ``gen_index``/``cmp_*``/``logical_and``/``binary_select``, ``div``/``tanh``/``mul``); ``constants``: the
+    graph tensors of `score_mod_constants`; ``seq_q``/``seq_kv``: the (B, 1, 1, 1) int32 lengths. With row i
+    and column j of sequence b, a score is kept iff ``i < seq_q`` and ``j < seq_kv`` and, when causal,
+    ``j + seq_q <= i + seq_kv`` (bottom-right: j <= p) and, with a window W, ``j + seq_q + W > i + seq_kv``
+    (j > p - W). ``binary_select(x, y, mask)`` is ``mask ? x : y``, as in the frontend's own padding mask."""
+
+    def typed(tensor, dtype):
+        tensor.set_data_type(dtype)
+        return tensor
+
+    capped = graph.div(a=score, b=constants["softcap"], name="softcap_div")
+    capped = graph.tanh(input=capped, name="softcap_tanh")
+    capped = graph.mul(a=capped, b=constants["softcap"], name="softcap_mul")
+    row = typed(graph.gen_index(input=capped, axis=2, compute_data_type=int32, name="row_index"), int32)
+    col = typed(graph.gen_index(input=capped, axis=3, compute_data_type=int32, name="col_index"), int32)
+    keep = typed(graph.cmp_lt(input=row, comparison=seq_q, compute_data_type=boolean, name="row_in_q"), boolean)
+    in_kv = typed(graph.cmp_lt(input=col, comparison=seq_kv, compute_data_type=boolean, name="col_in_kv"), boolean)
+    keep = typed(graph.logical_and(a=keep, b=in_kv, compute_data_type=boolean, name="padding"), boolean)
+    if mod.causal:
+        shifted_col = typed(graph.add(a=col, b=seq_q, compute_data_type=int32, name="col_plus_sq"), int32)
+        shifted_row = typed(graph.add(a=row, b=seq_kv, compute_data_type=int32, name="row_plus_skv"), int32)
+        causal = typed(graph.cmp_le(input=shifted_col, comparison=shifted_row, compute_data_type=boolean,
+                                    name="causal_bottom_right"), boolean)
+        keep = typed(graph.logical_and(a=keep, b=causal, compute_data_type=boolean, name="and_causal"), boolean)
+        if mod.sliding_window is not None:
+            window_col = typed(graph.add(a=shifted_col, b=constants["window"], compute_data_type=int32,
+                                         name="col_plus_sq_plus_window"), int32)
+            window = typed(graph.cmp_gt(input=window_col, comparison=shifted_row, compute_data_type=boolean,
+                                        name="window_left_bound"), boolean)
+            keep = typed(graph.logical_and(a=keep, b=window, compute_data_type=boolean, name="and_window"), boolean)
+    return graph.binary_select(input0=capped, input1=constants["neg_inf"], mask=keep, name="score_mod_mask")
+
+
+def feature_fields(spec: BatchSpec) -> dict[str, Any]:
+    """The feature fields of a `GraphKey` (every value that changes the graph)."""
+    return {"sliding_window": spec.sliding_window,
+            "softcap": None if spec.softcap is None else float(spec.softcap), "sinks": bool(spec.sinks)}
+
+
+def version_refusal(spec: BatchSpec, version: int | None) -> str:
+    """Why the loaded cuDNN (``version`` as ``cudnn.backend_version()`` gives it; None when unknown) cannot take
+    a feature ``spec`` asks for, or ""."""
+    if version is None:
+        return ""
+    for feature in spec.features:
+        needed = FEATURE_MIN_VERSION.get(feature)
+        if needed is not None and version < needed[0]:
+            return (f"cuDNN {_version_text(version)} is loaded; {needed[1]} needs cuDNN "
+                    f"{_version_text(needed[0])} or newer")
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------
 # cuDNN graph building (needs `import cudnn`)
 
 @dataclass(frozen=True)
@@ -295,6 +483,14 @@ class GraphKey:
     ragged_dtype: str
     stats: str = ""
     """The Stats (LSE) output's layout: "" (none), "padded" or "ragged" (module docstring)."""
+    sliding_window: int | None = None
+    softcap: float | None = None
+    sinks: bool = False
+    """The model features (`feature_fields`): each one changes the sdpa node (`sdpa_arguments`)."""
+
+    def sdpa_arguments(self) -> dict[str, Any]:
+        return sdpa_arguments(self.q_dims[1], causal=self.causal, sliding_window=self.sliding_window,
+                              softcap=self.softcap, sinks=self.sinks)
 
 
 @dataclass
@@ -331,20 +527,90 @@ def refusal_reason(stage: str, error: BaseException) -> str:
     return f"cuDNN {stage}: {type(error).__name__}: {message}"
 
 
-def _sdpa(cudnn, graph, q, k, v, *, scale: float, causal: bool, seq_q, seq_kv, table_k, table_v,
-          max_seq_len_kv: int, stats: bool):
-    """The SDPA node -> [O, Stats] (Stats None without ``stats``)."""
+def _sdpa(cudnn, graph, key: GraphKey, t: dict[str, Any], *, stats: bool):
+    """The SDPA node -> [O, Stats] (Stats None without ``stats``), its masks and features from
+    `GraphKey.sdpa_arguments`; feature inputs (sink, score_mod constants) are added to ``t``."""
     options: dict[str, Any] = dict(
-        name="paged_sdpa", attn_scale=scale, use_padding_mask=True, seq_len_q=seq_q, seq_len_kv=seq_kv,
-        paged_attention_k_table=table_k, paged_attention_v_table=table_v,
-        paged_attention_max_seq_len_kv=max_seq_len_kv,
+        name="paged_sdpa", attn_scale=key.scale, seq_len_q=t["seq_q"], seq_len_kv=t["seq_kv"],
+        paged_attention_k_table=t["table_k"], paged_attention_v_table=t["table_v"],
+        paged_attention_max_seq_len_kv=key.max_seq_len_kv,
     )
-    if causal:
-        options.update(diagonal_alignment=cudnn.diagonal_alignment.BOTTOM_RIGHT, diagonal_band_right_bound=0)
+    for name, value in key.sdpa_arguments().items():
+        if name == "diagonal_alignment":
+            options[name] = getattr(cudnn.diagonal_alignment, value)
+        elif isinstance(value, SinkToken):
+            t["sink"] = graph.tensor(name="sink_token", dim=list(value.dims), stride=list(value.strides),
+                                     data_type=cudnn.data_type.FLOAT)
+            options[name] = t["sink"]
+        elif isinstance(value, ScoreMod):
+            options[name] = _score_mod(cudnn, graph, value, t)
+        else:
+            options[name] = value
     try:
-        return graph.sdpa(q=q, k=k, v=v, generate_stats=stats, **options)
+        return graph.sdpa(q=t["q"], k=t["k"], v=t["v"], generate_stats=stats, **options)
     except TypeError:  # frontends before generate_stats: the deprecated spelling
-        return graph.sdpa(q=q, k=k, v=v, is_inference=not stats, **options)
+        return graph.sdpa(q=t["q"], k=t["k"], v=t["v"], is_inference=not stats, **options)
+
+
+def _score_mod(cudnn, graph, mod: ScoreMod, t: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    """The score_mod callback of ``mod``; its scalars become pass-by-value graph tensors ``t["const:<name>"]``."""
+    types = {torch.float32: cudnn.data_type.FLOAT, torch.int32: cudnn.data_type.INT32}
+    constants = {}
+    for name, (_, dtype) in score_mod_constants(mod).items():
+        constants[name] = t[f"const:{name}"] = graph.tensor(
+            name=f"score_mod_{name}", dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], is_pass_by_value=True,
+            data_type=types[dtype])
+    seq_q, seq_kv = t["seq_q"], t["seq_kv"]
+
+    def score_mod(sdpa_graph, score):
+        return score_mod_ops(sdpa_graph, score, mod, constants=constants, seq_q=seq_q, seq_kv=seq_kv,
+                             int32=cudnn.data_type.INT32, boolean=cudnn.data_type.BOOLEAN)
+
+    return score_mod
+
+
+def feature_pack(key: GraphKey, tensors: dict[str, Any], sinks: torch.Tensor | None) -> dict[Any, torch.Tensor]:
+    """Variant-pack entries of the feature inputs of a graph built for ``key``: the sink logits
+    (`sink_tensor`) and the score_mod's pass-by-value scalars as (1, 1, 1, 1) CPU tensors."""
+    pack: dict[Any, torch.Tensor] = {}
+    if "sink" in tensors:
+        if sinks is None:
+            raise ValueError("the graph takes a sink_token but the batch has no sink logits")
+        pack[tensors["sink"]] = sink_tensor(sinks)
+    score_mod = key.sdpa_arguments().get("score_mod")
+    if score_mod is not None:
+        for name, (value, dtype) in score_mod_constants(score_mod).items():
+            pack[tensors[f"const:{name}"]] = torch.full((1, 1, 1, 1), value, dtype=dtype)
+    return pack
+
+
+def _feature_notes(key: GraphKey) -> dict[str, str]:
+    described = describe_arguments(key.sdpa_arguments())
+    return {"cudnn_features": described} if described else {}
+
+
+def packed_graph_key(spec: BatchSpec, num_pages: int | None = None, *, offsets: str = "int32",
+                     device: int = 0) -> GraphKey:
+    """The `GraphKey` of the packed (B-row) graph of ``spec`` (`cudnn_layout`; Stats layout left "")."""
+    layout = cudnn_layout(spec, num_pages=num_pages, offsets=offsets)
+    return GraphKey(
+        variant="packed", device=device, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
+        q_dims=layout.q_dims, q_strides=layout.q_strides, cache_dims=layout.cache_dims,
+        cache_strides=layout.cache_strides, page_table_dims=layout.page_table_dims,
+        max_seq_len_kv=layout.max_seq_len_kv, ragged_dtype=str(layout.ragged_dtype).removeprefix("torch."),
+        **feature_fields(spec))
+
+
+def trow_graph_key(spec: BatchSpec, num_pages: int | None = None, *, device: int = 0) -> GraphKey:
+    """The `GraphKey` of the T-row graph of ``spec`` (`trow_arguments`' dims; Stats layout left "")."""
+    layout = cudnn_layout(spec, num_pages=num_pages)
+    heads, head_dim = spec.num_q_heads, spec.head_dim
+    return GraphKey(
+        variant="t-rows", device=device, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
+        q_dims=(spec.total_q, heads, 1, head_dim), q_strides=(heads * head_dim, head_dim, heads * head_dim, 1),
+        cache_dims=layout.cache_dims, cache_strides=layout.cache_strides,
+        page_table_dims=(spec.batch_size, 1, spec.max_pages, 1), max_seq_len_kv=spec.max_pages * spec.page_size,
+        ragged_dtype="none", **feature_fields(spec))
 
 
 def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
@@ -372,9 +638,7 @@ def _build(cudnn, key: GraphKey, handle, *, ragged: bool) -> _BuiltGraph:
         t["o_offsets"] = graph.tensor(name="o_ragged_offsets", dim=[batch + 1, 1, 1, 1], stride=[1, 1, 1, 1],
                                       data_type=ragged_type)
         t["q"].set_ragged_offset(t["q_offsets"])
-    o, stats = _sdpa(cudnn, graph, t["q"], t["k"], t["v"], scale=key.scale, causal=key.causal, seq_q=t["seq_q"],
-                     seq_kv=t["seq_kv"], table_k=t["table_k"], table_v=t["table_v"],
-                     max_seq_len_kv=key.max_seq_len_kv, stats=bool(key.stats))
+    o, stats = _sdpa(cudnn, graph, key, t, stats=bool(key.stats))
     o.set_output(True).set_dim(list(key.q_dims)).set_stride(list(key.q_strides)).set_data_type(io_type)
     if ragged:
         o.set_ragged_offset(t["o_offsets"])
@@ -495,12 +759,27 @@ def _available(device: torch.device) -> tuple[bool, str]:
     return True, ""
 
 
-def _supports(spec: BatchSpec) -> tuple[bool, str]:
+def _supports(spec: BatchSpec, version: int | None = None) -> tuple[bool, str]:
+    """``version``: the loaded cuDNN's (`_loaded_version`), for the features that need a newer one."""
     if spec.dtype not in ("bf16", "fp16"):
         return False, f"cuDNN SDPA takes fp16/bf16 (or fp8) inputs, not {spec.dtype}"
     if spec.page_size & (spec.page_size - 1):
         return False, f"cuDNN paged attention needs a power-of-two page size (got {spec.page_size})"
+    refusal = version_refusal(spec, version)
+    if refusal:
+        return False, refusal
     return True, ""
+
+
+def _loaded_version() -> int | None:
+    """``cudnn.backend_version()`` of this process, or None where the frontend or its library is missing
+    (`available` says why; nothing is declined for a version then)."""
+    try:
+        import cudnn
+
+        return int(cudnn.backend_version())
+    except Exception:  # noqa: BLE001 - unknown version: no version-based decline
+        return None
 
 
 @register
@@ -514,6 +793,8 @@ class CudnnSdpaAdapter(Adapter):
     library = "cudnn"
     form: ClassVar[Binding] = Binding()
     """How this row declares the graph (module docstring, "Bindings"); `binding` is its description."""
+    model_features = CUDNN_FEATURES
+    feature_reasons = FEATURE_REASONS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -524,12 +805,18 @@ class CudnnSdpaAdapter(Adapter):
         self._handles: dict[int, Any] = {}
         self._stats_refused: dict[GraphKey, str] = {}
         """cuDNN's refusal of the Stats output, by the key of the graph with it."""
+        self._version: list[int | None] = []
+        """The loaded cuDNN's version, once looked up (`_loaded_version`)."""
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return _available(torch.device(device))
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
-        return _supports(spec)
+        if not spec.features:
+            return _supports(spec)
+        if not self._version:
+            self._version.append(_loaded_version())
+        return _supports(spec, self._version[0])
 
     def versions(self) -> dict[str, str]:
         return _versions()
@@ -610,12 +897,7 @@ class CudnnSdpaAdapter(Adapter):
 
         spec, device = batch.spec, batch.device
         layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]), offsets=self.form.offsets)
-        key = GraphKey(
-            variant="packed", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
-            q_dims=layout.q_dims, q_strides=layout.q_strides, cache_dims=layout.cache_dims,
-            cache_strides=layout.cache_strides, page_table_dims=layout.page_table_dims,
-            max_seq_len_kv=layout.max_seq_len_kv, ragged_dtype=str(layout.ragged_dtype).removeprefix("torch."),
-        )
+        key = packed_graph_key(spec, int(batch.k_cache.shape[0]), offsets=self.form.offsets, device=device.index or 0)
         built, cached, lse_note = self._graph_with_stats(cudnn, key, device, ragged=True)
         q_buffer = padded_rows(batch.q, layout.pad_rows)
         o_buffer = torch.zeros_like(q_buffer)
@@ -628,18 +910,20 @@ class CudnnSdpaAdapter(Adapter):
             t["q"]: q_buffer, t["k"]: cache_view(batch.k_cache), t["v"]: cache_view(batch.v_cache),
             t["table_k"]: table, t["table_v"]: table, t["seq_q"]: seq_q, t["seq_kv"]: seq_kv,
             t["q_offsets"]: offsets, t["o_offsets"]: offsets, t["o"]: o_buffer,
+            **feature_pack(key, t, batch.sinks),
         }
-        heads, total = spec.num_q_heads, spec.total_q
+        heads, total, sinks = spec.num_q_heads, spec.total_q, batch.sinks
         index = stats_index(batch.cu_seqlens_q, heads, layout.s_q)
         stats_buffers = {
-            "padded": (layout.stats_dims, lambda stats: gather_stats(stats, index)),
+            "padded": (layout.stats_dims, lambda stats: lse_with_sink(gather_stats(stats, index), sinks)),
             # packed rows, padded like Q and O so the nominal [B, Hq, S_q] span stays inside the buffer
-            "ragged": ((total + layout.pad_rows, heads), lambda stats: stats[:total].float()),
+            "ragged": ((total + layout.pad_rows, heads), lambda stats: lse_with_sink(stats[:total].float(), sinks)),
             "offsets": ragged_offsets(batch.cu_seqlens_q, heads, 1, layout.ragged_dtype),
         }
         return self._prepared(
             cudnn, built, cached, lse_note, pack, device, o_buffer[:total], stats_buffers,
-            {"graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages, "workspace_bytes": built.workspace_bytes})
+            {"graph_s_q": layout.s_q, "graph_max_pages": layout.max_pages, "workspace_bytes": built.workspace_bytes,
+             **_feature_notes(key)})
 
 
 CudnnSdpaAdapter.binding = CudnnSdpaAdapter.form.describe()
@@ -696,23 +980,18 @@ class CudnnTRowsAdapter(CudnnSdpaAdapter):
         import cudnn
 
         spec, device = batch.spec, batch.device
-        layout = cudnn_layout(spec, num_pages=int(batch.k_cache.shape[0]))
         args = trow_arguments(spec, batch.block_table)
-        key = GraphKey(
-            variant="t-rows", device=device.index or 0, dtype=spec.dtype, causal=spec.causal, scale=spec.scale,
-            q_dims=args.q_dims, q_strides=args.q_strides, cache_dims=layout.cache_dims,
-            cache_strides=layout.cache_strides, page_table_dims=tuple(args.page_table.shape),
-            max_seq_len_kv=spec.max_pages * spec.page_size, ragged_dtype="none",
-        )
+        key = trow_graph_key(spec, int(batch.k_cache.shape[0]), device=device.index or 0)
         built, cached, lse_note = self._graph_with_stats(cudnn, key, device, ragged=False)
         out = torch.zeros_like(batch.q)
         t = built.tensors
         pack = {
             t["q"]: batch.q.view(args.q_dims), t["k"]: cache_view(batch.k_cache), t["v"]: cache_view(batch.v_cache),
             t["table_k"]: args.page_table, t["table_v"]: args.page_table, t["seq_q"]: args.seq_len_q,
-            t["seq_kv"]: args.seq_len_kv, t["o"]: out.view(args.q_dims),
+            t["seq_kv"]: args.seq_len_kv, t["o"]: out.view(args.q_dims), **feature_pack(key, t, batch.sinks),
         }
-        heads = spec.num_q_heads
+        heads, sinks = spec.num_q_heads, batch.sinks
         # one "batch" per token, S_q = 1: Stats [T, Hq, 1, 1] is already the canonical [T, Hq]
-        stats_buffers = {"padded": ((spec.total_q, heads, 1, 1), lambda stats: stats.reshape(spec.total_q, heads).float())}
-        return self._prepared(cudnn, built, cached, lse_note, pack, device, out, stats_buffers, {})
+        stats_buffers = {"padded": ((spec.total_q, heads, 1, 1),
+                                    lambda stats: lse_with_sink(stats.reshape(spec.total_q, heads).float(), sinks))}
+        return self._prepared(cudnn, built, cached, lse_note, pack, device, out, stats_buffers, _feature_notes(key))
