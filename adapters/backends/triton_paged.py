@@ -4,6 +4,11 @@ Takes the canonical batch as is: packed q, NHD page caches, block table, cu_seql
 (no conversion). ``prepare`` plans the launch from the spec's host-side lengths, allocates the
 output, the log-sum-exp buffer and the split-KV workspace, and compiles by running once (reported as
 ``setup_s``); ``run`` only launches and returns ``(out, lse)`` (``lse`` ``[T, Hq]`` float32, natural log). On the CPU it runs under Triton's interpreter (TRITON_INTERPRET=1), fp16/fp32 only.
+
+Model features: the kernel runs all four (sliding window, soft-cap, sinks, an fp8 e4m3 cache with
+per-tensor or per-head scales), each a constexpr switch of the one kernel; the batch's fields are passed
+as they are (the window W, the cap c, the ``[Hq]`` sink logits, the fp8 caches with their scales). An fp8
+cache needs Triton's ``float8e4nv`` type: sm_89 or newer on a GPU (the interpreter loads it on the CPU).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import torch
 
 from adapters.base import Adapter, Prepared, Unsupported, register
 from adapters.batch import BatchSpec, PagedBatch
+from adapters.features import FEATURES
 
 ENTRY_POINT = "kernels.paged_attention.prepare_paged_attention"
+FP8_MIN_CAPABILITY = (8, 9)
+"""Triton converts float8 e4m3 (``float8e4nv``) only on sm_89 (Ada) and newer."""
 
 
 def _interpreting() -> bool:
@@ -38,6 +46,7 @@ class TritonPagedAdapter(Adapter):
     name = "triton"
     devices = ("cuda", "cpu")
     packages = ("triton",)
+    model_features = frozenset(FEATURES)
 
     def worker_env(self, device_type: str) -> dict[str, str]:
         """On a CPU the kernel runs under Triton's interpreter, which triton reads at import."""
@@ -80,6 +89,11 @@ class TritonPagedAdapter(Adapter):
         if batch.device.type == "cpu" and spec.torch_dtype == torch.bfloat16:
             raise Unsupported("bf16 under Triton's CPU interpreter returns garbage (docs/backends.md); "
                               "bf16 is checked on the GPU")
+        if spec.kv_dtype is not None and batch.device.type == "cuda" \
+                and torch.cuda.get_device_capability(batch.device) < FP8_MIN_CAPABILITY:
+            major, minor = torch.cuda.get_device_capability(batch.device)
+            raise Unsupported(f"an fp8 e4m3 KV cache needs Triton's float8e4nv, which compiles for sm_89 and "
+                              f"newer; this GPU is sm_{major}{minor}")
         from kernels.paged_attention import prepare_paged_attention
 
         started = time.perf_counter()
@@ -87,12 +101,15 @@ class TritonPagedAdapter(Adapter):
         launcher = prepare_paged_attention(
             batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
             max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
-            out=out, return_lse=True)
+            out=out, return_lse=True, sliding_window=spec.sliding_window, softcap=spec.softcap,
+            sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
         launcher()  # compiles (or loads from Triton's cache) outside the timed region
         if batch.device.type == "cuda":
             torch.cuda.synchronize(batch.device)
         setup_s = time.perf_counter() - started
         notes = {"entry_point": ENTRY_POINT, "setup_s": round(setup_s, 4), **launcher.plan.describe()}
+        if spec.features:
+            notes["features"] = list(spec.features)
         if batch.device.type == "cpu":
             notes["mode"] = "triton interpreter (TRITON_INTERPRET=1)"
         return Prepared(run=launcher, out=out, notes=notes)

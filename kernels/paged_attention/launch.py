@@ -15,6 +15,8 @@ LOG2E = 1.4426950408889634
 """log2(e): scores are kept in the log2 domain so that the softmax uses exp2."""
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_KV_DTYPE = torch.float8_e4m3fn
+"""The one cache dtype besides q's: float8 e4m3 (Triton's ``float8e4nv``), with float32 scales."""
 MIN_HEAD_DIM = 16
 MAX_HEAD_DIM = 256
 """Head dims from 16 to 256; those that are not a power of two (96, 192) run padded to the next one."""
@@ -79,17 +81,45 @@ def _check(condition: bool, message: str) -> None:
 
 def validate_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
-                    max_q_len: int, max_kv_len: int, scale: float, out: torch.Tensor | None) -> None:
+                    max_q_len: int, max_kv_len: int, scale: float, out: torch.Tensor | None,
+                    causal: bool = True, sliding_window: int | None = None, softcap: float | None = None,
+                    sinks: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                    v_scale: torch.Tensor | None = None) -> None:
     """Raise ValueError naming the first argument that does not fit the canonical layout."""
     _check(q.dim() == 3, f"q must be [T, Hq, D], got shape {tuple(q.shape)}")
     _check(k_cache.dim() == 4, f"k_cache must be [num_pages, page_size, Hkv, D], got shape {tuple(k_cache.shape)}")
     _check(v_cache.shape == k_cache.shape,
            f"v_cache shape {tuple(v_cache.shape)} differs from k_cache shape {tuple(k_cache.shape)}")
     _check(q.dtype in SUPPORTED_DTYPES, f"q dtype {q.dtype} is not one of {SUPPORTED_DTYPES}")
-    _check(k_cache.dtype == q.dtype and v_cache.dtype == q.dtype,
-           f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype} differ from q dtype {q.dtype}")
+    kv_fp8 = k_cache.dtype == FP8_KV_DTYPE
+    _check((k_cache.dtype == q.dtype or kv_fp8) and v_cache.dtype == k_cache.dtype,
+           f"k_cache/v_cache dtypes {k_cache.dtype}/{v_cache.dtype} differ from q dtype {q.dtype} "
+           f"(and are not both {FP8_KV_DTYPE})")
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
+    _check(kv_fp8 == (k_scale is not None) and kv_fp8 == (v_scale is not None),
+           f"k_scale and v_scale are needed with a {FP8_KV_DTYPE} cache and only then, got a "
+           f"{k_cache.dtype} cache with k_scale {'given' if k_scale is not None else None}, "
+           f"v_scale {'given' if v_scale is not None else None}")
+    if kv_fp8:
+        for name, tensor in (("k_scale", k_scale), ("v_scale", v_scale)):
+            _check(tensor.dtype == torch.float32 and tensor.dim() == 1 and tensor.numel() in (1, num_kv_heads)
+                   and tensor.is_contiguous() and tensor.device == q.device,
+                   f"{name} must be a contiguous float32 [1] (per tensor) or [Hkv] = [{num_kv_heads}] "
+                   f"(per KV head) on {q.device}, got {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}")
+        _check(k_scale.numel() == v_scale.numel(),
+               f"k_scale has {k_scale.numel()} values, v_scale {v_scale.numel()}: give both per tensor or both per head")
+    if sinks is not None:
+        _check(sinks.shape == (num_q_heads,) and sinks.dtype == torch.float32 and sinks.is_contiguous()
+               and sinks.device == q.device,
+               f"sinks must be a contiguous float32 [Hq] = [{num_q_heads}] on {q.device}, "
+               f"got {tuple(sinks.shape)} {sinks.dtype} on {sinks.device}")
+    if sliding_window is not None:
+        _check(isinstance(sliding_window, int) and not isinstance(sliding_window, bool) and sliding_window >= 1,
+               f"sliding_window={sliding_window!r} must be a positive number of keys")
+        _check(causal, "a sliding window needs causal attention (it ends at the query's own position)")
+    if softcap is not None:
+        _check(math.isfinite(softcap) and softcap > 0, f"softcap={softcap} must be a positive finite number")
     _check(k_cache.shape[3] == head_dim, f"k_cache head dim {k_cache.shape[3]} differs from q head dim {head_dim}")
     _check(MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0,
            f"head_dim={head_dim} must be a multiple of 8 in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
@@ -130,12 +160,19 @@ class PagedAttentionLauncher:
     """Bound arguments of one batch: ``__call__`` only launches (the attention kernel, then the
     merge kernel when keys are split) and returns ``out``, or ``(out, lse)`` when an ``lse`` tensor
     ``[T, Hq]`` float32 (contiguous) was given: each row's natural-log log-sum-exp of the scaled
-    scores ``scale * q . k`` over its visible keys. Build it outside any timed region."""
+    scores ``scale * q . k`` over its visible keys (soft-capped when ``softcap`` is set, with
+    ``exp(sinks[h])`` in the sum when sinks are given). Build it outside any timed region.
+
+    Model features (see ``prepare_paged_attention``): ``sliding_window``, ``softcap``, ``sinks``,
+    and a float8 e4m3 cache with ``k_scale``/``v_scale``; each turns on its constexpr switch."""
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor,
                  out: torch.Tensor, *, causal: bool, scale: float, plan: LaunchPlan,
-                 workspace: tuple[torch.Tensor, torch.Tensor] | None, lse: torch.Tensor | None = None):
+                 workspace: tuple[torch.Tensor, torch.Tensor] | None, lse: torch.Tensor | None = None,
+                 sliding_window: int | None = None, softcap: float | None = None,
+                 sinks: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                 v_scale: torch.Tensor | None = None):
         num_tokens, num_q_heads, head_dim = q.shape
         if lse is not None:
             _check(lse.shape == q.shape[:2] and lse.dtype == torch.float32 and lse.device == q.device
@@ -156,9 +193,13 @@ class PagedAttentionLauncher:
         self.lse = lse
         self.plan = plan
         self._empty = num_tokens == 0
+        use_window = sliding_window is not None
+        kv_fp8 = k_scale is not None
         common = dict(
             lse_ptr=lse, WRITE_LSE=lse is not None,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens,
+            sinks_ptr=sinks, HAS_SINKS=sinks is not None,
+            window=int(sliding_window) if use_window else 0, USE_WINDOW=use_window, BLOCK_N=plan.config.block_n,
             num_seqs=block_table.shape[0], num_q_blocks=plan.num_q_blocks, split_size=plan.split_size,
             stride_o_t=out.stride(0), stride_o_h=out.stride(1),
             stride_po_split=po_strides[0], stride_po_t=po_strides[1], stride_po_h=po_strides[2],
@@ -175,12 +216,17 @@ class PagedAttentionLauncher:
             k_desc=_tma_descriptor(k_cache, plan.config.block_n) if plan.use_tma else None,
             v_desc=_tma_descriptor(v_cache, plan.config.block_n) if plan.use_tma else None,
             block_table_ptr=block_table,
-            qk_scale=float(scale) * LOG2E,
+            k_scale_ptr=k_scale, v_scale_ptr=v_scale, KV_FP8=kv_fp8,
+            stride_scale=1 if kv_fp8 and k_scale.numel() > 1 else 0,
+            # soft-cap: the kernel computes tanh(q.k * scale / c) and scales it by c (in log2 units)
+            qk_scale=(float(softcap) if softcap is not None else float(scale)) * LOG2E,
+            softcap_in=float(scale) / float(softcap) if softcap is not None else 1.0,
+            SOFTCAP=softcap is not None,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1),
             stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
             stride_v_page=v_cache.stride(0), stride_v_slot=v_cache.stride(1), stride_v_head=v_cache.stride(2),
             stride_bt_seq=block_table.stride(0),
-            PAGE_SIZE=k_cache.shape[1], BLOCK_N=plan.config.block_n,
+            PAGE_SIZE=k_cache.shape[1],
             SPLIT_KV=split_kv, TILE_IN_PAGE=plan.tile_in_page, USE_TMA=plan.use_tma,
             SHARED_ROWS=k_cache.stride()[:2] == v_cache.stride()[:2],
             OFFSETS_32=offsets_fit_int32(k_cache) and offsets_fit_int32(v_cache),
@@ -214,33 +260,50 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             max_q_len: int, max_kv_len: int, causal: bool, scale: float,
                             out: torch.Tensor | None = None, config: KernelConfig | None = None,
                             num_splits: int | None = None, launch_merge_early: bool | None = None,
-                            return_lse: bool = False) -> PagedAttentionLauncher:
+                            return_lse: bool = False, sliding_window: int | None = None,
+                            softcap: float | None = None, sinks: torch.Tensor | None = None,
+                            k_scale: torch.Tensor | None = None,
+                            v_scale: torch.Tensor | None = None) -> PagedAttentionLauncher:
     """Validate, plan and allocate (output, split workspace, LSE) once; the launcher only launches.
     ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
     the early merge launch off, to measure what it gains. ``return_lse``: the launcher also writes
     ``launcher.lse`` ``[T, Hq]`` float32, each row's natural-log log-sum-exp of ``scale * q . k``
-    over its visible keys, and returns ``(out, lse)``."""
+    over its visible keys, and returns ``(out, lse)``.
+
+    Model features (``adapters/features.py``), each a constexpr switch of the kernel, off by default:
+    ``sliding_window`` W (causal only): the query at position p sees keys ``p - W < j <= p``, key
+    tiles before a tile's first visible key are skipped; ``softcap`` c: each score s becomes
+    ``c * tanh(s / c)``; ``sinks`` ``[Hq]`` float32: a per-head logit in every row's softmax
+    denominator (and LSE), with no value; a ``torch.float8_e4m3fn`` cache with ``k_scale`` and
+    ``v_scale`` float32 ``[1]`` (per tensor) or ``[Hkv]`` (per KV head): true K = k_cache * k_scale."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
-                    max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out)
+                    max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
+                    sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
     num_tokens, num_q_heads, head_dim = q.shape
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
-                       pdl_possible=launch_merge_early is not False and pdl_possible(q.device))
+                       pdl_possible=launch_merge_early is not False and pdl_possible(q.device),
+                       sliding_window=sliding_window)
     if out is None:
         out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
     lse = torch.empty(num_tokens, num_q_heads, dtype=torch.float32, device=q.device) if return_lse else None
     return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
-                                  causal=causal, scale=scale, plan=plan, workspace=workspace, lse=lse)
+                                  causal=causal, scale=scale, plan=plan, workspace=workspace, lse=lse,
+                                  sliding_window=sliding_window, softcap=softcap, sinks=sinks,
+                                  k_scale=k_scale, v_scale=v_scale)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                     cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
                     causal: bool, scale: float, out: torch.Tensor | None = None,
                     config: KernelConfig | None = None, num_splits: int | None = None,
-                    return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    return_lse: bool = False, sliding_window: int | None = None,
+                    softcap: float | None = None, sinks: torch.Tensor | None = None,
+                    k_scale: torch.Tensor | None = None,
+                    v_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
     ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given);
     with ``return_lse`` -> ``(out, lse)``, lse ``[T, Hq]`` float32 as in ``prepare_paged_attention``.
@@ -248,9 +311,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
     the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
     bottom-right. ``config`` / ``num_splits`` override the tuned table and the split heuristic.
+    Model features as in ``prepare_paged_attention``.
     For repeated calls on one batch, build a launcher once with ``prepare_paged_attention``.
     """
     return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                                    max_q_len=max_q_len, max_kv_len=max_kv_len, causal=causal,
                                    scale=scale, out=out, config=config, num_splits=num_splits,
-                                   return_lse=return_lse)()
+                                   return_lse=return_lse, sliding_window=sliding_window, softcap=softcap,
+                                   sinks=sinks, k_scale=k_scale, v_scale=v_scale)()

@@ -48,11 +48,14 @@ def next_power_of_2(value: int) -> int:
 def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
                 page_size: int, max_q_len: int, max_kv_len: int, num_sms: int,
                 config: KernelConfig | None = None, num_splits: int | None = None,
-                tma_possible: bool = False, pdl_possible: bool = False) -> LaunchPlan:
+                tma_possible: bool = False, pdl_possible: bool = False,
+                sliding_window: int | None = None) -> LaunchPlan:
     """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
     must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
     ``tma_possible`` says the device and the caches allow TMA descriptors, ``pdl_possible`` that
-    the device has programmatic dependent launch."""
+    the device has programmatic dependent launch. With a ``sliding_window`` a tile reads only the
+    key tiles from its first visible key on (`tile_key_span`): the split covers that span, not
+    ``max_kv_len``."""
     group = num_q_heads // num_kv_heads
     one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
 
@@ -71,20 +74,31 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
         if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM[bucket] * num_sms:
             config = few
     block_m, block_q, num_q_blocks, programs = tiles(config)
+    span = tile_key_span(max_kv_len, max_q_len, block_q, config.block_n, sliding_window)
     if num_splits is None:
         wanted = math.ceil(config.split_programs_per_sm * num_sms / programs)
-        useful = math.ceil(max_kv_len / config.min_split_keys)
+        useful = math.ceil(span / config.min_split_keys)
         num_splits = max(1, min(wanted, useful, MAX_SPLITS))
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits={num_splits} must lie in 1..{MAX_SPLITS}")
-    split_size = math.ceil(math.ceil(max(max_kv_len, 1) / num_splits) / config.block_n) * config.block_n
-    num_splits = math.ceil(max(max_kv_len, 1) / split_size)
+    split_size = math.ceil(math.ceil(max(span, 1) / num_splits) / config.block_n) * config.block_n
+    num_splits = math.ceil(max(span, 1) / split_size)
     tile_in_page = page_size % config.block_n == 0
     use_tma = config.use_tma and tma_possible and tile_in_page and head_dim == next_power_of_2(head_dim)
     return LaunchPlan(config=config, block_m=block_m, block_q=block_q, num_q_blocks=num_q_blocks,
                       num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
                       use_tma=use_tma, one_query_per_seq=one_query_per_seq,
                       launch_merge_early=pdl_possible and num_splits > 1)
+
+
+def tile_key_span(max_kv_len: int, max_q_len: int, block_q: int, block_n: int,
+                  sliding_window: int | None) -> int:
+    """Upper bound on the keys one tile reads: ``max_kv_len``, or with a sliding window of W keys the
+    span from the tile's first visible key, rounded down to a key tile, to its last query's key:
+    at most ``(queries in the tile - 1) + W + (block_n - 1)``."""
+    if sliding_window is None:
+        return max_kv_len
+    return min(max_kv_len, min(block_q, max_q_len) - 1 + sliding_window + block_n - 1)
 
 
 def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head_dim: int,
