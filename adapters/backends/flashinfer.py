@@ -29,6 +29,27 @@ into buffers allocated in ``prepare``. FlashInfer's LSE is base 2 (``max + log2(
 ``to_lse`` multiplies by ln 2 -- except the cuDNN prefill path, asked for its native natural-log
 stats (``lse_base="ln"``, which skips FlashInfer's conversion kernel).
 
+Model features (`adapters.features`), read from FlashInfer 0.7.4's wrappers (`calls` builds every
+argument, pure and testable without FlashInfer):
+
+- sliding window W: ``plan(window_left=W - 1)`` (FlashInfer's left bound is inclusive: ``window_left=N``
+  keeps N + 1 keys, the query's own included), on the prefill and decode wrappers and the sink wrappers'
+  constructors (which compile the window in); ``BatchAttention.plan`` has no window.
+- soft-cap c: ``plan(logits_soft_cap=c)`` (and ``BatchAttention.run(logits_soft_cap=c)``, which the
+  holistic kernel reads at run time).
+- sinks: the paged wrappers' fa2/fa3 kernels drop ``run(sinks=)`` (only trtllm-gen and the cuDNN decode
+  graph read it), so the fa2/fa3 rows run FlashInfer's sink variant: ``BatchAttentionWithAttentionSinkWrapper``
+  (prefill) / ``BatchDecodeWithAttentionSinkWrapper`` (decode, tensor cores), called
+  ``run(q, kv, sinks, sm_scale, ...)``; the cuDNN row's decode wrapper takes ``run(sinks=)``. The sink
+  enters the softmax denominator and the returned LSE (base 2, like the rest: ``to_lse`` unchanged).
+- fp8 KV: ``plan(kv_data_type=torch.float8_e4m3fn)`` and ``run(k_scale=, v_scale=)`` as Python floats
+  (FlashInfer folds k_scale into sm_scale and multiplies the output by v_scale); one scale per tensor,
+  so per-KV-head scales are declined.
+
+A feature a row's entry point lacks is declined before `prepare` in FlashInfer's words
+(`Adapter.feature_reasons`, `feature_refusal`); a kernel FlashInfer has but that is not built ahead of
+time where the JIT is switched off is `NotAvailable` (skipped), naming the variant it needed.
+
 A layout FlashInfer refuses (its ``NotImplementedError`` / ``ValueError``, or a kernel dispatch
 "not supported") is `Unsupported` with its own words; a failing nvcc build stays an error.
 """
@@ -41,7 +62,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -49,6 +70,7 @@ import torch
 
 from adapters.base import Adapter, NotAvailable, Prepared, Unsupported, register
 from adapters.batch import BatchSpec, PagedBatch
+from adapters.features import window_left
 
 WORKSPACE_BYTES = 256 << 20
 """Float workspace of each wrapper (split-KV partial results); FlashInfer recommends 128 MiB."""
@@ -100,6 +122,122 @@ def is_pure_decode(spec: BatchSpec) -> bool:
 def lse_from_base2(raw: torch.Tensor) -> torch.Tensor:
     """FlashInfer's base-2 LSE ``[T, Hq]`` as natural log."""
     return raw.float() * LN2
+
+
+# ------------------------------------------------------------------------------ model features
+
+SINK_WRAPPERS = {"prefill": "BatchAttentionWithAttentionSinkWrapper", "decode": "BatchDecodeWithAttentionSinkWrapper"}
+"""FlashInfer's attention-sink variant (``AttentionSink``, fa2 and fa3), one wrapper per batch kind."""
+
+PER_HEAD_SCALES = ("FlashInfer's fp8 KV cache takes one dequantisation scale per tensor: run(k_scale=, v_scale=) "
+                   "are single floats (k_scale is folded into sm_scale, the output is multiplied by v_scale); it has "
+                   "no per-KV-head scale argument (its finer fp8 scales are per token and head, "
+                   "plan(use_token_head_sf=True) with run(kv_cache_sf=), fa2 only)")
+"""Why every FlashInfer row declines an fp8 cache with per-KV-head scales."""
+
+SINKS_WITH_SOFTCAP = ("FlashInfer's attention-sink wrappers (BatchAttentionWithAttentionSinkWrapper, "
+                      "BatchDecodeWithAttentionSinkWrapper) compile the AttentionSink variant, whose only extra "
+                      "parameters are sink and sm_scale: it applies no logits soft-cap (plan(logits_soft_cap=) "
+                      "would be ignored), and the wrappers' own kernels drop run(sinks=)")
+"""Why the fa2/fa3 rows decline sinks together with a soft-cap."""
+
+CUDNN_PREFILL_REFUSALS = {
+    "sliding_window": ("FlashInfer's cuDNN prefill (BatchPrefillWithPagedKVCacheWrapper(backend='cudnn')) refuses "
+                       "window_left: 'cuDNN paged prefill supports only causal or full attention without position "
+                       "encoding, window_left, logits_soft_cap or custom masks' (its decode wrapper takes it)"),
+    "sinks": ("FlashInfer's cuDNN prefill (BatchPrefillWithPagedKVCacheWrapper(backend='cudnn')) refuses sinks: "
+              "'cuDNN paged prefill does not support sinks, NVFP4 or skip-softmax' (its decode wrapper takes them)"),
+}
+"""The cuDNN row's prefill and mixed batches: FlashInfer's cuDNN prefill wrapper lacks what its decode wrapper has."""
+
+
+def feature_plan_kwargs(spec: BatchSpec, *, window: bool = True) -> dict[str, Any]:
+    """``plan()`` keywords of the window (``window_left = W - 1``) and the soft-cap (a float), when asked for."""
+    kwargs: dict[str, Any] = {}
+    if window and spec.sliding_window is not None:
+        kwargs["window_left"] = window_left(spec.sliding_window)
+    if spec.softcap is not None:
+        kwargs["logits_soft_cap"] = float(spec.softcap)
+    return kwargs
+
+
+def prefill_plan_kwargs(spec: BatchSpec) -> dict[str, Any]:
+    """Keywords of ``BatchPrefillWithPagedKVCacheWrapper.plan`` after the page description and head sizes."""
+    return {"causal": spec.causal, "sm_scale": spec.scale, "q_data_type": spec.torch_dtype,
+            "kv_data_type": spec.cache_dtype, **feature_plan_kwargs(spec)}
+
+
+def decode_plan_kwargs(spec: BatchSpec) -> dict[str, Any]:
+    """Keywords of ``BatchDecodeWithPagedKVCacheWrapper.plan`` after the page description and head sizes."""
+    return {"q_data_type": spec.torch_dtype, "kv_data_type": spec.cache_dtype, "sm_scale": spec.scale,
+            **feature_plan_kwargs(spec)}
+
+
+def holistic_plan_kwargs(spec: BatchSpec) -> dict[str, Any]:
+    """Keywords of ``BatchAttention.plan`` (no window: it has no such argument)."""
+    return {"causal": spec.causal, "sm_scale": spec.scale, "q_data_type": spec.torch_dtype,
+            "kv_data_type": spec.cache_dtype, **feature_plan_kwargs(spec, window=False)}
+
+
+def sink_wrapper_init(spec: BatchSpec, backend: str) -> dict[str, Any]:
+    """Constructor keywords of the sink wrappers: they compile the variant for the dtypes, head dims and
+    whether a window is used (``window_left >= 0``), so these come at construction, besides ``plan()``."""
+    return {"kv_layout": "NHD", "backend": backend, "q_data_type": spec.torch_dtype,
+            "kv_data_type": spec.cache_dtype, "head_dim_qk": spec.head_dim, "head_dim_vo": spec.head_dim,
+            "window_left": window_left(spec.sliding_window) if spec.sliding_window is not None else -1}
+
+
+def scale_kwargs(spec: BatchSpec, k_scale: float | None = None, v_scale: float | None = None) -> dict[str, float]:
+    """``run(k_scale=, v_scale=)`` of an fp8 cache with per-tensor scales, as Python floats (FlashInfer
+    multiplies sm_scale by k_scale and the output by v_scale); empty for a cache in the query's dtype."""
+    if spec.kv_dtype is None:
+        return {}
+    if spec.kv_scale != "tensor":
+        raise ValueError(PER_HEAD_SCALES)
+    if k_scale is None or v_scale is None:
+        raise ValueError("an fp8 cache needs its k_scale and v_scale")
+    return {"k_scale": float(k_scale), "v_scale": float(v_scale)}
+
+
+def batch_scales(batch: PagedBatch) -> tuple[float | None, float | None]:
+    """The batch's per-tensor fp8 scales as floats (read once in ``prepare``), or (None, None)."""
+    if batch.k_scale is None or batch.k_scale.numel() != 1:
+        return None, None
+    return float(batch.k_scale.reshape(())), float(batch.v_scale.reshape(()))
+
+
+def kernel_variant(spec: BatchSpec, sink_variant: bool = False) -> str:
+    """The FlashInfer kernel a batch needs, in words (the `NotAvailable` reason when it is not built)."""
+    cache = "fp8 e4m3" if spec.kv_dtype == "fp8" else spec.dtype
+    parts = [f"{spec.dtype} q", f"{cache} KV", f"head dim {spec.head_dim}"]
+    if spec.sliding_window is not None:
+        parts.append("sliding window")
+    if spec.softcap is not None:
+        parts.append("logits soft-cap")
+    if sink_variant:
+        parts.append("AttentionSink variant")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class FlashInferCall:
+    """One FlashInfer entry point for a batch, as data: which wrapper, built, planned and run how.
+
+    ``kind`` says which positional arguments the executor adds: "prefill" (workspace; qo_indptr,
+    kv_indptr, kv_indices, last_page_len, Hq, Hkv, D, page_size), "decode" (workspace; kv_indptr,
+    kv_indices, last_page_len, Hq, Hkv, D, page_size) or "holistic" (``BatchAttention``: device;
+    qo_indptr, kv_indptr, kv_indices on the device, kv_lens, Hq, Hkv, D, D, page_size). ``run`` is
+    called ``run(q, (k_cache, v_cache), *sink_args, out=, lse=, **run)`` where ``sinks`` is
+    "positional" (the sink wrappers: ``sink_args = (sinks, sm_scale)``), "keyword" (``run(sinks=)``)
+    or "" (none)."""
+
+    name: str
+    wrapper: str
+    kind: str
+    init: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    sinks: str = ""
 
 
 def aot_modules() -> list[str]:
@@ -266,47 +404,100 @@ class _FlashInfer(Adapter):
     def _workspace(self, device: torch.device) -> torch.Tensor:
         return torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=device)  # zeroed before first use
 
+    # ------------------------------------------------------------------------------ features
+
+    def feature_refusal(self, spec: BatchSpec) -> str:
+        """The declared features (`Adapter.feature_refusal`), then what this row's entry points lack in
+        combination: per-KV-head fp8 scales, and (`extra_refusals`) whatever the row adds."""
+        reasons = [reason for reason in (super().feature_refusal(spec),) if reason]
+        if spec.kv_dtype is not None and spec.kv_scale != "tensor" and "fp8_kv" in self.model_features:
+            reasons.append(PER_HEAD_SCALES)
+        reasons += self.extra_refusals(spec)
+        return "; ".join(reasons)
+
+    def extra_refusals(self, spec: BatchSpec) -> list[str]:
+        """The fa2/fa3 rows run sinks through the AttentionSink variant, which has no soft-cap."""
+        if spec.sinks and spec.softcap is not None and "sinks" in self.model_features:
+            return [SINKS_WITH_SOFTCAP]
+        return []
+
+    def calls(self, spec: BatchSpec, k_scale: float | None = None,
+              v_scale: float | None = None) -> list[FlashInferCall]:
+        """The entry points of ``spec`` and every argument they take (pure: no FlashInfer, no device):
+        decode batches through the decode wrapper (once per `decode_variants`), others through the
+        prefill wrapper; with sinks through FlashInfer's sink wrappers instead."""
+        run = {"return_lse": True, **scale_kwargs(spec, k_scale, v_scale)}
+        if is_pure_decode(spec):
+            if spec.sinks:
+                name = SINK_WRAPPERS["decode"] + ("(tensor cores)" if self.fi_backend != "auto" else "")
+                return [FlashInferCall(name, SINK_WRAPPERS["decode"], "decode",
+                                       sink_wrapper_init(spec, self.fi_backend), decode_plan_kwargs(spec), run,
+                                       sinks="positional")]
+            return [FlashInferCall(name, "BatchDecodeWithPagedKVCacheWrapper", "decode",
+                                   {"kv_layout": "NHD", "use_tensor_cores": tensor_cores, "backend": self.fi_backend},
+                                   decode_plan_kwargs(spec), run)
+                    for name, tensor_cores in self.decode_variants().items()]
+        if spec.sinks:
+            return [FlashInferCall(SINK_WRAPPERS["prefill"], SINK_WRAPPERS["prefill"], "prefill",
+                                   sink_wrapper_init(spec, self.fi_backend), prefill_plan_kwargs(spec), run,
+                                   sinks="positional")]
+        return [FlashInferCall("BatchPrefillWithPagedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper", "prefill",
+                               {"kv_layout": "NHD", "backend": self.fi_backend}, prefill_plan_kwargs(spec), run)]
+
+    # ------------------------------------------------------------------------------- prepare
+
+    def _launch(self, flashinfer, call: FlashInferCall, batch: PagedBatch, pages: FlashInferPages,
+                out: torch.Tensor, lse: torch.Tensor) -> tuple[Callable[[], RunPair], str, bool]:
+        """Build, plan and run ``call`` once -> (the timed run, the backend FlashInfer resolved to, whether
+        its LSE is base 2)."""
+        spec, device = batch.spec, batch.device
+        cls = getattr(flashinfer, call.wrapper)
+        heads = (spec.num_q_heads, spec.num_kv_heads, spec.head_dim)
+        if call.kind == "holistic":
+            wrapper = cls(device=str(device), **call.init)
+            # Unlike the decode/prefill wrappers, BatchAttention.plan keeps kv_indices as given and its
+            # kernel reads them on the device: host page indices are an illegal memory access (seen on the
+            # H200 with flashinfer 0.7.4, every batch). The indptr and lengths are read on the host.
+            wrapper.plan(pages.qo_indptr, pages.kv_indptr, pages.kv_indices.to(device),
+                         torch.tensor(spec.kv_lens, dtype=torch.int32), *heads, spec.head_dim, spec.page_size,
+                         **call.plan)
+        else:
+            wrapper = cls(self._workspace(device), **call.init)
+            indptr = (pages.qo_indptr,) if call.kind == "prefill" else ()
+            wrapper.plan(*indptr, pages.kv_indptr, pages.kv_indices, pages.last_page_len, *heads, spec.page_size,
+                         **call.plan)
+        q, kv = batch.q, (batch.k_cache, batch.v_cache)
+        sink_args: tuple = ()
+        run_kwargs = dict(call.run)
+        if call.sinks == "positional":
+            sink_args = (batch.sinks, spec.scale)
+        elif call.sinks == "keyword":
+            run_kwargs["sinks"] = batch.sinks
+        if call.kind == "decode":
+            resolved = str(getattr(wrapper, "resolved_backend", None) or getattr(wrapper, "_backend", self.fi_backend))
+        elif call.kind == "holistic":
+            resolved = "holistic (persistent)"
+        else:
+            resolved = str(getattr(wrapper, "_backend", self.fi_backend))
+            if resolved == "cudnn" and "lse_base" in inspect.signature(wrapper.run).parameters:
+                run_kwargs["lse_base"] = "ln"  # cuDNN's native stats: no conversion kernel in the timed call
+
+        def run_call() -> RunPair:
+            return wrapper.run(q, kv, *sink_args, out=out, lse=lse, **run_kwargs)
+
+        run_call()
+        return run_call, resolved, run_kwargs.get("lse_base") != "ln"
+
     def _entry_points(self, flashinfer, batch: PagedBatch, pages: FlashInferPages, out: torch.Tensor,
                       lse: torch.Tensor) -> tuple[dict[str, Callable[[], RunPair]], dict[str, str], bool]:
         """(entry points by name, the FlashInfer backend each resolved to, whether the LSE is base 2);
         each entry point planned and run once."""
-        spec, device = batch.spec, batch.device
-        dtype = spec.torch_dtype
-        q, kv = batch.q, (batch.k_cache, batch.v_cache)
         candidates: dict[str, Callable[[], RunPair]] = {}
         resolved: dict[str, str] = {}
-        if is_pure_decode(spec):
-            for name, tensor_cores in self.decode_variants().items():
-                wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                    self._workspace(device), "NHD", use_tensor_cores=tensor_cores, backend=self.fi_backend)
-                wrapper.plan(pages.kv_indptr, pages.kv_indices, pages.last_page_len, spec.num_q_heads,
-                             spec.num_kv_heads, spec.head_dim, spec.page_size, q_data_type=dtype,
-                             kv_data_type=dtype, sm_scale=spec.scale)
-
-                def run_decode(wrapper=wrapper) -> RunPair:
-                    return wrapper.run(q, kv, out=out, lse=lse, return_lse=True)
-
-                run_decode()
-                resolved[name] = str(getattr(wrapper, "resolved_backend", self.fi_backend))
-                candidates[name] = run_decode
-            return candidates, resolved, True
-        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace(device), "NHD",
-                                                                 backend=self.fi_backend)
-        wrapper.plan(pages.qo_indptr, pages.kv_indptr, pages.kv_indices, pages.last_page_len,
-                     spec.num_q_heads, spec.num_kv_heads, spec.head_dim, spec.page_size,
-                     causal=spec.causal, sm_scale=spec.scale, q_data_type=dtype, kv_data_type=dtype)
-        backend = str(getattr(wrapper, "_backend", self.fi_backend))
-        lse_args: dict[str, Any] = {}
-        if backend == "cudnn" and "lse_base" in inspect.signature(wrapper.run).parameters:
-            lse_args["lse_base"] = "ln"  # cuDNN's native stats: no conversion kernel in the timed call
-
-        def run_prefill() -> RunPair:
-            return wrapper.run(q, kv, out=out, lse=lse, return_lse=True, **lse_args)
-
-        run_prefill()
-        candidates["BatchPrefillWithPagedKVCacheWrapper"] = run_prefill
-        resolved["BatchPrefillWithPagedKVCacheWrapper"] = backend
-        return candidates, resolved, not lse_args
+        base2 = True
+        for call in self.calls(batch.spec, *batch_scales(batch)):
+            candidates[call.name], resolved[call.name], base2 = self._launch(flashinfer, call, batch, pages, out, lse)
+        return candidates, resolved, base2
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         import flashinfer
@@ -320,9 +511,9 @@ class _FlashInfer(Adapter):
             candidates, resolved, base2 = self._entry_points(flashinfer, batch, pages, out, lse)
         except Exception as error:  # noqa: BLE001 - refusals become Unsupported, the rest stays an error
             if type(error).__name__ == "MissingJITCacheError":
-                raise NotAvailable(f"FlashInfer {self.fi_backend}: no compiled kernel for {spec.dtype}, head dim "
-                                   f"{spec.head_dim} here and its JIT is switched off (FLASHINFER_DISABLE_JIT): "
-                                   f"{_first_line(error)}") from error
+                variant = kernel_variant(spec, spec.sinks and self.fi_backend in ("auto", "fa2", "fa3"))
+                raise NotAvailable(f"FlashInfer {self.fi_backend}: no compiled kernel for {variant} here and its "
+                                   f"JIT is switched off (FLASHINFER_DISABLE_JIT): {_first_line(error)}") from error
             if _is_refusal(error):
                 raise Unsupported(f"FlashInfer {self.fi_backend}: {_first_line(error)}") from error
             raise
@@ -331,47 +522,103 @@ class _FlashInfer(Adapter):
                                  "flashinfer_backend": resolved if len(resolved) > 1 else next(iter(resolved.values())),
                                  "setup_s": round(time.perf_counter() - started, 4),
                                  "aot_modules": len(aot_modules())}
+        features = {key: value for call in self.calls(spec, *batch_scales(batch))
+                    for key, value in {**call.plan, **call.run}.items()
+                    if key in ("window_left", "logits_soft_cap", "kv_data_type", "k_scale", "v_scale")
+                    and (key != "kv_data_type" or spec.kv_dtype is not None)}
+        if spec.sinks:
+            features["sinks"] = "run(q, kv, sinks, sm_scale)" if self.fi_backend != "cudnn" else "run(sinks=)"
+        if features:
+            notes["flashinfer_features"] = {key: str(value) for key, value in features.items()}
         return Prepared(candidates=candidates, out=out, notes=notes, to_lse=lse_from_base2 if base2 else None)
+
+
+ALL_FEATURES = frozenset({"sliding_window", "softcap", "sinks", "fp8_kv"})
 
 
 @register
 class FlashInferAutoAdapter(_FlashInfer):
-    """FlashInfer with ``backend="auto"``: its own choice among its kernels."""
+    """FlashInfer with ``backend="auto"``: its own choice among its kernels (with an fp8 cache under a
+    16-bit query it takes fa2: its fa3 needs an fp8 query)."""
 
     name = "flashinfer"
     fi_backend = "auto"
+    model_features = ALL_FEATURES
 
 
 @register
 class FlashInferFa2Adapter(_FlashInfer):
     name = "flashinfer-fa2"
     fi_backend = "fa2"
+    model_features = ALL_FEATURES
 
 
 @register
 class FlashInferFa3Adapter(_FlashInfer):
     name = "flashinfer-fa3"
     fi_backend = "fa3"
+    model_features = frozenset({"sliding_window", "softcap", "sinks"})
+    feature_reasons = {
+        "fp8_kv": ("FlashInfer's fa3 backend takes an fp8 KV cache only with an fp8 query "
+                   "(is_fa3_backend_supported: 'FA3 FP8 KV cache currently requires FP8 query'); the suite's "
+                   "query stays fp16/bf16"),
+    }
 
 
 @register
 class FlashInferCudnnAdapter(_FlashInfer):
     """FlashInfer's cuDNN path: cuDNN as an engine binds it (packed [T, Hq] Stats with a ragged offset), so
-    a cuDNN release check gates it beside the cuDNN bindings (``library``)."""
+    a cuDNN release check gates it beside the cuDNN bindings (``library``).
+
+    Its decode wrapper (decode batches) takes ``plan(window_left=)`` and ``run(sinks=)``; its prefill
+    wrapper (prefill and mixed batches) takes neither (`CUDNN_PREFILL_REFUSALS`), so ``model_features``
+    lists what the row runs for decode batches and `extra_refusals` declines the rest."""
 
     name = "flashinfer-cudnn"
     fi_backend = "cudnn"
     library = "cudnn"
     binding = "FlashInfer's cuDNN path (its own graph: packed [T, Hq] Stats, ragged offsets)"
+    model_features = frozenset({"sliding_window", "sinks"})
+    feature_reasons = {
+        "softcap": ("FlashInfer's cuDNN path has no soft-cap: its decode wrapper raises 'cudnn decode backend does "
+                    "not support logits_soft_cap.' and its prefill wrapper 'cuDNN paged prefill supports only causal "
+                    "or full attention without position encoding, window_left, logits_soft_cap or custom masks'"),
+        "fp8_kv": ("FlashInfer's cuDNN path has no fp8 cache under an fp16/bf16 query: its decode backend 'requires "
+                   "q, kv and o to share one fp16 or bf16 dtype', and its prefill graph takes fp8 only with q, k "
+                   "and v all fp8 (cuDNN's sdpa_fp8 with descale tensors)"),
+    }
+
+    def extra_refusals(self, spec: BatchSpec) -> list[str]:
+        if is_pure_decode(spec):
+            return []
+        return [CUDNN_PREFILL_REFUSALS[name] for name in ("sliding_window", "sinks") if name in spec.features]
+
+    def calls(self, spec: BatchSpec, k_scale: float | None = None,
+              v_scale: float | None = None) -> list[FlashInferCall]:
+        """The decode and prefill wrappers with ``backend="cudnn"``; sinks as ``run(sinks=)`` (decode)."""
+        if spec.sinks and is_pure_decode(spec):
+            return [FlashInferCall(call.name, call.wrapper, call.kind, call.init, call.plan, call.run, sinks="keyword")
+                    for call in super().calls(spec.replace(sinks=False), k_scale, v_scale)]
+        return super().calls(spec, k_scale, v_scale)
 
 
 @register
 class FlashInferBatchAttentionAdapter(_FlashInfer):
     """FlashInfer's ``BatchAttention``: the holistic persistent kernel that serves the prefill and
-    decode requests of one batch in a single launch (its fa2-style kernel; no ``backend`` argument)."""
+    decode requests of one batch in a single launch (its fa2-style kernel; no ``backend`` argument).
+    Its plan takes ``logits_soft_cap`` (run takes it again) and ``kv_data_type``; its run ``k_scale`` /
+    ``v_scale``; it has no window and no sinks."""
 
     name = "flashinfer-batch-attention"
     fi_backend = "batch-attention"
+    model_features = frozenset({"softcap", "fp8_kv"})
+    feature_reasons = {
+        "sliding_window": ("FlashInfer's BatchAttention has no sliding window: BatchAttention.plan() takes no "
+                           "window_left and its holistic kernel is built without one (the window runs through "
+                           "the prefill/decode wrappers)"),
+        "sinks": ("FlashInfer's BatchAttention has no sinks argument (FlashInfer's sink variant is "
+                  "BatchAttentionWithAttentionSinkWrapper, a prefill wrapper)"),
+    }
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         ok, why = super().supports(spec)
@@ -379,21 +626,9 @@ class FlashInferBatchAttentionAdapter(_FlashInfer):
             return False, "BatchAttention (holistic persistent kernel) does not support head_dim > 256"
         return ok, why
 
-    def _entry_points(self, flashinfer, batch: PagedBatch, pages: FlashInferPages, out: torch.Tensor,
-                      lse: torch.Tensor) -> tuple[dict[str, Callable[[], RunPair]], dict[str, str], bool]:
-        spec = batch.spec
-        wrapper = flashinfer.BatchAttention(kv_layout="NHD", device=str(batch.device))
-        # Unlike the decode/prefill wrappers, BatchAttention.plan keeps kv_indices as given and its
-        # kernel reads them on the device: host page indices are an illegal memory access (seen on the
-        # H200 with flashinfer 0.7.4, every batch). The indptr and lengths are read on the host.
-        wrapper.plan(pages.qo_indptr, pages.kv_indptr, pages.kv_indices.to(batch.device),
-                     torch.tensor(spec.kv_lens, dtype=torch.int32), spec.num_q_heads, spec.num_kv_heads,
-                     spec.head_dim, spec.head_dim, spec.page_size, causal=spec.causal, sm_scale=spec.scale,
-                     q_data_type=spec.torch_dtype, kv_data_type=spec.torch_dtype)
-        q, kv = batch.q, (batch.k_cache, batch.v_cache)
-
-        def run_holistic() -> RunPair:
-            return wrapper.run(q, kv, out=out, lse=lse)
-
-        run_holistic()
-        return {"BatchAttention": run_holistic}, {"BatchAttention": "holistic (persistent)"}, True
+    def calls(self, spec: BatchSpec, k_scale: float | None = None,
+              v_scale: float | None = None) -> list[FlashInferCall]:
+        """``BatchAttention(kv_layout="NHD")``; the soft-cap goes to plan (kernel template) and run (value)."""
+        run = {**scale_kwargs(spec, k_scale, v_scale), **feature_plan_kwargs(spec, window=False)}
+        return [FlashInferCall("BatchAttention", "BatchAttention", "holistic", {"kv_layout": "NHD"},
+                               holistic_plan_kwargs(spec), run)]
