@@ -47,6 +47,25 @@ CPU tests).
 
 State lives on the adapter instance (the compiled function); dynamo's recompile limit is raised only
 around the compiling calls in ``prepare`` (``torch._dynamo.config.patch``), never process-wide.
+
+Model features (`MODEL_FEATURES`; read from torch 2.13's ``torch/nn/attention/flex_attention.py``, its
+Inductor lowerings and its own tests), each the way FlexAttention's users write it:
+
+- sliding window of W keys: in the mask_mod (``position - key < W`` beside causality, FlexAttention's
+  sliding-window example on logical positions) and in the block mask: pages before every row's window are
+  left out of a query block, pages wholly inside every row's window are "full" (`_page_split`), as
+  ``create_block_mask`` would find them.
+- soft-cap c: ``score_mod`` ``c * tanh(score / c)`` (the Gemma 2 example of the FlexAttention docs); Flex
+  applies ``scale`` before score_mod, so the cap is on the scaled score, and its LSE is the capped scores'.
+- fp8 (e4m3) cache: the fp8 pages go into flex_attention as K and V beside bf16/fp16 queries (torch accepts
+  low-precision K/V, ``_validate_sdpa_input(..., allow_lowp_kv=True)``, and its Triton kernels upcast them to
+  Q's dtype); the key scale multiplies the score in score_mod and the value scale the output, per query
+  head (`head_scales`), as torch's own fp8 KV tests do (``flex_attention(q, k_fp8, v_fp8, score_mod) *
+  value_scale`` with ``score * key_scale[b, h]``). The output multiply is part of ``run`` (timed). Inductor's
+  CPU lowering refuses mixed dtypes ("Mixed query, key, and value dtype is not supported on this
+  platform"): `Unsupported` in those words; eager Flex runs it on the CPU.
+- sinks: declined (`FEATURE_REASONS`): flex_attention has no sink argument, and a per-head logit that
+  enters only the denominator is not a score_mod or a mask_mod.
 """
 
 from __future__ import annotations
@@ -76,6 +95,36 @@ PAGE_SIZE_ONE = ("torch's FlexAttention cannot run page size 1: the block mask's
                  "Inductor fails to compile on the GPU (InductorError), and a CPU capability probe got wrong bf16 "
                  "outputs there")
 """Why `FlexPagedAdapter.supports` declines page size 1 (a layout of the block mask, not of the batch)."""
+
+MODEL_FEATURES = frozenset({"sliding_window", "softcap", "fp8_kv"})
+"""What this row passes to flex_attention: the window in the block mask and mask_mod, the soft-cap and an fp8
+cache's key scale in score_mod, the cache itself as fp8 K/V (module docstring)."""
+FEATURE_REASONS = {
+    "sinks": ("torch.nn.attention.flex_attention has no sink argument (torch 2.11 to 2.13): score_mod rewrites the "
+              "score of an existing (query, key) pair and mask_mod hides keys, and neither can add a term that "
+              "enters the softmax denominator without a value; its aux outputs (AuxRequest: lse, max_scores) let a "
+              "caller rescale the output by 1 / (1 + exp(sink - lse)) afterwards (as transformers' flex path does), "
+              "a correction outside FlexAttention, not FlexAttention computing sinks"),
+}
+"""Why the row declines the features flex_attention lacks, in torch's terms."""
+MIXED_DTYPE_REFUSALS = ("Mixed query, key, and value dtype is not supported",
+                        "Expected query, key, and value to have the same dtype")
+"""How flex_attention refuses K/V in another dtype than Q: Inductor's lowerings other than the Triton one
+(CPU, CuTe flash) and, before torch accepted low-precision K/V, its input check."""
+
+
+def feature_notes(spec: BatchSpec) -> dict[str, Any]:
+    """What the row records of how each model feature of ``spec`` reaches flex_attention."""
+    notes: dict[str, Any] = {}
+    if spec.sliding_window is not None:
+        notes["sliding_window"] = (f"block mask and mask_mod: position - key < {spec.sliding_window} "
+                                   "(pages before every row's window left out)")
+    if spec.softcap is not None:
+        notes["softcap"] = f"score_mod: {spec.softcap:g} * tanh(score / {spec.softcap:g})"
+    if spec.kv_dtype is not None:
+        notes["fp8_kv"] = (f"{spec.kv_dtype} K/V into flex_attention; score_mod: score * k_scale[head]; "
+                           f"output * v_scale[head] (per-{spec.kv_scale} scales)")
+    return notes
 
 
 def document_ids(q_lens: tuple[int, ...] | list[int]) -> torch.Tensor:
@@ -162,18 +211,25 @@ def _pack_lists(rows: list[list[list[int]]], width: int) -> tuple[torch.Tensor, 
     return counts, indices
 
 
-def _visible_pages(first_pos: int, last_pos: int, kv_len: int, page: int, causal: bool,
-                   one_sequence: bool) -> tuple[int, int]:
-    """(full, visited) logical pages of one sequence's query rows at positions first_pos..last_pos: pages
-    [0, visited) hold a key some row sees; the first ``full`` of them are seen entirely by every row (only
-    when the block holds this sequence alone: otherwise another sequence's rows see none of them)."""
+def _page_split(first_pos: int, last_pos: int, kv_len: int, page: int, causal: bool, one_sequence: bool,
+                window: int | None = None) -> tuple[list[int], list[int]]:
+    """(partial, full) logical pages of one sequence's query rows at positions first_pos..last_pos. The rows
+    see keys ``[first_visible, last_visible]``: from ``first_pos - W + 1`` with a sliding window of W keys
+    (else 0) to the last row's position (causal) or the last key; pages holding none of them are left out.
+    A page is *full* when every row sees every key of it: it lies inside the kv length, (causal) its last
+    key is at or before the first row's position and (window) its first key is inside the last row's
+    window, ``> last_pos - W``. Only a block holding this sequence alone has full pages: another
+    sequence's rows in it see none of them."""
     last_visible = last_pos if causal else kv_len - 1
-    visited = last_visible // page + 1
-    if not one_sequence:
-        return 0, visited
-    fully_inside = kv_len // page
-    full = min(visited, fully_inside, (first_pos + 1) // page if causal else fully_inside)
-    return full, visited
+    first_visible = max(0, first_pos - window + 1) if window is not None else 0
+    first_page, end_page = first_visible // page, last_visible // page + 1
+    full_lo = full_hi = first_page
+    if one_sequence:
+        bound = min(first_pos, kv_len - 1) if causal else kv_len - 1  # last key every row sees
+        full_hi = max(first_page, min(end_page, (bound + 1) // page))
+        full_lo = first_page if window is None else max(first_page, (last_pos - window) // page + 1)
+        full_lo = min(full_lo, full_hi)
+    return ([*range(first_page, full_lo), *range(full_hi, end_page)], list(range(full_lo, full_hi)))
 
 
 def paged_block_mask_indices(spec: BatchSpec, block_table: torch.Tensor, q_block: int = Q_BLOCK) -> BlockMaskIndices:
@@ -181,8 +237,10 @@ def paged_block_mask_indices(spec: BatchSpec, block_table: torch.Tensor, q_block
     full and partial.
 
     A page is *full* for a block when every row of the block belongs to one sequence, the page lies
-    entirely inside that sequence's kv length and (causal) its last key is visible to the block's
-    first query; pages a row may see but that are not full are *partial*; pages no row sees are left out.
+    entirely inside that sequence's kv length, (causal) its last key is visible to the block's first
+    query and (sliding window) its first key to the block's last query; pages a row may see but that are
+    not full are *partial*; pages no row sees (past the last row's position, or before the first row's
+    window) are left out (`_page_split`).
     """
     table = block_table.cpu().tolist()
     total = spec.total_q
@@ -196,10 +254,11 @@ def paged_block_mask_indices(spec: BatchSpec, block_table: torch.Tensor, q_block
         for block in range(start // q_block, (end - 1) // q_block + 1):
             block_lo, block_hi = block * q_block, min((block + 1) * q_block, total)
             row_lo, row_hi = max(start, block_lo), min(end, block_hi)  # this sequence's rows in the block
-            num_full, visited = _visible_pages(context + row_lo - start, context + row_hi - 1 - start, kv_len,
-                                               spec.page_size, spec.causal, start <= block_lo and end >= block_hi)
-            full[block].extend(table[seq][:num_full])
-            partial[block].extend(table[seq][num_full:visited])
+            part, whole = _page_split(context + row_lo - start, context + row_hi - 1 - start, kv_len,
+                                      spec.page_size, spec.causal, start <= block_lo and end >= block_hi,
+                                      spec.sliding_window)
+            full[block].extend(table[seq][i] for i in whole)
+            partial[block].extend(table[seq][i] for i in part)
         start = end
     kv_num_blocks, kv_indices = _pack_lists([partial], spec.num_pages)
     full_kv_num_blocks, full_kv_indices = _pack_lists([full], spec.num_pages)
@@ -222,10 +281,10 @@ def logical_block_mask_indices(spec: BatchSpec, q_block: int = Q_BLOCK) -> Block
         row_partial, row_full = [], []
         for block in range(num_q_blocks):
             lo, hi = block * q_block, min((block + 1) * q_block, q_len)
-            num_full, visited = _visible_pages(context + lo, context + hi - 1, kv_len, spec.page_size,
-                                               spec.causal, True)
-            row_full.append(list(range(num_full)))
-            row_partial.append(list(range(num_full, visited)))
+            part, whole = _page_split(context + lo, context + hi - 1, kv_len, spec.page_size, spec.causal, True,
+                                      spec.sliding_window)
+            row_full.append(whole)
+            row_partial.append(part)
         partial.append(row_partial)
         full.append(row_full)
     kv_num_blocks, kv_indices = _pack_lists(partial, spec.max_pages)
@@ -234,9 +293,11 @@ def logical_block_mask_indices(spec: BatchSpec, q_block: int = Q_BLOCK) -> Block
 
 
 def make_mask_mod(doc: torch.Tensor, query_pos: torch.Tensor, phys_to_logical: torch.Tensor,
-                  kv_lens: torch.Tensor, page_size: int, causal: bool):
+                  kv_lens: torch.Tensor, page_size: int, causal: bool, window: int | None = None):
     """Packed path: mask_mod(b, h, q_idx, physical_kv_idx) -> bool: the physical slot holds a key of the
-    query's own sequence, inside its kv length, and (causal) at or before the query's logical position."""
+    query's own sequence, inside its kv length, and (causal) at or before the query's logical position p;
+    with a sliding window of W keys also after ``p - W`` (Flex's own sliding-window mask_mod,
+    ``q_idx - kv_idx < W`` on the causal mask, on logical positions)."""
 
     def paged_document_mask(b, h, q_idx, kv_idx):
         seq = doc[q_idx]
@@ -250,14 +311,27 @@ def make_mask_mod(doc: torch.Tensor, query_pos: torch.Tensor, phys_to_logical: t
         logical_idx = logical_page * page_size + kv_idx % page_size
         return (logical_page >= 0) & (logical_idx < kv_lens[seq]) & (logical_idx <= query_pos[q_idx])
 
+    def paged_document_sliding_window_mask(b, h, q_idx, kv_idx):
+        seq = doc[q_idx]
+        logical_page = phys_to_logical[seq, kv_idx // page_size]
+        logical_idx = logical_page * page_size + kv_idx % page_size
+        position = query_pos[q_idx]
+        return ((logical_page >= 0) & (logical_idx < kv_lens[seq]) & (logical_idx <= position)
+                & (position - logical_idx < window))
+
+    if window is not None:
+        if not causal:
+            raise ValueError("a sliding window needs causal attention")
+        return paged_document_sliding_window_mask
     return paged_document_causal_mask if causal else paged_document_mask
 
 
-def make_logical_mask_mod(kv_lens: torch.Tensor, q_len: int, causal: bool):
+def make_logical_mask_mod(kv_lens: torch.Tensor, q_len: int, causal: bool, window: int | None = None):
     """Batched path: mask_mod(b, h, q_idx, logical_kv_idx) -> bool on logical positions (what
     ``PagedAttention.get_mask_mod`` wraps): the key lies inside row b's kv length and (causal,
-    bottom-right) at or before query q_idx's position ``kv_len - q_len + q_idx``. Negative indices
-    (slots of pages the row does not own) are refused by the wrapper and by the bounds here."""
+    bottom-right) at or before query q_idx's position ``p = kv_len - q_len + q_idx``; with a sliding
+    window of W keys also after ``p - W``. Negative indices (slots of pages the row does not own) are
+    refused by the wrapper and by the bounds here."""
 
     def logical_mask(b, h, q_idx, kv_idx):
         return (kv_idx >= 0) & (kv_idx < kv_lens[b])
@@ -266,7 +340,55 @@ def make_logical_mask_mod(kv_lens: torch.Tensor, q_len: int, causal: bool):
         kv_len = kv_lens[b]
         return (kv_idx >= 0) & (kv_idx < kv_len) & (kv_idx <= q_idx + kv_len - q_len)
 
+    def logical_sliding_window_mask(b, h, q_idx, kv_idx):
+        kv_len = kv_lens[b]
+        position = q_idx + kv_len - q_len
+        return (kv_idx >= 0) & (kv_idx < kv_len) & (kv_idx <= position) & (position - kv_idx < window)
+
+    if window is not None:
+        if not causal:
+            raise ValueError("a sliding window needs causal attention")
+        return logical_sliding_window_mask
     return logical_causal_mask if causal else logical_mask
+
+
+def head_scales(scale: torch.Tensor, num_q_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """float32 ``[Hq]``: the fp8 cache scale each query head's keys (or values) carry, from one scale per
+    tensor (``[1]``) or one per KV head (``[Hkv]``; query head h reads KV head ``h // (Hq // Hkv)``)."""
+    scale = scale.float().reshape(-1)
+    if scale.numel() == 1:
+        return scale.expand(num_q_heads).contiguous()
+    if scale.numel() != num_kv_heads:
+        raise ValueError(f"{scale.numel()} scales for {num_kv_heads} KV heads")
+    return scale.repeat_interleave(num_q_heads // num_kv_heads).contiguous()
+
+
+def make_score_mod(softcap: float | None = None, k_scale: torch.Tensor | None = None):
+    """Flex's ``score_mod(score, b, h, q_idx, kv_idx)`` for the batch's features, or None when it has none.
+    ``score`` arrives scaled (``scale * q.k``, Flex applies ``scale`` first). An fp8 cache's key scale
+    (``k_scale``: float32 ``[Hq]``, `head_scales`) multiplies it first, as torch's own fp8 KV tests
+    dequantise keys inside the score computation (``score * key_scale[b, h]``); then the soft-cap
+    ``c * tanh(score / c)``, the Gemma 2 logit soft-capping example of the FlexAttention docs."""
+    if softcap is None and k_scale is None:
+        return None
+    cap = float(softcap) if softcap is not None else None
+
+    def dequantised(score, b, h, q_idx, kv_idx):
+        return score * k_scale[h]
+
+    def soft_cap(score, b, h, q_idx, kv_idx):
+        score = score / cap
+        score = torch.tanh(score)
+        return score * cap
+
+    def dequantised_soft_cap(score, b, h, q_idx, kv_idx):
+        score = score * k_scale[h] / cap
+        score = torch.tanh(score)
+        return score * cap
+
+    if cap is None:
+        return dequantised
+    return soft_cap if k_scale is None else dequantised_soft_cap
 
 
 def batched_query_view(q: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -408,6 +530,8 @@ class FlexPagedAdapter(Adapter):
     name = "flex-paged"
     devices = ("cuda", "cpu")
     packages = ("torch", "triton")
+    model_features = MODEL_FEATURES
+    feature_reasons = FEATURE_REASONS
 
     def __init__(self, compile: bool | None = None):
         self.compile = compile
@@ -490,7 +614,7 @@ class FlexPagedAdapter(Adapter):
         logical = BlockMask.from_kv_blocks(
             indices.kv_num_blocks.to(device), indices.kv_indices.to(device),
             indices.full_kv_num_blocks.to(device), indices.full_kv_indices.to(device),
-            BLOCK_SIZE=(Q_BLOCK, spec.page_size), mask_mod=make_logical_mask_mod(batch.kv_lens, q_len, spec.causal),
+            BLOCK_SIZE=(Q_BLOCK, spec.page_size), mask_mod=make_logical_mask_mod(batch.kv_lens, q_len, spec.causal, spec.sliding_window),
             seq_lengths=(q_len, spec.max_pages * spec.page_size), compute_q_blocks=False,
         )
         convert_args: dict[str, Any] = {}
@@ -508,7 +632,8 @@ class FlexPagedAdapter(Adapter):
         paged = self._paged_attention(batch)
         mask_mod = make_mask_mod(document_ids(spec.q_lens).to(device),
                                  query_positions(spec.q_lens, spec.kv_lens).to(device),
-                                 paged.physical_to_logical, batch.kv_lens, spec.page_size, spec.causal)
+                                 paged.physical_to_logical, batch.kv_lens, spec.page_size, spec.causal,
+                                 spec.sliding_window)
         indices = paged_block_mask_indices(spec, batch.block_table)
         num_pages = batch.k_cache.shape[0]
         if indices.kv_indices.shape[-1] != num_pages:
@@ -539,16 +664,28 @@ class FlexPagedAdapter(Adapter):
         lse_request = _lse_request()
         query, block_mask = layout.query, layout.block_mask
         notes: dict[str, Any] = {"flex_path": path, "compiled": compiled, "block_mask_s": round(mask_s, 4),
-                                 "q_block": Q_BLOCK, "kv_block": spec.page_size, **layout.notes}
+                                 "q_block": Q_BLOCK, "kv_block": spec.page_size, **layout.notes,
+                                 **feature_notes(spec)}
+        k_heads = v_heads = None
+        if batch.k_scale is not None:  # fp8 cache: keys dequantised in score_mod, values on the output
+            k_heads = head_scales(batch.k_scale, spec.num_q_heads, spec.num_kv_heads)
+            v_heads = head_scales(batch.v_scale, spec.num_q_heads, spec.num_kv_heads).view(1, -1, 1, 1)
+        score_mod = make_score_mod(spec.softcap, k_heads)
+
+        def finish(out: torch.Tensor) -> torch.Tensor:
+            if v_heads is not None:
+                out = out.mul_(v_heads)  # torch's fp8 KV pattern: flex_attention(...) * value_scale
+            return packed_output(out)
 
         def launcher(kernel_options: dict[str, Any] | None, with_lse: bool) -> Callable[[], RunResult]:
             def run() -> RunResult:
                 if not with_lse:
-                    return packed_output(flex(query, key, value, block_mask=block_mask, scale=spec.scale,
-                                              enable_gqa=True, kernel_options=kernel_options))
-                out, lse = _split_flex_result(flex(query, key, value, block_mask=block_mask, scale=spec.scale,
-                                                   enable_gqa=True, kernel_options=kernel_options, **lse_request))
-                return packed_output(out), lse  # lse [R, Hq, L]: to_lse makes it [T, Hq]
+                    return finish(flex(query, key, value, score_mod=score_mod, block_mask=block_mask,
+                                       scale=spec.scale, enable_gqa=True, kernel_options=kernel_options))
+                out, lse = _split_flex_result(flex(query, key, value, score_mod=score_mod, block_mask=block_mask,
+                                                   scale=spec.scale, enable_gqa=True, kernel_options=kernel_options,
+                                                   **lse_request))
+                return finish(out), lse  # lse [R, Hq, L]: to_lse makes it [T, Hq]
 
             if compiled:
                 return run
@@ -593,6 +730,10 @@ class FlexPagedAdapter(Adapter):
                         # Triton: "out of resource: ... shared memory ... Reducing block sizes or `num_stages` may help."
                         options.update(step)
                         continue
+                    if spec.kv_dtype is not None and any(words in text for words in MIXED_DTYPE_REFUSALS):
+                        raise Unsupported(f"FlexAttention (torch {torch.__version__}, "
+                                          f"{'compiled' if compiled else 'eager'} on {device.type}) does not take "
+                                          f"{spec.kv_dtype} K/V with {spec.dtype} queries: {_reason(error)}") from error
                     self._raise_refusal(error, spec, options, attempts)
         if attempts:
             notes["compile_retries"] = attempts
