@@ -6,9 +6,16 @@
         --heads 32/8/128 --dtype bf16 --seed 0 --no-capability --out bench-repro/<cell_id>
 
 ``--case NAME=GRAMMAR`` carries the case's exact name, ``--no-causal`` and ``--pool-pages`` /
-``--pool-gib`` appear only when the case sets them. Timer options are not part of a cell; pass them in
-``extra`` (e.g. ``("--cuda-graph",)``) to re-measure the same way. The output folder is the cell's own,
-so the command never resumes another run's rows.
+``--pool-gib`` appear only when the case sets them, and so do the model features (`adapters.features`):
+``--window W``, ``--softcap C``, ``--sinks``, ``--kv-dtype fp8 --kv-scale tensor|head``, so a plain cell's
+command is what it always was:
+
+    paged-bench run --backends triton --case 'mixed-32d-2p4k-p16-h64x8d64-w128-sinks=...' --page-size 16 \\
+        --heads 64/8/64 --dtype bf16 --seed 0 --window 128 --sinks --no-capability --out ...
+
+The features are given one by one, never as ``--model``: a preset could change, the cell must not.
+Timer options are not part of a cell; pass them in ``extra`` (e.g. ``("--cuda-graph",)``) to re-measure
+the same way. The output folder is the cell's own, so the command never resumes another run's rows.
 """
 
 from __future__ import annotations
@@ -33,7 +40,22 @@ def reproducer_argv(backend: str, case: Case, *, out: str | None = None, extra: 
         argv += ["--pool-pages", str(case.pool_pages)]
     elif case.pool_gib is not None:
         argv += ["--pool-gib", repr(float(case.pool_gib))]
+    argv += feature_argv(case)
     argv += ["--no-capability", *extra, "--out", (out or DEFAULT_OUT).format(cell_id=cell_id(backend, case))]
+    return argv
+
+
+def feature_argv(case: Case) -> list[str]:
+    """The selection options that give ``case``'s model features (none for plain attention)."""
+    argv: list[str] = []
+    if case.sliding_window is not None:
+        argv += ["--window", str(case.sliding_window)]
+    if case.softcap is not None:
+        argv += ["--softcap", repr(float(case.softcap))]
+    if case.sinks:
+        argv.append("--sinks")
+    if case.kv_dtype is not None:
+        argv += ["--kv-dtype", case.kv_dtype, "--kv-scale", case.kv_scale]
     return argv
 
 
