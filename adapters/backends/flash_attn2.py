@@ -179,7 +179,7 @@ def build_refusal(spec: BatchSpec, probe: Callable[[str], str], note: str | None
     what = " and ".join(FEATURE_TEXT[feature] for feature, _ in refused)
     said = "; ".join(f'flash-attn: "{words}"' for _, words in refused)
     return (f"this flash-attn build compiled out {what} ({said}; {BUILD_NOTE_ENV}: {note or 'not set'}); "
-            f"flash-attn 2 runs it with the full build: {REBUILD_HINT}"), remark
+            f"flash-attn 2 has {'them' if len(refused) > 1 else 'it'} in a full build: {REBUILD_HINT}"), remark
 
 
 @register
