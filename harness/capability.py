@@ -1,5 +1,6 @@
 """The capability matrix: every adapter (probe-only variants included) through the correctness gate
-on a small base case, varying one layout feature at a time.
+on a small base case, varying one layout feature or model feature (sliding window, soft-cap, sinks,
+fp8 KV cache) at a time.
 
 `FEATURES` is the one list of what is probed: (feature, value, overrides of the base case). The base
 case is `BASE_GRAMMAR` with `BASE_FIELDS`. A backend that cannot run the base page size (flash-attn 2:
@@ -47,6 +48,17 @@ LARGE_POOL = ">2^31 elements"
 LARGE_BATCH_BYTES = 1 << 30
 """Batches whose caches take more than this are not kept for later adapters (one large batch at a time)."""
 
+WINDOW = 32
+"""The sliding-window row's window: fewer keys than any sequence of the base case sees (100 and 60..96),
+so the window hides most of each row's keys (the output moves by ~0.8 in relative L2)."""
+SOFTCAP = 2.0
+"""The soft-cap row's cap. The base case's scores are N(0, 0.8)-like (|s| up to ~4): Gemma 2's cap of 50
+moves the output by ~0.2 % in relative L2, inside the bf16 gate (1 %), so a backend ignoring it would
+pass; a cap of 2 sits in tanh's curved part for every score and moves the output by ~47 %, so ignoring
+the cap, or capping the unscaled scores, is `wrong`."""
+SINKS = "per-head logit"
+"""The sinks row's value: one learned logit per query head (`adapters.features`)."""
+
 FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("page_size", "1", {"page_size": 1}),
     ("page_size", "8", {"page_size": 8}),
@@ -73,12 +85,20 @@ FEATURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lse", "returned", {}),
     ("pool", "default", {}),
     ("pool", LARGE_POOL, {"pool_gib": LARGE_POOL_GIB}),
+    ("sliding_window", str(WINDOW), {"sliding_window": WINDOW}),
+    ("softcap", f"{SOFTCAP:g}", {"softcap": SOFTCAP}),
+    ("sinks", SINKS, {"sinks": True}),
+    ("fp8_kv", "per tensor", {"kv_dtype": "fp8", "kv_scale": "tensor"}),
+    ("fp8_kv", "per head", {"kv_dtype": "fp8", "kv_scale": "head"}),
 )
 """(feature, value, overrides): each row changes the base case by its overrides only. ``grammar``
 replaces the batch string; ``q_layout`` is how the adapter declares Q (`Adapter.q_layout`) and
 selects the adapters that answer the row; ``lse`` says whether the backend returns the softmax
 log-sum-exp on the base case (`unsupported` with its reason when it does not); ``pool`` is the page pool (default: the batch's pages plus
-25%; `LARGE_POOL`: each cache holds more than 2^31 elements, where 32-bit offsets overflow)."""
+25%; `LARGE_POOL`: each cache holds more than 2^31 elements, where 32-bit offsets overflow). The model
+features (`adapters.features`, named as there) come last, one row per variant: a sliding window of
+`WINDOW` keys, a soft-cap of `SOFTCAP`, sink logits, and an fp8 e4m3 cache with per-tensor or per-head
+scales; a row that lacks one answers `unsupported` with the reason its adapter gives."""
 
 COLUMNS = tuple(CAPABILITY_COLUMNS)
 REASON_CHARS = 300

@@ -14,8 +14,10 @@ headline decode with Gemma-2-9B's heads, and a standard case keeps the name it a
 
 A sweep (`Sweep`) is a product of axes per workload (`Axes`; asv parameterises over exactly these)
 plus a list of named cases (`SWEEP_CASES`: the curated head/dtype/spec-decode/pool cells of the
-default sweep; asv shows them as the ``Cases`` benchmark). This module imports no torch, so asv's
-per-parameter processes stay light.
+default sweep and its model-feature cells: a Mistral-like sliding-window decode, Gemma 3's windowed and
+Gemma 2's soft-capped prefill, a gpt-oss sliding layer with sinks, and decode on an fp8 KV cache with
+per-tensor and per-head scales, see `_default_cases` and docs/model-features.md; asv shows them as the
+``Cases`` benchmark). This module imports no torch, so asv's per-parameter processes stay light.
 """
 
 from __future__ import annotations
@@ -302,7 +304,8 @@ RETIRED_FROM_DEFAULT: dict[str, str] = {
 def _default_cases() -> tuple[Case, ...]:
     """The default sweep's curated cells beyond its axes: other head configurations and fp16 on the
     headline decode (B64 at context 4096) and prefill (B4, 2048 new on 2048 cached), speculative
-    decoding, and the 8:1 decode in a serving-sized pool (16 GiB: 2^32 elements per cache)."""
+    decoding, the 8:1 decode in a serving-sized pool (16 GiB: 2^32 elements per cache), then the
+    model-feature cells (`_feature_cases`)."""
     decode, prefill = ("decode-b64-q1-c4096", "64q1c4k"), ("prefill-b4-q2048-c2048", "4q2kc2k")
     variants = [
         get_model("llama-3.2-1b").fields,     # D 64
@@ -316,7 +319,46 @@ def _default_cases() -> tuple[Case, ...]:
         make_case("specdec-b32-q2-8-c16384", "32q2-8c16k", 16),    # 1-7 drafts + 1 on a 16k context
         make_case(*decode, 16, **get_model("llama-3-70b-tp8").fields, pool_gib=16.0),
     ]
+    cases += _feature_cases()
     return tuple(cases)
+
+
+def _feature_cases() -> list[Case]:
+    """The default sweep's model-feature cells (`adapters.features`), each the twin of a plain cell the
+    sweep also times (the report shows the two side by side), all at page 16:
+
+    - Mistral-7B-like sliding window on a long decode: 32/8/128, B64 x 16k context, window 4096 (the
+      model's ``sliding_window``): a kernel that skips the keys outside the window reads a quarter of the
+      cache. Twin: ``decode-b64-q1-c16384-p16``.
+    - Gemma 3's local layers in prefill: 16/8/256 (Gemma-3-12B's heads, the same as Gemma-2-9B's), window
+      1024, B4 x 2048 new on 2048 cached: each new token sees 1024 of its 2049..4096 keys, so the window
+      cuts the work by about 3x. Twin: ``prefill-b4-q2048-c2048-p16-h16x8d256``.
+    - Gemma 2's logit soft-cap (``attn_logit_softcapping`` 50) in the same prefill, the global layer (no
+      window; at 4096 keys Gemma 2's 4096-key window would change nothing anyway). On the suite's
+      N(0,1)-like scores a cap of 50 moves the output by ~0.25 % (inside the bf16 gate), so this cell times
+      the capped path; the capability probe's soft-cap row (cap 2) checks that a backend applies it.
+      Twin: ``prefill-b4-q2048-c2048-p16-h16x8d256``.
+    - gpt-oss's sliding layers in a serving step: 64/8/64 heads (gpt-oss-20b/120b at TP 1), a learned
+      sink logit per head and window 128 (the layers gpt-oss alternates with full ones), on the
+      ``mixed-32d-2p4k`` batch; its plain twin with the same heads is the cell before it.
+    - An fp8 (e4m3) KV cache on the long decode (32/8/128, B64 x 16k): per-tensor scales (vLLM's
+      ``kv_cache_dtype="fp8"``) and per-KV-head scales; half the bytes of the bf16 twin
+      ``decode-b64-q1-c16384-p16``.
+    """
+    long_decode = ("decode-b64-q1-c16384", "64q1c16k")
+    prefill = ("prefill-b4-q2048-c2048", "4q2kc2k")
+    mixed = ("mixed-32d-2p4k", MIXED_GRAMMARS["mixed-32d-2p4k"])
+    gemma = get_model("gemma-2-9b").fields      # 16/8/256: Gemma-2-9B and Gemma-3-12B
+    gpt_oss = {"num_q_heads": 64, "num_kv_heads": 8, "head_dim": 64}
+    return [
+        make_case(*long_decode, 16, sliding_window=4096),                     # Mistral-7B
+        make_case(*prefill, 16, **gemma, sliding_window=1024),               # Gemma 3 local layer
+        make_case(*prefill, 16, **gemma, softcap=50.0),                      # Gemma 2 global layer
+        make_case(*mixed, 16, **gpt_oss),                                    # gpt-oss heads, plain twin
+        make_case(*mixed, 16, **gpt_oss, sliding_window=128, sinks=True),    # gpt-oss sliding layer
+        make_case(*long_decode, 16, kv_dtype="fp8"),                         # fp8 cache, per-tensor scales
+        make_case(*long_decode, 16, kv_dtype="fp8", kv_scale="head"),        # fp8 cache, per-head scales
+    ]
 
 
 def _short_cases() -> tuple[Case, ...]:

@@ -176,3 +176,92 @@ def test_a_kernel_failing_after_the_gate_is_pinned_on_its_own_row(monkeypatch):
     result = capability._gate(discover()["sdpa-gather"], spec, FakeCudaCases())
     assert result.verdict == "error" and "context broke after this cell" in result.reason
     assert context_poisoned({"verdict": result.verdict, "reason": result.reason})
+
+
+# --- model features ----------------------------------------------------------------------------------
+MODEL_FEATURE_ROWS = [("sliding_window", "32"), ("softcap", "2"), ("sinks", capability.SINKS),
+                      ("fp8_kv", "per tensor"), ("fp8_kv", "per head")]
+
+
+class _AllFeatures(Adapter):
+    """A CPU row that runs every model feature: the fp32 reference of the batch it is given (``change``
+    plants a mistake: the reference of another spec)."""
+
+    devices = ("cpu",)
+    model_features = frozenset({"sliding_window", "softcap", "sinks", "fp8_kv"})
+
+    def __init__(self, name="all-features", change=None):
+        self.name, self.change = name, change
+
+    def available(self, device):
+        return True, ""
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        import dataclasses
+
+        planted = dataclasses.replace(batch, **self.change(batch)) if self.change else batch
+        return Prepared(run=lambda: reference_attention(planted, with_lse=True))
+
+
+class _NoFeatures(SdpaGatherAdapter):
+    """A row that runs none of the model features, with a reason for one of them."""
+
+    name = "no-features"
+    model_features = frozenset()
+    feature_reasons = {"softcap": "the entry point has no soft-cap argument"}
+
+
+def test_a_row_per_model_feature_variant_on_the_base_case():
+    from adapters.features import FEATURES as MODEL_FEATURES
+
+    rows = {(feature, value): overrides for feature, value, overrides in FEATURES}
+    assert [key for key in rows if key[0] in MODEL_FEATURES] == MODEL_FEATURE_ROWS
+    assert {feature for feature, _ in MODEL_FEATURE_ROWS} == set(MODEL_FEATURES)
+    specs = {key: case_spec(rows[key]) for key in MODEL_FEATURE_ROWS}
+    assert specs[("sliding_window", "32")].sliding_window == 32 < min(
+        kv - q for q, kv in zip(specs[("sliding_window", "32")].q_lens, specs[("sliding_window", "32")].kv_lens))
+    assert specs[("softcap", "2")].softcap == 2.0
+    assert specs[("sinks", capability.SINKS)].sinks
+    assert (specs[("fp8_kv", "per tensor")].kv_dtype, specs[("fp8_kv", "per tensor")].kv_scale) == ("fp8", "tensor")
+    assert (specs[("fp8_kv", "per head")].kv_dtype, specs[("fp8_kv", "per head")].kv_scale) == ("fp8", "head")
+    for key, spec in specs.items():  # each row changes only its own feature of the base case
+        assert len(spec.features) == 1 and spec.replace(sliding_window=None, softcap=None, sinks=False,
+                                                        kv_dtype=None, kv_scale="tensor") == case_spec({}), key
+
+
+def test_each_feature_row_bites_on_the_base_case():
+    """The rows' values change the base case's output far beyond the bf16 gate, so a backend that ignored
+    the feature would be `wrong`; Gemma 2's cap of 50 would not (that is why the row uses 2)."""
+    base = reference_attention(make_batch(case_spec({})))
+
+    def moved(overrides):
+        changed = reference_attention(make_batch(case_spec(overrides)))
+        return ((changed - base).norm() / base.norm()).item()
+
+    for feature, value, overrides in FEATURES:
+        if (feature, value) in MODEL_FEATURE_ROWS and feature != "fp8_kv":
+            assert moved(overrides) > 0.2, (feature, value)
+    assert moved({"softcap": 50.0}) < 1e-2  # inside the bf16 gate's rel L2 bound
+
+
+def test_model_feature_rows_through_the_gate():
+    """A row that runs the features is ok on every variant; one that lacks them is `unsupported` with its
+    reason before prepare; one that ignores the cap or the sinks is `wrong`."""
+    features = tuple(f for f in FEATURES if (f[0], f[1]) in MODEL_FEATURE_ROWS)
+    adapters = {"all-features": _AllFeatures(), "no-features": _NoFeatures(),
+                "no-cap": _AllFeatures("no-cap", lambda batch: {"spec": batch.spec.replace(softcap=None)}),
+                "no-sinks": _AllFeatures("no-sinks", lambda batch: {"sinks": None}),
+                "trow-probe": _TRowProbe()}
+    df = probe(adapters, "cpu", progress=False, features=features)
+    by = {(r.backend, r.feature, r.value): r for r in df.itertuples()}
+    for key in MODEL_FEATURE_ROWS:
+        assert by[("all-features", *key)].verdict == "ok", by[("all-features", *key)].reason
+        declined = by[("no-features", *key)]
+        assert declined.verdict == "unsupported" and declined.reason, key
+    assert not (df["backend"] == "trow-probe").any()  # a T-row adapter answers its q_layout row only
+    assert by[("no-features", "softcap", "2")].reason == "the entry point has no soft-cap argument"
+    assert "fp8" in by[("no-features", "fp8_kv", "per head")].reason
+    assert "window 32" in by[("all-features", "sliding_window", "32")].case
+    assert by[("no-cap", "softcap", "2")].verdict == "wrong"
+    assert by[("no-cap", "sinks", capability.SINKS)].verdict == "ok"
+    assert by[("no-sinks", "sinks", capability.SINKS)].verdict == "wrong"

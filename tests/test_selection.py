@@ -67,7 +67,7 @@ def test_one_name_one_case_across_every_sweep():
 
 
 def test_the_default_sweep_new_cells():
-    assert len(SWEEPS["default"]) == 59
+    assert len(SWEEPS["default"]) == 66
     assert [case.name for case in SWEEP_CASES["default"]] == [
         "decode-b64-q1-c4096-p16-h32x8d64", "decode-b64-q1-c4096-p16-h16x8d256",
         "decode-b64-q1-c4096-p16-h8x1d128", "decode-b64-q1-c4096-p16-fp16",
@@ -75,6 +75,11 @@ def test_the_default_sweep_new_cells():
         "prefill-b4-q2048-c2048-p16-h8x1d128", "prefill-b4-q2048-c2048-p16-fp16",
         "specdec-b64-q4-c4096-p16", "specdec-b32-q2-8-c16384-p16",
         "decode-b64-q1-c4096-p16-h8x1d128-pool16gib",
+        # model features (tests/test_feature_reports.py checks their fields)
+        "decode-b64-q1-c16384-p16-w4096", "prefill-b4-q2048-c2048-p16-h16x8d256-w1024",
+        "prefill-b4-q2048-c2048-p16-h16x8d256-cap50", "mixed-32d-2p4k-p16-h64x8d64",
+        "mixed-32d-2p4k-p16-h64x8d64-w128-sinks", "decode-b64-q1-c16384-p16-kvfp8",
+        "decode-b64-q1-c16384-p16-kvfp8h",
     ]
     by_name = {case.name: case for case in SWEEPS["default"]}
     assert {"mixed-traffic-64d-2p2k-p16", "mixed-traffic-64d-2p2k-p256"} <= set(by_name)
@@ -112,14 +117,15 @@ def test_default_sweep_by_device():
 
 
 def test_model_applies_to_any_sweep_and_identical_variants_collapse():
-    llama = names("--model", "llama-3-8b")  # the standard heads: standard cases stay as they are, the
-    standard = [name for name in names() if "-h" not in name]  # other heads' cells merge into them and
-    assert llama == standard + ["decode-b64-q1-c4096-p16-pool16gib"]  # the pool cell is re-headed
+    plain = [case.name for case in select_cases(parse("--model", "llama-3-8b"), "cuda").cases if not case.features]
+    # the standard heads: standard cases stay as they are, the other heads' cells merge into them and
+    standard = [case.name for case in select_cases(parse(), "cuda").cases if "-h" not in case.name and not case.features]
+    assert plain == standard + ["decode-b64-q1-c4096-p16-pool16gib"]  # the pool cell is re-headed
     gemma = select_cases(parse("--model", "gemma-2-9b"), "cuda")
     assert gemma.label == "default+model=gemma-2-9b"
     assert all(case.head_dim == 256 and case.num_q_heads == 16 for case in gemma.cases)
     assert "decode-b64-q1-c4096-p16-h16x8d256" in [case.name for case in gemma.cases]
-    assert len(gemma.cases) == len(set(case.name for case in gemma.cases)) == 59 - 6  # heads cells merge
+    assert len(gemma.cases) == len(set(case.name for case in gemma.cases)) == 66 - 7  # heads cells merge
     short = names("--sweep", "short", "--heads", "8/1/128", "--dtype", "fp16")
     # 20 axes cells and 7 named ones, whose MHA / 8:1 / D 256 decodes become the axes' re-headed decode
     assert short[0] == "decode-b64-q1-c4096-p16-h8x1d128-fp16" and len(short) == 20 + 7 - 3
