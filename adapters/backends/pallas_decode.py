@@ -29,6 +29,19 @@ JAX preallocates 75% of the GPU by default: `worker_env` sets ``XLA_PYTHON_CLIEN
 
 On the CPU (tests) the same kernel runs in Pallas' interpreter (``interpret=True``).
 No LSE: ``paged_attention`` returns only the output (`LSE_NOTE`).
+
+Model features (`MODEL_FEATURES`; read from the signature and kernel of ``paged_attention`` in JAX 0.10
+and the JAX repository's current source, which are the same):
+
+- soft-cap c: ``attn_logits_soft_cap=c`` (a static argument): the kernel caps ``c * tanh(logits / c)`` the
+  logits ``q . k`` of the pre-scaled q (times the key scale, below): the cap on the scaled score.
+- fp8 (e4m3) cache: fp8 ``k_pages``/``v_pages`` with ``k_scales_pages``/``v_scales_pages``, the kernel's
+  quantised-cache arguments: one scale per KV head, page and slot ``[Hkv, num_pages, page_size]``; it casts
+  the keys to q's dtype and multiplies the logits by the key scales, and multiplies the probabilities by
+  the value scales before the PV product. The suite's per-tensor or per-head scales are broadcast to that
+  layout once in ``prepare`` (`scale_pages`, as a user with coarser scales fills it); the fp8 pages cross
+  DLPack as uint8 bytes and are bitcast to ``float8_e4m3fn`` in the head-major transpose.
+- sliding window and sinks: declined (`FEATURE_REASONS`): no window bound and no sink argument.
 """
 
 from __future__ import annotations
@@ -57,6 +70,17 @@ STAGE_LADDER: tuple[dict[str, int], ...] = ({"num_stages": 1}, {"num_stages": 1,
 at D 128 is one 64 KiB K tile and one V tile, times the pipeline stages)."""
 LSE_NOTE = ("jax.experimental.pallas.ops.gpu.paged_attention returns only the output; its per-split "
             "max and sum stay inside the jitted function")
+MODEL_FEATURES = frozenset({"softcap", "fp8_kv"})
+"""What this row passes to ``paged_attention``: ``attn_logits_soft_cap`` and quantised pages with their scales."""
+FEATURE_REASONS = {
+    "sliding_window": ("jax.experimental.pallas.ops.gpu.paged_attention masks keys by `lengths` only (key index < "
+                       "length): it takes no window or left bound, and every sequence's keys start at the first "
+                       "page of its block table"),
+    "sinks": ("jax.experimental.pallas.ops.gpu.paged_attention has no sink argument (it takes q, k_pages, v_pages, "
+              "block_tables, lengths, k_scales_pages, v_scales_pages, mask_value, attn_logits_soft_cap and tiling "
+              "arguments) and returns only the output, so no per-head sink logit can enter its softmax"),
+}
+"""Why the row declines the features ``paged_attention`` lacks, in its terms."""
 JAX_ENV_DEFAULTS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 """JAX would otherwise take 75% of the GPU's memory at its first GPU use, beside torch's caches."""
 
@@ -115,6 +139,21 @@ def scaled_query(q: torch.Tensor, scale: float) -> torch.Tensor:
     return (q.float() * scale).to(q.dtype).contiguous()
 
 
+def scale_pages(scale: torch.Tensor, num_kv_heads: int, num_pages: int, page_size: int) -> torch.Tensor:
+    """float32 ``[Hkv, num_pages, page_size]`` (contiguous): ``paged_attention``'s ``k_scales_pages`` /
+    ``v_scales_pages`` layout, one scale per KV head, page and slot, filled from one scale per tensor
+    (``[1]``) or per KV head (``[Hkv]``)."""
+    scale = scale.float().reshape(-1)
+    if scale.numel() not in (1, num_kv_heads):
+        raise ValueError(f"{scale.numel()} scales for {num_kv_heads} KV heads")
+    return scale.view(-1, 1, 1).expand(num_kv_heads, num_pages, page_size).contiguous()
+
+
+def feature_arguments(spec: BatchSpec) -> dict[str, Any]:
+    """The static keyword arguments of ``paged_attention`` for the batch's features (the soft-cap)."""
+    return {"attn_logits_soft_cap": float(spec.softcap)} if spec.softcap is not None else {}
+
+
 def _pallas_module():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # JAX 0.11: "paged_attention is deprecated"
@@ -133,6 +172,8 @@ class PallasPagedDecodeAdapter(Adapter):
 
     name = "jax-pallas-decode"
     devices = ("cuda", "cpu")
+    model_features = MODEL_FEATURES
+    feature_reasons = FEATURE_REASONS
     packages = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt")
 
     def worker_env(self, device_type: str) -> dict[str, str]:
@@ -201,24 +242,36 @@ class PallasPagedDecodeAdapter(Adapter):
         lengths = batch.kv_lens.to(torch.int32).contiguous()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        to_head_major = jax.jit(lambda x: jnp.transpose(x, HEAD_MAJOR_AXES))
+        fp8 = batch.k_scale is not None
+        if fp8:  # fp8 bytes cross DLPack as uint8 and become float8_e4m3fn again in the transpose
+            to_head_major = jax.jit(lambda x: jnp.transpose(jax.lax.bitcast_convert_type(x, jnp.float8_e4m3fn),
+                                                            HEAD_MAJOR_AXES))
+        else:
+            to_head_major = jax.jit(lambda x: jnp.transpose(x, HEAD_MAJOR_AXES))
         q_j = jax_dlpack.from_dlpack(q_scaled)
-        k_pages = to_head_major(jax_dlpack.from_dlpack(batch.k_cache.contiguous()))
-        v_pages = to_head_major(jax_dlpack.from_dlpack(batch.v_cache.contiguous()))
+        pages_in = [cache.contiguous().view(torch.uint8) if fp8 else cache.contiguous()
+                    for cache in (batch.k_cache, batch.v_cache)]
+        k_pages, v_pages = (to_head_major(jax_dlpack.from_dlpack(pages)) for pages in pages_in)
         table_j = jax_dlpack.from_dlpack(table)
         lengths_j = jax_dlpack.from_dlpack(lengths)
-        for array in (q_j, k_pages, v_pages, table_j, lengths_j):
+        args = (q_j, k_pages, v_pages, table_j, lengths_j)
+        keep_alive: tuple[Any, ...] = (q_scaled, table, lengths)  # torch memory the imported arrays alias
+        if fp8:
+            scales = [scale_pages(scale, spec.num_kv_heads, batch.k_cache.shape[0], spec.page_size)
+                      for scale in (batch.k_scale, batch.v_scale)]
+            args += tuple(jax_dlpack.from_dlpack(scale) for scale in scales)  # k_scales_pages, v_scales_pages
+            keep_alive += tuple(scales)
+        for array in args:
             array.block_until_ready()
         conversion_s = time.perf_counter() - started
-        keep_alive = (q_scaled, table, lengths)  # torch memory the imported arrays alias
-
-        args = (q_j, k_pages, v_pages, table_j, lengths_j)
+        features = feature_arguments(spec)
         attempts: list[str] = []
         started = time.perf_counter()
         for overrides in ({}, *STAGE_LADDER):
             chosen = PallasPlan(**{**plan.__dict__, **overrides})
             try:
-                compiled = module.paged_attention.lower(*args, interpret=interpret, **chosen.static_args()).compile()
+                compiled = module.paged_attention.lower(*args, interpret=interpret, **chosen.static_args(),
+                                                        **features).compile()
                 compiled(*args).block_until_ready()
                 break
             except Exception as error:  # noqa: BLE001 - a resource limit is retried, then declined
@@ -246,4 +299,9 @@ class PallasPagedDecodeAdapter(Adapter):
         }
         if attempts:
             notes["compile_retries"] = attempts
+        if features:
+            notes["features"] = dict(features)
+        if fp8:
+            notes["fp8_kv"] = (f"{spec.kv_dtype} k_pages/v_pages with k_scales_pages/v_scales_pages [Hkv, pages, "
+                               f"page_size] filled from per-{spec.kv_scale} scales")
         return Prepared(run=run, notes=notes, lse_note=LSE_NOTE, external_streams=device.type == "cuda")
