@@ -1,9 +1,10 @@
 """The one place that turns command-line options into cases: which sweep, file or ``--case`` batches,
 which workloads, and the fields set on all of them (model or heads, dtype, page sizes, seed, causal,
-page pool).
+page pool, model features).
 
     add_selection_options(parser)          --sweep --workloads --case --sweep-file --model --heads --dtype
                                            --page-size --seed --causal/--no-causal --pool-pages --pool-gib
+                                           --window --softcap --sinks/--no-sinks --kv-dtype --kv-scale
     select_cases(args, device_type)        -> Selection(label, cases); UsageError on a bad value
 
 Where the cases come from: every ``--case`` and the ``--sweep-file`` if given, plus ``--sweep`` when it
@@ -14,6 +15,15 @@ a field equal to the case's own changes nothing), each ``--page-size`` gives one
 and cases that end up identical are measured once. A ``--case`` batch takes the fields directly
 (standard 32/8/128 bf16 causal, page 16, seed 0 unless given) and is named ``{grammar}-p{page}{suffix}``,
 or exactly ``NAME`` when written ``NAME=GRAMMAR`` (what a reproducer does).
+
+Model features (`adapters.features`): ``--model NAME`` sets the heads and the features of the model's
+full layer (``NAME:sliding`` its windowed layer; `harness.models`), every one of them, so
+``--model llama-3-8b`` runs plain attention even on a featured sweep file's cases. ``--window W``,
+``--softcap C``, ``--sinks`` / ``--no-sinks``, ``--kv-dtype fp8`` and ``--kv-scale tensor|head`` set one
+feature on every case and win over the model's (``--model gemma-2-9b --softcap none`` is Gemma-2-9B's
+full layer without its cap); ``none`` turns a window, cap or fp8 cache off. ``--kv-scale`` needs
+``--kv-dtype fp8`` beside it. Each changes the case name like ``--dtype`` does (``-w4096``, ``-cap50``,
+``-sinks``, ``-kvfp8``, ``-kvfp8h``).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.features import KV_DTYPES, KV_SCALES, check_features
 from harness.models import get_model, parse_heads
 from harness.sweep import (DTYPE_NAMES, STANDARD_FIELDS, SWEEPS, WORKLOADS, Case, get_sweep, make_case,
                            override_case, select, unique_cases)
@@ -132,6 +143,16 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
                        help="causal (bottom-right) or not, for every case (default: each case's own, causal)")
     group.add_argument("--pool-pages", metavar="N", help="page pool of every case, in pages (null page included)")
     group.add_argument("--pool-gib", metavar="GIB", help="page pool of every case, in GiB of K and V cache together")
+    features = parser.add_argument_group("model features (over --model's; `none` turns one off)")
+    features.add_argument("--window", metavar="W", help="sliding window of W keys, the query's own included "
+                                                        "(the model config's sliding_window), or none")
+    features.add_argument("--softcap", metavar="C", help="logit soft-cap C (score -> C*tanh(score/C)), or none")
+    features.add_argument("--sinks", action=argparse.BooleanOptionalAction, default=None,
+                          help="a learned sink logit per query head (gpt-oss), or not")
+    features.add_argument("--kv-dtype", metavar="DTYPE",
+                          help=f"KV cache dtype: {', '.join(KV_DTYPES)} (e4m3 with scales), or none (the query's)")
+    features.add_argument("--kv-scale", metavar="GRAIN",
+                          help=f"scales of an fp8 cache: {' or '.join(KV_SCALES)} (default tensor; needs --kv-dtype fp8)")
 
 
 def _get(args: argparse.Namespace, name: str) -> Any:
@@ -159,7 +180,7 @@ def parse_overrides(args: argparse.Namespace) -> Overrides:
             preset = get_model(model)
         except ValueError as error:
             raise UsageError(f"--model: {error}") from None
-        out.fields.update(preset.fields)
+        out.fields.update(preset.case_fields)
         out.tags.append(f"model={preset.name}")
     if heads:
         try:
@@ -213,7 +234,90 @@ def parse_overrides(args: argparse.Namespace) -> Overrides:
             raise UsageError(f"--pool-gib {pool_gib!r} must be a positive number of GiB")
         out.fields.update(pool_gib=gib, pool_pages=None)
         out.tags.append(f"pool={gib:g}gib")
+    _feature_overrides(args, out)
     return out
+
+
+NONE_WORDS = ("none",)
+"""What turns a window, cap or fp8 cache off on the command line."""
+
+
+def _off(text: Any) -> bool:
+    return str(text).strip().lower() in NONE_WORDS
+
+
+def parse_window(text: Any) -> int | None:
+    """``--window`` text: a number of keys (``4096`` or ``4k``) or ``none``; `UsageError` otherwise."""
+    from adapters.grammar import parse_length
+
+    if _off(text):
+        return None
+    try:
+        low, high = parse_length(str(text).strip())
+    except ValueError:
+        low, high = None, None
+    if low is None or low != high:
+        raise UsageError(f"--window {text!r} is not a number of keys (e.g. 4096 or 4k) or none")
+    problem = check_features(low, None, False, None, "tensor", True)
+    if problem:
+        raise UsageError(f"--window {text!r}: {problem[1]}")
+    return low
+
+
+def parse_softcap(text: Any) -> float | None:
+    """``--softcap`` text: a positive, finite number or ``none``; `UsageError` otherwise."""
+    if _off(text):
+        return None
+    try:
+        cap = float(str(text).strip())
+    except ValueError:
+        raise UsageError(f"--softcap {text!r} is not a number (e.g. 50) or none") from None
+    problem = check_features(None, cap, False, None, "tensor", True)
+    if problem:
+        raise UsageError(f"--softcap {text!r}: {problem[1]}")
+    return cap
+
+
+def _feature_overrides(args: argparse.Namespace, out: Overrides) -> None:
+    """The feature options over the model's features (see the module docstring), checked together with
+    ``--causal`` by `adapters.features.check_features`."""
+    window, softcap, sinks = _get(args, "window"), _get(args, "softcap"), _get(args, "sinks")
+    kv_dtype, kv_scale = _get(args, "kv_dtype"), _get(args, "kv_scale")
+    if window is not None:
+        out.fields["sliding_window"] = parse_window(window)
+        out.tags.append(f"window={out.fields['sliding_window'] or 'none'}")
+    if softcap is not None:
+        out.fields["softcap"] = parse_softcap(softcap)
+        out.tags.append(f"softcap={'none' if out.fields['softcap'] is None else format(out.fields['softcap'], 'g')}")
+    if sinks is not None:
+        out.fields["sinks"] = bool(sinks)
+        out.tags.append("sinks" if sinks else "nosinks")
+    if kv_dtype is not None:
+        value = None if _off(kv_dtype) else str(kv_dtype).strip().lower()
+        problem = check_features(None, None, False, value, "tensor", True)
+        if problem:
+            raise UsageError(f"--kv-dtype {kv_dtype!r} is not a KV cache dtype; choose "
+                             f"{', '.join(KV_DTYPES)} or none (the query's dtype)")
+        out.fields["kv_dtype"] = value
+        if value is None:
+            out.fields["kv_scale"] = "tensor"
+    if kv_scale is not None:
+        value = str(kv_scale).strip().lower()
+        if value not in KV_SCALES:
+            raise UsageError(f"--kv-scale {kv_scale!r} is not a scale grain; choose {' or '.join(KV_SCALES)}")
+        if out.fields.get("kv_dtype") is None:
+            raise UsageError(f"--kv-scale {kv_scale} sets the scales of an fp8 cache; give --kv-dtype fp8 with it")
+        out.fields["kv_scale"] = value
+    if out.fields.get("kv_dtype") is not None:
+        out.fields.setdefault("kv_scale", "tensor")
+        out.tags.append(f"kv={out.fields['kv_dtype']}" + ("h" if out.fields["kv_scale"] == "head" else ""))
+    elif kv_dtype is not None:
+        out.tags.append("kv=none")
+    causal = _get(args, "causal")
+    if causal is False and out.fields.get("sliding_window") is not None:
+        source = "--window" if window is not None else f"--model {_get(args, 'model')}"
+        raise UsageError(f"{source} sets a sliding window of {out.fields['sliding_window']} keys, which needs causal "
+                         "attention (the window ends at the query's own position); drop --no-causal")
 
 
 def _variants(case: Case, overrides: Overrides) -> list[Case]:
@@ -311,7 +415,8 @@ def selection_argv(args: argparse.Namespace) -> list[str]:
     """The selection options of ``args`` as command-line words (to pass them on to a child command,
     e.g. compare-envs' runs)."""
     argv: list[str] = []
-    for option in ("sweep", "workloads", "sweep_file", "model", "heads", "dtype", "seed", "pool_pages", "pool_gib"):
+    for option in ("sweep", "workloads", "sweep_file", "model", "heads", "dtype", "seed", "pool_pages", "pool_gib",
+                   "window", "softcap", "kv_dtype", "kv_scale"):
         value = _get(args, option)
         if value is not None:
             argv += [f"--{option.replace('_', '-')}", str(value)]
@@ -322,4 +427,7 @@ def selection_argv(args: argparse.Namespace) -> list[str]:
     causal = _get(args, "causal")
     if causal is not None:
         argv.append("--causal" if causal else "--no-causal")
+    sinks = _get(args, "sinks")
+    if sinks is not None:
+        argv.append("--sinks" if sinks else "--no-sinks")
     return argv

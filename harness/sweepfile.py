@@ -10,10 +10,18 @@
     causal = true
     seed = 0
     pool_gib = 40                         # the page pool: GiB of K+V cache, or pool_pages = 200000
+    kv_dtype = "fp8"                      # model features (adapters.features), here, per [[case]] or per
+    kv_scale = "head"                     #   [axes.*]: sliding_window = 4096, softcap = 50.0, sinks = true,
+                                          #   kv_dtype = "fp8" with kv_scale = "tensor" or "head"
 
     [[case]]                              # a named case: {name}-p{page}{suffix}, one per page size
     name = "serve-300"
     grammar = "296q1c~lognormal(median=2k,sigma=1,max=32k)_4q512c0-4k"
+
+    [[case]]
+    name = "gemma-local"
+    grammar = "4q2kc2k"
+    model = "gemma-2-9b:sliding"          # a model's windowed layer: heads, window 4096 and cap 50
 
     [axes.decode]                         # a product, like the built-in sweeps (decode, prefill, spec-decode, mixed)
     batch_sizes = [16, 64]
@@ -24,6 +32,14 @@
 
     [axes.mixed]
     mixes = ["mixed-8d3000-8p2000"]       # built-in mixes (harness.sweep.MIXED_GRAMMARS); write others as [[case]]
+
+A ``model`` sets the heads and every feature of that layer (`harness.models`: ``NAME`` is the model's
+full layer, ``NAME:sliding`` its windowed one); feature keys in the same table win over it, and a
+table's own ``model`` wins over features it inherits from [defaults]. ``"none"`` turns a window, cap or
+fp8 cache off (``softcap = "none"``). An axes block takes the features as single values (they are not
+product axes), and its ``models`` must share their features (``gemma-2-9b`` and ``gemma-2-9b:sliding``
+differ: write one of them as a [[case]], or use two sweep files). ``kv_scale`` in a [[case]] or
+[axes.*] needs an fp8 cache there (``kv_dtype = "fp8"`` in it or in [defaults]).
 
 Case names follow harness.sweep's rule (``{stem}-p{page}`` then a suffix for every field that differs
 from the standard 32/8/128 bf16 causal seed-0 default-pool case), so a file that declares a built-in
@@ -38,20 +54,27 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+from adapters.features import KV_DTYPES, KV_SCALES, check_features
 from adapters.grammar import parse_grammar, parse_length
-from harness.models import format_heads, get_model, parse_heads
+from harness.models import features_text, format_heads, get_model, parse_heads
 from harness.sweep import DTYPE_NAMES, MIXED_GRAMMARS, PAGE_SIZES, Axes, Case, Sweep, cases_from_axes, make_case
 
 CASE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 """A case name (stem): starts with a letter (a batch string starts with a digit), no spaces or '='."""
 
 AXES_WORKLOADS = ("decode", "prefill", "spec-decode", "mixed")
-_FIELD_KEYS = ("model", "heads", "dtype", "causal", "seed", "pool_pages", "pool_gib", "page_size", "page_sizes")
+FEATURE_KEYS = ("sliding_window", "softcap", "sinks", "kv_dtype", "kv_scale")
+"""The model-feature keys (`adapters.features`), the same names as the case fields."""
+MODEL_FEATURES = ("sliding_window", "softcap", "sinks")
+"""The features a ``model`` / ``models`` sets (a preset sets no KV-cache dtype)."""
+_FIELD_KEYS = ("model", "heads", "dtype", "causal", "seed", "pool_pages", "pool_gib", "page_size", "page_sizes",
+               *FEATURE_KEYS)
 DEFAULTS_KEYS = _FIELD_KEYS
 CASE_KEYS = ("name", "grammar") + _FIELD_KEYS
 UNIFORM_AXES_KEYS = ("batch_sizes", "q_lens", "contexts", "page_sizes", "heads", "models", "dtypes", "causal",
-                     "seed", "pool_pages", "pool_gib")
-MIXED_AXES_KEYS = ("mixes", "page_sizes", "heads", "models", "dtypes", "causal", "seed", "pool_pages", "pool_gib")
+                     "seed", "pool_pages", "pool_gib", *FEATURE_KEYS)
+MIXED_AXES_KEYS = ("mixes", "page_sizes", "heads", "models", "dtypes", "causal", "seed", "pool_pages", "pool_gib",
+                   *FEATURE_KEYS)
 TOP_KEYS = ("name", "description", "defaults", "case", "axes")
 
 
@@ -218,6 +241,84 @@ def _heads_of_model(name: Any) -> str:
     return get_model(name).heads
 
 
+def _model(name: Any) -> tuple[str, dict[str, Any]]:
+    """(heads text, feature fields) of a model preset name such as ``"gemma-2-9b:sliding"``."""
+    if not isinstance(name, str):
+        raise TypeError(f"{name!r} is not a model name")
+    preset = get_model(name)
+    return preset.heads, preset.features
+
+
+def _none(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "none"
+
+
+def _feature_problem(**fields: Any) -> None:
+    values = {"sliding_window": None, "softcap": None, "sinks": False, "kv_dtype": None, "kv_scale": "tensor"}
+    values.update(fields)
+    problem = check_features(*(values[key] for key in FEATURE_KEYS), causal=True)
+    if problem:
+        raise ValueError(problem[1])
+
+
+def _window(value: Any) -> int | None:
+    if _none(value):
+        return None
+    if isinstance(value, list):
+        raise TypeError(f"{value!r} is a list; give one window (features are not product axes)")
+    window = _int(value, 1, lengths=True)
+    _feature_problem(sliding_window=window)
+    return window
+
+
+def _softcap(value: Any) -> float | None:
+    if _none(value):
+        return None
+    if isinstance(value, list):
+        raise TypeError(f"{value!r} is a list; give one cap (features are not product axes)")
+    _feature_problem(softcap=value)
+    return float(value)
+
+
+def _sinks(value: Any) -> bool:
+    if isinstance(value, list):
+        raise TypeError(f"{value!r} is a list; give true or false (features are not product axes)")
+    return _bool(value)
+
+
+def _kv_dtype(value: Any) -> str | None:
+    if _none(value):
+        return None
+    if value not in KV_DTYPES:
+        raise ValueError(f"{value!r} is not a KV cache dtype; choose {', '.join(map(repr, KV_DTYPES))} or \"none\" "
+                         "(the query's dtype)")
+    return value
+
+
+def _kv_scale(value: Any) -> str:
+    if value not in KV_SCALES:
+        raise ValueError(f"{value!r} is not a scale grain; choose {' or '.join(map(repr, KV_SCALES))}")
+    return value
+
+
+_FEATURE_PARSERS: dict[str, Callable[[Any], Any]] = {"sliding_window": _window, "softcap": _softcap, "sinks": _sinks,
+                                                     "kv_dtype": _kv_dtype, "kv_scale": _kv_scale}
+
+
+def _features(table: "_Table", out: dict[str, Any], *, strict_scale: bool) -> None:
+    """The table's feature keys into ``out`` (over what a model or [defaults] set there); with
+    ``strict_scale`` a ``kv_scale`` needs an fp8 cache in ``out`` (a [[case]] or [axes.*] table)."""
+    for key in FEATURE_KEYS:
+        if key in table.data:
+            out[key] = table.get(key, _FEATURE_PARSERS[key])
+    if out.get("kv_dtype") is None:
+        if strict_scale and "kv_scale" in table.data:
+            raise table.error("kv_scale", "sets the scales of an fp8 cache; set kv_dtype = \"fp8\" here or in "
+                                          "[defaults]")
+        if "kv_dtype" in table.data:
+            out.pop("kv_scale", None)
+
+
 def _heads(text: Any) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{text!r} is not HQ/HKV/D text such as \"32/8/128\"")
@@ -257,7 +358,8 @@ def _fields(table: _Table, inherited: dict[str, Any] | None = None) -> dict[str,
     if "pool_pages" in table.data and "pool_gib" in table.data:
         raise table.error("pool_gib", "give the pool in pages or in GiB, not both")
     if "model" in table.data:
-        out["heads"] = table.get("model", _heads_of_model)
+        out["heads"], features = table.get("model", _model)
+        out.update(features)
     if "heads" in table.data:
         out["heads"] = table.get("heads", _heads)
     for key, parse in (("dtype", _dtype), ("causal", _bool), ("seed", lambda v: _int(v, 0))):
@@ -273,12 +375,18 @@ def _fields(table: _Table, inherited: dict[str, Any] | None = None) -> dict[str,
         out["page_sizes"] = (table.get("page_size", lambda v: _int(v, 1)),)
     if "page_sizes" in table.data:
         out["page_sizes"] = table.get("page_sizes", _int_list(1))
+    _features(table, out, strict_scale=table.path[:1] == ("case",))
+    if out.get("causal") is False and out.get("sliding_window") is not None:
+        key = next((k for k in ("sliding_window", "model", "causal") if k in table.data), None)
+        raise table.error(key, f"a sliding window ({out['sliding_window']} keys) needs causal attention (the "
+                               "window ends at the query's own position)")
     return out
 
 
 def _case_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Scalar fields (heads text expanded) as harness.sweep case fields."""
-    out = {key: fields[key] for key in ("dtype", "causal", "seed", "pool_pages", "pool_gib") if key in fields}
+    out = {key: fields[key] for key in ("dtype", "causal", "seed", "pool_pages", "pool_gib", *FEATURE_KEYS)
+           if key in fields}
     if "heads" in fields:
         out.update(zip(("num_q_heads", "num_kv_heads", "head_dim"), parse_heads(fields["heads"])))
     return out
@@ -323,8 +431,17 @@ def _axes(table: _Table, workload: str, defaults: dict[str, Any]) -> Axes:
         fields["q_lens"] = table.get("q_lens", _int_list(1, lengths=True), (1,))
         fields["contexts"] = table.get("contexts", _int_list(0, lengths=True))
     fields["page_sizes"] = table.get("page_sizes", _int_list(1), defaults.get("page_sizes", PAGE_SIZES))
+    features = {key: defaults[key] for key in FEATURE_KEYS if key in defaults}
     if "models" in table.data:
-        fields["head_configs"] = table.get("models", _str_list(_heads_of_model))
+        models = table.get("models", _str_list(_model))
+        fields["head_configs"] = tuple(heads for heads, _ in models)
+        if any(found != models[0][1] for _, found in models):
+            names = table.data["models"]
+            raise table.error("models", f"{', '.join(map(repr, names))} differ in their attention features "
+                                        f"({'; '.join(features_text(found) for _, found in models)}); an axes block varies "
+                                        "the heads only: give models with the same features, write the others "
+                                        "as [[case]] entries, or use one sweep file per kind of layer")
+        features.update(models[0][1])
     elif "heads" in table.data:
         fields["head_configs"] = table.get("heads", _str_list(_heads))
     elif "heads" in defaults:
@@ -337,6 +454,12 @@ def _axes(table: _Table, workload: str, defaults: dict[str, Any]) -> Axes:
         fields["causals"] = table.get("causal", _bool_list)
     elif "causal" in defaults:
         fields["causals"] = (defaults["causal"],)
+    _features(table, features, strict_scale=True)
+    causals = fields.get("causals", (True,))
+    if False in causals and features.get("sliding_window") is not None:
+        key = next((k for k in ("sliding_window", "models", "causal") if k in table.data), None)
+        raise table.error(key, f"a sliding window ({features['sliding_window']} keys) needs causal attention; "
+                               "drop causal = false here")
     overrides = {key: defaults[key] for key in ("seed", "pool_pages", "pool_gib") if key in defaults}
     if "seed" in table.data:
         overrides["seed"] = table.get("seed", lambda v: _int(v, 0))
@@ -346,6 +469,9 @@ def _axes(table: _Table, workload: str, defaults: dict[str, Any]) -> Axes:
     if "pool_gib" in table.data:
         overrides.pop("pool_pages", None)
         overrides["pool_gib"] = table.get("pool_gib", _gib)
+    plain = {"sliding_window": None, "softcap": None, "sinks": False, "kv_dtype": None, "kv_scale": "tensor"}
+    overrides.update({key: value for key, value in features.items() if value != plain[key] or key in table.data
+                      or key in defaults or "models" in table.data})
     return Axes(**fields, overrides=tuple(overrides.items()))
 
 
@@ -433,7 +559,10 @@ def _check_names(sweep: Sweep, origin: dict[str, _Table], axes_tables: dict[str,
 
 _SPEC_FIELD_KEYS = {"pool_pages": ("pool_pages",), "pool_gib": ("pool_gib",), "page_size": ("page_size", "page_sizes"),
                     "head_dim": ("heads", "model", "models"), "num_q_heads": ("heads", "model", "models"),
-                    "num_kv_heads": ("heads", "model", "models"), "dtype": ("dtype", "dtypes")}
+                    "num_kv_heads": ("heads", "model", "models"), "dtype": ("dtype", "dtypes"),
+                    "sliding_window": ("sliding_window", "model", "models", "causal"),
+                    "softcap": ("softcap", "model", "models"), "sinks": ("sinks", "model", "models"),
+                    "kv_dtype": ("kv_dtype",), "kv_scale": ("kv_scale", "kv_dtype")}
 
 
 def _validate(sweep: Sweep, origin: dict[str, _Table], axes_tables: dict[str, _Table],

@@ -124,8 +124,13 @@ def test_model_applies_to_any_sweep_and_identical_variants_collapse():
     gemma = select_cases(parse("--model", "gemma-2-9b"), "cuda")
     assert gemma.label == "default+model=gemma-2-9b"
     assert all(case.head_dim == 256 and case.num_q_heads == 16 for case in gemma.cases)
-    assert "decode-b64-q1-c4096-p16-h16x8d256" in [case.name for case in gemma.cases]
-    assert len(gemma.cases) == len(set(case.name for case in gemma.cases)) == 66 - 7  # heads cells merge
+    # the model's full layer: its soft-cap 50 on every case, no window, no sinks (the KV dtype stays the case's)
+    assert all((case.softcap, case.sliding_window, case.sinks) == (50.0, None, False) for case in gemma.cases)
+    assert "decode-b64-q1-c4096-p16-h16x8d256-cap50" in [case.name for case in gemma.cases]
+    # heads cells merge (6), so do the window / cap / gpt-oss feature cells into their twins (5); the fp8 ones stay
+    assert len(gemma.cases) == len(set(case.name for case in gemma.cases)) == 66 - 6 - 5
+    assert [case.name for case in gemma.cases if case.kv_dtype] == [
+        "decode-b64-q1-c16384-p16-h16x8d256-cap50-kvfp8", "decode-b64-q1-c16384-p16-h16x8d256-cap50-kvfp8h"]
     short = names("--sweep", "short", "--heads", "8/1/128", "--dtype", "fp16")
     # 20 axes cells and 7 named ones, whose MHA / 8:1 / D 256 decodes become the axes' re-headed decode
     assert short[0] == "decode-b64-q1-c4096-p16-h8x1d128-fp16" and len(short) == 20 + 7 - 3
