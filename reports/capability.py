@@ -1,6 +1,8 @@
 """The capability matrix: backend x (feature, value) verdicts with their reasons, from the folder's
 capability.csv (the probe's answers) or, when the folder has none, derived from the sweep's own cells
-(feature = workload kind and page size). One model, rendered by the HTML page and as text here."""
+(feature = workload kind and page size of the plain cells, and each model-feature value the featured
+cells ask for). One model, rendered by the HTML page and as text here; `CapabilityMatrix.groups` puts the
+model features (sliding window, soft-cap, sinks, fp8 KV) under their own heading."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.model import OK, ResultSet, workload_kinds
+from reports.model import MODEL_FEATURES, OK, ResultSet, variant_features, workload_kinds
 from reports.text import text_table
 
 PARTIAL = "partial"
 """Derived matrix only: some of the backend's cells with this feature value passed, some did not."""
+MODEL_FEATURE_GROUP = "model features"
+"""The heading of the model-feature columns (sliding window, soft-cap, sinks, fp8 KV)."""
 SYMBOLS = {"ok": "✓", "unsupported": "—", "error": "✗", "wrong": "≠", "oom": "oom", "timeout": "t/o", "skipped": "skip",
            PARTIAL: "½"}
 
@@ -44,6 +48,23 @@ class CapabilityMatrix:
         for feature, value in self.columns:
             grouped.setdefault(feature, []).append(value)
         return list(grouped.items())
+
+    @property
+    def groups(self) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+        """`features` under two headings: ``layout`` (page size, heads, workload, ...) and ``model
+        features`` (`MODEL_FEATURES`), each heading with its features in column order (empty ones left out)."""
+        layout = [(feature, values) for feature, values in self.features if feature not in MODEL_FEATURES]
+        model = [(feature, values) for feature, values in self.features if feature in MODEL_FEATURES]
+        return [(name, features) for name, features in (("layout", layout), (MODEL_FEATURE_GROUP, model)) if features]
+
+    @property
+    def group_spans(self) -> list[tuple[str, int]]:
+        """(heading, number of columns under it) of each of `groups`."""
+        return [(name, sum(len(values) for _, values in features)) for name, features in self.groups]
+
+    def ordered_columns(self) -> list[tuple[str, str]]:
+        """`columns` in `groups` order (layout first, then the model features)."""
+        return [(feature, value) for _, features in self.groups for feature, values in features for value in values]
 
     def refusals(self) -> list[tuple[str, str, str, Entry]]:
         """Every entry that is not ok: (backend, feature, value, entry)."""
@@ -114,26 +135,44 @@ def _from_probe(frame: pd.DataFrame) -> CapabilityMatrix:
     return CapabilityMatrix(sorted(cells), columns, cells, "probe", versions)
 
 
+def _entry(match: pd.DataFrame) -> Entry:
+    """The derived entry of a backend's cells sharing one feature value."""
+    verdicts = match["verdict"].value_counts()
+    reasons = "; ".join(r for r in dict.fromkeys(match.loc[match["verdict"] != OK, "reason"]) if r)
+    detail = f"{int(verdicts.get(OK, 0))} of {len(match)} cells ok"
+    if verdicts.get(OK, 0) == len(match):
+        return Entry(OK, "", detail)
+    if verdicts.get(OK, 0):
+        return Entry(PARTIAL, reasons, detail)
+    return Entry(str(verdicts.index[0]), reasons, detail)
+
+
 def _from_sweep(rows: pd.DataFrame) -> CapabilityMatrix:
-    columns = [("workload", kind) for kind in workload_kinds(rows["workload"])]
-    columns += [("page_size", str(size)) for size in sorted({int(v) for v in rows["page_size"].dropna()})]
-    cells = {}
+    """Per backend: workload kind and page size over the plain cells, then one column per model-feature
+    value the featured cells ask for (``sliding_window=4096``, ``softcap=50``, ``sinks=on``,
+    ``fp8_kv=per head``; a cell with two features counts under both)."""
+    featured = rows["variant"].map(lambda variant: variant_features(variant))
+    plain = rows[featured.map(len) == 0]
+    columns = [("workload", kind) for kind in workload_kinds(plain["workload"])]
+    columns += [("page_size", str(size)) for size in sorted({int(v) for v in plain["page_size"].dropna()})]
+    feature_values: dict[tuple[str, str], list] = {}
+    for index, found in featured.items():
+        for feature, value in found.items():
+            feature_values.setdefault((feature, value), []).append(index)
+    feature_columns = sorted(feature_values, key=lambda column: (MODEL_FEATURES.index(column[0]),
+                                                                 _value_order(column[1])))
+    cells: dict[str, dict[tuple[str, str], Entry]] = {}
     for backend, own in rows.groupby("backend"):
+        own_plain = own[own.index.isin(plain.index)]
         for feature, value in columns:
-            match = own[own[feature].astype(str).str.replace(r"\.0$", "", regex=True) == value]
-            if match.empty:
-                continue
-            verdicts = match["verdict"].value_counts()
-            reasons = "; ".join(r for r in dict.fromkeys(match.loc[match["verdict"] != OK, "reason"]) if r)
-            detail = f"{int(verdicts.get(OK, 0))} of {len(match)} cells ok"
-            if verdicts.get(OK, 0) == len(match):
-                entry = Entry(OK, "", detail)
-            elif verdicts.get(OK, 0):
-                entry = Entry(PARTIAL, reasons, detail)
-            else:
-                entry = Entry(str(verdicts.index[0]), reasons, detail)
-            cells.setdefault(backend, {})[(feature, value)] = entry
-    return CapabilityMatrix(sorted(cells), columns, cells, "sweep")
+            match = own_plain[own_plain[feature].astype(str).str.replace(r"\.0$", "", regex=True) == value]
+            if not match.empty:
+                cells.setdefault(backend, {})[(feature, value)] = _entry(match)
+        for column in feature_columns:
+            match = own[own.index.isin(feature_values[column])]
+            if not match.empty:
+                cells.setdefault(backend, {})[column] = _entry(match)
+    return CapabilityMatrix(sorted(cells), columns + feature_columns, cells, "sweep")
 
 
 def capability_matrix(results: ResultSet) -> CapabilityMatrix:
@@ -150,7 +189,11 @@ def format_capability_text(results: ResultSet | CapabilityMatrix) -> str:
     if not matrix.columns:
         return "Capability matrix: no entries.\n"
     rows = []
-    for column in matrix.columns:
+    model = dict(matrix.groups).get(MODEL_FEATURE_GROUP, [])
+    first_model = (model[0][0], model[0][1][0]) if model else None
+    for column in matrix.ordered_columns():
+        if column == first_model and len(rows):
+            rows.append([f"-- {MODEL_FEATURE_GROUP} --"] + [""] * len(matrix.backends))
         line = [f"{column[0]}={column[1]}"]
         for backend in matrix.backends:
             entry = matrix.entry(backend, column)

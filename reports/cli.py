@@ -1,5 +1,5 @@
 """Command line of the report: render a results folder to one HTML page, optionally compared with a
-baseline folder, and print the comparison and capability matrix as text.
+baseline folder, and print the comparison, the capability matrix and the model-feature cells as text.
 
     python -m reports RESULTS_DIR [--baseline OLD_DIR] [--out report.html] [--csv rows.csv]
                       [--json comparison.json] [--text] [--fail-on-regression]
@@ -16,6 +16,7 @@ from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE, RUNS_FILE
 from reports.capability import format_capability_text
 from reports.compare import compare, format_comparison_text
 from reports.model import load_results
+from reports.tables import format_features_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--title", default="", help="page title")
     parser.add_argument("--csv", help="also write every row as CSV here")
     parser.add_argument("--json", help="with --baseline: write the comparison summary as JSON here")
-    parser.add_argument("--text", action="store_true", help="print the capability matrix as text")
+    parser.add_argument("--text", action="store_true",
+                        help="print the capability matrix as text, and the cells with model features beside their "
+                             "plain twins when the results hold any")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="with --baseline: exit with status 1 when any cell regressed")
     return parser
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(comparison.summary(), indent=1, default=str))
     if args.text:
         print(format_capability_text(results))
+        if results.featured.any():
+            print(format_features_text(results))
     if args.csv:
         print(f"rows: {write_csv(results, args.csv)}", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.results) / REPORT_FILE

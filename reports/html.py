@@ -17,7 +17,8 @@ from reports import plots
 from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
 from reports.model import CPU_SMOKE_NOTE, ResultSet
-from reports.tables import backend_summaries, config_text, win_counts, winners, write_csv
+from reports.model import MODEL_FEATURE_WORDS
+from reports.tables import backend_summaries, config_text, feature_cells, win_counts, winners, write_csv
 from reports.templating import environment
 from reports.text import duration, is_missing
 
@@ -35,6 +36,11 @@ REPORT_GLOSSARY = {
     "new/old": "time ratio of a cell between the compared result sets (above 1: the new set is slower)",
     "lost / gained": "a cell or capability that was ok and is not any more (lost), or the reverse (gained)",
     "partial": "derived capability matrix only: some of the backend's cells with this feature value passed, some not",
+    "model features": "sliding window, logit soft-cap, attention sinks, fp8 KV cache (docs/model-features.md): cells "
+                      "that ask for them are shown in their own section, each beside its plain twin (the same case "
+                      "without them)",
+    "feature / plain": "a featured cell's median time divided by its plain twin's on the same backend: below 1 the "
+                       "feature saves time (a window skips keys, an fp8 cache halves the bytes)",
 }
 
 
@@ -171,6 +177,7 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
         "verdicts": list(VERDICTS), "winners": win_table.to_dict("records") if len(win_table) else [],
         "win_counts": win_counts(win_table), "figures": figures,
         "rows": _result_rows(results), "skipped": results.skipped_backends(), "matrix": matrix, "symbols": SYMBOLS,
+        "features": feature_cells(results, name_fastest=not on_cpu), "feature_words": MODEL_FEATURE_WORDS,
         "comparison": _comparison_view(comparison) if comparison is not None else None,
         "provenance": _provenance_view(sets),
         "glossary": {"columns": GLOSSARY, "verdicts": VERDICTS, "report": REPORT_GLOSSARY},

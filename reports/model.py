@@ -16,6 +16,7 @@ Every renderer (HTML, text, CSV, comparison) starts from a `ResultSet` and nothi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -127,6 +128,72 @@ def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# --- model features, read from the case's variant --------------------------------------------------
+MODEL_FEATURES: tuple[str, ...] = ("sliding_window", "softcap", "sinks", "fp8_kv")
+"""The model features (adapters.features.FEATURES, which this torch-free, adapter-free layer cannot
+import; tests/test_feature_reports.py checks that the two agree), in the order case names list them."""
+MODEL_FEATURE_WORDS: dict[str, str] = {"sliding_window": "sliding window", "softcap": "soft-cap", "sinks": "sinks",
+                                       "fp8_kv": "fp8 KV cache"}
+"""Each feature in a few words, for column heads and legends."""
+_VARIANT_TOKEN = re.compile(r"cap\d[\d.]*(?:e[+-]?\d+)?|[^-]+")
+"""One part of a variant (``h16x8d256``, ``w4096``, ``cap50``, ``cap1e-05``: a cap may hold a minus)."""
+_FEATURE_PARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("sliding_window", re.compile(r"w(\d+)")), ("softcap", re.compile(r"cap(\d[\d.]*(?:e[+-]?\d+)?)")),
+    ("sinks", re.compile(r"sinks")), ("fp8_kv", re.compile(r"kv(fp8)(h?)")))
+"""How harness.sweep names each feature in a case's variant suffix: ``-w{W}``, ``-cap{c}``, ``-sinks``,
+``-kvfp8`` (``-kvfp8h`` with per-head scales); they come last, after the heads, dtype, causality, pool
+and seed parts."""
+
+
+def _feature_of(part: str) -> tuple[str, str] | None:
+    """(feature, value in words) of one variant part, or None when the part names no model feature."""
+    for feature, pattern in _FEATURE_PARTS:
+        match = pattern.fullmatch(part)
+        if match:
+            if feature == "sliding_window":
+                return feature, match.group(1)
+            if feature == "softcap":
+                return feature, match.group(1)
+            if feature == "sinks":
+                return feature, "on"
+            return feature, "per head" if match.group(2) else "per tensor"
+    return None
+
+
+def split_variant(variant: Any) -> tuple[str, tuple[str, ...]]:
+    """(the variant without its model features, the feature parts): ``"h16x8d256-cap50"`` ->
+    ``("h16x8d256", ("cap50",))``, ``"w128-sinks"`` -> ``("", ("w128", "sinks"))``, ``"fp16"`` -> ``("fp16", ())``."""
+    parts = _VARIANT_TOKEN.findall(variant if isinstance(variant, str) else "")
+    end = len(parts)
+    while end and _feature_of(parts[end - 1]) is not None:
+        end -= 1
+    return "-".join(parts[:end]), tuple(parts[end:])
+
+
+def variant_features(variant: Any) -> dict[str, str]:
+    """The model features a variant names, in `MODEL_FEATURES` order, each with its value in words:
+    ``"h64x8d64-w128-sinks"`` -> ``{"sliding_window": "128", "sinks": "on"}``; empty for plain attention."""
+    found = dict(_feature_of(part) for part in split_variant(variant)[1])
+    return {feature: found[feature] for feature in MODEL_FEATURES if feature in found}
+
+
+def features_text(variant: Any) -> str:
+    """A variant's model features in words: ``"window 4096, soft-cap 50, sinks, fp8 KV (per-head scales)"``."""
+    words = []
+    for feature, value in variant_features(variant).items():
+        words.append({"sliding_window": f"window {value}", "softcap": f"soft-cap {value}", "sinks": "sinks",
+                      "fp8_kv": f"fp8 KV ({value.replace(' ', '-')} scales)"}[feature])
+    return ", ".join(words)
+
+
+def plain_twin(case: str, variant: Any) -> str:
+    """The name of a featured case's plain twin (the same case without its model features: the name
+    without their suffix), or "" for a case without features."""
+    parts = split_variant(variant)[1]
+    suffix = "-" + "-".join(parts) if parts else ""
+    return case[: -len(suffix)] if suffix and str(case).endswith(suffix) else ""
+
+
 def workload_kinds(kinds: Iterable[Any]) -> list[str]:
     """The distinct workload kinds in display order: those of `WORKLOAD_ORDER` first, then any other
     (a kind added after this report was written) by name, so every renderer can place every kind."""
@@ -220,16 +287,34 @@ class ResultSet:
         return sorted((set(self.rows["backend"]) | set(self.capability["backend"])) - {""})
 
     @property
+    def featured(self) -> pd.Series:
+        """Per row: whether its case asks for a model feature (`variant_features`)."""
+        return self.rows["variant"].map(lambda variant: bool(split_variant(variant)[1])).astype(bool)
+
+    @property
+    def feature_rows(self) -> pd.DataFrame:
+        """Rows of cases with model features (sliding window, soft-cap, sinks, fp8 KV): the report shows
+        them as their own group, each beside its plain twin, never in the plain cells' curves."""
+        return self.rows[self.featured]
+
+    @property
+    def plain_rows(self) -> pd.DataFrame:
+        """Rows of cases without model features."""
+        return self.rows[~self.featured]
+
+    @property
     def main_variant(self) -> str:
-        """The variant most cells share (the standard layer in a default sweep): the curves and heat maps
-        show these cells; the others (other heads, dtypes, pools) are shown beside them."""
-        counts = self.rows["variant"].value_counts()
+        """The variant most plain cells share (the standard layer in a default sweep): the curves and heat
+        maps show these cells; the others (other heads, dtypes, pools) are shown beside them, and cells
+        with model features in their own group."""
+        counts = self.plain_rows["variant"].value_counts()
         return str(counts.index[0]) if len(counts) else ""
 
     @property
     def variant_rows(self) -> pd.DataFrame:
-        """Rows of cases that are not of the main variant."""
-        return self.rows[self.rows["variant"] != self.main_variant]
+        """Rows of plain cases that are not of the main variant (model-feature rows: `feature_rows`)."""
+        plain = self.plain_rows
+        return plain[plain["variant"] != self.main_variant]
 
     @property
     def ok_rows(self) -> pd.DataFrame:

@@ -5,7 +5,8 @@ external file, network or JavaScript library. Each function takes the model (a `
 Figures: latency and throughput per backend (decode against context, prefill against tokens per
 sequence, one panel per page size and one row per batch size), speed-up against the baseline backend
 (the one whose adapter declares itself the baseline: cuDNN) as heat maps, share of the roofline per
-case, and the per-cell time ratio of a version comparison. Which backend is the baseline and which
+case, the cells with model features beside their plain twins, and the per-cell time ratio of a version
+comparison. Which backend is the baseline and which
 colour a backend gets come from the adapters' declarations stored with the results, never from names
 written here.
 """
@@ -34,6 +35,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from reports.capability import SYMBOLS  # noqa: E402
 from reports.model import ResultSet, workload_kinds, workload_rank  # noqa: E402
+from reports.tables import feature_cells  # noqa: E402
 
 PALETTE = ["#1f6fb4", "#d9472b", "#8a55c2", "#e89b0c", "#14a3b8", "#8c564b", "#d6559c", "#6b6b6b", "#a6a62a"]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
@@ -161,12 +163,16 @@ def length_label(value: float) -> str:
     return f"{value:g}"
 
 
-def short_case(row) -> str:
-    """A compact case label for axes: 'b8 q2k c1k p256' (mixed cases keep their name)."""
+def short_case(row, page: bool = True) -> str:
+    """A compact case label for axes: 'b8 q2k c1k p256', then the variant when the case has one ('b64 q1 c16k
+    p16 w4096', so a featured cell and its plain twin differ); mixed cases keep their name. ``page``
+    False leaves the page size out (a panel that is one page size)."""
     if row["workload"] == "mixed":
-        return str(row["case"])
-    return (f"b{int(row['batch_size'])} q{length_label(row['q_len'])} c{length_label(row['context'])} "
-            f"p{int(row['page_size'])}")
+        return str(row["case"]) if page else re.sub(r"-p\d+(?=-|$)", "", str(row["case"]), count=1)
+    variant = row.get("variant") if hasattr(row, "get") else None
+    label = f"b{int(row['batch_size'])} q{length_label(row['q_len'])} c{length_label(row['context'])}"
+    label += f" p{int(row['page_size'])}" if page else ""
+    return label + (f" {variant}" if isinstance(variant, str) and variant else "")
 
 
 def _ok(results: ResultSet, workload: str) -> pd.DataFrame:
@@ -424,9 +430,11 @@ def _roofline_slots(rows: pd.DataFrame) -> list[tuple[str, str] | None]:
 
 
 def roofline_figure(results: ResultSet, styles: dict[str, BackendStyle]) -> Figure | None:
-    """Grouped bars, one panel per page size: per case (grouped by workload kind), each backend's
-    share of the binding ceiling (the larger of % matmul and % copy)."""
-    shares = roofline_share(results.ok_rows)
+    """Grouped bars, one panel per page size: per plain case (grouped by workload kind), each backend's
+    share of the binding ceiling (the larger of % matmul and % copy). Cells with model features show
+    their shares in the model-features table instead."""
+    ok = results.ok_rows
+    shares = roofline_share(ok[~results.featured.loc[ok.index]])
     if shares.empty:
         return None
     pages = sorted(shares["page_size"].unique())
@@ -451,8 +459,7 @@ def roofline_figure(results: ResultSet, styles: dict[str, BackendStyle]) -> Figu
                 labels.append("")
                 continue
             row = first[slot[1]]
-            name = (re.sub(r"-p\d+$", "", str(row["case"])) if row["workload"] == "mixed"
-                    else short_case(row).rsplit(" p", 1)[0])
+            name = short_case(row, page=False)
             labels.append(f"{name} · {'mem' if row['bound'] == 'memory' else 'FLOP'}")
         for x, slot in enumerate(slots):
             if slot is None:
@@ -585,16 +592,82 @@ def variant_figure(results: ResultSet, styles: dict[str, BackendStyle], referenc
                   svg_of(fig, "plot-variants"))
 
 
+FEATURE_PANEL_COLUMNS = 2
+
+
+def feature_figure(results: ResultSet, styles: dict[str, BackendStyle]) -> Figure | None:
+    """The cells with model features, each beside its plain twin: one panel per featured case, one line
+    per backend with two bars, the plain twin's median time (pale, hatched) and the featured cell's (the
+    backend's colour); a backend whose featured cell did not run shows its verdict there instead (the
+    model-features table gives the reason)."""
+    cells = feature_cells(results, name_fastest=False)
+    if not cells:
+        return None
+    columns = min(FEATURE_PANEL_COLUMNS, len(cells))
+    rows_of_panels = math.ceil(len(cells) / columns)
+    tallest = max(len(cell.rows) for cell in cells)
+    fig, axes = plt.subplots(rows_of_panels, columns, squeeze=False, layout="constrained",
+                             figsize=(6.2 * columns, rows_of_panels * (0.3 * tallest + 1.0) + 0.6))
+    for ax in axes.flat[len(cells):]:
+        ax.set_visible(False)
+    for ax, cell in zip(axes.flat, cells):
+        lines = [row for row in cell.rows]
+        lines.sort(key=lambda row: list(styles).index(row["backend"]) if row["backend"] in styles else len(styles))
+        times = [t for row in lines for t in (row["median_us"], row["twin_median_us"]) if not _missing(t)]
+        floor = min(times) / 3 if times else 1.0
+        for y, row in enumerate(lines):
+            style = styles.get(row["backend"], BackendStyle("#888", "o", "", "●"))
+            if not _missing(row["twin_median_us"]):
+                ax.barh(y - 0.2, row["twin_median_us"], height=0.38, color=style.color, alpha=0.35, hatch="////",
+                        edgecolor="white", linewidth=0)
+            elif row["twin_verdict"] and row["twin_verdict"] != "ok":
+                ax.text(floor, y - 0.2, f" plain: {row['twin_verdict']}", va="center", fontsize=6.5, color="#777")
+            if not _missing(row["median_us"]):
+                ax.barh(y + 0.2, row["median_us"], height=0.38, color=style.color, hatch=style.hatch,
+                        edgecolor="white", linewidth=0)
+                if not _missing(row["ratio"]) and not results.measured_on_cpu:  # CPU_SMOKE_NOTE: no ratios
+                    ax.text(row["median_us"], y + 0.2, f" {row['ratio']:.2f}×", va="center", fontsize=6.5, color="#333")
+            else:
+                ax.text(floor, y + 0.2, f" {SYMBOLS.get(row['verdict'], '')} {row['verdict']}", va="center",
+                        fontsize=7, color="#a33", fontweight="bold")
+        ax.set_yticks(range(len(lines)))
+        ax.set_yticklabels([row["backend"] for row in lines], fontsize=7)
+        ax.set_ylim(len(lines) - 0.4, -0.6)
+        ax.set_xscale("log")
+        if times:
+            ax.set_xlim(floor, max(times) * 2.2)
+        ax.xaxis.set_major_formatter(FuncFormatter(compact_tick))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_tick))
+        ax.set_xlabel("median µs")
+        ax.grid(axis="y", visible=False)
+        twin = f"vs {cell.twin}" if any(row["twin_verdict"] for row in lines) else "no plain twin in these results"
+        ax.set_title(f"{cell.case}\n{cell.features} · {twin}", loc="left", fontsize=7.5)
+    handles = [Patch(facecolor="#888", alpha=0.35, hatch="////", edgecolor="white", label="plain twin"),
+               Patch(facecolor="#888", label="with the feature(s)")]
+    fig.legend(handles=handles, loc="outside upper center", ncol=2, frameon=False)
+    return Figure("plot-model-features", "Model features beside their plain twins",
+                  "Per featured cell and backend: the plain twin's median time (pale) and the cell's with the feature "
+                  "(solid; the label is feature / plain). A verdict instead of a bar: the backend declined or failed "
+                  "the cell (its reason is in the table below). Shorter is faster.",
+                  svg_of(fig, "plot-model-features"))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def result_figures(results: ResultSet, styles: dict[str, BackendStyle], baseline: str | None
                    ) -> dict[str, list[Figure]]:
     """Every figure of one result set, grouped by section: latency, throughput, speed-up against
-    ``baseline`` (the standard cells' maps, then the variants beside their twins), roofline."""
+    ``baseline`` (the standard cells' maps, then the variants beside their twins), roofline, and the
+    cells with model features beside their plain twins."""
     with plt.rc_context(STYLE):
         roofline = roofline_figure(results, styles)
         variants = variant_figure(results, styles, baseline)
+        features = feature_figure(results, styles)
         return {"latency": latency_figures(results, styles), "throughput": throughput_figures(results, styles),
                 "speedup": speedup_figures(results, baseline) + ([variants] if variants else []),
-                "roofline": [roofline] if roofline else []}
+                "roofline": [roofline] if roofline else [], "features": [features] if features else []}
 
 
 def comparison_figures(comparison) -> list[Figure]:

@@ -1,5 +1,5 @@
 """Tables derived from a `ResultSet` for the renderers: per-backend summary, winners per case, the
-display form of every row, and the CSV export."""
+model-feature cells beside their plain twins, the display form of every row, and the CSV export."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pandas as pd
 
 from records.schema import COLUMNS
 from reports.compare import noise_band
-from reports.model import ResultSet, workload_rank
+from reports.model import (CPU_SMOKE_NOTE, MODEL_FEATURE_WORDS, OK, ResultSet, features_text, plain_twin,
+                           variant_features, workload_rank)
+from reports.text import compact, is_missing, text_table
 
 
 @dataclass
@@ -53,10 +55,12 @@ def backend_summaries(results: ResultSet, registered: list[str] | None = None) -
 
 
 def winners(results: ResultSet) -> pd.DataFrame:
-    """Per case: the fastest ok backend, its figures, the runner-up and the margin (runner-up time /
-    winner time); ``tie`` when the margin is inside the two cells' noise band."""
+    """Per plain case: the fastest ok backend, its figures, the runner-up and the margin (runner-up time /
+    winner time); ``tie`` when the margin is inside the two cells' noise band. Cases with model features
+    are left to `feature_cells` (their own group, beside their plain twins)."""
     records = []
-    for case, rows in results.ok_rows.groupby("case"):
+    ok = results.ok_rows
+    for case, rows in ok[~results.featured.loc[ok.index]].groupby("case"):
         rows = rows.sort_values("median_us")
         best = rows.iloc[0]
         record = {"workload": best["workload"], "case": case, "page_size": best["page_size"],
@@ -83,6 +87,108 @@ def win_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
         return {}
     return {kind: {str(b): int(n) for b, n in rows["winner"].value_counts().items()}
             for kind, rows in table.groupby("workload", sort=False)}
+
+
+@dataclass
+class FeatureCell:
+    """One case with model features: what it asks for, its plain twin (the same case without them, "" when
+    the results hold none), and one line per backend (`feature_table` columns)."""
+
+    case: str
+    workload: str
+    features: str
+    feature_values: dict[str, str]
+    twin: str
+    rows: list[dict]
+    fastest: str = ""
+
+
+FEATURE_COLUMNS = ["case", "features", "twin", "workload", "backend", "verdict", "reason", "median_us", "iqr_pct",
+                   "twin_verdict", "twin_median_us", "ratio", "tflops", "tbps", "roofline_pct", "rel_l2",
+                   "lse_max_abs", "reproducer"]
+"""Columns of `feature_table`: ``ratio`` = the featured cell's time / its plain twin's, on the same backend
+(below 1: the feature saves time, as a window that skips keys should); ``roofline_pct`` the larger of the
+cell's shares of the matmul and copy ceilings (the formulas count only the keys inside a window and fp8
+bytes at 1 byte)."""
+
+
+def _share(row: dict) -> float | None:
+    shares = [row.get(key) for key in ("pct_matmul_ceiling", "pct_copy_ceiling") if not is_missing(row.get(key))]
+    return max(shares) if shares else None
+
+
+def feature_table(results: ResultSet) -> pd.DataFrame:
+    """One row per (featured case, backend), `FEATURE_COLUMNS`, ordered by workload kind and case: the
+    cell's verdict, reason and time beside its plain twin's on the same backend. Backends skipped in
+    every cell are left out (the summary gives their reason once)."""
+    featured = results.feature_rows
+    if featured.empty:
+        return pd.DataFrame(columns=FEATURE_COLUMNS)
+    skipped = set(results.skipped_backends())
+    by_cell = {(row["case"], row["backend"]): row for row in results.rows.to_dict("records")}
+    records = []
+    ordered = featured.assign(_k=workload_rank(featured["workload"])).sort_values(
+        ["_k", "page_size", "batch_size", "q_len", "context", "case", "backend"])
+    for row in ordered.to_dict("records"):
+        if row["backend"] in skipped:
+            continue
+        twin = plain_twin(row["case"], row["variant"])
+        other = by_cell.get((twin, row["backend"])) if twin else None
+        ok = row["verdict"] == OK and not is_missing(row.get("median_us"))
+        twin_ok = other is not None and other["verdict"] == OK and not is_missing(other.get("median_us"))
+        records.append({
+            "case": row["case"], "features": features_text(row["variant"]), "twin": twin, "workload": row["workload"],
+            "backend": row["backend"], "verdict": row["verdict"], "reason": row["reason"],
+            "median_us": row["median_us"] if ok else None, "iqr_pct": row["iqr_pct"] if ok else None,
+            "twin_verdict": other["verdict"] if other is not None else "",
+            "twin_median_us": other["median_us"] if twin_ok else None,
+            "ratio": row["median_us"] / other["median_us"] if ok and twin_ok and other["median_us"] else None,
+            "tflops": row["tflops"] if ok else None, "tbps": row["tbps"] if ok else None,
+            "roofline_pct": _share(row) if ok else None, "rel_l2": row["rel_l2"], "lse_max_abs": row["lse_max_abs"],
+            "reproducer": row.get("reproducer", ""),
+        })
+    return pd.DataFrame(records, columns=FEATURE_COLUMNS)
+
+
+def feature_cells(results: ResultSet, *, name_fastest: bool = True) -> list[FeatureCell]:
+    """The featured cases in `feature_table` order, each with its backends' lines; ``fastest`` names the
+    quickest ok backend (not on CPU timings: ``name_fastest`` False)."""
+    table = feature_table(results)
+    variants = dict(zip(results.feature_rows["case"], results.feature_rows["variant"]))
+    cells = []
+    for case, rows in table.groupby("case", sort=False):
+        timed = rows.dropna(subset=["median_us"])
+        fastest = str(timed.sort_values("median_us").iloc[0]["backend"]) if name_fastest and len(timed) > 1 else ""
+        cells.append(FeatureCell(case, str(rows.iloc[0]["workload"]), str(rows.iloc[0]["features"]),
+                                 variant_features(variants.get(case, "")), str(rows.iloc[0]["twin"]),
+                                 rows.to_dict("records"), fastest))
+    return cells
+
+
+def format_features_text(results: ResultSet) -> str:
+    """The model-feature cells for a terminal: per case its features and plain twin, then one line per
+    backend (verdict, time, the twin's time, their ratio, the reason of a cell that did not run)."""
+    cells = feature_cells(results, name_fastest=not results.measured_on_cpu)
+    if not cells:
+        return "Model features: no cells with model features in these results.\n"
+    on_cpu = results.measured_on_cpu
+    lines = [f"Model features ({len(cells)} cell{'s' if len(cells) != 1 else ''}: "
+             f"{', '.join(MODEL_FEATURE_WORDS.values())}), each beside its plain twin"]
+    if on_cpu:
+        lines.append(CPU_SMOKE_NOTE)
+    for cell in cells:
+        twin = cell.twin if any(r["twin_verdict"] for r in cell.rows) else f"{cell.twin or '-'} (not in these results)"
+        lines += ["", f"{cell.case} [{cell.workload}]: {cell.features}; plain twin {twin}"
+                  + (f"; fastest {cell.fastest}" if cell.fastest else "")]
+        headers = ["backend", "verdict", "µs", "plain µs"] + ([] if on_cpu else ["feature/plain"]) + ["reason"]
+        rows = []
+        for row in cell.rows:
+            line = [row["backend"], row["verdict"], compact(row["median_us"]), compact(row["twin_median_us"])]
+            if not on_cpu:
+                line.append("" if is_missing(row["ratio"]) else f"{row['ratio']:.2f}x")
+            rows.append(line + [row["reason"] if row["verdict"] != OK else ""])
+        lines.append(text_table(headers, rows))
+    return "\n".join(lines) + "\n"
 
 
 def config_text(row: dict) -> str:
