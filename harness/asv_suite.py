@@ -6,8 +6,8 @@ The sweep is the built-in one named by ``$PAGED_BENCH_SWEEP`` (default: the comm
 at ``$PAGED_BENCH_SWEEP_FILE`` (harness/sweepfile.py). Classes ``Decode``, ``Prefill`` and ``Mixed``
 take their workload's axes (backend x batch x q_len x context x page, or backend x mix x page, then
 heads / dtype / causal when the axes vary them); class ``Cases`` (workload `CASES`) takes every other
-case of the sweep by name (the default sweep's curated head, dtype, spec-decode and pool cells; a
-file's [[case]] entries and spec-decode axes).
+case of the sweep by name (the default sweep's curated head, dtype, spec-decode and pool cells and its
+model-feature cells, docs/model-features.md; a file's [[case]] entries and spec-decode axes).
 
 asv starts a fresh process for every parameter combination. Those processes only look values up in
 the cache, so this module must import without torch: the backend names come from a small file

@@ -60,6 +60,13 @@ def test_existing_asv_parameters_keep_their_names_and_values(monkeypatch):
     assert params[1][:2] == ["mixed-8d3000-8p2000", "mixed-32d-2p4k"]
     params, names = asv_suite.asv_params(asv_suite.CASES)
     assert names == ["backend", "case"] and "decode-b64-q1-c4096-p16-h16x8d256" in params[1]
+    # the model-feature cells are class Cases too, appended after the cells that were there before them
+    featured = ["decode-b64-q1-c16384-p16-w4096", "prefill-b4-q2048-c2048-p16-h16x8d256-w1024",
+                "prefill-b4-q2048-c2048-p16-h16x8d256-cap50", "mixed-32d-2p4k-p16-h64x8d64",
+                "mixed-32d-2p4k-p16-h64x8d64-w128-sinks", "decode-b64-q1-c16384-p16-kvfp8",
+                "decode-b64-q1-c16384-p16-kvfp8h"]
+    assert params[1][-len(featured):] == featured
+    assert asv_suite.workload_case(asv_suite.CASES, featured[1]).sliding_window == 1024
 
 
 SWEEP_FILE = """
