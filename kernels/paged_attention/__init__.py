@@ -26,8 +26,16 @@ into ``num_splits`` chunks of ``split_size`` keys (flash-decoding). A tile whose
 writes its output directly; the others write fp32 partial outputs and log2-sum-exp values that a
 small second kernel merges.
 
+Model features (``adapters/features.py``), each a constexpr switch that leaves the plain kernel's code
+as it was when off: ``USE_WINDOW`` (a sliding window: tiles start at the first key tile a query of the
+tile sees, key chunks count from there, the window's left edge is masked per element), ``SOFTCAP``
+(``c * tanh(s / c)`` on each score), ``HAS_SINKS`` (a per-head logit in the softmax denominator and
+the LSE, added once per row: where a tile is written directly, or in the merge) and ``KV_FP8`` (float8
+e4m3 caches converted to q's dtype in registers; the program's K scale joins the score scale, its V
+scale the output).
+
 Modules: ``device`` (the @triton.jit code: one attention kernel with constexpr switches
-``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``, ``USE_TMA``, plus one merge kernel), ``configs``
+``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``, ``USE_TMA`` and the features', plus one merge kernel), ``configs``
 (``KernelConfig`` and the table keyed on head dim, page-size class and bucketed max query length),
 ``plan`` (tiles, grid and key split from host values), ``launch`` (validation and the launcher).
 Measurements behind the table: ``docs/triton_kernel_notes.md``.

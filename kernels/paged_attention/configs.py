@@ -121,4 +121,9 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
 CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
 """Chosen configuration per (query bucket, head dim, page class). Head dims between the listed ones
 use the next larger listed one. ``long-few`` and ``decode-few`` entries replace ``long`` and
-``decode`` ones for launches with few tiles (see ``FEW_PROGRAMS_PER_SM``)."""
+``decode`` ones for launches with few tiles (see ``FEW_PROGRAMS_PER_SM``).
+
+Model features (sliding window, soft-cap, sinks, fp8 KV) take the entry of their key unchanged: none
+was timed with a feature on, so none has an entry of its own yet (notes, "v3.4: model features"; the
+compiler's register report there names the entries to time first). With a window the planner splits
+the keys a tile reads (``plan.tile_key_span``), not the whole context, with the entry's split figures."""

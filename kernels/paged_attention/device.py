@@ -389,6 +389,12 @@ def _paged_attention_kernel(
             num_tile_splits = 1
     if kv_lo >= kv_hi:
         return
+    if USE_WINDOW:
+        # keys before kv_unmasked_lo are outside some row's window: a masked pass of their own first
+        kv_unmasked_lo = tl.minimum(tl.maximum(tl.cdiv(kv_all_lo, BLOCK_N) * BLOCK_N, kv_lo), kv_hi)
+        kv_mid = tl.maximum(tl.minimum((kv_full // BLOCK_N) * BLOCK_N, kv_hi), kv_unmasked_lo)
+    else:
+        kv_mid = tl.maximum(tl.minimum((kv_full // BLOCK_N) * BLOCK_N, kv_hi), kv_lo)
 
     row_query, row_head, row_valid = _tile_rows(tile_start, q_len, kv_head, GROUP=GROUP, BLOCK_M=BLOCK_M,
                                                 BLOCK_Q=BLOCK_Q)
@@ -416,9 +422,7 @@ def _paged_attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if USE_WINDOW:
-        # the window's left edge: keys before kv_all_lo are outside some row's window, masked
-        kv_unmasked_lo = tl.minimum(tl.maximum(tl.cdiv(kv_all_lo, BLOCK_N) * BLOCK_N, kv_lo), kv_hi)
+    if USE_WINDOW:  # the window's left edge, masked
         acc, l_i, m_i = _attend_keys(
             acc, l_i, m_i, q, k_cache_ptr=k_cache_ptr, v_cache_ptr=v_cache_ptr, k_desc=k_desc, v_desc=v_desc,
             block_table_row_ptr=block_table_row_ptr, kv_lo=kv_lo, kv_hi=kv_unmasked_lo, kv_len=kv_len,
@@ -431,7 +435,6 @@ def _paged_attention_kernel(
             SHARED_ROWS=SHARED_ROWS, OFFSETS_32=OFFSETS_32, SOFTCAP=SOFTCAP, USE_WINDOW=USE_WINDOW,
             KV_FP8=KV_FP8, COMPUTE_DTYPE=q.dtype)
         kv_lo = kv_unmasked_lo
-    kv_mid = tl.maximum(tl.minimum((kv_full // BLOCK_N) * BLOCK_N, kv_hi), kv_lo)
 
     # two passes, unrolled at compile time: keys every row sees, with no mask; then the diagonal
     # and the ragged end, masked (MASKED is a constexpr in each copy)
@@ -456,10 +459,12 @@ def _paged_attention_kernel(
 
     if KV_FP8:  # sum_j p_j (v_j * s) = s * sum_j p_j v_j
         acc = acc * tl.load(v_scale_ptr + kv_head * stride_scale)
+    if HAS_SINKS:  # once per row: here where the tile is written directly; partial results leave it out
+        if num_tile_splits <= 1:
+            acc, l_i, m_i = _fold_sink(acc, l_i, m_i, sinks_ptr, row_head, row_valid)
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
     if num_tile_splits > 1:
-        # partial results leave the sink out: the merge adds it once
-        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-        out = acc / l_safe[:, None]
         split_off = split_idx.to(tl.int64)
         po_ptrs = (part_out_ptr + split_off * stride_po_split
                    + (row_token * stride_po_t + row_head * stride_po_h)[:, None] + offs_d[None, :])
@@ -469,10 +474,6 @@ def _paged_attention_kernel(
         pl_ptrs = part_lse_ptr + split_off * stride_pl_split + row_token * stride_pl_t + row_head
         tl.store(pl_ptrs, lse, mask=row_valid)
     else:
-        if HAS_SINKS:
-            acc, l_i, m_i = _fold_sink(acc, l_i, m_i, sinks_ptr, row_head, row_valid)
-        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-        out = acc / l_safe[:, None]
         o_ptrs = out_ptr + (row_token * stride_o_t + row_head * stride_o_h)[:, None] + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_d_mask)
         if WRITE_LSE:

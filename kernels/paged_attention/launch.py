@@ -199,7 +199,8 @@ class PagedAttentionLauncher:
             lse_ptr=lse, WRITE_LSE=lse is not None,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens,
             sinks_ptr=sinks, HAS_SINKS=sinks is not None,
-            window=int(sliding_window) if use_window else 0, USE_WINDOW=use_window, BLOCK_N=plan.config.block_n,
+            # a feature's runtime values are None (constexpr) when it is off: the plain kernel's parameters
+            window=int(sliding_window) if use_window else None, USE_WINDOW=use_window, BLOCK_N=plan.config.block_n,
             num_seqs=block_table.shape[0], num_q_blocks=plan.num_q_blocks, split_size=plan.split_size,
             stride_o_t=out.stride(0), stride_o_h=out.stride(1),
             stride_po_split=po_strides[0], stride_po_t=po_strides[1], stride_po_h=po_strides[2],
@@ -217,10 +218,10 @@ class PagedAttentionLauncher:
             v_desc=_tma_descriptor(v_cache, plan.config.block_n) if plan.use_tma else None,
             block_table_ptr=block_table,
             k_scale_ptr=k_scale, v_scale_ptr=v_scale, KV_FP8=kv_fp8,
-            stride_scale=1 if kv_fp8 and k_scale.numel() > 1 else 0,
+            stride_scale=(1 if k_scale.numel() > 1 else 0) if kv_fp8 else None,
             # soft-cap: the kernel computes tanh(q.k * scale / c) and scales it by c (in log2 units)
             qk_scale=(float(softcap) if softcap is not None else float(scale)) * LOG2E,
-            softcap_in=float(scale) / float(softcap) if softcap is not None else 1.0,
+            softcap_in=float(scale) / float(softcap) if softcap is not None else None,
             SOFTCAP=softcap is not None,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1),
             stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
