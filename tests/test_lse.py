@@ -305,8 +305,8 @@ def test_sdpa_gather_says_it_has_no_lse(batch):
 
 @pytest.fixture
 def fake_flash_attn(monkeypatch):
-    """A stand-in ``flash_attn`` whose two entry points return the reference with the LSE in flash-attn
-    2.8.3's layouts: varlen [Hq, T], with_kvcache [B, Hq, 1] (read from flash_attn_interface.py)."""
+    """A stand-in ``flash_attn`` whose two entry points (flash-attn 2.8.3's signatures) return the reference
+    with the LSE in its layouts: varlen [Hq, T], with_kvcache [B, Hq, 1] (read from flash_attn_interface.py)."""
     module = types.ModuleType("flash_attn")
     module.__version__ = "2.8.3"
     calls = {}
@@ -314,14 +314,17 @@ def fake_flash_attn(monkeypatch):
     def current(q):
         return calls["batch"]
 
-    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, *, softmax_scale, causal, block_table,
-                               return_attn_probs=False):
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                               alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None):
         out, lse = reference_attention(calls["batch"], with_lse=True)
         assert return_attn_probs
         return out.to(q.dtype), lse.transpose(0, 1).contiguous(), torch.empty(0)
 
-    def flash_attn_with_kvcache(q, k_cache, v_cache, *, cache_seqlens, block_table, softmax_scale, causal,
-                                return_softmax_lse=False):
+    def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
+                                cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
+                                softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
         out, lse = reference_attention(calls["batch"], with_lse=True)
         assert return_softmax_lse and q.shape[1] == 1
         return out.to(q.dtype).view(q.shape), lse.unsqueeze(-1).contiguous()

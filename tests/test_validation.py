@@ -38,7 +38,8 @@ def specs(draw) -> BatchSpec:
 
 def clone(batch: PagedBatch) -> PagedBatch:
     return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).clone()
-                                         for f in dataclasses.fields(batch) if f.name != "spec"})
+                                         for f in dataclasses.fields(batch)
+                                         if f.name != "spec" and getattr(batch, f.name) is not None})
 
 
 def strided(tensor: torch.Tensor) -> torch.Tensor:
