@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from adapters.features import FP8_MAX, features_of, window_left  # noqa: F401 (window_left re-exported)
+from adapters.features import FP8_MAX, feature_words, features_of, window_left  # noqa: F401 (window_left re-exported)
 from adapters.grammar import (  # noqa: F401 (re-exported)
     DTYPE_NAMES, Distribution, LengthGroup, SequenceKind, classify_sequence, format_grammar, parse_grammar,
     resolve_lengths,
@@ -181,15 +181,8 @@ class BatchSpec:
         pool = ""
         if self.pool_pages is not None or self.pool_gib is not None:
             pool = f" pool {self.num_pages} pages ({self.cache_bytes() / GIB:.3g} GiB)"
-        extras = []
-        if self.sliding_window is not None:
-            extras.append(f"window {self.sliding_window}")
-        if self.softcap is not None:
-            extras.append(f"soft-cap {self.softcap:g}")
-        if self.sinks:
-            extras.append("sinks")
-        if self.kv_dtype is not None:
-            extras.append(f"{self.kv_dtype} KV (per-{self.kv_scale} scales)")
+        extras = feature_words({name: getattr(self, name) for name in
+                                ("sliding_window", "softcap", "sinks", "kv_dtype", "kv_scale")})
         return (f"{name} page {self.page_size} H {self.num_q_heads}/{self.num_kv_heads} D {self.head_dim} "
                 f"{self.dtype} {'causal' if self.causal else 'non-causal'}{pool}"
                 + "".join(f", {extra}" for extra in extras))

@@ -70,6 +70,21 @@ def feature_suffix(fields: dict[str, Any]) -> list[str]:
     return parts
 
 
+def feature_words(fields: dict[str, Any]) -> list[str]:
+    """The features in ``fields`` in words, e.g. ``["window 4096", "soft-cap 50", "sinks", "fp8 KV
+    (per-head scales)"]`` (batch descriptions, the model presets' listing)."""
+    words = []
+    if fields.get("sliding_window") is not None:
+        words.append(f"window {fields['sliding_window']}")
+    if fields.get("softcap") is not None:
+        words.append(f"soft-cap {fields['softcap']:g}")
+    if fields.get("sinks"):
+        words.append("sinks")
+    if fields.get("kv_dtype") is not None:
+        words.append(f"{fields['kv_dtype']} KV (per-{fields.get('kv_scale') or 'tensor'} scales)")
+    return words
+
+
 def check_features(sliding_window: Any, softcap: Any, sinks: Any, kv_dtype: Any, kv_scale: Any,
                    causal: bool) -> tuple[str, str] | None:
     """(field, message) of the first invalid feature field, or None when all are valid."""

@@ -30,6 +30,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from adapters.features import feature_words
+
 _HF = "https://huggingface.co/{}/blob/main/config.json"
 _TRANSFORMERS = "https://github.com/huggingface/transformers/blob/main/src/transformers/models/{}"
 
@@ -103,17 +105,8 @@ class LayerKind:
 
 
 def features_text(fields: dict[str, Any]) -> str:
-    """A layer's features in words, e.g. ``"window 4096, softcap 50, sinks"``; ``"-"`` for none."""
-    parts = []
-    if fields.get("sliding_window") is not None:
-        parts.append(f"window {fields['sliding_window']}")
-    if fields.get("softcap") is not None:
-        parts.append(f"softcap {fields['softcap']:g}")
-    if fields.get("sinks"):
-        parts.append("sinks")
-    if fields.get("kv_dtype") is not None:
-        parts.append(f"{fields['kv_dtype']} KV (per-{fields.get('kv_scale') or 'tensor'} scales)")
-    return ", ".join(parts) or "-"
+    """A layer's features in words, e.g. ``"window 4096, soft-cap 50, sinks"``; ``"-"`` for none."""
+    return ", ".join(feature_words(fields)) or "-"
 
 
 @dataclass(frozen=True)

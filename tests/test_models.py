@@ -184,7 +184,7 @@ def test_bad_layer_kinds_are_named(name, words):
 def test_models_listing_names_layer_kinds_and_features(capsys):
     table = models_table()
     line = next(row for row in table.splitlines() if row.startswith("gemma-2-9b:sliding "))
-    assert "21 of 42 (even: 0, 2, 4, ..., 40)" in line and "window 4096, softcap 50" in line
+    assert "21 of 42 (even: 0, 2, 4, ..., 40)" in line and "window 4096, soft-cap 50" in line
     line = next(row for row in table.splitlines() if row.startswith("gemma-3-27b "))
     assert "10 of 62 (every 6th: 5, 11, 17, ..., 59)" in line
     line = next(row for row in table.splitlines() if row.startswith("gpt-oss-20b:sliding "))
