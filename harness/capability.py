@@ -18,7 +18,8 @@ with a T-row Q) answers its ``q_layout`` row only; every other adapter, the bind
 default sweep included (e.g. cuDNN's packed Stats or 64-bit offsets), answers every feature. The ``lse``
 row is the base case's cell, `unsupported` when the backend returned no log-sum-exp there. The cell's
 own memory check (`harness.cell`) makes a case that cannot fit `oom` before anything is allocated, and
-a worker keeps one case's batch at a time, so the large pool row holds one large batch at a time.
+a worker keeps one case's batch at a time, so the large pool row holds one large batch at a time. On the
+CPU that row is `skipped` (`CPU_NOT_HERE`: 16 GiB of host memory per cell).
 
     paged-bench capability [--device cuda] [--out DIR] [--backends a,b] [--features page_size,lse]
     python -m harness.capability ...   (the same)
