@@ -22,7 +22,6 @@ a worker keeps one case's batch at a time, so the large pool row holds one large
 CPU that row is `skipped` (`CPU_NOT_HERE`: 16 GiB of host memory per cell).
 
     paged-bench capability [--device cuda] [--out DIR] [--backends a,b] [--features page_size,lse]
-    python -m harness.capability ...   (the same)
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -448,14 +446,3 @@ def adapter_tally(rows: pd.DataFrame) -> str:
     """'20 ok, 4 unsupported': how one backend's matrix rows ended."""
     counts = rows["verdict"].value_counts()
     return ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items()))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.capability ...`` is ``paged-bench capability ...``."""
-    from harness.cli import main as cli_main
-
-    return cli_main(["capability", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
