@@ -3,35 +3,42 @@ on a small base case, varying one layout feature or model feature (sliding windo
 fp8 KV cache) at a time.
 
 `FEATURES` is the one list of what is probed: (feature, value, overrides of the base case). The base
-case is `BASE_GRAMMAR` with `BASE_FIELDS`. A backend that cannot run the base page size (flash-attn 2:
-multiples of 256 only) is probed on the other features at the smallest page size it passed, so its
-matrix says more than "page size" on every row; the row's ``case`` column names the exact case.
-An adapter that declares Q another way than the canonical packed rows (``q_layout``, e.g. cuDNN with a
-T-row Q) answers its ``q_layout`` row only; every other adapter, the bindings left out of the default
-sweep included (e.g. cuDNN's packed Stats or 64-bit offsets), answers every feature.
+case is `BASE_GRAMMAR` with `BASE_FIELDS`. Each (backend, feature row) is a cell of the one measuring
+pipeline: a `harness.sweep.Case` named ``probe-...`` (`probe_case`), measured by `harness.runner.run_cells`
+in isolated workers with the sweep's time limit (``--cell-timeout``), resume, store and ``--gpus``
+workers, gate only (a probe cell is never timed). Its rows are kept in ``<out>/probe/results.jsonl``
+(`PROBE_DIR`), apart from the sweep's; the matrix (`CAPABILITY_COLUMNS`) is derived from them
+(`derive_matrix`) and written atomically to ``<out>/capability.csv``.
 
-    python -m harness.capability [--device cuda] [--out results/capability/x.csv] [--adapters a,b]
+The cells run in two rounds: first the page-size rows; then the other rows, at the base page size, or,
+for a backend that cannot run it (flash-attn 2: multiples of 256 only), at the smallest page size it
+passed, so its matrix says more than "page size" on every row; the row's ``case`` column names the exact
+case. An adapter that declares Q another way than the canonical packed rows (``q_layout``, e.g. cuDNN
+with a T-row Q) answers its ``q_layout`` row only; every other adapter, the bindings left out of the
+default sweep included (e.g. cuDNN's packed Stats or 64-bit offsets), answers every feature. The ``lse``
+row is the base case's cell, `unsupported` when the backend returned no log-sum-exp there. The cell's
+own memory check (`harness.cell`) makes a case that cannot fit `oom` before anything is allocated, and
+a worker keeps one case's batch at a time, so the large pool row holds one large batch at a time. On the
+CPU that row is `skipped` (`CPU_NOT_HERE`: 16 GiB of host memory per cell).
+
+    paged-bench capability [--device cuda] [--out DIR] [--backends a,b] [--features page_size,lse]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
-import time
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
-import torch
 
-from adapters.base import THD, Adapter, discover, versions_of
-from adapters.batch import BatchSpec, PagedBatch, make_batch
-from adapters.reference import reference_attention
-from harness.gate import GateResult, run_gate
-from records.schema import CAPABILITY_COLUMNS
+from adapters.base import THD
+from adapters.batch import BatchSpec
+from harness.sweep import PROBE_CASE_PREFIX, Case, cell_id, make_case
+from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE
 
 BASE_GRAMMAR = "2q1c100_2q37c60"
 """Mixed: two decodes with 100 tokens of context, two 37-token prefills after 60 tokens of context."""
@@ -43,10 +50,8 @@ LARGE_POOL_GIB = 16.0
 """The large pool row: 16 GiB of K and V cache, so each cache holds 2^32 elements in bf16 (twice the
 2^31 where int32 element offsets overflow). The batch's pages are scattered over the whole pool, so
 most of them lie past element 2^31 (tests/test_pool.py checks the page ids). It fits a 40 GB GPU: the
-fp32 reference gathers only the sequences' own pages, and the probe keeps one large batch at a time."""
+fp32 reference gathers only the sequences' own pages, and a worker keeps one case's batch at a time."""
 LARGE_POOL = ">2^31 elements"
-LARGE_BATCH_BYTES = 1 << 30
-"""Batches whose caches take more than this are not kept for later adapters (one large batch at a time)."""
 
 WINDOW = 32
 """The sliding-window row's window: fewer keys than any sequence of the base case sees (100 and 60..96),
@@ -103,35 +108,37 @@ scales; a row that lacks one answers `unsupported` with the reason its adapter g
 COLUMNS = tuple(CAPABILITY_COLUMNS)
 REASON_CHARS = 300
 DEFAULT_DIR = Path("results/capability")
+PROBE_DIR = "probe"
+"""The probe's cells live in ``<out>/probe/`` (results.jsonl, runs.jsonl): the sweep's rows and reports stay clean."""
+
+Feature = tuple[str, str, dict[str, Any]]
+
+
+def probe_case(overrides: dict[str, Any], page_size: int | None = None) -> Case:
+    """The probe cell's case: the base case with ``overrides`` applied (``page_size`` replaces the base
+    page size unless the overrides set one), named ``probe-<grammar>-p<page><suffix>`` where the suffix
+    names what differs from the base case (`harness.sweep.make_case`)."""
+    base = {k: v for k, v in BASE_FIELDS.items() if k != "page_size"}
+    fields = dict(base)
+    page = BASE_FIELDS["page_size"] if page_size is None else page_size
+    for key, value in overrides.items():
+        if key == "page_size":
+            page = value
+        elif key != "grammar":
+            fields[key] = value
+    grammar = overrides.get("grammar", BASE_GRAMMAR)
+    return make_case(f"{PROBE_CASE_PREFIX}{grammar}", grammar, int(page), base=base, **fields)
 
 
 def case_spec(overrides: dict[str, Any], page_size: int | None = None) -> BatchSpec:
-    """The base case with ``overrides`` applied (``page_size`` replaces the base page size unless the
-    overrides set one)."""
-    fields = dict(BASE_FIELDS)
-    if page_size is not None:
-        fields["page_size"] = page_size
-    fields.update({k: v for k, v in overrides.items() if k != "grammar"})
-    return BatchSpec.from_grammar(overrides.get("grammar", BASE_GRAMMAR), **fields)
+    """The `BatchSpec` of `probe_case` (``page_size`` replaces the base page size unless the overrides set one)."""
+    return probe_case(overrides, page_size).spec()
 
 
 def one_line(text: str, limit: int = REASON_CHARS) -> str:
     """The first meaningful line of an error text, whitespace collapsed, at most ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _versions(adapter: Adapter) -> str:
-    versions = versions_of(adapter)
-    if "error" in versions:
-        versions["error"] = one_line(versions["error"], 120)
-    return json.dumps(versions, sort_keys=True)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
 
 def short_device_name(name: str) -> str:
@@ -141,89 +148,11 @@ def short_device_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower()) or "device"
 
 
-def free_memory(device: torch.device) -> int | None:
-    """Bytes a probe may allocate on ``device``: free device memory on a GPU, half the available host
-    memory on the CPU (None where it cannot be told)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def memory_verdict(spec: BatchSpec, device: torch.device) -> GateResult | None:
-    """``oom`` (with the sizes) when the caches of ``spec`` cannot fit on ``device``, else None."""
-    free = free_memory(device)
-    needed = spec.cache_bytes()
-    if free is None or needed <= 0.9 * free:
-        return None
-    return GateResult("oom", f"the K/V caches need {needed / 2**30:.1f} GiB ({spec.num_pages} pages); "
-                             f"{free / 2**30:.1f} GiB usable on {device}")
-
-
-class _Cases:
-    """Batches and references by spec, built once per probe and shared by every adapter; a batch of
-    more than `LARGE_BATCH_BYTES` is dropped as soon as another spec is asked for."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._cache: dict[BatchSpec, tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def get(self, spec: BatchSpec) -> tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]:
-        if spec not in self._cache:
-            large = [other for other in self._cache if other.cache_bytes() > LARGE_BATCH_BYTES]
-            for other in large:
-                del self._cache[other]
-            if large and self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            batch = make_batch(spec, self.device)
-            self._cache[spec] = (batch, reference_attention(batch, with_lse=True))
-        return self._cache[spec]
-
-
-def _gate(adapter: Adapter, spec: BatchSpec, cases: _Cases) -> GateResult:
-    if spec not in cases._cache:
-        too_large = memory_verdict(spec, cases.device)
-        if too_large is not None:
-            return too_large
-    try:
-        batch, reference = cases.get(spec)
-    except Exception as error:  # noqa: BLE001 - e.g. oom while building the inputs
-        return GateResult("error", f"building the case: {type(error).__name__}: {error}")
-    result, prepared = run_gate(adapter, batch, reference)
-    del prepared
-    if cases.device.type == "cuda":
-        # Kernels still in flight can fail after the gate read its numbers (errors are asynchronous):
-        # pin such a failure on this row, not on whatever synchronises next.
-        try:
-            torch.cuda.synchronize(cases.device)
-        except Exception as error:  # noqa: BLE001 - a broken context becomes this row's verdict
-            return GateResult("error", f"the CUDA context broke after this cell ran: {type(error).__name__}: {error}")
-    return result
-
-
-def _row(adapter: Adapter, feature: str, value: str, result: GateResult, spec: BatchSpec | None,
-         versions: str, device: str) -> dict[str, Any]:
-    return {"backend": adapter.name, "feature": feature, "value": value, "verdict": result.verdict,
-            "reason": one_line(result.reason), "rel_l2": result.rel_l2, "max_abs": result.max_abs,
-            "lse_max_abs": result.lse_max_abs, "lse_note": one_line(result.lse_note),
-            "case": spec.describe() if spec else "", "backend_versions": versions, "device": device}
-
-
-def lse_answer(result: GateResult) -> GateResult:
-    """The ``lse`` row: the base case's verdict, except that an ok cell whose backend returned no
-    softmax statistics is `unsupported` with the reason it gave."""
-    if result.ok and result.lse_max_abs is None:
-        return GateResult("unsupported", result.lse_note or "the backend returns no log-sum-exp",
-                          rel_l2=result.rel_l2, max_abs=result.max_abs, lse_note=result.lse_note)
-    return result
-
-
-def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict]]:
-    """The feature rows one adapter answers: its own ``q_layout`` row, and every other feature unless it
-    declares Q another way than the canonical rows (then that one row says whether the form works)."""
-    layout = adapter.q_layout
+def rows_for(adapter: Any, features: Iterable[Feature]) -> list[Feature]:
+    """The feature rows one adapter (or adapter class) answers: its own ``q_layout`` row, and every other
+    feature unless it declares Q another way than the canonical rows (then that one row says whether
+    the form works)."""
+    layout = getattr(adapter, "q_layout", THD)
     rows = []
     for feature, value, overrides in features:
         if feature == "q_layout":
@@ -234,107 +163,230 @@ def _rows_for(adapter: Adapter, features: Iterable[tuple[str, str, dict[str, Any
     return rows
 
 
-def probe_adapter(adapter: Adapter, device: torch.device, cases: "_Cases",
-                  rows: list[tuple[str, str, dict[str, Any]]], bar=None) -> list[dict[str, Any]]:
-    """One adapter over its feature rows: `COLUMNS` dicts, in the order of ``rows``."""
-    dev_name = device_name(device)
-    versions = _versions(adapter)
-    tick = bar.update if bar is not None else (lambda _n: None)
-    try:
-        available, why = adapter.available(device)
-    except Exception as error:  # noqa: BLE001
-        available, why = False, f"available() raised {type(error).__name__}: {error}"
-    out: list[dict[str, Any]] = []
-    if not available:
-        skipped = GateResult("skipped", why or "not available")
-        for feature, value, _ in rows:
-            out.append(_row(adapter, feature, value, skipped, None, versions, dev_name))
-            tick(1)
-        return out
-    results: dict[BatchSpec, GateResult] = {}
+_rows_for = rows_for  # the name tests and older callers use
 
-    def answer(spec: BatchSpec) -> GateResult:
-        if spec not in results:
-            if bar is not None:
-                bar.set_postfix_str(f"{adapter.name}: {spec.describe()}"[:60])
-            results[spec] = _gate(adapter, spec, cases)
-        return results[spec]
 
-    page_rows = [r for r in rows if r[0] == "page_size"]
-    for feature, value, overrides in page_rows:
-        spec = case_spec(overrides)
-        out.append(_row(adapter, feature, value, answer(spec), spec, versions, dev_name))
-        tick(1)
-    base_page = BASE_FIELDS["page_size"]
-    passed = sorted(int(v) for f, v, o in page_rows if answer(case_spec(o)).ok)
-    if page_rows and base_page not in passed and passed:
-        base_page = passed[0]
-    for feature, value, overrides in rows:
-        if feature == "page_size":
-            continue
-        spec = case_spec(overrides, page_size=base_page)
-        result = lse_answer(answer(spec)) if feature == "lse" else answer(spec)
-        out.append(_row(adapter, feature, value, result, spec, versions, dev_name))
-        tick(1)
-    if device.type == "cuda":  # every gate synchronised (`_gate`); what is left is returning the memory
-        try:
-            torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001 - a broken context is already on the row that broke it
-            pass
+def with_probe_variants(backends: list[str]) -> list[str]:
+    """The backends and the probe-only variants of them (e.g. a layout users try that the backend
+    refuses), so that a probe of one backend answers its variants' rows too."""
+    from adapters.base import adapter_classes
+
+    classes = adapter_classes()
+    chosen = [classes[name] for name in backends if name in classes]
+    variants = [name for name, cls in classes.items()
+                if not cls.in_sweep and name not in backends and any(issubclass(cls, base) for base in chosen)]
+    return [*backends, *variants]
+
+
+def select_features(names: Iterable[str] | None, features: tuple[Feature, ...] = FEATURES) -> tuple[Feature, ...]:
+    """The rows of ``features`` whose feature is named (``page_size``) or whose ``feature=value`` is
+    (``kind=decode``); all of them for None. Raises ValueError naming an unknown one."""
+    if names is None:
+        return features
+    wanted = [name.strip() for name in names if name.strip()]
+    known = {f for f, _, _ in features} | {f"{f}={v}" for f, v, _ in features}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(dict.fromkeys(f for f, _, _ in features))} (or feature=value)")
+    return tuple(f for f in features if f[0] in wanted or f"{f[0]}={f[1]}" in wanted)
+
+
+# --- the two rounds of cells ---------------------------------------------------------------------------
+
+Cell = tuple[str, Case]
+MeasureCells = Callable[[list[Cell]], list[dict[str, Any]]]
+
+
+def page_cells(layouts: dict[str, str], features: Iterable[Feature]) -> list[Cell]:
+    """Round one: every backend's page-size rows (``layouts``: backend name -> its ``q_layout``)."""
+    features = tuple(features)
+    return [(name, probe_case(overrides)) for name, layout in layouts.items()
+            for feature, _, overrides in rows_for(_Layout(layout), features) if feature == "page_size"]
+
+
+class _Layout:
+    def __init__(self, q_layout: str):
+        self.q_layout = q_layout
+
+
+def _passed(row: dict[str, Any] | None) -> bool:
+    return row is not None and row.get("verdict") == "ok"
+
+
+def base_page(name: str, layout: str, features: Iterable[Feature], recorded: dict[str, dict[str, Any]]) -> int:
+    """The page size a backend's other rows run at: the base page size if it passed it (or has no page
+    rows), else the smallest page size it passed, else the base page size."""
+    page = BASE_FIELDS["page_size"]
+    page_rows = [overrides for feature, _, overrides in rows_for(_Layout(layout), features) if feature == "page_size"]
+    passed = sorted(int(overrides["page_size"]) for overrides in page_rows
+                    if _passed(recorded.get(cell_id(name, probe_case(overrides)))))
+    if page_rows and page not in passed and passed:
+        page = passed[0]
+    return page
+
+
+def feature_cells(layouts: dict[str, str], features: Iterable[Feature], pages: dict[str, int],
+                  not_here: dict[tuple[str, str], str] | None = None) -> list[Cell]:
+    """Round two: every backend's other rows, at its base page size (``pages``), but the rows of ``not_here``."""
+    features = tuple(features)
+    return [(name, probe_case(overrides, page_size=pages[name])) for name, layout in layouts.items()
+            for feature, value, overrides in rows_for(_Layout(layout), features)
+            if feature != "page_size" and (feature, value) not in (not_here or {})]
+
+
+CPU_NOT_HERE: dict[tuple[str, str], str] = {
+    ("pool", LARGE_POOL): f"the {LARGE_POOL_GIB:g} GiB pool row is probed on GPUs only (on the CPU its caches "
+                          "would fill host memory for minutes)"}
+"""Rows a CPU probe does not measure (answered `skipped` with this reason)."""
+
+
+def plan_cells(layouts: dict[str, str], features: Iterable[Feature],
+               recorded: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, Case]]:
+    """(backend, feature, value, case) of every matrix row, given round one's rows (``recorded`` by cell id)."""
+    features = tuple(features)
+    out = []
+    for name, layout in layouts.items():
+        page = base_page(name, layout, features, recorded)
+        for feature, value, overrides in rows_for(_Layout(layout), features):
+            case = probe_case(overrides) if feature == "page_size" else probe_case(overrides, page_size=page)
+            out.append((name, feature, value, case))
     return out
 
 
-def probe(adapters: dict[str, Adapter], device: torch.device | str, *, progress: bool = True,
-          features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES,
-          on_adapter: Callable[[str, list[dict[str, Any]]], bool] | None = None) -> pd.DataFrame:
-    """Run every adapter over ``features``; one row per (backend, feature, value) with `COLUMNS`.
-    ``on_adapter(name, rows)`` is told each adapter's rows as soon as they are known; returning False
-    stops the probe there (e.g. the CUDA context is poisoned: a fresh process takes the rest)."""
-    device = torch.device(device)
-    cases = _Cases(device)
-    plan = {name: _rows_for(adapter, features) for name, adapter in adapters.items()}
-    bar = _progress(sum(len(rows) for rows in plan.values()), progress)
-    out: list[dict[str, Any]] = []
-    for name, adapter in adapters.items():
-        started = time.perf_counter()
-        rows = probe_adapter(adapter, device, cases, plan[name], bar)
-        out += rows
-        if progress and bar.disable:  # a log gets one line per backend instead of bar frames
-            print(f"capability: {name}: {adapter_tally(rows)} ({time.perf_counter() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
-        if on_adapter is not None and on_adapter(name, rows) is False:
-            break
-    bar.close()
+# --- the matrix from the probe's rows ------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number
+
+
+def _versions(text: Any) -> str:
+    try:
+        versions = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        versions = {}
+    if not isinstance(versions, dict):
+        versions = {}
+    if "error" in versions:
+        versions["error"] = one_line(versions["error"], 120)
+    return json.dumps(versions, sort_keys=True)
+
+
+def matrix_row(backend: str, feature: str, value: str, case: Case, row: dict[str, Any] | None,
+               versions: str, device: str) -> dict[str, Any]:
+    """One `COLUMNS` row from the probe cell's result row (None: the cell has no row, e.g. the run stopped)."""
+    if row is None:
+        row = {"verdict": "error", "reason": "the probe cell has no result (the run stopped before it)"}
+    verdict, reason = row.get("verdict") or "error", _text(row.get("reason"))
+    lse_max_abs, lse_note = _number(row.get("lse_max_abs")), _text(row.get("lse_note"))
+    if feature == "lse" and verdict == "ok" and lse_max_abs is None:
+        verdict, reason = "unsupported", lse_note or "the backend returns no log-sum-exp"
+    return {"backend": backend, "feature": feature, "value": value, "verdict": verdict, "reason": one_line(reason),
+            "rel_l2": _number(row.get("rel_l2")), "max_abs": _number(row.get("max_abs")), "lse_max_abs": lse_max_abs,
+            "lse_note": one_line(lse_note), "case": "" if verdict == "skipped" else case.spec().describe(),
+            "backend_versions": versions, "device": device}
+
+
+def derive_matrix(layouts: dict[str, str], features: Iterable[Feature], recorded: dict[str, dict[str, Any]],
+                  device: str, not_here: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """The capability matrix (`COLUMNS`, one row per backend and feature row it answers) from the probe's
+    result rows by cell id: the page-size fallback, the ``q_layout`` selection and the ``lse`` row
+    follow the module docstring."""
+    features = tuple(features)
+    plan = plan_cells(layouts, features, recorded)
+    versions: dict[str, str] = {}
+    for name, _, _, case in plan:  # a timed-out or crashed cell has no versions: take the backend's others
+        row = recorded.get(cell_id(name, case))
+        if row is not None and _versions(row.get("backend_versions")) != "{}":
+            versions.setdefault(name, _versions(row.get("backend_versions")))
+    not_here = not_here or {}
+    out = [matrix_row(name, feature, value, case,
+                      {"verdict": "skipped", "reason": not_here[(feature, value)]} if (feature, value) in not_here
+                      else recorded.get(cell_id(name, case)), versions.get(name, "{}"), device)
+           for name, feature, value, case in plan]
     return pd.DataFrame(out, columns=list(COLUMNS))
 
 
-def adapter_tally(rows: list[dict[str, Any]]) -> str:
-    """'20 ok, 4 unsupported': how one backend's probe rows ended."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
-    return ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items()))
+def probe(layouts: dict[str, str], measure: MeasureCells, *, features: tuple[Feature, ...] = FEATURES,
+          device: str = "cpu", not_here: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """Measure the probe's cells in two rounds through ``measure`` (the runner: `run_probe`) and derive
+    the matrix. ``layouts``: backend name -> its ``q_layout``; ``not_here``: (feature, value) rows not
+    measured here, answered `skipped` with the reason."""
+    recorded: dict[str, dict[str, Any]] = {}
+    for row in measure(page_cells(layouts, features)):
+        recorded[row["cell_id"]] = row
+    pages = {name: base_page(name, layout, features, recorded) for name, layout in layouts.items()}
+    for row in measure(feature_cells(layouts, features, pages, not_here)):
+        recorded[row["cell_id"]] = row
+    return derive_matrix(layouts, features, recorded, device, not_here)
 
 
-def error_rows(adapter: Adapter, reason: str, device: str,
-               features: tuple[tuple[str, str, dict[str, Any]], ...] = FEATURES) -> list[dict[str, Any]]:
-    """The rows of an adapter whose probe could not finish (its process died): `error` with the reason."""
-    failed = GateResult("error", reason)
-    return [_row(adapter, feature, value, failed, None, _versions(adapter), device)
-            for feature, value, _ in _rows_for(adapter, features)]
+def adapter_layouts(names: list[str]) -> dict[str, str]:
+    """Backend name -> its declared ``q_layout`` (classes only: nothing is instantiated)."""
+    from adapters.base import adapter_classes
+
+    classes = adapter_classes()
+    return {name: getattr(classes[name], "q_layout", THD) for name in names}
 
 
-def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Add rows to a capability CSV as they are known (header once), so a probe that dies keeps them."""
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    frame.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
+def device_label(device_type: str, slots: list | None = None) -> str:
+    """The matrix's ``device`` column: the GPU's name (from the slot's ceilings when measured), or 'cpu'."""
+    if device_type != "cuda":
+        return "cpu"
+    for slot in slots or []:
+        if slot.ceilings and slot.ceilings.get("gpu"):
+            return str(slot.ceilings["gpu"])
+    import torch
+
+    index = next((slot.gpu_index for slot in slots or [] if slot.gpu_index is not None), 0)
+    return torch.cuda.get_device_name(index)
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None = None, *, slots: list | None = None,
+              env_id: str = "", run_id: str = "", worker_env: dict[str, str] | None = None,
+              cell_timeout_s: float | None = None, resume: bool = True, retry_failed: bool = False,
+              features: tuple[Feature, ...] = FEATURES, run_meta: dict[str, Any] | None = None,
+              on_progress: Callable | None = None, on_slot_failure: Callable | None = None) -> tuple[pd.DataFrame, Path]:
+    """The probe as cells of the sweep's pipeline: every (backend, feature row) measured gate-only by
+    `harness.runner.run_cells` into ``<out>/probe/`` (isolated workers, ``cell_timeout_s``, resume,
+    ``slots``), then the matrix derived from those rows and written atomically to ``<out>/capability.csv``.
+    ``backends``: None probes every registered adapter, else these and their probe-only variants."""
+    from adapters.base import adapter_classes, worker_environment
+    from harness.defaults import DEFAULT_CELL_TIMEOUT_S
+    from harness.runner import RunConfig, Slot, run_cells
+    from records.store import ResultStore
 
-    return tqdm(total=total, desc="capability", unit="cell", file=sys.stderr, dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))  # a log gets the summary, not bar frames
+    out_dir = Path(out_dir)
+    probe_dir = out_dir / PROBE_DIR
+    names = with_probe_variants(list(backends)) if backends else list(adapter_classes())
+    slots = slots or [Slot("cpu")]
+    config = RunConfig(env_id=env_id, run_id=run_id, gate_only=True,
+                       worker_env=worker_environment(names, device_type) if worker_env is None else worker_env,
+                       cell_timeout_s=DEFAULT_CELL_TIMEOUT_S if cell_timeout_s is None else cell_timeout_s)
+    if run_meta is not None:
+        ResultStore(probe_dir).append_run(run_meta)
+
+    def measure(cells: list[Cell]) -> list[dict[str, Any]]:
+        if not cells:
+            return []
+        return run_cells(cells, probe_dir, config, slots=slots, resume=resume, retry_failed=retry_failed,
+                         on_progress=on_progress, on_slot_failure=on_slot_failure)
+
+    df = probe(adapter_layouts(names), measure, features=features, device=device_label(device_type, slots),
+               not_here=CPU_NOT_HERE if device_type == "cpu" else None)
+    return df, write_capability(df, out_dir / CAPABILITY_FILE)
 
 
 def version_tag(df: pd.DataFrame) -> str:
@@ -359,9 +411,27 @@ def default_path(df: pd.DataFrame, directory: Path | str = DEFAULT_DIR) -> Path:
 
 
 def write_capability(df: pd.DataFrame, path: Path | str | None = None) -> Path:
+    """Write the matrix atomically: a temporary file in the same folder, fsynced, then renamed over ``path``."""
     path = Path(path) if path else default_path(df)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            df.to_csv(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
     return path
 
 
@@ -372,75 +442,7 @@ def summary(df: pd.DataFrame) -> str:
     return pivot.fillna("").to_string()
 
 
-POISONED_EXIT = 3
-"""Exit status of a probe that stopped because a backend left the CUDA context unusable; the adapters
-after it still need a fresh process."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="CSV path (default: results/capability/capability-<gpu>-<versions>.csv)")
-    parser.add_argument("--adapters", default="", help="comma-separated adapter names (default: all registered)")
-    parser.add_argument("--append", action="store_true",
-                        help="add each adapter's rows to --out as soon as they are known (a caller that "
-                             "restarts the probe after a crash keeps them); stop with exit status "
-                             f"{POISONED_EXIT} when a backend poisons the CUDA context")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    adapters = discover()
-    if args.adapters:
-        wanted = [name.strip() for name in args.adapters.split(",") if name.strip()]
-        unknown = [name for name in wanted if name not in adapters]
-        if unknown:
-            parser.error(f"unknown adapters {unknown}; known: {', '.join(adapters)}")
-        adapters = {name: adapters[name] for name in wanted}
-    poisoned: list[str] = []
-
-    def keep(name: str, rows: list[dict[str, Any]]) -> bool:
-        from harness.runner import context_poisoned
-
-        append_rows(Path(args.out), rows)
-        if any(context_poisoned(row) for row in rows):
-            poisoned.append(name)
-            return False
-        return True
-
-    if args.append:
-        if not args.out:
-            parser.error("--append needs --out")
-        df = probe(adapters, args.device, progress=not args.no_progress, on_adapter=keep)
-        path = Path(args.out)
-    else:
-        df = probe(adapters, args.device, progress=not args.no_progress)
-        path = write_capability(df, args.out)
-    print(summary(df))
-    skipped = df[df["verdict"] == "skipped"].drop_duplicates("backend")
-    for row in skipped.itertuples():
-        print(f"skipped {row.backend}: {row.reason}")
-    declined = df[~df["verdict"].isin(["ok", "skipped"])]
-    if len(declined):
-        print("\nnot ok:")
-        for row in declined.itertuples():
-            cell = f"{row.feature}={row.value}"
-            print(f"  {row.backend:12s} {cell:20s} {row.verdict:11s} {row.reason[:200]}")
-    print(f"\nwrote {path} ({len(df)} rows)")
-    for adapter in adapters.values():
-        adapter.close()
-    if poisoned:
-        print(f"stopped after {poisoned[0]}: it left the CUDA context unusable; the rest need a fresh process")
-        return POISONED_EXIT
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        code = main()
-    except Exception:  # noqa: BLE001 - say what broke, then leave without teardown like a normal exit
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown: GPU libraries still holding objects then print leak reports
+def adapter_tally(rows: pd.DataFrame) -> str:
+    """'20 ok, 4 unsupported': how one backend's matrix rows ended."""
+    counts = rows["verdict"].value_counts()
+    return ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items()))

@@ -1,5 +1,6 @@
 """Measuring one (backend, case) cell in the current process: build the batch, compute the
-reference, gate, and time only what passed. Consecutive cells of one case share batch and reference."""
+reference, gate, and time only what passed (nothing with ``gate_only``, nor any capability probe cell).
+Consecutive cells of one case share batch and reference."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from adapters.batch import PagedBatch, make_batch
 from adapters.reference import reference_attention
 from harness.gate import GateResult, failure_verdict, run_gate
 from harness.results import make_row
-from harness.sweep import Case
+from harness.sweep import Case, is_probe_case
 from harness.timer import DEFAULT_TARGET_MS, Timing, time_function
 
 ENTRY_POINT_TARGET_MS = 5.0
@@ -154,7 +155,8 @@ def choose_entry_point(prepared: Prepared, device: torch.device, timer: TimerOpt
 
 @dataclass
 class CellMeasurer:
-    """Measures cells on ``device``; returns result rows (see records.schema.COLUMNS)."""
+    """Measures cells on ``device``; returns result rows (see records.schema.COLUMNS). With ``gate_only``
+    (the capability probe) a cell is gated and never timed; a probe case (`is_probe_case`) never is either."""
 
     device: torch.device
     timer: TimerOptions = field(default_factory=TimerOptions)
@@ -163,6 +165,7 @@ class CellMeasurer:
     run_id: str = ""
     gpu_index: int | None = None
     gpu_uuid: str | None = None
+    gate_only: bool = False
     _adapters: dict[str, Adapter] = field(default_factory=dict)
     _case: Case | None = None
     _batch: PagedBatch | None = None
@@ -239,7 +242,9 @@ class CellMeasurer:
             batch, reference = self._inputs(case)
             gate, prepared = run_gate(adapter, batch, reference)
             timing = None
-            if prepared is not None:
+            if prepared is not None and (self.gate_only or is_probe_case(case)):
+                gate.notes.update(prepared.notes)  # gate only: what it ran, nothing timed
+            elif prepared is not None:
                 choose_entry_point(prepared, self.device, self.timer)
                 gate.notes.update(prepared.notes)
                 gate.use_candidate(prepared.notes.get("entry_point", ""))

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,57 +185,36 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def with_probe_variants(backends: list[str]) -> list[str]:
-    """The backends and the probe-only variants of them (e.g. a layout users try that the backend
-    refuses), so that a probe of one backend answers its variants' rows too."""
-    from adapters.base import adapter_classes
+    """The backends and their probe-only variants (`harness.capability.with_probe_variants`)."""
+    from harness.capability import with_probe_variants as variants
 
-    classes = adapter_classes()
-    chosen = [classes[name] for name in backends if name in classes]
-    variants = [name for name, cls in classes.items()
-                if not cls.in_sweep and name not in backends and any(issubclass(cls, base) for base in chosen)]
-    return [*backends, *variants]
+    return variants(backends)
 
 
-def _probed_backends(path: Path) -> list[str]:
-    if not path.exists() or path.stat().st_size == 0:
-        return []
-    import pandas as pd
-
-    return list(dict.fromkeys(pd.read_csv(path, usecols=["backend"], dtype=str)["backend"]))
-
-
-def _run_capability(device_type: str, out_dir: Path, backends: list[str] | None, env: dict[str, str]) -> Path | None:
-    """The capability probe in its own process, so a crashing backend cannot take the main job down;
-    its rows are kept as each backend finishes, and when the process dies (or stops because a backend
-    poisoned the CUDA context) a fresh one probes the backends that are left: a backend that kills the
-    probe costs only its own rows (`error`, with the exit status)."""
-    from adapters.base import adapter_classes
+def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, *, slots, env_id: str, run_id: str,
+                    worker_env: dict[str, str] | None, cell_timeout_s: float, resume: bool = True,
+                    retry_failed: bool = False, features=None, run_meta: dict[str, Any] | None = None,
+                    quiet: bool = False) -> Path:
+    """The capability probe as gate-only cells of the sweep's runner (`harness.capability.run_probe`): the
+    same isolated workers, ``--cell-timeout``, resume and slots; rows in ``<out>/probe/``, the matrix
+    derived from them in ``<out>/capability.csv``."""
     from harness import capability
-    from harness.runner import describe_exit
+    from harness.progress import failure_line
 
-    target = out_dir / CAPABILITY_FILE
-    partial = out_dir / f"{CAPABILITY_FILE}.partial"
-    partial.unlink(missing_ok=True)
-    remaining = with_probe_variants(backends) if backends else list(adapter_classes())
-    while remaining:
-        command = [sys.executable, "-m", "harness.capability", "--device", device_type, "--out", str(partial),
-                   "--append", "--adapters", ",".join(remaining)]
-        _log(f"capability probe: {shlex.join(command)}")
-        done = subprocess.run(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
-        left = [name for name in remaining if name not in _probed_backends(partial)]
-        if done.returncode == 0:  # every backend it was given has answered (or had nothing to answer)
-            break
-        if not left or len(left) == len(remaining) and done.returncode == capability.POISONED_EXIT:
-            _log(f"capability probe failed (exit status {done.returncode}); the sweep goes on without it")
-            return None
-        if done.returncode != capability.POISONED_EXIT:  # it died while probing the first backend left
-            culprit = left.pop(0)
-            why = f"the capability probe's process died while probing {culprit}: {describe_exit(done.returncode)}"
-            _log(why + "; a fresh process probes the rest")
-            capability.append_rows(partial, capability.error_rows(adapter_classes()[culprit](), why, device_type))
-        remaining = left
-    partial.replace(target)
-    return target
+    def show(progress) -> None:
+        if progress.row.get("verdict") in ("error", "timeout", "oom") and not quiet:
+            _log(f"capability probe: {failure_line(progress)}")
+
+    _log(f"capability probe: gate-only cells -> {out_dir / capability.PROBE_DIR / RESULTS_FILE}")
+    df, path = capability.run_probe(
+        out_dir, device_type, backends, slots=slots, env_id=env_id, run_id=run_id, worker_env=worker_env,
+        cell_timeout_s=cell_timeout_s, resume=resume, retry_failed=retry_failed,
+        features=capability.FEATURES if features is None else features, run_meta=run_meta, on_progress=show,
+        on_slot_failure=lambda slot, why: _log(f"{slot.label} stopped: {why}; its probe cells go to the others"))
+    for backend, rows in df.groupby("backend", sort=False):
+        _log(f"capability: {backend}: {capability.adapter_tally(rows)}")
+    _log(f"capability matrix: {path} ({len(df)} rows)")
+    return path
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -262,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              + "; ".join(f"{row['backend']} ({row['reason']})" for row in skipped))
     if device_type == "cuda":
         _log("machine ceilings (measured once per GPU, then read from the cache) ...")
-    session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"), cases=cases)
+    meta = session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"), cases=cases)
     for slot in session.slots:
         if slot.ceilings:
             _log(f"  {slot.label}: bf16 matmul {slot.ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, "
@@ -274,7 +251,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             _log("capability probe skipped on the CPU (its layouts are GPU-sized and Triton's interpreter "
                  "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
     if capability:
-        _run_capability(device_type, out_dir, session.backends, session.worker_env)
+        from harness.capability import with_probe_variants
+        from adapters.base import worker_environment
+
+        probed = with_probe_variants(session.backends) if session.backends else None
+        _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
+                        run_id=session.run_id, worker_env=worker_environment(probed, device_type),
+                        cell_timeout_s=session.cell_timeout_s, resume=args.resume, retry_failed=args.retry_failed,
+                        run_meta=meta, quiet=args.quiet)
     cells = len(session.cases_here(cases)) * len(session.selected_backends())
     if shard is not None:
         _log(f"shard {shard.label} ({shard.source}): {cells} of the sweep's "
@@ -366,13 +350,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_capability(args: argparse.Namespace) -> int:
+    import torch
+
     from adapters.base import worker_environment
+    from harness import capability
     from harness.selection import backend_list
+    from harness.session import RunSession, parse_gpus
 
     device_type = _device_type(args.device)
-    out_dir = _create(_writable_folder(Path(args.out), must_be_new=False))
+    try:
+        features = capability.select_features(args.features.split(",")) if args.features else None
+        gpus = parse_gpus(args.gpus, torch.cuda.device_count() if device_type == "cuda" else 0) if args.gpus else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     backends = backend_list(args.backends)
-    return 0 if _run_capability(device_type, out_dir, backends, worker_environment(backends, device_type)) else 1
+    probed = capability.with_probe_variants(backends) if backends else None
+    session = RunSession(out_dir=Path(args.out) / capability.PROBE_DIR, device_type=device_type, backends=probed,
+                         gpus=gpus, sweep_label="capability probe", argv=["paged-bench", *sys.argv[1:]],
+                         cell_timeout_s=args.cell_timeout)
+    unknown = session.unknown_backends()
+    if unknown:
+        known = ", ".join(row["backend"] for row in session.availability())
+        raise UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {known}")
+    out_dir = _create(_writable_folder(Path(args.out), must_be_new=False))
+    session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"))
+    path = _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
+                           run_id=session.run_id, worker_env=worker_environment(probed, device_type),
+                           cell_timeout_s=args.cell_timeout, resume=args.resume, retry_failed=args.retry_failed,
+                           features=features)
+    return 0 if path.exists() else 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -463,7 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     capability = commands.add_parser("capability", help="only the capability probe")
     capability.add_argument("--device")
     capability.add_argument("--backends", help="comma-separated backend names (default: all registered)")
-    capability.add_argument("--out", default=str(DEFAULT_OUT))
+    capability.add_argument("--out", default=str(DEFAULT_OUT),
+                            help=f"results folder: cells in <out>/probe/, the matrix in <out>/{CAPABILITY_FILE}")
+    capability.add_argument("--features", help="comma-separated feature rows to probe, by feature (page_size) or "
+                                               "feature=value (kind=decode) (default: every row)")
+    capability.add_argument("--gpus", help="probe on several GPUs of this host at once, one worker each (as `run --gpus`)")
+    capability.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                            help="keep probe cells already recorded in <out>/probe and measure only the rest (default: on)")
+    capability.add_argument("--retry-failed", action="store_true",
+                            help="when resuming, probe cells recorded as error or timeout again")
+    capability.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
+                            help=f"seconds before a probe cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
     capability.set_defaults(func=cmd_capability)
 
     report = commands.add_parser("report", help="render the HTML report of one results folder, or of several "

@@ -96,6 +96,8 @@ class RunConfig:
     worker_env: dict[str, str] = field(default_factory=dict)
     """Added to every worker's environment (e.g. what the selected backends declare they need)."""
     cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
+    gate_only: bool = False
+    """Gate every cell and time none (the capability probe's cells)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
         if device.type == "cuda":
             torch.zeros(1, device=device)  # create the context now rather than inside the first cell
         measurer = CellMeasurer(device=device, timer=setup.run.timer, ceilings=slot.ceilings, env_id=setup.run.env_id,
-                                run_id=setup.run.run_id, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid)
+                                run_id=setup.run.run_id, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid,
+                                gate_only=setup.run.gate_only)
         measurer.load_adapters()  # their import time is no cell's
     except BaseException:  # noqa: BLE001 - tell the parent why this worker cannot measure anything
         conn.send(("init_error", traceback.format_exc()))

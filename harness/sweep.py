@@ -57,6 +57,16 @@ VARIANT_FIELDS: tuple[str, ...] = tuple(STANDARD_FIELDS)
 WORKLOADS: tuple[str, ...] = ("decode", "prefill", "mixed", "spec-decode")
 """Workload kinds (``--workloads``): adapters.grammar.classify_workload of a case's lengths."""
 
+PROBE_CASE_PREFIX = "probe-"
+"""Names of the capability probe's cases (`harness.capability.probe_case`) start with this: such a cell
+is gated, never timed, and its rows live apart from the sweep's (``<out>/probe/``)."""
+
+
+def is_probe_case(case: "Case | str") -> bool:
+    """Whether a case (or case name) is one of the capability probe's."""
+    return str(getattr(case, "name", case)).startswith(PROBE_CASE_PREFIX)
+
+
 _NAME_KIND = {"decode": "decode", "prefill": "prefill", "spec-decode": "specdec"}
 """The kind word in the names of uniform cases of each workload."""
 

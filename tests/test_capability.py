@@ -1,11 +1,14 @@
-"""The capability probe on the CPU: rows per (backend, feature, value), skipped and declined
-backends, the base-page fallback, and the CSV round trip."""
+"""The capability probe on the CPU: probe cells measured by the sweep's cell measurer (gate only), the
+matrix derived from their rows (per backend, feature, value: skipped and declined backends, the base-page
+fallback, q_layout and lse rows, model features), equal to what the old probe produced, and the probe
+through the runner (a hanging backend costs only its own cells; a second run measures nothing again)."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import pytest
 import torch
 
 from adapters.base import Adapter, Prepared, Unsupported, discover
@@ -14,9 +17,22 @@ from adapters.reference import reference_attention
 from harness import capability
 from adapters.batch import BatchSpec, PagedBatch
 from adapters.backends.sdpa_gather import SdpaGatherAdapter
-from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe,
+from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, default_path, one_line, probe_case,
                                 short_device_name, write_capability)
+from harness.cell import CellMeasurer
 from reports.model import capability_frame
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def probe(adapters, device="cpu", *, features=FEATURES, progress=None, not_here=None):
+    """The probe's cells measured here by the sweep's cell measurer (gate only), the matrix derived from
+    their rows: what `harness.capability.run_probe` does through the runner's workers, for adapters
+    defined in a test (a worker cannot import them)."""
+    measurer = CellMeasurer(device=torch.device(device), gate_only=True, _adapters=dict(adapters))
+    layouts = {name: adapter.q_layout for name, adapter in adapters.items()}
+    return capability.probe(layouts, lambda cells: [measurer.measure(backend, case) for backend, case in cells],
+                            features=features, device=capability.device_label(device), not_here=not_here)
 
 
 def read_capability(path):
@@ -102,15 +118,6 @@ def test_probe_rows_verdicts_and_base_page_fallback():
     assert set(df.device) == {"cpu"}
 
 
-def test_a_log_gets_one_line_per_backend(capsys):
-    """Without a terminal the probe's bar is off: each backend's tally and time is one line on stderr."""
-    probe({"sdpa-gather": SdpaGatherAdapter(), "missing": _Missing()}, "cpu", progress=True, features=SMALL_FEATURES)
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("capability: ")]
-    assert len(lines) == 2
-    assert lines[0].startswith("capability: sdpa-gather: ") and " ok" in lines[0] and lines[0].endswith(" s)")
-    assert re.match(r"capability: missing: \d+ skipped \(\d+ s\)$", lines[1]), lines[1]
-
-
 def test_csv_round_trip_and_names(tmp_path):
     df = probe({"sdpa-gather": SdpaGatherAdapter()}, "cpu", progress=False, features=SMALL_FEATURES[:2])
     path = write_capability(df, tmp_path / "sub" / "cap.csv")
@@ -127,55 +134,6 @@ def test_csv_round_trip_and_names(tmp_path):
     assert short_device_name("cpu") == "cpu"
     assert one_line("a\n  b\tc") == "a b c" and len(one_line("x" * 1000)) == 300
     assert torch.isfinite(torch.tensor(back["rel_l2"].tolist())).all()
-
-
-def test_a_backend_that_kills_the_probe_costs_only_its_own_rows(tmp_path):
-    """The command line's probe keeps each backend's rows as they finish and starts a fresh process for
-    the backends left when one crashes the probe (seen on the H200: a backend's illegal memory access)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "capability", "--device", "cpu", "--out", str(tmp_path),
-                           "--backends", "fault-segfault,good-ref"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    frame = read_capability(tmp_path / "capability.csv")
-    crashed = frame[frame["backend"] == "fault-segfault"]
-    assert len(crashed) and set(crashed["verdict"]) == {"error"}
-    assert "died while probing fault-segfault" in crashed["reason"].iloc[0] and "SIGSEGV" in crashed["reason"].iloc[0]
-    healthy = frame[frame["backend"] == "good-ref"]
-    assert "ok" in set(healthy["verdict"]) and len(healthy) == len(crashed)
-    assert not (tmp_path / "capability.csv.partial").exists()
-
-
-def test_a_kernel_failing_after_the_gate_is_pinned_on_its_own_row(monkeypatch):
-    """CUDA errors are asynchronous: a launch that breaks the context after the gate read its numbers
-    (seen: FlexAttention over a >2^31-element cache) is that row's `error`, recognised as a poisoned
-    context, instead of an exception from the next synchronise that takes the probe process down."""
-    from harness.runner import context_poisoned
-
-    class FakeCudaCases(capability._Cases):
-        def __init__(self):
-            super().__init__(torch.device("cpu"))
-            self.device = torch.device("cuda")  # as the probe sees it; batches stay on the CPU
-
-        def get(self, spec):
-            batch = make_batch(spec, "cpu")
-            return batch, reference_attention(batch, with_lse=True)
-
-    def broken(*_args, **_kwargs):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    monkeypatch.setattr(capability, "memory_verdict", lambda spec, device: None)
-    monkeypatch.setattr(torch.cuda, "synchronize", broken)
-    spec = capability.case_spec({"page_size": 16, "head_dim": 32, "dtype": "fp32"})
-    result = capability._gate(discover()["sdpa-gather"], spec, FakeCudaCases())
-    assert result.verdict == "error" and "context broke after this cell" in result.reason
-    assert context_poisoned({"verdict": result.verdict, "reason": result.reason})
 
 
 # --- model features ----------------------------------------------------------------------------------
@@ -265,3 +223,105 @@ def test_model_feature_rows_through_the_gate():
     assert by[("no-cap", "softcap", "2")].verdict == "wrong"
     assert by[("no-cap", "sinks", capability.SINKS)].verdict == "ok"
     assert by[("no-sinks", "sinks", capability.SINKS)].verdict == "wrong"
+
+
+# --- the probe as cells of the one pipeline --------------------------------------------------------------
+
+def test_probe_cases_are_named_and_never_timed():
+    """A probe cell is a sweep `Case` named probe-..., whose spec is the old probe's case; the cell
+    measurer gates it and never times it, even when the run is not gate-only."""
+    from harness.sweep import is_probe_case
+
+    base = probe_case({})
+    assert base.name == "probe-2q1c100_2q37c60-p16" and is_probe_case(base)
+    assert probe_case({"num_q_heads": 8, "num_kv_heads": 1}, page_size=64).name == "probe-2q1c100_2q37c60-p64-h8x1d128"
+    assert probe_case({"kv_dtype": "fp8", "kv_scale": "head"}).name.endswith("-kvfp8h")
+    names = {probe_case(overrides, page).name for _, _, overrides in FEATURES for page in (None, 64)}
+    cases = {probe_case(overrides, page) for _, _, overrides in FEATURES for page in (None, 64)}
+    assert len(names) == len(cases)  # one name per distinct case
+    timed = CellMeasurer(device=torch.device("cpu"))  # not gate-only
+    case = probe_case({"grammar": "1q1c40", "head_dim": 32, "dtype": "fp32"})
+    row = timed.measure("sdpa-gather", case)
+    assert row["verdict"] == "ok" and row["median_us"] is None and row["case"].startswith("probe-")
+    from harness.sweep import make_case
+
+    plain = make_case("tiny", "1q1c40", 16, head_dim=32, dtype="fp32")
+    gated = CellMeasurer(device=torch.device("cpu"), gate_only=True).measure("sdpa-gather", plain)
+    assert gated["verdict"] == "ok" and gated["median_us"] is None
+
+
+def test_the_matrix_from_probe_rows_equals_the_old_probe():
+    """tests/data/capability_old_path.csv is what the old probe (its own cache, gate and row builder,
+    commit f8f8bef) wrote for these planted backends; the matrix derived from probe cells is the same:
+    verdicts, reasons, cases (page fallback included), q_layout and lse rows, and the gate's numbers."""
+    import pandas as pd
+
+    old = pd.read_csv(ROOT / "tests" / "data" / "capability_old_path.csv", dtype=str, keep_default_na=False)
+    keep = set(zip(old["feature"], old["value"]))
+    features = tuple(f for f in FEATURES if (f[0], f[1]) in keep)
+    adapters = {"sdpa-gather": SdpaGatherAdapter(), "missing": _Missing(), "big-pages": _BigPagesOnly(),
+                "trow-probe": _TRowProbe(), "all-features": _AllFeatures(), "no-features": _NoFeatures(),
+                "no-cap": _AllFeatures("no-cap", lambda batch: {"spec": batch.spec.replace(softcap=None)})}
+    df = probe(adapters, features=features)
+    new = df[list(old.columns)].astype(object).where(df[list(old.columns)].notna(), "").astype(str)
+    for column in ("backend", "feature", "value", "verdict", "reason", "lse_note", "case"):
+        assert new[column].tolist() == old[column].tolist(), column
+    for column in ("rel_l2", "lse_max_abs"):
+        assert pd.to_numeric(new[column]).fillna(-1).tolist() == pytest.approx(
+            pd.to_numeric(old[column]).fillna(-1).tolist(), rel=1e-6), column
+
+
+def test_a_cpu_probe_leaves_the_large_pool_row_to_gpus():
+    rows = tuple(f for f in FEATURES if f[0] == "pool")
+    df = probe({"sdpa-gather": SdpaGatherAdapter()}, features=rows, not_here=capability.CPU_NOT_HERE)
+    by_value = dict(zip(df["value"], zip(df["verdict"], df["reason"])))
+    assert by_value["default"][0] == "ok"
+    assert by_value[capability.LARGE_POOL][0] == "skipped" and "GPUs only" in by_value[capability.LARGE_POOL][1]
+
+
+def _bench(*args, env_extra=None, timeout=900):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(ROOT),
+           **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_hanging_backend_costs_only_its_own_probe_cells_and_a_second_run_measures_nothing(tmp_path):
+    """The probe runs through the sweep's runner: a backend that hangs is stopped after --cell-timeout
+    (`timeout` on each of its cells), one that crashes its worker is `error` with the signal, and every
+    other backend's cells are measured; the rows are in <out>/probe/, not in the sweep's results, and a
+    second run resumes: it measures nothing already recorded and derives the same matrix."""
+    backends = "fault-hang,sdpa-gather,flex-paged,fault-segfault,good-ref"
+    args = ("capability", "--device", "cpu", "--out", str(tmp_path), "--backends", backends,
+            "--features", "kind=decode,lse", "--cell-timeout", "20")
+    done = _bench(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frame = read_capability(tmp_path / "capability.csv")
+    assert list(frame.columns) == list(COLUMNS)
+    by = {(r.backend, r.feature, r.value): r for r in frame.itertuples()}
+    assert set(frame["backend"]) == set(backends.split(","))
+    for feature, value in (("kind", "decode"), ("lse", "returned")):
+        hung = by[("fault-hang", feature, value)]
+        assert hung.verdict == "timeout" and "20 s limit" in hung.reason and "_sleep_forever" in hung.reason
+        crashed = by[("fault-segfault", feature, value)]
+        assert crashed.verdict == "error" and "SIGSEGV" in crashed.reason
+    for name in ("sdpa-gather", "flex-paged", "good-ref"):
+        assert by[(name, "kind", "decode")].verdict == "ok", by[(name, "kind", "decode")].reason
+        assert by[(name, "lse", "returned")].verdict in ("ok", "unsupported")
+    assert by[("good-ref", "lse", "returned")].verdict == "unsupported"
+    assert not (tmp_path / "results.jsonl").exists()  # the sweep's table holds no probe cell
+    probe_rows = [json.loads(line) for line in (tmp_path / "probe" / "results.jsonl").read_text().splitlines()]
+    assert len(probe_rows) == 2 * len(backends.split(","))
+    assert all(row["case"].startswith("probe-") and row["median_us"] is None for row in probe_rows)
+    assert "capability: fault-hang: 2 timeout" in done.stderr
+    before = (tmp_path / "capability.csv").read_text()
+
+    again = _bench(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len((tmp_path / "probe" / "results.jsonl").read_text().splitlines()) == len(probe_rows)
+    assert (tmp_path / "capability.csv").read_text() == before
+    assert "timeout" not in again.stderr.replace("capability: fault-hang: 2 timeout", "")

@@ -189,15 +189,19 @@ def test_flex_physical_view_and_page_tables_for_the_large_pool():
 
 
 def test_the_probe_answers_oom_for_a_pool_that_cannot_fit(monkeypatch):
+    """The probe's cells take the sweep's memory check (`harness.cell`): a pool that cannot fit is `oom`
+    before anything is allocated."""
     from adapters.backends.sdpa_gather import SdpaGatherAdapter
+    from harness import cell
+    from tests.test_capability import probe
 
-    monkeypatch.setattr(capability, "free_memory", lambda device: 1 << 30)
+    monkeypatch.setattr(cell, "memory_limit", lambda device: (1 << 30, "of host memory available"))
     rows = tuple(f for f in capability.FEATURES if f[0] == "pool")
-    df = capability.probe({"sdpa-gather": SdpaGatherAdapter()}, "cpu", progress=False, features=rows)
+    df = probe({"sdpa-gather": SdpaGatherAdapter()}, "cpu", features=rows)
     by_value = dict(zip(df["value"], zip(df["verdict"], df["reason"])))
     assert by_value["default"][0] == "ok"
     verdict, reason = by_value[capability.LARGE_POOL]
-    assert verdict == "oom" and "16.0 GiB" in reason
+    assert verdict == "oom" and "1.0 GiB of host memory available" in reason and "needs about 16." in reason
 
 
 def test_flex_declines_a_cache_past_2_to_the_31_elements_on_the_gpu():
