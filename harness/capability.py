@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -107,7 +106,6 @@ scales; a row that lacks one answers `unsupported` with the reason its adapter g
 
 COLUMNS = tuple(CAPABILITY_COLUMNS)
 REASON_CHARS = 300
-DEFAULT_DIR = Path("results/capability")
 PROBE_DIR = "probe"
 """The probe's cells live in ``<out>/probe/`` (results.jsonl, runs.jsonl): the sweep's rows and reports stay clean."""
 
@@ -139,13 +137,6 @@ def one_line(text: str, limit: int = REASON_CHARS) -> str:
     """The first meaningful line of an error text, whitespace collapsed, at most ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def short_device_name(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'h100', 'NVIDIA GeForce RTX 4090' -> 'rtx4090', 'cpu' -> 'cpu'."""
-    match = re.search(r"\b(RTX\s?\d{4}\w*|[A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
-    text = match.group(1) if match else name
-    return re.sub(r"[^a-z0-9]+", "", text.lower()) or "device"
 
 
 def rows_for(adapter: Any, features: Iterable[Feature]) -> list[Feature]:
@@ -389,30 +380,9 @@ def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None 
     return df, write_capability(df, out_dir / CAPABILITY_FILE)
 
 
-def version_tag(df: pd.DataFrame) -> str:
-    """A short file-name tag of every version the probed backends reported, in key order, e.g.
-    'cudnn_backend9.19.0_flash_attn2.8.3_torch2.11.0_triton3.6.0' (no backend is named here)."""
-    merged: dict[str, str] = {}
-    for text in df["backend_versions"].dropna().unique():
-        try:
-            merged.update({k: str(v) for k, v in json.loads(text).items() if not k.endswith("_build")})
-        except (TypeError, ValueError, AttributeError):
-            continue
-    parts = [f"{key}{value.split('+')[0]}" for key, value in sorted(merged.items())
-             if value and not value.startswith("not importable") and key != "error"]
-    return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts))
-
-
-def default_path(df: pd.DataFrame, directory: Path | str = DEFAULT_DIR) -> Path:
-    """results/capability/capability-<gpu short name>-<version tag>.csv"""
-    device = df["device"].iloc[0] if len(df) else "device"
-    tag = version_tag(df)
-    return Path(directory) / f"capability-{short_device_name(device)}{'-' + tag if tag else ''}.csv"
-
-
-def write_capability(df: pd.DataFrame, path: Path | str | None = None) -> Path:
+def write_capability(df: pd.DataFrame, path: Path | str) -> Path:
     """Write the matrix atomically: a temporary file in the same folder, fsynced, then renamed over ``path``."""
-    path = Path(path) if path else default_path(df)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
