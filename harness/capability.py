@@ -37,7 +37,7 @@ import pandas as pd
 from adapters.base import THD
 from adapters.batch import BatchSpec
 from harness.sweep import PROBE_CASE_PREFIX, Case, cell_id, make_case
-from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE
+from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, PROBE_DIR  # noqa: F401 (PROBE_DIR re-exported)
 
 BASE_GRAMMAR = "2q1c100_2q37c60"
 """Mixed: two decodes with 100 tokens of context, two 37-token prefills after 60 tokens of context."""
@@ -106,8 +106,6 @@ scales; a row that lacks one answers `unsupported` with the reason its adapter g
 
 COLUMNS = tuple(CAPABILITY_COLUMNS)
 REASON_CHARS = 300
-PROBE_DIR = "probe"
-"""The probe's cells live in ``<out>/probe/`` (results.jsonl, runs.jsonl): the sweep's rows and reports stay clean."""
 
 Feature = tuple[str, str, dict[str, Any]]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_TARGET_MS
 from harness.errors import UsageError
-from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE
+from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE
 
 DEFAULT_OUT = Path("bench-out")
 CPU_SWEEPS = ("cpu-tiny",)
@@ -111,6 +111,9 @@ def _results_folder(text: str, option: str = "results folder") -> Path:
         raise UsageError(f"{option} {text}: no such folder")
     if not (folder / RESULTS_FILE).exists():
         raise UsageError(f"{option} {text}: holds no {RESULTS_FILE} (not a results folder)")
+    if folder.name == PROBE_DIR and (folder.parent / CAPABILITY_FILE).exists():
+        raise UsageError(f"{option} {text}: holds the capability probe's gate-only cells, not a sweep; give the "
+                         f"run folder {folder.parent} (its report shows the matrix made from them)")
     return folder
 
 

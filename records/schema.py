@@ -12,6 +12,8 @@ CAPABILITY_FILE = "capability.csv"
 """The capability probe's answers (`CAPABILITY_COLUMNS`), when the run probed."""
 REPORT_FILE = "report.html"
 """The HTML report `run --report` and `report` write into a results folder by default."""
+PROBE_DIR = "probe"
+"""The capability probe's cells live in ``<out>/probe/`` (results.jsonl, runs.jsonl), apart from the sweep's rows."""
 
 VERDICTS: dict[str, str] = {
     "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",

@@ -179,3 +179,17 @@ def test_cpu_workers_get_the_environment_their_backends_declare():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_report_of_a_probe_folder_points_at_the_run_folder(tmp_path):
+    """The capability probe's cells live in <out>/probe/ beside the sweep; reporting that folder as a sweep
+    would show probe cells as results, so the command names the run folder instead."""
+    from harness.cli import main
+    from records.schema import CAPABILITY_FILE, PROBE_DIR, RESULTS_FILE
+
+    probe = tmp_path / PROBE_DIR
+    probe.mkdir()
+    (probe / RESULTS_FILE).write_text("")
+    (tmp_path / CAPABILITY_FILE).write_text("")
+    assert main(["report", str(probe)]) == 2
+    assert not (probe / "report.html").exists()
