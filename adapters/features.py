@@ -55,34 +55,32 @@ def features_of(fields: Any) -> tuple[str, ...]:
     return tuple(name for name in FEATURES if wanted[name])
 
 
+def _feature_parts(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """(case-name part, words) of each feature set in ``fields``, in `FEATURES` order."""
+    parts = []
+    if fields.get("sliding_window") is not None:
+        parts.append((f"w{fields['sliding_window']}", f"window {fields['sliding_window']}"))
+    if fields.get("softcap") is not None:
+        parts.append((f"cap{fields['softcap']:g}", f"soft-cap {fields['softcap']:g}"))
+    if fields.get("sinks"):
+        parts.append(("sinks", "sinks"))
+    if fields.get("kv_dtype") is not None:
+        scale = fields.get("kv_scale") or "tensor"
+        parts.append((f"kv{fields['kv_dtype']}" + ("h" if scale == "head" else ""),
+                      f"{fields['kv_dtype']} KV (per-{scale} scales)"))
+    return parts
+
+
 def feature_suffix(fields: dict[str, Any]) -> list[str]:
     """Case-name parts of the features in ``fields``: ``w{W}``, ``cap{c}``, ``sinks``, ``kvfp8`` (per-tensor
     scales) or ``kvfp8h`` (per-head)."""
-    parts = []
-    if fields.get("sliding_window") is not None:
-        parts.append(f"w{fields['sliding_window']}")
-    if fields.get("softcap") is not None:
-        parts.append(f"cap{fields['softcap']:g}")
-    if fields.get("sinks"):
-        parts.append("sinks")
-    if fields.get("kv_dtype") is not None:
-        parts.append(f"kv{fields['kv_dtype']}" + ("h" if fields.get("kv_scale") == "head" else ""))
-    return parts
+    return [name for name, _ in _feature_parts(fields)]
 
 
 def feature_words(fields: dict[str, Any]) -> list[str]:
     """The features in ``fields`` in words, e.g. ``["window 4096", "soft-cap 50", "sinks", "fp8 KV
     (per-head scales)"]`` (batch descriptions, the model presets' listing)."""
-    words = []
-    if fields.get("sliding_window") is not None:
-        words.append(f"window {fields['sliding_window']}")
-    if fields.get("softcap") is not None:
-        words.append(f"soft-cap {fields['softcap']:g}")
-    if fields.get("sinks"):
-        words.append("sinks")
-    if fields.get("kv_dtype") is not None:
-        words.append(f"{fields['kv_dtype']} KV (per-{fields.get('kv_scale') or 'tensor'} scales)")
-    return words
+    return [words for _, words in _feature_parts(fields)]
 
 
 def check_features(sliding_window: Any, softcap: Any, sinks: Any, kv_dtype: Any, kv_scale: Any,
