@@ -75,6 +75,10 @@ def test_gate_ok_or_declined(adapters, name, label, spec):
     batch, reference = _inputs(spec)
     result, _ = run_gate(adapter, batch, reference)
     VERDICTS.setdefault(name, []).append(result.verdict)
+    if name == "flash-attn2" and result.verdict == "skipped":
+        # the kit's reduced build compiled the window / soft-cap out: skipped with the build, never unsupported
+        assert result.reason.startswith("this flash-attn build compiled out"), result.reason
+        return
     assert result.verdict in ("ok", "unsupported"), f"{name} {spec.describe()}: {result.verdict}: {result.reason}"
     if result.verdict == "unsupported":
         assert result.reason, f"{name} declined {spec.describe()} without a reason"

@@ -340,6 +340,11 @@ def test_gpu_each_feature_is_right_or_declined_in_cudnns_words(gpu_adapters, row
                                   head_dim=128, dtype="bf16", **GPU_VARIANTS[variant])
     batch = make_batch(spec, "cuda")
     gate, _ = run_gate(adapter, batch, reference_attention(batch, with_lse=True))
+    if gate.verdict == "wrong" and adapter.form.stats == "ragged" and batch_name == "decode":
+        # cuDNN before 9.27 leaves the packed Stats of most heads of a KV group unwritten on GQA decode
+        # (results/h100-cudnn-releases/): the gate must say so on the LSE while the output is right
+        assert "LSE" in gate.reason and gate.rel_l2 is not None and gate.rel_l2 < 1e-2, gate.reason
+        return
     assert gate.verdict in ("ok", "unsupported"), gate.reason
     if variant.startswith("fp8"):
         assert gate.verdict == "unsupported" and gate.reason == FEATURE_REASONS["fp8_kv"]
