@@ -7,28 +7,19 @@ CPU tests run under Triton's interpreter (set here where no CUDA device is visib
 ``tests/test_triton_kernel.py``), fp32 and fp16; the `gpu` class checks bf16/fp16 on a GPU.
 """
 
-import importlib.util
 
 import pytest
 import torch
 
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
+from tests.triton_setup import HAVE_TRITON, INTERPRETED, needs_interpreter, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
-pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+pytestmark = requires_triton
 
 if HAVE_TRITON:
     from kernels.paged_attention import (  # noqa: E402
-        KernelConfig, PagedAttentionLauncher, interpreted, paged_attention, prepare_paged_attention)
+        KernelConfig, PagedAttentionLauncher, paged_attention, prepare_paged_attention)
 
-    INTERPRETED = interpreted()
-else:  # pragma: no cover - only without triton
-    INTERPRETED = False
-
-needs_interpreter = pytest.mark.skipif(
-    not (INTERPRETED and HAVE_NUMPY),
-    reason="CPU tests need Triton's interpreter (TRITON_INTERPRET=1 before the kernels are imported) and numpy")
 
 TINY = dict(num_q_heads=4, num_kv_heads=2, head_dim=32)
 SMALL_TILES = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)

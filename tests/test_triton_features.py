@@ -9,7 +9,6 @@ cannot show is the code the GPU compiler makes of it (fp8 conversion instruction
 fp8 pages, registers): the `gpu` class checks that on a CUDA device. Shapes are tiny (CI has two cores).
 """
 
-import importlib.util
 import math
 
 import pytest
@@ -20,23 +19,14 @@ from adapters.batch import BatchSpec, make_batch
 from adapters.features import FEATURES
 from adapters.reference import reference_attention
 from harness.gate import TOLERANCES, run_gate
+from tests.triton_setup import HAVE_TRITON, INTERPRETED, needs_interpreter, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
-
-pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+pytestmark = requires_triton
 
 if HAVE_TRITON:
     from kernels.paged_attention import (  # noqa: E402
-        LOG2E, KernelConfig, interpreted, plan_launch, prepare_paged_attention, tile_key_span)
+        LOG2E, KernelConfig, plan_launch, prepare_paged_attention, tile_key_span)
 
-    INTERPRETED = interpreted()
-else:  # pragma: no cover - only without triton
-    INTERPRETED = False
-
-needs_interpreter = pytest.mark.skipif(
-    not (INTERPRETED and HAVE_NUMPY),
-    reason="CPU tests need Triton's interpreter (TRITON_INTERPRET=1 before the kernels are imported) and numpy")
 
 TINY = dict(num_q_heads=4, num_kv_heads=2, head_dim=32)
 """GQA, two query heads per KV head."""

@@ -5,7 +5,6 @@ session where no CUDA device is visible) and skip cleanly when triton or numpy i
 bf16, so the CPU tests use fp32 and fp16; bf16 is checked by the `gpu` class on a CUDA device.
 """
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,16 @@ import torch
 from adapters.base import Unsupported, get_adapter  # noqa: E402
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
 from adapters.reference import reference_attention  # noqa: E402
+from tests.triton_setup import HAVE_TRITON, INTERPRETED, needs_interpreter, requires_triton
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+pytestmark = requires_triton
 
 if HAVE_TRITON:
     from kernels.paged_attention import (  # noqa: E402
-        CONFIG_TABLE, KernelConfig, config_key, interpreted, paged_attention, plan_launch, prepare_paged_attention)
+        CONFIG_TABLE, KernelConfig, config_key, paged_attention, plan_launch, prepare_paged_attention)
 
-    INTERPRETED = interpreted()
-else:  # pragma: no cover - only without triton
-    INTERPRETED = False
-
-needs_interpreter = pytest.mark.skipif(
-    not (INTERPRETED and HAVE_NUMPY),
-    reason="CPU tests need Triton's interpreter (TRITON_INTERPRET=1 before the kernels are imported) and numpy")
 
 TINY = dict(num_q_heads=4, num_kv_heads=2, head_dim=32)
 """Default heads for CPU cases: GQA with two query heads per KV head."""
