@@ -347,20 +347,25 @@ def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None 
               env_id: str = "", run_id: str = "", worker_env: dict[str, str] | None = None,
               cell_timeout_s: float | None = None, resume: bool = True, retry_failed: bool = False,
               features: tuple[Feature, ...] = FEATURES, run_meta: dict[str, Any] | None = None,
-              on_progress: Callable | None = None, on_slot_failure: Callable | None = None) -> tuple[pd.DataFrame, Path]:
+              on_progress: Callable | None = None, on_slot_failure: Callable | None = None,
+              workers_per_gpu: int | None = None) -> tuple[pd.DataFrame, Path]:
     """The probe as cells of the sweep's pipeline: every (backend, feature row) measured gate-only by
     `harness.runner.run_cells` into ``<out>/probe/`` (isolated workers, ``cell_timeout_s``, resume,
     ``slots``), then the matrix derived from those rows and written atomically to ``<out>/capability.csv``.
-    ``backends``: None probes every registered adapter, else these and their probe-only variants."""
+    ``backends``: None probes every registered adapter, else these and their probe-only variants. Each GPU
+    slot runs ``workers_per_gpu`` workers at once (`harness.runner.shared_slots`; default
+    `DEFAULT_PROBE_WORKERS`): probe cells are never timed, and most of their time is compiling."""
     from adapters.base import adapter_classes, worker_environment
-    from harness.defaults import DEFAULT_CELL_TIMEOUT_S
-    from harness.runner import RunConfig, Slot, run_cells
+    from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_PROBE_WORKERS
+    from harness.runner import RunConfig, Slot, run_cells, shared_slots
     from records.store import ResultStore
 
     out_dir = Path(out_dir)
     probe_dir = out_dir / PROBE_DIR
     names = with_probe_variants(list(backends)) if backends else list(adapter_classes())
     slots = slots or [Slot("cpu")]
+    label = device_label(device_type, slots)
+    slots = shared_slots(slots, DEFAULT_PROBE_WORKERS if workers_per_gpu is None else workers_per_gpu)
     config = RunConfig(env_id=env_id, run_id=run_id, gate_only=True,
                        worker_env=worker_environment(names, device_type) if worker_env is None else worker_env,
                        cell_timeout_s=DEFAULT_CELL_TIMEOUT_S if cell_timeout_s is None else cell_timeout_s)
@@ -373,7 +378,7 @@ def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None 
         return run_cells(cells, probe_dir, config, slots=slots, resume=resume, retry_failed=retry_failed,
                          on_progress=on_progress, on_slot_failure=on_slot_failure)
 
-    df = probe(adapter_layouts(names), measure, features=features, device=device_label(device_type, slots),
+    df = probe(adapter_layouts(names), measure, features=features, device=label,
                not_here=CPU_NOT_HERE if device_type == "cpu" else None)
     return df, write_capability(df, out_dir / CAPABILITY_FILE)
 

@@ -183,7 +183,10 @@ class CellMeasurer:
         return adapters[name]
 
     def release(self) -> None:
-        """Drop the current case's batch and reference and return their memory to the device."""
+        """Drop the current case's batch and reference and return their memory to the device (a no-op when
+        nothing is held: a full garbage collection in a process with every library loaded takes a while)."""
+        if self._case is None and self._batch is None and self._reference is None:
+            return
         self._case = self._batch = self._reference = None
         gc.collect()
         if self.device.type == "cuda":
@@ -198,14 +201,20 @@ class CellMeasurer:
                 pass
         self.release()
 
-    def _inputs(self, case: Case) -> tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor]]:
-        """The case's batch and its fp32 reference (output and LSE), built once per case."""
+    def _inputs(self, case: Case) -> tuple[PagedBatch, tuple[torch.Tensor, torch.Tensor], float | None]:
+        """The case's batch and its fp32 reference (output and LSE), built once per case, and the seconds
+        building them took when this call built them (None when they were already there)."""
+        built_s = None
         if case != self._case:
             self.release()
+            started = time.perf_counter()
             batch = make_batch(case.spec(), self.device)
             self._reference = reference_attention(batch, with_lse=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            built_s = round(time.perf_counter() - started, 3)
             self._batch, self._case = batch, case
-        return self._batch, self._reference
+        return self._batch, self._reference, built_s
 
     def row_for(self, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
                 adapter: Adapter | None = None) -> dict[str, Any]:
@@ -238,8 +247,9 @@ class CellMeasurer:
         too_big = self._fits(case)
         if too_big:
             return self.row_for(backend, case, GateResult("oom", too_big), adapter=adapter)
+        inputs_s = None
         try:
-            batch, reference = self._inputs(case)
+            batch, reference, inputs_s = self._inputs(case)
             gate, prepared = run_gate(adapter, batch, reference)
             timing = None
             if prepared is not None and (self.gate_only or is_probe_case(case)):
@@ -252,4 +262,6 @@ class CellMeasurer:
         except Exception as error:  # noqa: BLE001 - every failure becomes a verdict
             self.release()
             gate, timing = failure_verdict(error, "measure"), None
-        return self.row_for(backend, case, gate, timing, adapter=adapter)
+        row = self.row_for(backend, case, gate, timing, adapter=adapter)
+        row["inputs_s"] = inputs_s
+        return row

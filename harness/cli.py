@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_TARGET_MS
+from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_PROBE_WORKERS, DEFAULT_TARGET_MS
 from harness.errors import UsageError
 from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE
 
@@ -197,23 +197,24 @@ def with_probe_variants(backends: list[str]) -> list[str]:
 def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, *, slots, env_id: str, run_id: str,
                     worker_env: dict[str, str] | None, cell_timeout_s: float, resume: bool = True,
                     retry_failed: bool = False, features=None, run_meta: dict[str, Any] | None = None,
-                    quiet: bool = False) -> Path:
+                    quiet: bool = False, workers_per_gpu: int | None = None) -> Path:
     """The capability probe as gate-only cells of the sweep's runner (`harness.capability.run_probe`): the
     same isolated workers, ``--cell-timeout``, resume and slots; rows in ``<out>/probe/``, the matrix
     derived from them in ``<out>/capability.csv``."""
     from harness import capability
-    from harness.progress import failure_line
-
-    def show(progress) -> None:
-        if progress.row.get("verdict") in ("error", "timeout", "oom") and not quiet:
-            _log(f"capability probe: {failure_line(progress)}")
+    from harness.progress import ProbeProgress
 
     _log(f"capability probe: gate-only cells -> {out_dir / capability.PROBE_DIR / RESULTS_FILE}")
-    df, path = capability.run_probe(
-        out_dir, device_type, backends, slots=slots, env_id=env_id, run_id=run_id, worker_env=worker_env,
-        cell_timeout_s=cell_timeout_s, resume=resume, retry_failed=retry_failed,
-        features=capability.FEATURES if features is None else features, run_meta=run_meta, on_progress=show,
-        on_slot_failure=lambda slot, why: _log(f"{slot.label} stopped: {why}; its probe cells go to the others"))
+    show = ProbeProgress(quiet=quiet)
+    try:
+        df, path = capability.run_probe(
+            out_dir, device_type, backends, slots=slots, env_id=env_id, run_id=run_id, worker_env=worker_env,
+            cell_timeout_s=cell_timeout_s, resume=resume, retry_failed=retry_failed,
+            features=capability.FEATURES if features is None else features, run_meta=run_meta, on_progress=show,
+            workers_per_gpu=workers_per_gpu,
+            on_slot_failure=lambda slot, why: _log(f"{slot.label} stopped: {why}; its probe cells go to the others"))
+    finally:
+        show.close()
     for backend, rows in df.groupby("backend", sort=False):
         _log(f"capability: {backend}: {capability.adapter_tally(rows)}")
     _log(f"capability matrix: {path} ({len(df)} rows)")
@@ -221,6 +222,20 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.progress import JobSteps
+
+    steps = JobSteps()
+    try:
+        return _run(args, steps)
+    except UsageError:  # a mistake on the command line stays one line
+        steps.seconds.clear()
+        raise
+    finally:
+        if steps.seconds:
+            _log(f"steps: {steps.summary()}")
+
+
+def _run(args: argparse.Namespace, steps) -> int:
     from harness.progress import ProgressReporter
 
     from harness.shard import resolve_shard
@@ -231,10 +246,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.cell import refuse_what_cannot_fit
 
     refuse_what_cannot_fit(cases, device_type)  # before anything starts: every cell would be oom
-    session = _session(args, device_type, sweep_label)
-    session.shard = shard
-    out_dir = _create(_writable_folder(Path(args.out), must_be_new=not args.resume))
-    print_availability(session.availability(), device_type)
+    with steps.step("environment check"):
+        session = _session(args, device_type, sweep_label)
+        session.shard = shard
+        out_dir = _create(_writable_folder(Path(args.out), must_be_new=not args.resume))
+        print_availability(session.availability(), device_type)
     skipped = [row for row in session.availability()
                if row["backend"] in session.selected_backends() and row["available"] != "yes"]
     if skipped:
@@ -242,7 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
              + "; ".join(f"{row['backend']} ({row['reason']})" for row in skipped))
     if device_type == "cuda":
         _log("machine ceilings (measured once per GPU, then read from the cache) ...")
-    meta = session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"), cases=cases)
+    with steps.step("ceilings and provenance"):
+        meta = session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"), cases=cases)
     for slot in session.slots:
         if slot.ceilings:
             _log(f"  {slot.label}: bf16 matmul {slot.ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, "
@@ -258,10 +275,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from adapters.base import worker_environment
 
         probed = with_probe_variants(session.backends) if session.backends else None
-        _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
-                        run_id=session.run_id, worker_env=worker_environment(probed, device_type),
-                        cell_timeout_s=session.cell_timeout_s, resume=args.resume, retry_failed=args.retry_failed,
-                        run_meta=meta, quiet=args.quiet)
+        with steps.step("capability probe"):
+            _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
+                            run_id=session.run_id, worker_env=worker_environment(probed, device_type),
+                            cell_timeout_s=session.cell_timeout_s, resume=args.resume, retry_failed=args.retry_failed,
+                            run_meta=meta, quiet=args.quiet, workers_per_gpu=args.probe_workers)
     cells = len(session.cases_here(cases)) * len(session.selected_backends())
     if shard is not None:
         _log(f"shard {shard.label} ({shard.source}): {cells} of the sweep's "
@@ -274,8 +292,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _log(f"sweep '{sweep_label}': {cells} cells on {len(session.slots)} worker(s) -> {out_dir / RESULTS_FILE}")
     reporter = ProgressReporter(cells, quiet=args.quiet)
     try:
-        rows = session.run(cases, resume=args.resume, retry_failed=args.retry_failed, on_progress=reporter,
-                           on_slot_failure=lambda slot, why: _log(f"{slot} stopped: {why}; its cells go to the others"))
+        with steps.step("sweep"):
+            rows = session.run(cases, resume=args.resume, retry_failed=args.retry_failed, on_progress=reporter,
+                               on_slot_failure=lambda slot, why: _log(f"{slot} stopped: {why}; its cells go to the others"))
     finally:
         reporter.close()
     verdicts: dict[str, int] = {}
@@ -283,7 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         verdicts[row["verdict"]] = verdicts.get(row["verdict"], 0) + 1
     _log("verdicts: " + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())))
     if args.report:
-        path = render(out_dir, Path(args.report_path) if args.report_path else out_dir / REPORT_FILE)
+        with steps.step("report"):
+            path = render(out_dir, Path(args.report_path) if args.report_path else out_dir / REPORT_FILE)
         _log(f"report: {path}")
     return 0
 
@@ -380,7 +400,7 @@ def cmd_capability(args: argparse.Namespace) -> int:
     path = _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
                            run_id=session.run_id, worker_env=worker_environment(probed, device_type),
                            cell_timeout_s=args.cell_timeout, resume=args.resume, retry_failed=args.retry_failed,
-                           features=features)
+                           features=features, workers_per_gpu=args.probe_workers)
     return 0 if path.exists() else 1
 
 
@@ -431,6 +451,22 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
 
+def _probe_workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker count: give 1..32")
+    return value
+
+
+def _add_probe_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe-workers", type=_probe_workers, default=DEFAULT_PROBE_WORKERS, metavar="N",
+                        help=f"capability probe: gate-only workers per GPU at once (default {DEFAULT_PROBE_WORKERS}; "
+                             "probe cells are never timed, and most of their time is compiling)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paged-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -455,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"timed repetitions per cell, in ms (default {DEFAULT_TARGET_MS:g})")
     run.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
                      help=f"seconds before a cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
+    _add_probe_workers(run)
     run.add_argument("--quiet", action="store_true", help="no progress display (cells that fail are still listed)")
     run.add_argument("--shard", metavar="I/N",
                      help="measure only shard I of N of the selection (whole cases, split the same way on every "
@@ -483,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="when resuming, probe cells recorded as error or timeout again")
     capability.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
                             help=f"seconds before a probe cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
+    _add_probe_workers(capability)
     capability.set_defaults(func=cmd_capability)
 
     report = commands.add_parser("report", help="render the HTML report of one results folder, or of several "

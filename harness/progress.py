@@ -4,9 +4,10 @@ reported, one line each, even with ``--quiet`` (which only hides the progress it
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import IO
+from typing import IO, Iterator
 
 from harness.runner import Progress
 from reports.text import duration
@@ -77,3 +78,49 @@ class ProgressReporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class JobSteps:
+    """The wall time of each step of one command (environment check, ceilings, capability probe, sweep,
+    report), so a log says where a job's minutes went: ``with steps.step("sweep"): ...``, then `summary`."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - began
+
+    def summary(self) -> str:
+        """'environment check 4s, ceilings 9s, capability probe 1m02s, sweep 6m40s, report 11s; total 8m14s'
+        (the total is the whole command, so it includes what no step names)."""
+        parts = [f"{name} {duration(seconds)}" for name, seconds in self.seconds.items()]
+        return ", ".join(parts) + f"; total {duration(time.monotonic() - self.started)}"
+
+
+class ProbeProgress:
+    """Progress of the capability probe's two rounds of cells (page sizes, then the other rows), each
+    shown as its own count: a `harness.runner.ProgressCallback`."""
+
+    def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None):
+        self.quiet, self.stream = quiet, stream
+        self.reporter: ProgressReporter | None = None
+        self.last_done = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if self.reporter is None or progress.done <= self.last_done or progress.total != self.reporter.total:
+            self.close()  # a new round of cells
+            self.reporter = ProgressReporter(progress.total, done=progress.done - 1, quiet=self.quiet,
+                                             stream=self.stream, prefix="paged-bench: capability probe: ")
+        self.last_done = progress.done
+        self.reporter(progress)
+
+    def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None

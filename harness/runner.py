@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,6 +107,21 @@ class _WorkerSetup:
     run: RunConfig
     slot: Slot
     fault_log: str = ""
+
+
+def shared_slots(slots: list[Slot], workers: int) -> list[Slot]:
+    """``workers`` slots in place of each GPU slot (labels ``gpu0#1``, ``gpu0#2``, ...), each with its own
+    worker on the same GPU: only for gate-only cells (the capability probe), which are never timed, so no
+    timing shares a GPU. CPU slots and ``workers`` <= 1 are returned as they are."""
+    if workers <= 1:
+        return list(slots)
+    out: list[Slot] = []
+    for slot in slots:
+        if slot.device != "cuda":
+            out.append(slot)
+            continue
+        out.extend(replace(slot, label=f"{slot.label}#{index}") for index in range(1, workers + 1))
+    return out
 
 
 def context_poisoned(row: dict[str, Any]) -> bool:

@@ -39,7 +39,7 @@ COLUMNS: list[str] = [
     # derived figures
     "flops", "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling",
     # what the backend reported, and where
-    "setup_s", "cell_s", "entry_point", "config", "backend_versions", "env_id", "device", "gpu_index", "gpu_uuid", "finished_at",
+    "setup_s", "inputs_s", "cell_s", "entry_point", "config", "backend_versions", "env_id", "device", "gpu_index", "gpu_uuid", "finished_at",
     # how to measure this one cell again
     "reproducer",
 ]
@@ -55,6 +55,8 @@ GLOSSARY: dict[str, str] = {
     "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",
     "pct_copy_ceiling": "TB/s as a share of this machine's measured device-copy bandwidth",
     "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
+    "inputs_s": ("seconds building the case's batch and its fp32 reference, on the cell that built them (the "
+                 "first cell of a case in its worker); empty on the case's other cells"),
     "cell_s": ("wall time the cell took in its worker, seconds: the case's inputs and reference (first cell of a "
                "case), the gate, compiling and timing; where a sweep's time goes"),
     "q_len": "mean new (query) tokens per sequence", "context": "mean cached tokens before them per sequence",

@@ -30,7 +30,7 @@ RUN_COLUMNS: list[str] = ["run_id", "env_id", "provenance", "ceilings", "sweep",
 NUMERIC_COLUMNS: list[str] = [
     "batch_size", "q_len", "context", "page_size", "num_q_heads", "num_kv_heads", "head_dim", "seed", "total_q",
     "total_kv", "rel_l2", "max_abs", "median_us", "q1_us", "q3_us", "min_us", "max_us", "iqr_pct", "reps", "flops",
-    "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling", "setup_s", "cell_s", "host_us", "lse_max_abs",
+    "bytes", "tflops", "tbps", "pct_matmul_ceiling", "pct_copy_ceiling", "setup_s", "inputs_s", "cell_s", "host_us", "lse_max_abs",
 ]
 WORKLOAD_ORDER: tuple[str, ...] = ("decode", "spec-decode", "prefill", "mixed")
 OK = "ok"

@@ -160,3 +160,20 @@ def test_each_row_says_how_long_its_cell_took():
     reps = row["reps"]
     timed_s = ((reps + 1) // 2 * row["median_us"] + reps // 2 * row["min_us"]) * 1e-6
     assert row["cell_s"] >= timed_s > 0
+
+
+def test_a_case_builds_its_inputs_once_and_collects_garbage_once(monkeypatch):
+    """The first cell of a case says how long its batch and reference took (``inputs_s``); the case's
+    next cell reuses them (empty ``inputs_s``); moving to another case collects garbage once, not once per
+    check (a full collection costs a noticeable time in a worker with every library loaded)."""
+    from harness.sweep import SWEEPS
+
+    collections = []
+    monkeypatch.setattr(cell.gc, "collect", lambda *a: collections.append(1) or 0)
+    first, second = SWEEPS["cpu-tiny"][:2]
+    measurer = CellMeasurer(torch.device("cpu"), timer=TimerOptions(target_ms=1.0))
+    row = measurer.measure("sdpa-gather", first)
+    assert row["inputs_s"] is not None and row["inputs_s"] >= 0 and not collections
+    assert measurer.measure("sdpa-gather", first)["inputs_s"] is None
+    assert measurer.measure("sdpa-gather", second)["inputs_s"] is not None
+    assert len(collections) == 1

@@ -55,6 +55,8 @@ def _one_line_usage_error(done: subprocess.CompletedProcess, *needles: str) -> N
     (["--case", "８q1c100", "--device", "cpu"], ["８", "not an ASCII character"]),
     (["--case", "100000000q1c1000000", "--device", "cpu"], ["100000000 sequences", "at most 1048576"]),
     (["--case", "8q1c4k", "--pool-gib", "1000000", "--device", "cpu"], ["no cell fits this machine", "8q1c4k"]),
+    (["--probe-workers", "0"], ["--probe-workers", "'0'", "1..32"]),
+    (["--probe-workers", "many"], ["--probe-workers", "'many'"]),
 ])
 def test_a_mistake_is_one_line_and_creates_nothing(tmp_path, args, needles):
     out = tmp_path / "out"
@@ -130,6 +132,25 @@ def test_progress_in_a_log_is_plain_lines(first_run):
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr
 
 
+def test_the_job_ends_with_the_wall_time_of_each_step(first_run):
+    """The last line says where the job's time went, step by step, and the steps add up to no more than
+    the total (what no step names, e.g. choosing the cases, is in the total only)."""
+    _, done = first_run
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("paged-bench: steps: environment check "), last
+    for step in ("ceilings and provenance", "sweep", "report", "; total "):
+        assert step in last, last
+    from reports.text import duration  # noqa: F401 - the format the line uses
+
+    def seconds(text: str) -> int:
+        minutes, _, secs = text.rstrip("s").rpartition("m")
+        return int(minutes or 0) * 60 + int(secs)
+
+    parts = last.split("steps: ")[1]
+    steps, total = parts.split("; total ")
+    assert sum(seconds(part.rsplit(" ", 1)[1]) for part in steps.split(", ")) <= seconds(total) + len(steps.split(", "))
+
+
 def test_the_backend_table_has_one_line_per_backend(first_run):
     _, done = first_run
     table = done.stderr.split("Backends on cpu:")[1].split("paged-bench:")[0]
@@ -193,3 +214,24 @@ def test_report_of_a_probe_folder_points_at_the_run_folder(tmp_path):
     (tmp_path / CAPABILITY_FILE).write_text("")
     assert main(["report", str(probe)]) == 2
     assert not (probe / "report.html").exists()
+
+
+def test_the_probe_shows_progress_for_each_round_of_cells():
+    """The probe's two rounds (page sizes, then the other rows) each get their own count in a log, and a
+    cell that fails is named on its own line."""
+    import io
+
+    from harness.progress import ProbeProgress
+    from harness.runner import Progress
+
+    stream = io.StringIO()
+    show = ProbeProgress(stream=stream)
+    for total, verdicts in ((2, ["ok", "ok"]), (3, ["ok", "timeout", "ok"])):
+        for done, verdict in enumerate(verdicts, start=1):
+            show(Progress(row={"verdict": verdict, "backend": "b", "case": f"probe-{done}", "reason": "stuck"},
+                          done=done, total=total, slot="gpu#1"))
+    show.close()
+    lines = stream.getvalue().splitlines()
+    assert any(line.startswith("paged-bench: capability probe: 2/2 cells (2 ok)") for line in lines), lines
+    assert any(line.startswith("paged-bench: capability probe: 3/3 cells (2 ok, 1 timeout)") for line in lines), lines
+    assert any(line.startswith("timeout") and "probe-2" in line for line in lines), lines

@@ -383,3 +383,15 @@ class TestGpuIsolation:
             if after["config"] == row["config"]:  # an autotuner may pick another config: other rounding
                 assert after["rel_l2"] == row["rel_l2"], (row["backend"], row["case"])
         assert all(row["verdict"] == "ok" for row in _by_backend(with_oob, "good-ref"))
+
+
+def test_gate_only_runs_may_share_a_gpu_between_workers():
+    """`shared_slots` puts N workers on each GPU slot (same GPU, same pinning, labels gpu0#1..#N) and leaves
+    CPU slots and N = 1 alone: only the capability probe, whose cells are never timed, uses it."""
+    gpu = Slot("gpu0", device="cuda", env={"CUDA_VISIBLE_DEVICES": "0"}, gpu_index=0, gpu_uuid="GPU-x",
+               ceilings={"copy_tbps": 3.0})
+    shared = runner.shared_slots([gpu, Slot("cpu")], 3)
+    assert [slot.label for slot in shared] == ["gpu0#1", "gpu0#2", "gpu0#3", "cpu"]
+    assert all(slot.env == gpu.env and slot.gpu_uuid == "GPU-x" and slot.ceilings == gpu.ceilings
+               for slot in shared[:3])
+    assert runner.shared_slots([gpu], 1) == [gpu]
