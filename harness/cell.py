@@ -85,10 +85,12 @@ def host_available_bytes() -> int | None:
 
 
 def memory_limit(device: torch.device) -> tuple[int | None, str]:
-    """(bytes a cell may use on ``device``, what that limit is): free device memory on a GPU, available host
-    memory on the CPU (inputs, reference and backends all live there)."""
+    """(bytes a cell may use on ``device``, what that limit is): free device memory on a GPU, with the blocks
+    torch's allocator keeps cached but unused (they serve the next allocations), available host memory on
+    the CPU (inputs, reference and backends all live there)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0], "free on the GPU"
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached, "free on the GPU"
     return host_available_bytes(), "of host memory available"
 
 
@@ -182,15 +184,16 @@ class CellMeasurer:
             raise KeyError(f"no adapter named {name!r}; known: {', '.join(adapters)}")
         return adapters[name]
 
-    def release(self) -> None:
-        """Drop the current case's batch and reference and return their memory to the device (a no-op when
-        nothing is held: a full garbage collection in a process with every library loaded takes a while)."""
-        if self._case is None and self._batch is None and self._reference is None:
-            return
+    def release(self, *, collect: bool = True) -> None:
+        """Drop the current case's batch and reference; with ``collect``, also collect garbage (tensors kept
+        alive by reference cycles) and hand torch's cached blocks back to the device. Moving to the next case
+        drops them without collecting (`_fits` collects only when a case does not fit at first look): a
+        full collection in a worker with every library loaded takes a noticeable part of a second."""
         self._case = self._batch = self._reference = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        if collect:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def close(self) -> None:
         """Release every adapter's cross-cell state (graphs, handles) and the current case."""
@@ -206,7 +209,7 @@ class CellMeasurer:
         building them took when this call built them (None when they were already there)."""
         built_s = None
         if case != self._case:
-            self.release()
+            self.release(collect=False)
             started = time.perf_counter()
             batch = make_batch(case.spec(), self.device)
             self._reference = reference_attention(batch, with_lse=True)
@@ -228,10 +231,15 @@ class CellMeasurer:
         The case's inputs count only when they are not built yet; a previous case's are freed before looking."""
         needed = backend_bytes(case)
         if case != self._case:
-            self.release()
+            self.release(collect=False)
             needed += input_bytes(case)
         limit, what = memory_limit(self.device)
-        return oom_reason(case, limit, what, needed)
+        reason = oom_reason(case, limit, what, needed)
+        if reason:  # garbage held by reference cycles may be what is missing: collect it and look again
+            self.release()
+            limit, what = memory_limit(self.device)
+            reason = oom_reason(case, limit, what, needed)
+        return reason
 
     def measure(self, backend: str, case: Case) -> dict[str, Any]:
         started = time.perf_counter()
