@@ -22,11 +22,11 @@ per-tensor and per-head scales, see `_default_cases` and docs/model-features.md;
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import dataclasses
+import functools
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -100,13 +100,20 @@ class Case:
     base: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
 
     def spec(self) -> "BatchSpec":
-        from adapters.batch import BatchSpec
+        """The case's `BatchSpec`, built at the first call and kept: the memory check, the batch, the row's
+        figures and its reproducer all read the one spec (a BatchSpec is immutable; drawn lengths are drawn
+        once). The cache is no field: equality, hashing, `as_dict` and cell ids do not see it."""
+        cached = self.__dict__.get("_spec")
+        if cached is None:
+            from adapters.batch import BatchSpec
 
-        return BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
-                                      num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
-                                      head_dim=self.head_dim, dtype=self.dtype, causal=self.causal,
-                                      pool_pages=self.pool_pages, pool_gib=self.pool_gib,
-                                      **{name: getattr(self, name) for name in FEATURE_DEFAULTS})
+            cached = BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
+                                            num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
+                                            head_dim=self.head_dim, dtype=self.dtype, causal=self.causal,
+                                            pool_pages=self.pool_pages, pool_gib=self.pool_gib,
+                                            **{name: getattr(self, name) for name in FEATURE_DEFAULTS})
+            object.__setattr__(self, "_spec", cached)  # frozen: the cache is set once, bypassing __setattr__
+        return cached
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -114,8 +121,12 @@ class Case:
         return features_of(self)
 
     def lengths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(q_lens, kv_lens), drawn from the seed (torch-free)."""
-        return resolve_lengths(self.grammar, self.seed)
+        """(q_lens, kv_lens), drawn from the seed (torch-free), once per case (kept like `spec`)."""
+        cached = self.__dict__.get("_lengths")
+        if cached is None:
+            cached = resolve_lengths(self.grammar, self.seed)
+            object.__setattr__(self, "_lengths", cached)
+        return cached
 
     @property
     def workload(self) -> str:
@@ -483,8 +494,10 @@ def heads_text(case: Case) -> str:
     return format_heads(case.num_q_heads, case.num_kv_heads, case.head_dim)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def cell_id(backend: str, case: Case) -> str:
     """Stable key of a cell: the backend and every identity field of the case (`Case.as_dict`); resume
-    and comparisons across runs, environments and machines match cells on it."""
+    and comparisons across runs, environments and machines match cells on it. Computed once per cell
+    (the runner's resume rule, the row and the run's result order all ask for it)."""
     payload = json.dumps({"backend": backend, **case.as_dict()}, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]

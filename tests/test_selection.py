@@ -225,3 +225,24 @@ def test_selection_argv_passes_the_options_on():
             "--no-causal", "--pool-gib", "2", "--seed", "1", "--workloads", "decode"]
     again = parse(*selection_argv(parse(*argv)))
     assert vars(again) == vars(parse(*argv))
+
+
+def test_a_case_builds_its_spec_once_and_its_identity_ignores_the_cache():
+    """`Case.spec` is built at the first call and kept (the memory check, the batch, the row and the
+    reproducer read one spec); the cache is no field, so a pickled case (sent to a worker), an equal
+    case and a replaced one keep their identity and cell id."""
+    import dataclasses
+    import pickle
+
+    from harness.sweep import SWEEPS, Case, cell_id
+
+    case = SWEEPS["cpu-tiny"][0]
+    fresh = Case(**{f.name: getattr(case, f.name) for f in dataclasses.fields(case)})
+    spec = case.spec()
+    assert case.spec() is spec
+    travelled = pickle.loads(pickle.dumps(case))
+    assert travelled == case == fresh and hash(travelled) == hash(fresh)
+    assert cell_id("triton", travelled) == cell_id("triton", fresh) == cell_id("triton", case)
+    assert travelled.spec() == fresh.spec() == spec
+    other = dataclasses.replace(case, page_size=case.page_size * 2)
+    assert other.spec().page_size == case.page_size * 2 and cell_id("triton", other) != cell_id("triton", case)
