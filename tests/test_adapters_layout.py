@@ -373,7 +373,12 @@ def test_device_refusal_and_installed_versions():
     class CudaOnly(SdpaGatherAdapter):
         name, devices = "cuda-only", ("cuda",)
 
-    assert CudaOnly().device_refusal("cpu") == "cuda-only runs on cuda devices only, not cpu"
+    class Named(CudaOnly):
+        display_name = "Some Library"
+
+    assert CudaOnly().device_refusal("cpu") == "cuda-only runs on CUDA devices only, not cpu"
+    assert Named().device_refusal("cpu") == "Some Library runs on CUDA devices only, not cpu"
+    assert SdpaGatherAdapter().device_refusal("meta") == "sdpa-gather runs on CUDA and CPU devices only, not meta"
     assert SdpaGatherAdapter().device_refusal("cpu") == ""
     found = installed_versions(["torch", "no-such-distribution"], required="no-such-distribution")
     assert found["no-such-distribution"] == "not installed"
