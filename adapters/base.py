@@ -31,6 +31,9 @@ EXTRA_ADAPTER_MODULES_ENV = "PAGED_BENCH_EXTRA_ADAPTERS"
 THD = "THD"
 """The canonical query layout: packed ``[T, Hq, D]`` rows with ``cu_seqlens_q``."""
 
+DEVICE_WORDS: dict[str, str] = {"cuda": "CUDA", "cpu": "CPU"}
+"""How `Adapter.device_refusal` writes a device type the adapter declares."""
+
 RunResult = Union["torch.Tensor", tuple["torch.Tensor", "torch.Tensor"]]
 """What ``Prepared.run`` returns: the output ``[T, Hq, D]``, or ``(output, lse)`` when the backend also
 returns the softmax statistics (in its own layout; ``Prepared.to_lse`` makes them canonical)."""
@@ -105,7 +108,10 @@ class Adapter(abc.ABC):
     name: ClassVar[str]
     """Short stable identifier used in results, asv parameters and the CLI (never rename: history)."""
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
-    """Device types the backend runs on."""
+    """Device types the backend runs on (`device_refusal` refuses the others)."""
+    display_name: ClassVar[str] = ""
+    """The library as its users name it (e.g. "FlashAttention 4"), for the reasons `device_refusal` gives;
+    empty: `name`."""
     in_sweep: ClassVar[bool] = True
     """False for variants that only the capability probe runs (e.g. a layout users try that fails)."""
     q_layout: ClassVar[str] = THD
@@ -150,12 +156,15 @@ class Adapter(abc.ABC):
 
     def device_refusal(self, device: torch.device | str) -> str:
         """Why this adapter cannot use ``device`` at all, or "" when it can: a device type missing from
-        `devices`, or CUDA asked for where there is none. `available` implementations start with it."""
+        `devices` ("FlashAttention 4 runs on CUDA devices only, not cpu"), or CUDA asked for where there is
+        none. Every `available` starts with it; the reports read these words as "cannot run here"
+        (`reports.model.NOT_HERE_WORDS`)."""
         import torch  # this module stays importable without torch
 
         device = torch.device(device)
         if device.type not in self.devices:
-            return f"{self.name} runs on {' and '.join(self.devices)} devices only, not {device.type}"
+            kinds = " and ".join(DEVICE_WORDS.get(kind, kind) for kind in self.devices)
+            return f"{self.display_name or self.name} runs on {kinds} devices only, not {device.type}"
         if device.type == "cuda" and not torch.cuda.is_available():
             return "CUDA is not available"
         return ""

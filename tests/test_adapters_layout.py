@@ -373,12 +373,49 @@ def test_device_refusal_and_installed_versions():
     class CudaOnly(SdpaGatherAdapter):
         name, devices = "cuda-only", ("cuda",)
 
-    assert CudaOnly().device_refusal("cpu") == "cuda-only runs on cuda devices only, not cpu"
+    class Named(CudaOnly):
+        display_name = "Some Library"
+
+    assert CudaOnly().device_refusal("cpu") == "cuda-only runs on CUDA devices only, not cpu"
+    assert Named().device_refusal("cpu") == "Some Library runs on CUDA devices only, not cpu"
+    assert SdpaGatherAdapter().device_refusal("meta") == "sdpa-gather runs on CUDA and CPU devices only, not meta"
     assert SdpaGatherAdapter().device_refusal("cpu") == ""
     found = installed_versions(["torch", "no-such-distribution"], required="no-such-distribution")
     assert found["no-such-distribution"] == "not installed"
     assert found["torch"].startswith(torch.__version__.split("+")[0])
     assert installed_versions(["no-such-distribution"]) == {}
+
+
+def _refused_device_types(adapter) -> list[str]:
+    """Device types ``adapter`` must refuse with `device_refusal`'s words on this machine: one it does not
+    declare, and CUDA where there is none."""
+    refused = ["meta"] + [kind for kind in ("cpu",) if kind not in adapter.devices]
+    if not torch.cuda.is_available():
+        refused.append("cuda")
+    return refused
+
+
+def test_every_adapter_refuses_a_device_in_device_refusal_s_words():
+    """`Adapter.device_refusal` is the one place that says why an adapter cannot use a device at all:
+    every registered adapter's `available` answers a device type it does not declare (and CUDA on a
+    machine without it) with exactly its text, never with words of its own. (Test-only adapters that
+    other tests register, e.g. tests/faulty_adapters.py, are left out: they are not backends.)"""
+    from reports.model import cannot_run_here
+
+    adapters = {name: adapter for name, adapter in discover().items()
+                if type(adapter).__module__.startswith("adapters.backends.")}
+    assert {"cudnn", "fa4", "flash-attn2", "flashinfer", "flex-paged", "jax-pallas-decode", "sdpa-gather",
+            "triton"} <= set(adapters)
+    for name, adapter in adapters.items():
+        for kind in _refused_device_types(adapter):
+            refusal = adapter.device_refusal(torch.device(kind))
+            assert refusal, (name, kind)
+            assert adapter.available(torch.device(kind)) == (False, refusal), (name, kind)
+            if kind in ("cpu", "cuda"):  # the report shows such a cell as "not available here"
+                assert cannot_run_here(refusal), (name, refusal)
+    assert adapters["fa4"].available(torch.device("cpu")) == (False, "FlashAttention 4 runs on CUDA devices "
+                                                                     "only, not cpu")
+    assert adapters["cudnn-trows"].device_refusal("cpu") == "cuDNN SDPA runs on CUDA devices only, not cpu"
 
 
 def test_a_peer_checked_in_its_own_process_reports_its_verdicts():

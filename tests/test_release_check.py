@@ -326,7 +326,7 @@ def test_releases_where_every_cell_was_skipped_compare_nothing(tmp_path):
     for label in ("cudnn-9.19.0", "cudnn-9.28.1"):
         rows = _rows(label, {}, {})
         for row in rows:
-            row.update(verdict="skipped", reason="cuDNN SDPA runs on CUDA devices only", median_us=None)
+            row.update(verdict="skipped", reason="cuDNN SDPA runs on CUDA devices only, not cpu", median_us=None)
         plan[label] = rows
     folders = {}
     for label, rows in plan.items():

@@ -97,7 +97,7 @@ def test_a_backend_that_cannot_run_here_is_skipped_not_error(tmp_path):
 def test_an_error_of_a_backend_recorded_unavailable_is_skipped():
     runs = _cpu_runs()
     runs[0]["availability"] = [{"backend": "cudnn", "available": "no",
-                                "reason": "cuDNN SDPA runs on CUDA devices only"}]
+                                "reason": "cuDNN SDPA runs on CUDA devices only, not cpu"}]
     rows = [dict(row, verdict="error", reason="") if row["backend"] == "cudnn" else row for row in _cpu_rows()]
     results = ResultSet.from_records(rows, runs)
     cudnn = results.rows[results.rows["backend"] == "cudnn"]

@@ -741,10 +741,7 @@ def _versions() -> dict[str, str]:
 
 
 def _available(device: torch.device) -> tuple[bool, str]:
-    if device.type != "cuda":
-        return False, "cuDNN SDPA runs on CUDA devices only"
-    if not torch.cuda.is_available():
-        return False, "CUDA is not available"
+    """The library's own reasons, on a CUDA device `Adapter.device_refusal` accepted."""
     try:
         import cudnn
     except Exception as error:  # noqa: BLE001 - any import failure is the reason
@@ -787,6 +784,7 @@ class CudnnSdpaAdapter(Adapter):
     """cuDNN SDPA, packed Q/O with ragged offsets over the NHD paged cache (module docstring)."""
 
     name = "cudnn"
+    display_name = "cuDNN SDPA"
     baseline = True
     color = "#76b900"
     packages = ("nvidia-cudnn-frontend", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
@@ -809,7 +807,11 @@ class CudnnSdpaAdapter(Adapter):
         """The loaded cuDNN's version, once looked up (`_loaded_version`)."""
 
     def available(self, device: torch.device) -> tuple[bool, str]:
-        return _available(torch.device(device))
+        device = torch.device(device)
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
+        return _available(device)
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         if not spec.features:

@@ -195,6 +195,7 @@ class FA4Adapter(Adapter):
     """FlashAttention 4 (CuTe DSL) paged varlen forward."""
 
     name = "fa4"
+    display_name = "FlashAttention 4"
     packages = ("flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi")
     model_features = MODEL_FEATURES
     feature_reasons = FEATURE_REASONS
@@ -212,10 +213,9 @@ class FA4Adapter(Adapter):
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
-        if device.type != "cuda":
-            return False, "FlashAttention 4 runs on CUDA devices only"
-        if not torch.cuda.is_available():
-            return False, "CUDA is not available"
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         major, minor = torch.cuda.get_device_capability(device)
         if major not in PAGED_ARCH_MAJORS:
             words = "paged KV not supported on SM 8.0" if major == 8 else "no paged forward for this architecture"

@@ -185,6 +185,7 @@ def build_refusal(spec: BatchSpec, probe: Callable[[str], str], note: str | None
 @register
 class FlashAttn2Adapter(Adapter):
     name = "flash-attn2"
+    display_name = "flash-attn"
     packages = ("flash-attn", "flash_attn")
     model_features = MODEL_FEATURES
     feature_reasons = FEATURE_REASONS
@@ -200,10 +201,9 @@ class FlashAttn2Adapter(Adapter):
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
-        if device.type != "cuda":
-            return False, "flash-attn runs on CUDA devices only"
-        if not torch.cuda.is_available():
-            return False, "CUDA is not available"
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         try:
             import flash_attn
             from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache  # noqa: F401 - loads the extension

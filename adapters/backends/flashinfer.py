@@ -294,16 +294,16 @@ class _FlashInfer(Adapter):
     """One FlashInfer internal backend (``fi_backend``) through its paged decode / prefill wrappers."""
 
     fi_backend: ClassVar[str] = "auto"
+    display_name = "FlashInfer"
     packages = ("flashinfer-python", "apache-tvm-ffi", "nvidia-cudnn-frontend")
 
     # ------------------------------------------------------------------------------ capability
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
-        if device.type != "cuda":
-            return False, "FlashInfer runs on CUDA devices only"
-        if not torch.cuda.is_available():
-            return False, "CUDA is not available"
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         try:
             import flashinfer
             from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper  # noqa: F401

@@ -54,6 +54,9 @@ class TritonPagedAdapter(Adapter):
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
+        refusal = self.device_refusal(device)
+        if refusal:
+            return False, refusal
         if importlib.util.find_spec("triton") is None:
             return False, "triton is not installed (pip install triton)"
         if device.type == "cpu":
@@ -63,16 +66,12 @@ class TritonPagedAdapter(Adapter):
             if importlib.util.find_spec("numpy") is None:
                 return False, "Triton's interpreter needs numpy, which is not installed"
             return True, ""
-        if device.type == "cuda":
-            if _interpreting():
-                return False, "the kernel was built for Triton's interpreter (TRITON_INTERPRET=1), not for the GPU"
-            if not torch.cuda.is_available():
-                return False, "no CUDA device is visible to torch"
-            major, _ = torch.cuda.get_device_capability(device)
-            if major < 8:
-                return False, f"compute capability {major}.x: the kernel needs sm_80 or newer (bf16 dot)"
-            return True, ""
-        return False, f"device type {device.type!r} is not one of {self.devices}"
+        if _interpreting():
+            return False, "the kernel was built for Triton's interpreter (TRITON_INTERPRET=1), not for the GPU"
+        major, _ = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return False, f"compute capability {major}.x: the kernel needs sm_80 or newer (bf16 dot)"
+        return True, ""
 
     def supports(self, spec: BatchSpec) -> tuple[bool, str]:
         if not (16 <= spec.head_dim <= 256 and spec.head_dim % 8 == 0):
