@@ -2,10 +2,18 @@
 # Run HERE (no GPU needed; nvcc 13 and a C++ compiler), from the project root, before
 # scripts/stage-peers.sh:
 #   bash scripts/build-peers-aot.sh [--dtypes bf16,fp16] [--head-dims 64,128] [--modules decode,fa2,fa3,holistic]
+#                                   [--variants plain,window,softcap,fp8,sinks,window+softcap,window+sinks]
+#   bash scripts/build-peers-aot.sh --list [same options]   # the module names only: no nvcc, nothing built
 # Compiles FlashInfer's attention modules for sm_90a into .peers/aot/<module>/<module>.so so that the GPU
 # machine loads them instead of spending device time on nvcc (FlashInfer's JIT). stage-peers.sh packs
 # .peers/aot with the wheels; install-peers.sh copies it into FlashInfer's data/aot folder there.
-# Seen on a 2-core machine (bf16, D 128): decode 200 s, fa2 1143 s, fa3 3575 s (cores shared), holistic 107 s.
+# --variants (default plain: no window, no soft-cap, 16-bit KV, no sinks) adds the modules of the model
+# features the flashinfer rows run (scripts/peers_aot.py, docs/peers.md): window, softcap, fp8 (e4m3 KV),
+# sinks (the AttentionSink variant, fa2/fa3), and joined ones (window+softcap: Gemma 2's sliding layers;
+# window+sinks: gpt-oss's). Each is one more module per kind, dtype and head dim (pairs no row runs are
+# skipped, with the reason); a module already in .peers/aot is kept.
+# Seen on a 2-core machine (bf16, D 128, plain): decode 200 s, fa2 1143 s, fa3 3575 s (cores shared),
+# holistic 107 s. A variant module is the same size class as its kind's plain one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,11 +22,16 @@ TVM_FFI_VERSION=0.1.15.post2
 PY=${PYTHON:-python3}
 HOST=${PEERS_HOST:-.peers/host}        # flashinfer for THIS machine's Python (only to run its build)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-[ -x "$CUDA_HOME/bin/nvcc" ] || { echo "no nvcc in $CUDA_HOME/bin (set CUDA_HOME)" >&2; exit 1; }
+LIST=0
+for arg in "$@"; do [ "$arg" = "--list" ] && LIST=1; done   # --list: names only, no toolkit needed
+[ "$LIST" = 1 ] || [ -x "$CUDA_HOME/bin/nvcc" ] || { echo "no nvcc in $CUDA_HOME/bin (set CUDA_HOME)" >&2; exit 1; }
 
 if [ ! -d "$HOST/flashinfer" ]; then
   "$PY" -m pip install -q --no-deps --target "$HOST" "flashinfer-python==$FI_VERSION" \
     "apache-tvm-ffi==$TVM_FFI_VERSION" einops tabulate nvidia-ml-py
+fi
+if [ "$LIST" = 1 ]; then
+  PYTHONPATH="$HOST${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" scripts/peers_aot.py "$@"
 fi
 
 # FlashInfer links its modules with -lcuda from $CUDA_HOME/lib64/stubs; a toolkit without the driver
