@@ -18,7 +18,8 @@ PACKAGES = ("records", "adapters", "kernels", "harness", "reports", "benchmarks"
 LAYER = {"records": 0, "kernels": 1, "adapters": 2, "reports": 2, "harness": 3, "benchmarks": 4}
 """A package may import its own layer's modules of its own package, and packages of lower layers
 (reports and adapters share a layer but never import each other)."""
-TOP_OF_HARNESS = {"harness.cli", "harness.progress", "harness.asv_suite", "harness.releases"}
+TOP_OF_HARNESS = {"harness.frontends.cli", "harness.frontends.progress", "harness.frontends.asv_suite",
+                  "harness.releases.check"}
 """The command line (with its progress display) and asv glue: the only harness modules that may import reports."""
 
 
@@ -104,11 +105,12 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", "harness.sweep", "harness.asv_suite",
-              "harness.errors", "reports", "reports.model", "reports.compare", "reports.text", "reports.capability",
-              "reports.tables", "reports.plots", "reports.html", "reports.machines", "reports.releases", "reports.cli",
-              "benchmarks.bench_decode", "benchmarks.bench_prefill", "benchmarks.bench_mixed",
-              "benchmarks.bench_cases", "harness.models", "harness.sweepfile", "harness.selection", "harness.reproducer",
+TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", "harness.cases.sweep",
+              "harness.frontends.asv_suite", "harness.errors", "reports", "reports.model", "reports.compare",
+              "reports.text", "reports.capability", "reports.tables", "reports.plots", "reports.html",
+              "reports.machines", "reports.releases", "reports.cli", "benchmarks.bench_decode",
+              "benchmarks.bench_prefill", "benchmarks.bench_mixed", "benchmarks.bench_cases", "harness.cases.models",
+              "harness.cases.sweepfile", "harness.cases.selection", "harness.cases.reproducer",
               "harness.defaults"]
 
 BLOCK_TORCH = """
@@ -124,7 +126,7 @@ sys.meta_path.insert(0, _Block())
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_module_imports_without_torch(module):
     if module.startswith("benchmarks."):
-        from harness import asv_suite
+        from harness.frontends import asv_suite
 
         asv_suite.backend_names()  # asv's processes read the names discovery wrote once (with torch)
     code = BLOCK_TORCH + f"import {module}\nassert 'torch' not in sys.modules\n"
@@ -149,7 +151,8 @@ assert 'torch' not in sys.modules and out.stat().st_size > 10000 and 'Cells:' in
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-CUDNN_RELEASE_MODULES = ("cudnn_release.py", "environments.py", "releases.py")
+CUDNN_RELEASE_MODULES = ("harness/releases/cudnn_release.py", "harness/releases/environments.py",
+                         "harness/releases/check.py", "reports/releases.py")
 """The cuDNN release checks (fetch a release, run a sweep on it, compare releases) are about that one
 library by definition; every other shared module is backend-neutral."""
 
@@ -163,7 +166,7 @@ def test_shared_code_names_no_backend():
     offenders = []
     for package in ("harness", "reports", "records"):
         for path in (ROOT / package).rglob("*.py"):
-            if path.name in CUDNN_RELEASE_MODULES:
+            if path.relative_to(ROOT).as_posix() in CUDNN_RELEASE_MODULES:
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value in names:

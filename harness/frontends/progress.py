@@ -8,7 +8,7 @@ import sys
 import time
 from typing import IO
 
-from harness.runner import Progress
+from harness.measure.runner import Progress
 from reports.text import duration
 
 NOT_REPORTED = frozenset({"ok", "skipped"})
@@ -25,7 +25,7 @@ def failure_line(progress: Progress) -> str:
 
 
 class ProgressReporter:
-    """A `harness.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
+    """A `harness.measure.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
 
     def __init__(self, total: int, *, done: int = 0, quiet: bool = False, stream: IO[str] | None = None,
                  prefix: str = "paged-bench: "):
