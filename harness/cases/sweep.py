@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from adapters.batch import BatchSpec
 
 from adapters.grammar import (  # noqa: F401 (DTYPE_NAMES re-exported)
-    DTYPE_NAMES, _format_length, classify_workload, parse_grammar, resolve_lengths,
+    DTYPE_NAMES, classify_workload, format_length, parse_grammar, resolve_lengths,
 )
 from adapters.features import features_of, feature_suffix
 from harness.cases.models import format_heads, get_model, parse_heads
@@ -232,7 +232,7 @@ def uniform_case(kind: str, batch_size: int, q_len: int, context: int, page_size
                  **fields) -> Case:
     """A case where every sequence has the same lengths, named ``{prefix}{kind}-b{B}-q{q}-c{ctx}-p{page}``;
     ``fields`` (e.g. the tiny sweep's heads) are its base, so they do not show in the name."""
-    grammar = f"{batch_size}q{_format_length(q_len)}c{_format_length(context)}"
+    grammar = f"{batch_size}q{format_length(q_len)}c{format_length(context)}"
     parse_grammar(grammar)
     return make_case(f"{prefix}{kind}-b{batch_size}-q{q_len}-c{context}", grammar, page_size, base=fields)
 
