@@ -33,7 +33,7 @@ assert status == 0, f"paged-bench exited {status}:\n{err[-3000:]}"
 assert "Traceback" not in err and "\r" not in err, err[-3000:]
 rows = [json.loads(line) for line in Path("bench-out/results.jsonl").read_text().splitlines()]
 from adapters.base import discover
-from harness.sweep import SWEEPS
+from harness.cases.sweep import SWEEPS
 in_sweep = [name for name, adapter in discover().items() if adapter.in_sweep]
 assert len(rows) == len(in_sweep) * len(SWEEPS["cpu-tiny"]), (len(rows), in_sweep)
 ok = {row["backend"] for row in rows if row["verdict"] == "ok"}

@@ -89,13 +89,14 @@ def parse_length(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _format_length(value: int) -> str:
+def format_length(value: int) -> str:
+    """A length as the grammar writes it: ``4096`` -> ``4k``, ``100`` -> ``100``."""
     return f"{value // 1024}k" if value >= 1024 and value % 1024 == 0 else str(value)
 
 
 def _format_number(value: float) -> str:
     if float(value).is_integer():
-        return _format_length(int(value))
+        return format_length(int(value))
     return format(value, "g")
 
 
@@ -195,7 +196,7 @@ class LengthGroup:
             if isinstance(span, Distribution):
                 return span.format()
             lo, hi = span
-            return _format_length(lo) if lo == hi else f"{_format_length(lo)}-{_format_length(hi)}"
+            return format_length(lo) if lo == hi else f"{format_length(lo)}-{format_length(hi)}"
         return f"{self.count}q{fmt(self.q_len)}c{fmt(self.context)}"
 
 

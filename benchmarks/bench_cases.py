@@ -1,7 +1,7 @@
 """asv: every case of the sweep outside the decode / prefill / mixed axes (other head configurations,
 dtypes, speculative decoding, serving-sized pools, a sweep file's own cases), by name."""
 
-from harness import asv_suite  # a module, not its classes: asv would discover an imported base class
+from harness.frontends import asv_suite  # a module, not its classes: asv would discover an imported base class
 
 
 class Cases(asv_suite.WorkloadBenchmark):

@@ -1,6 +1,6 @@
-"""asv: decode batches, every backend x the sweep's axes (see harness.sweep.SWEEP_AXES)."""
+"""asv: decode batches, every backend x the sweep's axes (see harness.cases.sweep.SWEEP_AXES)."""
 
-from harness import asv_suite  # a module, not its classes: asv would discover an imported base class
+from harness.frontends import asv_suite  # a module, not its classes: asv would discover an imported base class
 
 
 class Decode(asv_suite.WorkloadBenchmark):

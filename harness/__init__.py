@@ -1,2 +1,3 @@
-"""The harness between adapters and outputs: gate (correctness), timer, metrics, provenance,
-sweep definitions, the isolated runner, results storage and the command line."""
+"""The harness between adapters and outputs: the case language (`harness.cases`), measuring cells and runs
+(`harness.measure`), the cuDNN release tooling (`harness.releases`) and the command line and asv glue
+(`harness.frontends`), over the `defaults` and `errors` they share."""

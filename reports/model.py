@@ -2,8 +2,8 @@
 
 A results folder holds (written by the harness; this module only reads):
 
-    results.jsonl     one tidy row per line, keys = harness.results.COLUMNS
-    runs.jsonl        one object per run: run_id, env_id, provenance (harness.provenance.collect()),
+    results.jsonl     one tidy row per line, keys = harness.measure.results.COLUMNS
+    runs.jsonl        one object per run: run_id, env_id, provenance (harness.measure.provenance.collect()),
                       ceilings ({matmul_bf16_tflops, copy_tbps, gpu} or null), sweep, argv, started_at
     capability.csv    optional: backend, feature, value, verdict, reason, rel_l2, backend_versions, device
 
@@ -140,7 +140,7 @@ _VARIANT_TOKEN = re.compile(r"cap\d[\d.]*(?:e[+-]?\d+)?|[^-]+")
 _FEATURE_PARTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("sliding_window", re.compile(r"w(\d+)")), ("softcap", re.compile(r"cap(\d[\d.]*(?:e[+-]?\d+)?)")),
     ("sinks", re.compile(r"sinks")), ("fp8_kv", re.compile(r"kv(fp8)(h?)")))
-"""How harness.sweep names each feature in a case's variant suffix: ``-w{W}``, ``-cap{c}``, ``-sinks``,
+"""How harness.cases.sweep names each feature in a case's variant suffix: ``-w{W}``, ``-cap{c}``, ``-sinks``,
 ``-kvfp8`` (``-kvfp8h`` with per-head scales); they come last, after the heads, dtype, causality, pool
 and seed parts."""
 
@@ -417,7 +417,7 @@ def _line_list(numbers: list[int], limit: int = 10) -> str:
 
 # --- shards of one sweep (`paged-bench run --shard I/N`) ---------------------------------------------
 SHARD_KEY = "shard"
-"""The runs.jsonl key of a shard's record (written by harness.shard, `RECORD_KEY`): index, count,
+"""The runs.jsonl key of a shard's record (written by harness.cases.shard, `RECORD_KEY`): index, count,
 selection (a hash of the whole selection), cases (how many the selection has), source."""
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pack several cached cuDNN releases (python -m harness.cudnn_release fetch VERSION) into ONE xz archive
+# Pack several cached cuDNN releases (python -m harness.releases.cudnn_release fetch VERSION) into ONE xz archive
 # split in parts, for a machine without network that takes at most ~64 MiB per transfer. The same
 # library of consecutive releases differs little: ordered library by library across releases and
 # compressed with a dictionary larger than one library, each release after the first costs about a

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from adapters.base import get_adapter  # noqa: E402
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
 from adapters.reference import reference_attention  # noqa: E402
-from harness.gate import compare  # noqa: E402
-from harness.timer import time_function  # noqa: E402
+from harness.measure.gate import compare  # noqa: E402
+from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import CONFIG_TABLE, KernelConfig, prepare_paged_attention  # noqa: E402
 
 LOG_PATH = Path(os.environ.get("OUT", ".")) / "probe.jsonl"

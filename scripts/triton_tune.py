@@ -6,10 +6,10 @@ launch configurations each, next to cuDNN where it can be built; print a short t
                                    [--head-dims 64 128 256] [--dtype bf16|fp16] [--heads 32 8]
 
 Every timed configuration is first checked against ``reference_attention`` with the gate's own
-comparison (NaN-poisoned output, the dtype's tolerance from ``harness.gate.TOLERANCES``). Times come
-from the suite's timer (``harness.time_function``: CUDA events, L2 flushed between launches, median
-and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.metrics``
-and ``harness.ceilings``; cuDNN through the project's adapter. Full rows go to
+comparison (NaN-poisoned output, the dtype's tolerance from ``harness.measure.gate.TOLERANCES``). Times come
+from the suite's timer (``harness.measure.timer.time_function``: CUDA events, L2 flushed between launches, median
+and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.measure.metrics``
+and ``harness.measure.ceilings``; cuDNN through the project's adapter. Full rows go to
 ``DIR/tune.jsonl``. Configurations are tried in order and skipped once ``--budget-s`` is spent, so
 the table always comes out. Each (head dim, case, page) cell tries the table's choice, then the
 candidates of its bucket and table head dim (``CANDIDATES``), then the table's choice again.
@@ -33,10 +33,10 @@ import torch  # noqa: E402
 from adapters.base import get_adapter  # noqa: E402
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
 from adapters.reference import reference_attention  # noqa: E402
-from harness.ceilings import machine_ceilings  # noqa: E402
-from harness.gate import compare  # noqa: E402
-from harness.metrics import spec_bytes, spec_flops  # noqa: E402
-from harness.timer import time_function  # noqa: E402
+from harness.measure.ceilings import machine_ceilings  # noqa: E402
+from harness.measure.gate import compare  # noqa: E402
+from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
+from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
 

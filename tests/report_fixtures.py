@@ -1,4 +1,4 @@
-"""Synthetic result sets for the report and comparison tests: real rows (harness.results.make_row over
+"""Synthetic result sets for the report and comparison tests: real rows (harness.measure.results.make_row over
 real `Case`s and `Timing.from_samples`) with latencies from a simple roofline model per backend, a
 skipped backend, declined and failing cells, a capability table and a run record with provenance."""
 
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.gate import GateResult
-from harness.metrics import spec_bytes, spec_flops
-from harness.results import make_row
-from harness.sweep import Case, uniform_case
-from harness.timer import Timing
+from harness.cases.sweep import Case, uniform_case
+from harness.measure.gate import GateResult
+from harness.measure.metrics import spec_bytes, spec_flops
+from harness.measure.results import make_row
+from harness.measure.timer import Timing
 
 CEILINGS = {"matmul_bf16_tflops": 790.0, "copy_tbps": 4.3, "gpu": "NVIDIA H200"}
 FA2_PAGE_REASON = "Paged KV cache block size must be divisible by 256 (page size 16)"
@@ -135,7 +135,7 @@ def synthetic_runs(*, env_id: str = "env-old", run_id: str = "run-1", frontend: 
 
 
 def _answers(backend: str, feature: str, value: str) -> bool:
-    """As in harness.capability: every backend declares Q as THD and answers that q_layout row; the
+    """As in harness.measure.capability: every backend declares Q as THD and answers that q_layout row; the
     probe-only variant answers only its own (T-row) q_layout row."""
     if feature == "q_layout":
         return value == ("T-row" if backend == PROBE_ONLY_BACKEND else "THD")
@@ -144,7 +144,7 @@ def _answers(backend: str, feature: str, value: str) -> bool:
 
 def synthetic_capability(*, lost: tuple[str, str, str] | None = None) -> list[dict[str, Any]]:
     """backend x feature/value verdicts like the capability probe's; ``lost`` = (backend, feature, value) made an error."""
-    # the feature rows of harness.capability (its CSV names the versions column "versions")
+    # the feature rows of harness.measure.capability (its CSV names the versions column "versions")
     features = {"page_size": ["1", "8", "16", "64", "128", "256"], "head_dim": ["64", "128", "256"],
                 "gqa": ["1:1", "4:1", "8:1", "MQA"], "causal": ["causal", "non-causal"],
                 "kind": ["decode", "prefill", "mixed"], "dtype": ["bf16", "fp16"], "q_layout": ["THD", "T-row"]}

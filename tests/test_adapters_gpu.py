@@ -10,8 +10,8 @@ import torch
 from adapters.base import discover
 from adapters.batch import BatchSpec, make_batch
 from adapters.reference import reference_attention
-from harness.capability import FEATURES, T_ROW, case_spec
-from harness.gate import run_gate
+from harness.measure.capability import FEATURES, T_ROW, case_spec
+from harness.measure.gate import run_gate
 
 pytestmark = pytest.mark.gpu
 
@@ -103,8 +103,8 @@ def test_flash_attn_declines_small_pages_in_its_words(adapters):
 
 
 def test_flash_attn_decode_offers_both_entry_points(adapters):
-    """Both entry points are gated; the harness times them and keeps the faster (harness.cell)."""
-    from harness.cell import TimerOptions, choose_entry_point
+    """Both entry points are gated; the harness times them and keeps the faster (harness.measure.cell)."""
+    from harness.measure.cell import TimerOptions, choose_entry_point
 
     adapter = _adapter(adapters, "flash-attn2")
     batch, reference = _inputs(case_spec({"grammar": "4q1c200"}, page_size=256))

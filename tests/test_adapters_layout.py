@@ -21,7 +21,7 @@ from adapters.backends.cudnn_sdpa import (CudnnSdpaAdapter, cache_view, cudnn_la
 from adapters.backends.flash_attn2 import FlashAttn2Adapter, cumulative_kv_lengths, decode_query_view, is_pure_decode
 from adapters.reference import reference_attention
 from adapters.backends.sdpa_gather import SdpaGatherAdapter, mask_kind
-from harness.gate import run_gate
+from harness.measure.gate import run_gate
 
 ROOT = Path(__file__).resolve().parents[1]
 

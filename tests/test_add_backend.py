@@ -38,8 +38,8 @@ def test_a_backend_is_one_file(tmp_path):
     env.pop("PAGED_BENCH_EXTRA_ADAPTERS", None)
 
     def bench(*args):
-        done = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=project, env=env, capture_output=True,
-                              text=True, timeout=900)
+        done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 

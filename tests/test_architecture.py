@@ -1,7 +1,9 @@
 """The shape of the code: imports point one way (records at the bottom; adapters and kernels; the
-harness; reports beside them, torch-free; the command line and asv glue on top), no module imports
-itself back through a cycle, and the modules that must work without torch (records, reports, the
-batch grammar, the sweep definitions, asv's per-parameter glue) really import and render without it."""
+harness; reports beside them, torch-free; the command line and asv glue on top), inside the harness
+too (its shared defaults and errors; the case language; measuring and the cuDNN release tooling; the
+front ends), no module imports itself back through a cycle, and the modules that must work without torch
+(records, reports, the batch grammar, the case language, asv's per-parameter glue) really import and
+render without it."""
 
 from __future__ import annotations
 
@@ -18,8 +20,14 @@ PACKAGES = ("records", "adapters", "kernels", "harness", "reports", "benchmarks"
 LAYER = {"records": 0, "kernels": 1, "adapters": 2, "reports": 2, "harness": 3, "benchmarks": 4}
 """A package may import its own layer's modules of its own package, and packages of lower layers
 (reports and adapters share a layer but never import each other)."""
-TOP_OF_HARNESS = {"harness.cli", "harness.progress", "harness.asv_suite", "harness.releases"}
-"""The command line (with its progress display) and asv glue: the only harness modules that may import reports."""
+HARNESS_LAYER = {"harness.defaults": 0, "harness.errors": 0, "harness.cases": 1, "harness.measure": 2,
+                 "harness.releases": 2, "harness.frontends": 3}
+"""The same rule inside the harness, by sub-package (or top-level module): the shared defaults and errors at
+the bottom, then the case language, then measuring and the cuDNN release tooling (which run cells in
+their own processes and never import each other), then the command line and asv glue on top."""
+REPORTS_IMPORTERS = ("harness.frontends", "harness.releases")
+"""The command line (with its progress display), asv glue and the cuDNN release tooling (its releases
+page, its noise bands): the only harness sub-packages that may import reports."""
 
 
 def _module_name(path: Path) -> str:
@@ -54,6 +62,11 @@ def _modules() -> dict[str, Path]:
     return {_module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
 
 
+def _harness_part(module: str) -> str:
+    """``harness.cases.sweep`` -> ``harness.cases``; ``harness.defaults`` -> itself."""
+    return ".".join(module.split(".")[:2])
+
+
 def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     while name and name not in modules:
         name = name.rpartition(".")[0]
@@ -77,11 +90,33 @@ def test_imports_point_down():
             other = target.split(".")[0]
             if other == package:
                 continue
-            if package == "harness" and other == "reports" and module in TOP_OF_HARNESS:
-                continue
             if LAYER[other] >= LAYER[package]:
                 upward.append(f"{module} -> {target}")
     assert not upward, "imports that point up or sideways:\n" + "\n".join(sorted(upward))
+
+
+def test_harness_imports_point_down():
+    graph = _graph()
+    parts = {_harness_part(module) for module in graph if module.startswith("harness.")}
+    assert parts == set(HARNESS_LAYER), "a harness sub-package without a layer, or a layer without one"
+    upward = []
+    for module, targets in graph.items():
+        if not module.startswith("harness."):
+            continue
+        part = _harness_part(module)
+        for target in targets:
+            if not target.startswith("harness.") or _harness_part(target) == part:
+                continue
+            if HARNESS_LAYER[_harness_part(target)] >= HARNESS_LAYER[part]:
+                upward.append(f"{module} -> {target}")
+    assert not upward, "harness imports that point up or sideways:\n" + "\n".join(sorted(upward))
+
+
+def test_only_the_top_of_the_harness_imports_reports():
+    offenders = [f"{module} -> {target}" for module, targets in _graph().items() for target in targets
+                 if module.startswith("harness.") and target.split(".")[0] == "reports"
+                 and _harness_part(module) not in REPORTS_IMPORTERS]
+    assert not offenders, "harness modules importing reports:\n" + "\n".join(sorted(offenders))
 
 
 def test_no_import_cycles():
@@ -104,11 +139,12 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", "harness.sweep", "harness.asv_suite",
-              "harness.errors", "reports", "reports.model", "reports.compare", "reports.text", "reports.capability",
-              "reports.tables", "reports.plots", "reports.html", "reports.machines", "reports.releases", "reports.cli",
-              "benchmarks.bench_decode", "benchmarks.bench_prefill", "benchmarks.bench_mixed",
-              "benchmarks.bench_cases", "harness.models", "harness.sweepfile", "harness.selection", "harness.reproducer",
+TORCH_FREE = ["records", "records.schema", "records.store", "adapters.grammar", "harness.cases.sweep",
+              "harness.frontends.asv_suite", "harness.errors", "reports", "reports.model", "reports.compare",
+              "reports.text", "reports.capability", "reports.tables", "reports.plots", "reports.html",
+              "reports.machines", "reports.releases", "reports.cli", "benchmarks.bench_decode",
+              "benchmarks.bench_prefill", "benchmarks.bench_mixed", "benchmarks.bench_cases", "harness.cases.models",
+              "harness.cases.sweepfile", "harness.cases.selection", "harness.cases.reproducer", "harness.cases.shard",
               "harness.defaults"]
 
 BLOCK_TORCH = """
@@ -124,7 +160,7 @@ sys.meta_path.insert(0, _Block())
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_module_imports_without_torch(module):
     if module.startswith("benchmarks."):
-        from harness import asv_suite
+        from harness.frontends import asv_suite
 
         asv_suite.backend_names()  # asv's processes read the names discovery wrote once (with torch)
     code = BLOCK_TORCH + f"import {module}\nassert 'torch' not in sys.modules\n"
@@ -149,9 +185,9 @@ assert 'torch' not in sys.modules and out.stat().st_size > 10000 and 'Cells:' in
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-CUDNN_RELEASE_MODULES = ("cudnn_release.py", "environments.py", "releases.py")
-"""The cuDNN release checks (fetch a release, run a sweep on it, compare releases) are about that one
-library by definition; every other shared module is backend-neutral."""
+CUDNN_RELEASE_CODE = ("harness/releases/", "reports/releases.py")
+"""The cuDNN release tooling (fetch a release, run a sweep on it, compare and bisect releases) and its
+releases page are about that one library by definition; every other shared module is backend-neutral."""
 
 
 def test_shared_code_names_no_backend():
@@ -163,7 +199,7 @@ def test_shared_code_names_no_backend():
     offenders = []
     for package in ("harness", "reports", "records"):
         for path in (ROOT / package).rglob("*.py"):
-            if path.name in CUDNN_RELEASE_MODULES:
+            if path.relative_to(ROOT).as_posix().startswith(CUDNN_RELEASE_CODE):
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value in names:

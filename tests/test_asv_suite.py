@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from adapters.base import discover
-from harness import asv_suite
-from harness.sweep import SWEEP_AXES, SWEEPS
+from harness.cases.sweep import SWEEP_AXES, SWEEPS
+from harness.frontends import asv_suite
 
 
 def test_every_sweep_backend_is_an_asv_parameter(monkeypatch):
@@ -130,7 +130,7 @@ def test_benchmark_modules_import_without_torch():
     """asv starts one process per parameter: those must not pay for importing torch."""
     asv_suite.backend_names()  # discovery writes the names once
     code = ("import sys; import benchmarks.bench_decode, benchmarks.bench_prefill, benchmarks.bench_mixed; "
-            "from harness import asv_suite; asv_suite.asv_params(asv_suite.CASES); "
+            "from harness.frontends import asv_suite; asv_suite.asv_params(asv_suite.CASES); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
@@ -139,7 +139,7 @@ def test_benchmark_modules_import_without_torch():
 def test_a_sweep_file_is_read_without_torch(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text(SWEEP_FILE)
-    code = ("import sys; from harness import asv_suite; import benchmarks.bench_decode; "
+    code = ("import sys; from harness.frontends import asv_suite; import benchmarks.bench_decode; "
             "asv_suite.asv_params(asv_suite.CASES); assert 'torch' not in sys.modules, 'torch imported'")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, asv_suite.SWEEP_FILE_ENV: str(path)}
@@ -150,7 +150,7 @@ def test_a_sweep_file_is_read_without_torch(tmp_path):
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_without_a_named_sweep_asv_runs_the_command_lines_default_for_this_machine(monkeypatch, device):
     """No GPU: the CPU sweep, as `paged-bench run` would choose (not the GPU sweep under the interpreter)."""
-    from harness.selection import CPU_SWEEP, select_cases
+    from harness.cases.selection import CPU_SWEEP, select_cases
 
     monkeypatch.delenv(asv_suite.SWEEP_ENV, raising=False)
     monkeypatch.delenv(asv_suite.SWEEP_FILE_ENV, raising=False)
@@ -165,13 +165,13 @@ def test_without_a_named_sweep_asv_runs_the_command_lines_default_for_this_machi
 
 def test_the_device_is_torchs_answer_asked_once_without_importing_torch(tmp_path):
     """asv's per-benchmark processes learn the device from a cache written by a child process."""
-    code = ("import sys, torch; from harness import asv_suite; "
+    code = ("import sys, torch; from harness.frontends import asv_suite; "
             "expected = 'cuda' if torch.cuda.is_available() else 'cpu'; del sys.modules['torch']; "
             "assert asv_suite.device_type() == expected, asv_suite.device_type()")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PAGED_BENCH_CACHE": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
     assert [path.read_text() for path in tmp_path.glob("asv-device-*.txt")] in (["cpu"], ["cuda"])
-    code = ("import sys; from harness import asv_suite; asv_suite.device_type(); "
+    code = ("import sys; from harness.frontends import asv_suite; asv_suite.device_type(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)

@@ -24,9 +24,9 @@ import only_in_the_parent  # resolvable only through the entry the parent's own 
 if __name__ == "__main__":
     sys.path.remove({private!r})
     sys.path.insert(0, {root!r})
-    from harness.cell import TimerOptions
-    from harness.runner import RunConfig, run_cells
-    from harness.sweep import Case
+    from harness.cases.sweep import Case
+    from harness.measure.cell import TimerOptions
+    from harness.measure.runner import RunConfig, run_cells
 
     config = RunConfig(timer=TimerOptions(target_ms=1.0), run_id="script", cell_timeout_s=float(sys.argv[3]),
                        worker_env={{"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}})

@@ -145,6 +145,6 @@ def test_workload_kinds_spec_decode_is_a_verify_step_on_context():
 
 def test_dtype_names_and_torch_dtypes_agree():
     from adapters.batch import DTYPE_NAMES, DTYPES
-    from harness.sweep import DTYPE_NAMES as SWEEP_DTYPES
+    from harness.cases.sweep import DTYPE_NAMES as SWEEP_DTYPES
 
     assert tuple(DTYPES) == DTYPE_NAMES == SWEEP_DTYPES

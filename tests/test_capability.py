@@ -13,12 +13,12 @@ import torch
 from adapters.base import Adapter, Prepared, Unsupported
 from adapters.batch import make_batch
 from adapters.reference import reference_attention
-from harness import capability
+from harness.measure import capability
 from adapters.batch import BatchSpec, PagedBatch
 from adapters.backends.sdpa_gather import SdpaGatherAdapter
-from harness.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, one_line, probe_case,
-                                write_capability)
-from harness.cell import CellMeasurer
+from harness.measure.capability import (COLUMNS, FEATURES, T_ROW, THD, case_spec, one_line, probe_case,
+                                        write_capability)
+from harness.measure.cell import CellMeasurer
 from reports.model import capability_frame
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 def probe(adapters, device="cpu", *, features=FEATURES, progress=None, not_here=None):
     """The probe's cells measured here by the sweep's cell measurer (gate only), the matrix derived from
-    their rows: what `harness.capability.run_probe` does through the runner's workers, for adapters
+    their rows: what `harness.measure.capability.run_probe` does through the runner's workers, for adapters
     defined in a test (a worker cannot import them)."""
     measurer = CellMeasurer(device=torch.device(device), gate_only=True, _adapters=dict(adapters))
     layouts = {name: adapter.q_layout for name, adapter in adapters.items()}
@@ -223,7 +223,7 @@ def test_model_feature_rows_through_the_gate():
 def test_probe_cases_are_named_and_never_timed():
     """A probe cell is a sweep `Case` named probe-..., whose spec is the old probe's case; the cell
     measurer gates it and never times it, even when the run is not gate-only."""
-    from harness.sweep import is_probe_case
+    from harness.cases.sweep import is_probe_case
 
     base = probe_case({})
     assert base.name == "probe-2q1c100_2q37c60-p16" and is_probe_case(base)
@@ -236,7 +236,7 @@ def test_probe_cases_are_named_and_never_timed():
     case = probe_case({"grammar": "1q1c40", "head_dim": 32, "dtype": "fp32"})
     row = timed.measure("sdpa-gather", case)
     assert row["verdict"] == "ok" and row["median_us"] is None and row["case"].startswith("probe-")
-    from harness.sweep import make_case
+    from harness.cases.sweep import make_case
 
     plain = make_case("tiny", "1q1c40", 16, head_dim=32, dtype="fp32")
     gated = CellMeasurer(device=torch.device("cpu"), gate_only=True).measure("sdpa-gather", plain)
@@ -279,8 +279,8 @@ def _bench(*args, env_extra=None, timeout=900):
 
     env = {**os.environ, "PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(ROOT),
            **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_a_hanging_backend_costs_only_its_own_probe_cells_and_a_second_run_measures_nothing(tmp_path):

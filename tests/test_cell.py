@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from adapters.base import Prepared
-from harness import cell
-from harness.cell import CellMeasurer, TimerOptions, backend_bytes, choose_entry_point, input_bytes
-from harness.sweep import Case
+from harness.cases.sweep import Case
+from harness.measure import cell
+from harness.measure.cell import CellMeasurer, TimerOptions, backend_bytes, choose_entry_point, input_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_A = Case(name="cell-a", grammar="4q1c64", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=32, dtype="fp32")
@@ -131,8 +131,8 @@ def test_rows_are_the_same_as_before_the_redesign(tmp_path):
     """The cpu-tiny sweep through today's session gives the rows recorded before the redesign
     (tests/data/golden_cpu_tiny.jsonl, written by the old harness): same cells and verdicts, errors within
     the tolerances above."""
-    from harness.session import RunSession
-    from harness.sweep import SWEEPS
+    from harness.cases.sweep import SWEEPS
+    from harness.measure.session import RunSession
 
     golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
     backends = sorted({row["backend"] for row in golden})
@@ -160,8 +160,8 @@ def test_the_redesign_check_catches_a_changed_row():
 def test_each_row_says_how_long_its_cell_took():
     """``cell_s`` is the wall time of the whole cell (inputs, gate, timing): positive, and at least the
     time spent timing it."""
-    from harness.cell import CellMeasurer
-    from harness.sweep import SWEEPS
+    from harness.cases.sweep import SWEEPS
+    from harness.measure.cell import CellMeasurer
 
     measurer = CellMeasurer(torch.device("cpu"), timer=TimerOptions(target_ms=30.0))
     row = measurer.measure("sdpa-gather", SWEEPS["cpu-tiny"][0])
@@ -179,7 +179,7 @@ def test_a_case_builds_its_inputs_once_and_collects_garbage_only_when_memory_is_
     garbage collection (which costs a noticeable time in a worker with every library loaded); a case that
     does not fit at first look gets one collection and a second look, and is `oom` only if it still does
     not fit."""
-    from harness.sweep import SWEEPS
+    from harness.cases.sweep import SWEEPS
 
     collections = []
     monkeypatch.setattr(cell.gc, "collect", lambda *a: collections.append(1) or 0)

@@ -108,7 +108,7 @@ def test_the_main_command_runs_the_tiny_sweep_on_the_cpu(first_run):
     out, done = first_run
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    from harness.sweep import SWEEPS
+    from harness.cases.sweep import SWEEPS
 
     in_sweep = [name for name, cls in real_backends().items() if cls.in_sweep]
     assert len(rows) == len(in_sweep) * len(SWEEPS["cpu-tiny"])
@@ -191,7 +191,7 @@ def test_asv_keeps_its_working_results_out_of_the_published_folders():
 def test_cpu_workers_get_the_environment_their_backends_declare():
     """asv and the command line share one session: on a CPU the Triton kernel's interpreter is set for
     its workers (it used to be set by the command line only, so asv showed triton as n/a)."""
-    code = ("import os; from pathlib import Path; from harness.session import RunSession\n"
+    code = ("import os; from pathlib import Path; from harness.measure.session import RunSession\n"
             "session = RunSession(out_dir=Path('/nonexistent'), device_type='cpu')\n"
             "assert session.worker_env.get('TRITON_INTERPRET') == '1', session.worker_env\n"
             "rows = {row['backend']: row for row in session.availability()}\n"
@@ -205,7 +205,7 @@ def test_cpu_workers_get_the_environment_their_backends_declare():
 def test_report_of_a_probe_folder_points_at_the_run_folder(tmp_path):
     """The capability probe's cells live in <out>/probe/ beside the sweep; reporting that folder as a sweep
     would show probe cells as results, so the command names the run folder instead."""
-    from harness.cli import main
+    from harness.frontends.cli import main
     from records.schema import CAPABILITY_FILE, PROBE_DIR, RESULTS_FILE
 
     probe = tmp_path / PROBE_DIR
@@ -221,8 +221,8 @@ def test_the_probe_shows_progress_for_each_round_of_cells():
     cell that fails is named on its own line."""
     import io
 
-    from harness.progress import ProbeProgress
-    from harness.runner import Progress
+    from harness.frontends.progress import ProbeProgress
+    from harness.measure.runner import Progress
 
     stream = io.StringIO()
     show = ProbeProgress(stream=stream)

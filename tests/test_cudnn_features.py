@@ -20,7 +20,7 @@ from adapters.base import adapter_classes
 from adapters.batch import BatchSpec, make_batch
 from adapters.features import window_left
 from adapters.reference import reference_attention
-from harness.gate import run_gate
+from harness.measure.gate import run_gate
 
 ROWS = ("cudnn", "cudnn-stats-ragged", "cudnn-offsets64", "cudnn-stats-ragged-offsets64", "cudnn-trows")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import cudnn_release
-from harness.cudnn_release import (MANIFEST, PRELOAD, ReleaseError, ensure_release, extract_wheel, pack_release,
-                                   select_libraries, unpack_release)
-from harness.environments import (CUDNN_DIR_VAR, CUDNN_RELEASE_VAR, ENV_LABEL_VAR, EnvSpec, EnvSpecError,
-                                  parse_env_spec, run_environment)
+from harness.releases import cudnn_release
+from harness.releases.cudnn_release import (MANIFEST, PRELOAD, ReleaseError, ensure_release, extract_wheel,
+                                            pack_release, select_libraries, unpack_release)
+from harness.releases.environments import (CUDNN_DIR_VAR, CUDNN_RELEASE_VAR, ENV_LABEL_VAR, EnvSpec, EnvSpecError,
+                                           parse_env_spec, run_environment)
 
 # The file list of nvidia_cudnn_cu13-9.28.1.4-py3-none-manylinux_2_27_x86_64.whl (sizes in the real wheel:
 # libcudnn.so.9 137 kB, graph 149 MB, runtime-compiled engines 42 MB, heuristic 96 MB, precompiled 260 MB,
@@ -247,10 +247,10 @@ def test_run_environment_starts_the_sweep_on_the_release(cache, tmp_path):
     spec = parse_env_spec("cudnn-9.28,cudnn=9.28.1.4")
     status = run_environment(spec, tmp_path / "out", ["--sweep", "short"], runner=runner, log=lambda m: None)
     assert status == 0
-    assert seen["command"][:5] == [sys.executable, "-m", "harness.cli", "run", "--out"]
+    assert seen["command"][:5] == [sys.executable, "-m", "harness.frontends.cli", "run", "--out"]
     assert seen["command"][-2:] == ["--sweep", "short"]
     assert seen["env"]["LD_PRELOAD"].startswith(f"{folder}/libcudnn.so.9:{folder}/libcudnn_graph.so.9")
-    assert Path(seen["cwd"], "harness", "cli.py").exists()
+    assert Path(seen["cwd"], "harness", "frontends", "cli.py").exists()
 
 
 def test_run_environment_reports_an_unfetchable_release(tmp_path):

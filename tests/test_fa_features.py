@@ -25,7 +25,7 @@ from adapters.backends.flash_attn2 import (
 from adapters.batch import BatchSpec, make_batch
 from adapters.features import FEATURES
 from adapters.reference import reference_attention
-from harness.gate import run_gate
+from harness.measure.gate import run_gate
 
 NOTE = "flash-attn 2.8.3.post2 built from source for sm_90; dropout/alibi/softcap/local/uneven-K compiled out"
 DECODE = dict(text="2q1c300", page_size=256, num_q_heads=8, num_kv_heads=2, head_dim=64)

@@ -10,10 +10,10 @@ import shlex
 
 import pytest
 
-from harness.reproducer import reproducer, reproducer_argv
-from harness.selection import UsageError, add_selection_options, select_cases, selection_argv
-from harness.sweep import SWEEPS, Case, cell_id, make_case
-from harness.sweepfile import SweepFileError, parse_sweep_text
+from harness.cases.reproducer import reproducer, reproducer_argv
+from harness.cases.selection import UsageError, add_selection_options, select_cases, selection_argv
+from harness.cases.sweep import SWEEPS, Case, cell_id, make_case
+from harness.cases.sweepfile import SweepFileError, parse_sweep_text
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def test_a_bad_feature_value_is_one_usage_line(argv, message):
 
 
 def test_the_cli_refuses_a_bad_feature_before_anything_runs(tmp_path, capsys):
-    from harness.cli import main
+    from harness.frontends.cli import main
 
     out = tmp_path / "out"
     status = main(["run", "--device", "cpu", "--sweep", "cpu-tiny", "--backends", "sdpa-gather",
@@ -133,7 +133,7 @@ def test_child_commands_get_the_feature_options_back():
 
 
 def test_releases_and_compare_envs_take_the_feature_options():
-    from harness.cli import build_parser
+    from harness.frontends.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["compare-envs", "a", "b", "--window", "128", "--sinks"])

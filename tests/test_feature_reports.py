@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.sweep import SWEEP_CASES, SWEEPS, make_case
+from harness.cases.sweep import SWEEP_CASES, SWEEPS, make_case
 
 FEATURE_CELLS = {
     "decode-b64-q1-c16384-p16-w4096": dict(grammar="64q1c16k", heads=(32, 8, 128), sliding_window=4096),
@@ -59,7 +59,7 @@ def test_every_feature_cell_has_its_plain_twin_in_the_sweep():
 
 def test_the_windows_matter_on_their_cells():
     """Each window is shorter than the keys its cell's queries see, so it changes the work."""
-    from harness.metrics import spec_bytes, spec_flops
+    from harness.measure.metrics import spec_bytes, spec_flops
 
     default = {case.name: case for case in SWEEPS["default"]}
     for name, twin in TWINS.items():
@@ -87,7 +87,7 @@ def test_features_stay_out_of_the_short_and_tiny_sweeps_and_plain_ids_stay():
 
 @pytest.mark.parametrize("name", list(FEATURE_CELLS))
 def test_feature_cells_have_their_own_cell_ids(name):
-    from harness.sweep import cell_id
+    from harness.cases.sweep import cell_id
 
     default = {case.name: case for case in SWEEPS["default"]}
     assert cell_id("cudnn", default[name]) != cell_id("cudnn", default[TWINS[name]])
@@ -98,7 +98,7 @@ import html  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 
-from harness.sweep import uniform_case  # noqa: E402
+from harness.cases.sweep import uniform_case  # noqa: E402
 from reports.capability import MODEL_FEATURE_GROUP, capability_matrix, format_capability_text  # noqa: E402
 from reports.compare import compare, format_comparison_text  # noqa: E402
 from reports.html import render_report  # noqa: E402
@@ -153,7 +153,7 @@ def feature_folders(tmp_path_factory):
 
 def test_reports_name_the_same_features_as_the_adapters():
     """reports may not import adapters: its copy of the feature names and its reading of case names agree
-    with adapters.features and harness.sweep."""
+    with adapters.features and harness.cases.sweep."""
     from adapters.features import FEATURES, feature_suffix
 
     assert MODEL_FEATURES == FEATURES

@@ -320,7 +320,7 @@ def test_features_through_flashinfer_match_the_reference(name, variant, grammar)
     """Each row on a featured batch: declined, skipped (kernel not built ahead of time), or ok against
     the reference with its LSE (the sink inside it). Never wrong."""
     from adapters.reference import reference_attention
-    from harness.gate import run_gate
+    from harness.measure.gate import run_gate
 
     adapter = ROWS[name]()
     device = torch.device("cuda")

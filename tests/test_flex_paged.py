@@ -20,7 +20,7 @@ from adapters.backends.flex_paged import (PAGE_SIZE_ONE, PATH_BATCHED, PATH_PACK
                                           make_mask_mod, packed_lse, packed_output, paged_block_mask_indices,
                                           physical_cache_view, physical_to_logical, query_positions)
 from adapters.reference import reference_attention
-from harness.gate import run_gate
+from harness.measure.gate import run_gate
 
 
 def test_flex_documents_positions_and_page_maps_by_hand():

@@ -22,7 +22,7 @@ from adapters.backends.sdpa_gather import (SdpaGatherAdapter, dequantise, mask_k
 from adapters.batch import BatchSpec, make_batch
 from adapters.features import FEATURES
 from adapters.reference import reference_attention
-from harness.gate import TOLERANCES, run_gate
+from harness.measure.gate import TOLERANCES, run_gate
 from tests.test_flex_paged import _attention_through_block_mask, _physical_batched_mask
 
 

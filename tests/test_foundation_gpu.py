@@ -35,7 +35,7 @@ def test_reference_fits_long_contexts_in_bounded_memory(grammar):
 
 
 def test_ceilings_are_measured_and_plausible(tmp_path, monkeypatch):
-    from harness.ceilings import CACHE_DIR_ENV, machine_ceilings
+    from harness.measure.ceilings import CACHE_DIR_ENV, machine_ceilings
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
     ceilings = machine_ceilings("cuda")

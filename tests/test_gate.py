@@ -6,7 +6,7 @@ import torch
 from adapters.base import Adapter, Prepared, Unsupported
 from adapters.batch import BatchSpec, make_batch
 from adapters.reference import reference_attention
-from harness.gate import TOLERANCES, VERDICTS, run_gate
+from harness.measure.gate import TOLERANCES, VERDICTS, run_gate
 
 
 def top_left_causal(batch):
@@ -131,7 +131,7 @@ def test_a_cell_this_machine_cannot_run_is_skipped_with_the_reason():
     """NotAvailable (e.g. a kernel not compiled here, with compiling switched off) is `skipped`, not a
     decline of the layout and not an error."""
     from adapters.base import NotAvailable
-    from harness.gate import failure_verdict
+    from harness.measure.gate import failure_verdict
 
     result = failure_verdict(NotAvailable("no compiled kernel for fp16 here"), "prepare")
     assert (result.verdict, result.reason) == ("skipped", "no compiled kernel for fp16 here")

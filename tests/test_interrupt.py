@@ -24,8 +24,8 @@ TINY = ["--case", "2q1c9", "--heads", "4/2/32", "--dtype", "fp32", "--page-size"
 
 
 def _command(out: Path, backends: str) -> list[str]:
-    return [sys.executable, "-m", "harness.cli", "run", "--device", "cpu", "--out", str(out), "--backends", backends,
-            "--no-report", "--quiet", "--target-ms", "1", "--cell-timeout", "600", *TINY]
+    return [sys.executable, "-m", "harness.frontends.cli", "run", "--device", "cpu", "--out", str(out),
+            "--backends", backends, "--no-report", "--quiet", "--target-ms", "1", "--cell-timeout", "600", *TINY]
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import torch
 from adapters.base import Adapter, Prepared
 from adapters.batch import BatchSpec, make_batch
 from adapters.reference import reference_attention
-from harness.gate import LSE_OFF, NO_LSE_NOTE, TOLERANCES, GateResult, compare, compare_lse, run_gate
+from harness.measure.gate import LSE_OFF, NO_LSE_NOTE, TOLERANCES, GateResult, compare, compare_lse, run_gate
 
 
 def naive_lse(batch) -> torch.Tensor:

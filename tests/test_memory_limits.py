@@ -1,4 +1,4 @@
-"""A cell's memory is estimated (one estimator: harness.cell.cell_bytes) before its inputs are built: a cell
+"""A cell's memory is estimated (one estimator: harness.measure.cell.cell_bytes) before its inputs are built: a cell
 that cannot fit is `oom` with nothing allocated, a selection of which no cell fits this machine is one line
 with exit status 2 before anything starts, a huge batch string is refused at once, and a memory error on
 the CPU is `oom`. The available memory is mocked: the tests hold on any machine."""
@@ -10,11 +10,12 @@ import time
 import pytest
 import torch
 
-from harness import cell, cli
-from harness.cell import CellMeasurer, cell_bytes, refuse_what_cannot_fit
+from harness.cases.sweep import Case
 from harness.errors import UsageError
-from harness.gate import failure_verdict
-from harness.sweep import Case
+from harness.frontends import cli
+from harness.measure import cell
+from harness.measure.cell import CellMeasurer, cell_bytes, refuse_what_cannot_fit
+from harness.measure.gate import failure_verdict
 
 TINY = {"num_q_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "fp32"}
 GIB = 2**30

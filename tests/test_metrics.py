@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from harness.metrics import attention_bytes, attention_flops, attention_pairs
+from harness.measure.metrics import attention_bytes, attention_flops, attention_pairs
 
 
 @pytest.mark.parametrize("q_len,kv_len", [(1, 1), (1, 9), (3, 3), (3, 8), (5, 12)])

@@ -14,9 +14,9 @@ from adapters.batch import BatchSpec, make_batch
 from adapters.features import FEATURES, features_of, window_left
 from adapters.reference import reference_attention
 from adapters.validation import BatchValidationError, validate_batch
-from harness.gate import run_gate
-from harness.metrics import attention_pairs, keys_read, spec_bytes
-from harness.sweep import cell_id, make_case
+from harness.cases.sweep import cell_id, make_case
+from harness.measure.gate import run_gate
+from harness.measure.metrics import attention_pairs, keys_read, spec_bytes
 
 
 def naive_attention(batch):

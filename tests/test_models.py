@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from harness.models import (BASE_MODELS, PRESETS, add_models_parser, cmd_models, get_model, layer_presets,
-                            models_table, parse_heads, presets)
+from harness.cases.models import (BASE_MODELS, PRESETS, add_models_parser, cmd_models, get_model, layer_presets,
+                                  models_table, parse_heads, presets)
 
 # (Hq, Hkv, D) per GPU shard, from each model's config.json (num_attention_heads, num_key_value_heads,
 # head_dim or hidden_size / num_attention_heads)

@@ -1,6 +1,6 @@
 """CPU checks of the peer backends' conversions (FlashInfer's page indices, FA4's paged arguments and
 import, the head-major pages and padded tables of JAX Pallas' paged decode) against the fp32
-reference, and of the CUPTI span arithmetic of `harness.profiler_timer`. Needs no GPU, flashinfer,
+reference, and of the CUPTI span arithmetic of `harness.measure.profiler_timer`. Needs no GPU, flashinfer,
 flash-attn-4 or JAX; the Pallas kernel itself runs in Pallas' interpreter when jax is installed."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from adapters.backends.flashinfer import (FlashInferAutoAdapter, FlashInferBatch
 from adapters.backends.pallas_decode import (HEAD_MAJOR_AXES, PallasPagedDecodeAdapter, padded_block_table,
                                              pallas_plan, scaled_query)
 from adapters.reference import reference_attention
-from harness.profiler_timer import (Activity, SpanError, busy_us, device_activities, repetition_spans,
-                                    split_by_count, split_by_separator, time_external)
+from harness.measure.profiler_timer import (Activity, SpanError, busy_us, device_activities, repetition_spans,
+                                            split_by_count, split_by_separator, time_external)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -340,7 +340,7 @@ def test_pallas_supports_decode_only_in_its_own_words():
 def test_pallas_kernel_in_the_interpreter_passes_the_gate(case):
     """The real jitted Pallas kernel (interpret mode on the CPU), through DLPack, gated against the reference."""
     pytest.importorskip("jax")
-    from harness.gate import run_gate
+    from harness.measure.gate import run_gate
 
     adapter = PallasPagedDecodeAdapter()
     ok, why = adapter.available(torch.device("cpu"))

@@ -11,8 +11,8 @@ import torch
 
 from adapters.batch import GIB, BatchSpec, make_batch, page_assignment, pool_pages_for_gib
 from adapters.validation import BatchValidationError, validate_batch
-from harness import capability
-from harness.sweep import SWEEPS, Case
+from harness.cases.sweep import SWEEPS, Case
+from harness.measure import capability
 
 INT32_MAX = 2**31 - 1
 
@@ -189,10 +189,10 @@ def test_flex_physical_view_and_page_tables_for_the_large_pool():
 
 
 def test_the_probe_answers_oom_for_a_pool_that_cannot_fit(monkeypatch):
-    """The probe's cells take the sweep's memory check (`harness.cell`): a pool that cannot fit is `oom`
+    """The probe's cells take the sweep's memory check (`harness.measure.cell`): a pool that cannot fit is `oom`
     before anything is allocated."""
     from adapters.backends.sdpa_gather import SdpaGatherAdapter
-    from harness import cell
+    from harness.measure import cell
     from tests.test_capability import probe
 
     monkeypatch.setattr(cell, "memory_limit", lambda device: (1 << 30, "of host memory available"))

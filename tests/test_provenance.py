@@ -3,7 +3,7 @@ recorded the staged kit's commit for code cloned from a later one)."""
 
 import subprocess
 
-from harness import provenance
+from harness.measure import provenance
 
 
 def test_a_git_checkout_names_its_own_commit_even_with_the_variable_set(monkeypatch):

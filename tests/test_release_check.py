@@ -18,14 +18,14 @@ from adapters.backends import cudnn_sdpa
 from adapters.backends.cudnn_sdpa import Binding, cudnn_layout, ragged_offsets, stats_index, stats_strides
 from adapters.base import adapter_classes, rows_calling
 from adapters.batch import BatchSpec
-from harness import cli
-from harness.environments import EnvSpec
-from harness.gate import GateResult
-from harness.release_bisect import bisect, candidates_between, cell_difference
-from harness.releases import add_releases_arguments, child_run_args, cmd_releases, run_releases
-from harness.results import make_row
-from harness.sweep import make_case
-from harness.timer import Timing
+from harness.frontends import cli
+from harness.releases.environments import EnvSpec
+from harness.measure.gate import GateResult
+from harness.releases.bisect import bisect, candidates_between, cell_difference
+from harness.releases.check import add_releases_arguments, child_run_args, cmd_releases, run_releases
+from harness.measure.results import make_row
+from harness.cases.sweep import make_case
+from harness.measure.timer import Timing
 from reports.releases import RELEASES_JSON, behaviour_of, format_releases_text, load_releases, render_releases_html
 from tests.report_fixtures import synthetic_runs, write_results_folder
 
@@ -126,7 +126,7 @@ def test_each_binding_builds_its_graph_key_from_its_form(monkeypatch):
 
 
 def test_the_probe_asks_every_binding_every_feature_and_the_t_row_form_its_own_row():
-    from harness.capability import FEATURES, _rows_for
+    from harness.measure.capability import FEATURES, _rows_for
 
     classes = adapter_classes()
     every = _rows_for(classes["cudnn-stats-ragged"](), FEATURES)
@@ -158,7 +158,7 @@ def _main(argv, capsys) -> tuple[int, str]:
                                      ["releases", "bisect", "9.19.0.56", "9.28.1.4", "--case", "4q1c64"]])
 def test_bad_selection_values_are_one_line_before_anything_is_fetched(command, argv, message, capsys, monkeypatch,
                                                                       tmp_path):
-    monkeypatch.setattr("harness.cudnn_release.download_wheel",
+    monkeypatch.setattr("harness.releases.cudnn_release.download_wheel",
                         lambda *a, **k: pytest.fail("a release was downloaded for a bad command line"))
     status, err = _main([*command, *argv, "--out", str(tmp_path / "o")], capsys)
     assert status == 2
@@ -179,7 +179,7 @@ def test_good_selection_values_reach_every_release_process(capsys, monkeypatch, 
         calls.append((env.label, args))
         return 3  # nothing measured: the command still reports and exits 2
 
-    monkeypatch.setattr("harness.releases.run_environment", runner)
+    monkeypatch.setattr("harness.releases.check.run_environment", runner)
     status = cli.main(["releases", "9.19.0.56", "9.28.1.4", "--model", "llama-3-70b-tp8", "--case", "64q1c4k",
                        "--page-size", "16", "--pool-gib", "2", "--dtype", "fp16", "--workloads", "decode",
                        "--out", str(tmp_path)])
@@ -199,7 +199,7 @@ def test_good_selection_values_reach_every_release_process(capsys, monkeypatch, 
 def test_releases_default_to_the_short_sweep_and_narrow_by_binding(monkeypatch, tmp_path):
     _gpu_here(monkeypatch)
     calls = []
-    monkeypatch.setattr("harness.releases.run_environment", lambda env, folder, args: calls.append(args) or 3)
+    monkeypatch.setattr("harness.releases.check.run_environment", lambda env, folder, args: calls.append(args) or 3)
     cli.main(["releases", "9.19.0.56", "9.28.1.4", "--binding", "cudnn-stats-ragged", "--out", str(tmp_path)])
     args = calls[0]
     assert args[args.index("--sweep") + 1] == "short"
@@ -208,7 +208,8 @@ def test_releases_default_to_the_short_sweep_and_narrow_by_binding(monkeypatch, 
 
 def test_compare_envs_with_a_case_runs_that_case_only(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr("harness.environments.run_environment", lambda spec, folder, args: calls.append(args) or 3)
+    monkeypatch.setattr("harness.releases.environments.run_environment",
+                        lambda spec, folder, args: calls.append(args) or 3)
     status = cli.main(["compare-envs", "a", "b", "--case", "4q1c64", "--heads", "4/2/32", "--dtype", "fp32",
                        "--device", "cpu", "--out", str(tmp_path)])
     assert status == 3
@@ -220,8 +221,8 @@ def test_compare_envs_with_a_case_runs_that_case_only(monkeypatch, tmp_path):
                                   ["releases", "bisect", "9.22.0.52", "9.28.1.4", "--case", "64q1c4k"]])
 def test_without_a_gpu_releases_refuse_before_any_download(argv, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("harness.cudnn_release.download_wheel", lambda *a, **k: pytest.fail("downloaded"))
-    monkeypatch.setattr("harness.releases.run_environment", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.setattr("harness.releases.cudnn_release.download_wheel", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr("harness.releases.check.run_environment", lambda *a, **k: pytest.fail("ran"))
     status, err = _main([*argv, "--out", str(tmp_path / "o")], capsys)
     assert status == 2 and "NVIDIA GPU" in err and "nothing was fetched" in err
     assert len(err.strip().splitlines()) == 1
@@ -397,7 +398,7 @@ def test_bisect_with_nothing_changed_says_so():
 def test_bisect_command_measures_only_the_releases_it_needs(monkeypatch, tmp_path, capsys):
     _gpu_here(monkeypatch)
     known = ["9.22.0.52", "9.24.1.1", "9.25.1.1", "9.26.1.1", "9.27.0.42", "9.28.0.42", "9.28.1.4"]
-    monkeypatch.setattr("harness.release_bisect.registry_releases", lambda: known)
+    monkeypatch.setattr("harness.releases.bisect.registry_releases", lambda: known)
     ran = []
 
     def fake_run(env, folder, args):
@@ -409,7 +410,7 @@ def test_bisect_command_measures_only_the_releases_it_needs(monkeypatch, tmp_pat
                              partial_tail=False)
         return 0
 
-    monkeypatch.setattr("harness.release_bisect.run_environment", fake_run)
+    monkeypatch.setattr("harness.releases.bisect.run_environment", fake_run)
     status = cli.main(["releases", "bisect", "9.22.0.52", "9.28.1.4", "--case", "64q1c4k", "--binding",
                        "cudnn-stats-ragged", "--out", str(tmp_path)])
     assert status == 0

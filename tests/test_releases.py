@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.environments import EnvSpec, EnvSpecError
-from harness.releases import add_releases_arguments, child_run_args, cmd_releases, parse_release, run_releases
+from harness.releases.check import add_releases_arguments, child_run_args, cmd_releases, parse_release, run_releases
+from harness.releases.environments import EnvSpec, EnvSpecError
 from reports.model import ResultSet
 from reports.releases import (RELEASES_FILE, RELEASES_JSON, compare_releases, format_releases_text, release_tuple,
                               releases_summary, render_releases_html)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from harness.sweep import Case, uniform_case
+from harness.cases.sweep import Case, uniform_case
 from reports.capability import capability_matrix, format_capability_text
 from reports.compare import compare, format_comparison_text
 from reports.html import render_report

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.reproducer import reproducer, reproducer_argv
-from harness.results import cell_id
-from harness.selection import add_selection_options, select_cases
-from harness.sweep import SWEEPS, Case, make_case, override_case
+from harness.cases.reproducer import reproducer, reproducer_argv
+from harness.cases.selection import add_selection_options, select_cases
+from harness.cases.sweep import SWEEPS, Case, make_case, override_case
+from harness.measure.results import cell_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_shell_quoting_and_options():
 
 
 def _cli_takes_selection_options() -> bool:
-    from harness import cli
+    from harness.frontends import cli
 
     try:
         cli.build_parser().parse_args(["run", "--case", "x=1q1c1", "--heads", "4/2/32", "--page-size", "16"])
@@ -97,11 +97,11 @@ def _cli_takes_selection_options() -> bool:
 def test_a_reproducer_runs_end_to_end_on_the_cpu(tmp_path):
     """The tiny decode's reproducer, run as a command, measures that one cell again, same cell id."""
     if not _cli_takes_selection_options():
-        pytest.skip("harness.cli does not take the selection options yet (--case/--heads/--page-size)")
+        pytest.skip("harness.frontends.cli does not take the selection options yet (--case/--heads/--page-size)")
     case = next(case for case in SWEEPS["cpu-tiny"] if case.name == "tiny-decode-b4-q1-c64-p16")
     argv = reproducer_argv("sdpa-gather", case, out=str(tmp_path / "{cell_id}"),
                            extra=["--device", "cpu", "--no-report", "--quiet"])
-    done = subprocess.run([sys.executable, "-m", "harness.cli", *argv[1:]], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "harness.frontends.cli", *argv[1:]], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / cell_id("sdpa-gather", case) / "results.jsonl").read_text().splitlines()]

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import runner
-from harness.cell import TimerOptions
-from harness.results import cell_id
-from harness.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, context_poisoned, describe_exit,
-                            order_by_case, run_cells, summarise_dump)
-from harness.sweep import Case
+from harness.measure import runner
+from harness.measure.cell import TimerOptions
+from harness.measure.results import cell_id
+from harness.measure.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, context_poisoned, describe_exit,
+                                    order_by_case, run_cells, summarise_dump)
+from harness.cases.sweep import Case
 from records.store import ResultStore
 from tests.processes import alive, children
 
@@ -139,9 +139,9 @@ SWEEP_SCRIPT = """
 import sys
 from pathlib import Path
 
-from harness.cell import TimerOptions
-from harness.runner import RunConfig, Slot, run_cells
-from harness.sweep import Case
+from harness.cases.sweep import Case
+from harness.measure.cell import TimerOptions
+from harness.measure.runner import RunConfig, Slot, run_cells
 
 if __name__ == "__main__":
     cells = [{cells}]
@@ -340,7 +340,7 @@ def test_exit_and_dump_descriptions(monkeypatch):
     dump = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n"
             f'  File "{stdlib}/ctypes/__init__.py", line 519 in string_at\n'
             f'  File "{ROOT}/tests/faulty_adapters.py", line 64 in _read_address_zero\n'
-            f'  File "{ROOT}/harness/gate.py", line 143 in run_gate\n')
+            f'  File "{ROOT}/harness/measure/gate.py", line 143 in run_gate\n')
     assert summarise_dump(dump) == ("Fatal Python error: Segmentation fault; at ctypes/__init__.py:519 in string_at, "
                                     "called from tests/faulty_adapters.py:64 in _read_address_zero")
 

@@ -1,4 +1,4 @@
-"""Command-line options -> cases (harness.selection): sweeps, --case, --sweep-file, model/heads/dtype/page/
+"""Command-line options -> cases (harness.cases.selection): sweeps, --case, --sweep-file, model/heads/dtype/page/
 seed/causal/pool on any of them, workloads, one-line usage errors; and the sweeps' names and cell ids
 staying what asv and published results key on."""
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import cell_id
-from harness.selection import (UsageError, add_selection_options, select_cases, selection_argv,
-                               split_case_text)
-from harness.sweep import (RETIRED_FROM_DEFAULT, SWEEP_CASES, SWEEPS, Case, make_case, override_case,
-                           uniform_case)
+from harness.cases.selection import (UsageError, add_selection_options, select_cases, selection_argv,
+                                     split_case_text)
+from harness.cases.sweep import (RETIRED_FROM_DEFAULT, SWEEP_CASES, SWEEPS, Case, make_case, override_case,
+                                 uniform_case)
+from harness.measure.results import cell_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +234,7 @@ def test_a_case_builds_its_spec_once_and_its_identity_ignores_the_cache():
     import dataclasses
     import pickle
 
-    from harness.sweep import SWEEPS, Case, cell_id
+    from harness.cases.sweep import SWEEPS, Case, cell_id
 
     case = SWEEPS["cpu-tiny"][0]
     fresh = Case(**{f.name: getattr(case, f.name) for f in dataclasses.fields(case)})

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.cases.shard import COUNT_VARIABLE, RECORD_KEY, Shard, deal, parse_shard, resolve_shard, shard_cases
+from harness.cases.sweep import cell_id, make_case
 from harness.errors import UsageError
-from harness.shard import COUNT_VARIABLE, RECORD_KEY, Shard, deal, parse_shard, resolve_shard, shard_cases
-from harness.sweep import cell_id, make_case
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("sdpa-gather", "triton", "flex")
@@ -49,7 +49,7 @@ def test_the_split_depends_on_the_selection_only():
         assert names == {case.name for case in shard_cases(shuffled, Shard(index, 3))}
     dealt = [{case.name.removesuffix("-p16") for case in shard} for shard in deal(cases, 3)]
     assert dealt == [{"c0", "c3", "c6"}, {"c1", "c4"}, {"c2", "c5"}]  # sorted by name, dealt round-robin
-    code = ("from harness.shard import deal; from harness.sweep import make_case; "
+    code = ("from harness.cases.shard import deal; from harness.cases.sweep import make_case; "
             "print([[c.name for c in s] for s in deal([make_case(f'c{n}', f'{n+1}q1c64', 16) "
             "for n in range(7)], 3)])")
     runs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -129,8 +129,8 @@ def test_no_job_array_means_no_shard():
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     clean = {key: value for key, value in os.environ.items()
              if not key.startswith("SLURM_ARRAY_") and key not in ("JOB_COMPLETION_INDEX", COUNT_VARIABLE)}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**clean, **(env or {}), "PYTHONUNBUFFERED": "1"})
+    return subprocess.run([sys.executable, "-m", "harness.frontends.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**clean, **(env or {}), "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.parametrize("args, env, needle", [

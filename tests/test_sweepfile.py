@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from harness.results import cell_id
-from harness.sweep import SWEEPS
-from harness.sweepfile import KeyLines, SweepFileError, load_sweep_file, parse_sweep_text
+from harness.cases.sweep import SWEEPS
+from harness.cases.sweepfile import KeyLines, SweepFileError, load_sweep_file, parse_sweep_text
+from harness.measure.results import cell_id
 
 GOOD = textwrap.dedent("""\
     # a serving setup
@@ -165,6 +165,6 @@ def test_validation_can_be_left_to_later_without_torch(tmp_path):
     from pathlib import Path
 
     path = write(tmp_path, GOOD)
-    code = (f"import sys; from harness.sweepfile import load_sweep_file; s = load_sweep_file({str(path)!r}, "
+    code = (f"import sys; from harness.cases.sweepfile import load_sweep_file; s = load_sweep_file({str(path)!r}, "
             "validate=False); s.all_cases(); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)

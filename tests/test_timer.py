@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from harness.timer import Timing, time_function
+from harness.measure.timer import Timing, time_function
 
 
 def test_quartiles_median_and_spread_from_samples():

@@ -18,7 +18,7 @@ from adapters.base import get_adapter
 from adapters.batch import BatchSpec, make_batch
 from adapters.features import FEATURES
 from adapters.reference import reference_attention
-from harness.gate import TOLERANCES, run_gate
+from harness.measure.gate import TOLERANCES, run_gate
 from tests.triton_setup import HAVE_TRITON, INTERPRETED, needs_interpreter, requires_triton
 
 pytestmark = requires_triton

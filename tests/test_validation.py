@@ -16,8 +16,8 @@ from adapters.base import Adapter, Prepared
 from adapters.batch import NULL_PAGE, BatchSpec, PagedBatch, make_batch
 from adapters.reference import reference_attention
 from adapters.validation import SUPPORTED_HEAD_DIMS, BatchValidationError, validate_batch, validate_spec
-from harness.gate import run_gate
-from harness.sweep import Case
+from harness.cases.sweep import Case
+from harness.measure.gate import run_gate
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,7 +23,7 @@ The timed call is the AOT-compiled ``paged_attention`` executable (``.lower(...)
 ``prepare``, ``notes["compile_s"]``), then ``block_until_ready``; its output comes back to torch by
 DLPack (``torch.from_dlpack``, no copy). JAX runs on its own CUDA streams, so CUDA events on torch's
 stream cannot bracket it: ``Prepared.external_streams`` makes the harness time it from the CUDA
-activity record (`harness.profiler_timer.time_external`: first to last kernel of each call).
+activity record (`harness.measure.profiler_timer.time_external`: first to last kernel of each call).
 JAX preallocates 75% of the GPU by default: `worker_env` sets ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
 (and `available` sets it too, as a default, before it first initialises JAX's GPU backend).
 

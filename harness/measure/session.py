@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.cell import TimerOptions
+from harness.cases.shard import RECORD_KEY, Shard, shard_cases, shard_record
+from harness.cases.sweep import Case
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
-from harness.runner import ProgressCallback, RunConfig, Slot, environ_with, run_cells
-from harness.shard import RECORD_KEY, Shard, shard_cases, shard_record
-from harness.sweep import Case
+from harness.measure.cell import TimerOptions
+from harness.measure.runner import ProgressCallback, RunConfig, Slot, environ_with, run_cells
 from records.store import ResultStore
 
 
@@ -74,7 +74,7 @@ def availability(device_type: str, worker_env: dict[str, str] | None = None) -> 
 class RunSession:
     """A run into ``out_dir`` on ``device_type`` ("cuda" or "cpu"), on the GPUs ``gpus`` (None: one
     worker on the current GPU), with the backends ``backends`` (None: every backend that takes part in
-    sweeps), measuring only the cells of ``shard`` (None: all; `harness.shard`). `start` writes the
+    sweeps), measuring only the cells of ``shard`` (None: all; `harness.cases.shard`). `start` writes the
     run's record; `run` measures cells (resumable)."""
 
     out_dir: Path
@@ -125,7 +125,7 @@ class RunSession:
         CPU. A GPU on which the ceilings cannot even be measured is reported and left out."""
         if self.device_type != "cuda":
             return [Slot("cpu")]
-        from harness.ceilings import gpu_uuid, machine_ceilings
+        from harness.measure.ceilings import gpu_uuid, machine_ceilings
 
         if self.gpus is None:
             return [Slot("gpu", device="cuda", ceilings=machine_ceilings("cuda"), gpu_uuid=gpu_uuid("cuda"))]
@@ -154,7 +154,7 @@ class RunSession:
         """Measure or read the ceilings, collect provenance, and append the run's record to runs.jsonl
         (with the shard's record when the run is a shard of ``cases``, the whole selection)."""
         from adapters.base import declared_packages
-        from harness import provenance
+        from harness.measure import provenance
 
         self.slots = self._prepare_slots(on_slot_failure)
         method = ("cuda graph replay" if self.timer.cuda_graph else "cuda events") if self.device_type == "cuda" \

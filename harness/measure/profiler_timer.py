@@ -3,7 +3,7 @@ stream cannot bracket their kernels, so each repetition's device time is read fr
 record instead -- ``torch.profiler`` with ``ProfilerActivity.CUDA`` sees, through CUPTI, every kernel,
 copy and memset of the process, whichever library launched it.
 
-Each repetition is: flush L2 (`harness.timer.L2Flusher`, on torch's stream) -> wait for it -> ``fn()``,
+Each repetition is: flush L2 (`harness.measure.timer.L2Flusher`, on torch's stream) -> wait for it -> ``fn()``,
 which returns only once its work is done (``block_until_ready``) -> wait again. The GPU timeline is
 then strictly ``[separator][fn][separator][fn]...``: the separator is the flush (or, without a flush,
 a one-element ``zero_()``), whose kernel names are learned by profiling it alone first. A repetition's
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from harness.timer import DEFAULT_TARGET_MS, MAX_REPS, MIN_REPS, MIN_WARMUP, WARMUP_MS, L2Flusher, Timing
+from harness.measure.timer import DEFAULT_TARGET_MS, MAX_REPS, MIN_REPS, MIN_WARMUP, WARMUP_MS, L2Flusher, Timing
 
 METHOD = "cupti kernel span (torch.profiler)"
 DEVICE_ACTIVITY_TYPES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
@@ -141,10 +141,10 @@ def time_external(fn: Callable[[], object], device: torch.device | str, *, targe
     """Median and spread of ``fn``'s device time, read from the CUDA activity record (module docstring).
 
     ``fn`` must return only when its device work is done (e.g. ``block_until_ready``); it is warmed up
-    first (compilation stays out). On a CPU device this is `harness.timer.time_function`."""
+    first (compilation stays out). On a CPU device this is `harness.measure.timer.time_function`."""
     device = torch.device(device)
     if device.type != "cuda":
-        from harness.timer import time_function
+        from harness.measure.timer import time_function
 
         return time_function(fn, device, target_ms=target_ms, flush_l2=flush_l2)
     flusher = L2Flusher(device) if flush_l2 else None

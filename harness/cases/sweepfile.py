@@ -31,9 +31,9 @@
     dtypes = ["bf16", "fp16"]
 
     [axes.mixed]
-    mixes = ["mixed-8d3000-8p2000"]       # built-in mixes (harness.sweep.MIXED_GRAMMARS); write others as [[case]]
+    mixes = ["mixed-8d3000-8p2000"]       # built-in mixes (harness.cases.sweep.MIXED_GRAMMARS); others as [[case]]
 
-A ``model`` sets the heads and every feature of that layer (`harness.models`: ``NAME`` is the model's
+A ``model`` sets the heads and every feature of that layer (`harness.cases.models`: ``NAME`` is the model's
 full layer, ``NAME:sliding`` its windowed one); feature keys in the same table win over it, and a
 table's own ``model`` wins over features it inherits from [defaults]. ``"none"`` turns a window, cap or
 fp8 cache off (``softcap = "none"``). An axes block takes the features as single values (they are not
@@ -41,7 +41,7 @@ product axes), and its ``models`` must share their features (``gemma-2-9b`` and 
 differ: write one of them as a [[case]], or use two sweep files). ``kv_scale`` in a [[case]] or
 [axes.*] needs an fp8 cache there (``kv_dtype = "fp8"`` in it or in [defaults]).
 
-Case names follow harness.sweep's rule (``{stem}-p{page}`` then a suffix for every field that differs
+Case names follow harness.cases.sweep's rule (``{stem}-p{page}`` then a suffix for every field that differs
 from the standard 32/8/128 bf16 causal seed-0 default-pool case), so a file that declares a built-in
 shape gets the built-in case, cell id included. Every error names the file, the line and the field:
 ``sweep.toml:12: case #2 'serve-300', field 'grammar': ...``.
@@ -56,8 +56,8 @@ from typing import Any, Callable
 
 from adapters.features import KV_DTYPES, KV_SCALES, check_features
 from adapters.grammar import parse_grammar, parse_length
-from harness.models import features_text, format_heads, get_model, parse_heads
-from harness.sweep import DTYPE_NAMES, MIXED_GRAMMARS, PAGE_SIZES, Axes, Case, Sweep, cases_from_axes, make_case
+from harness.cases.models import features_text, format_heads, get_model, parse_heads
+from harness.cases.sweep import DTYPE_NAMES, MIXED_GRAMMARS, PAGE_SIZES, Axes, Case, Sweep, cases_from_axes, make_case
 
 CASE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]*$")
 """A case name (stem): starts with a letter (a batch string starts with a digit), no spaces or '='."""
@@ -384,7 +384,7 @@ def _fields(table: _Table, inherited: dict[str, Any] | None = None) -> dict[str,
 
 
 def _case_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Scalar fields (heads text expanded) as harness.sweep case fields."""
+    """Scalar fields (heads text expanded) as harness.cases.sweep case fields."""
     out = {key: fields[key] for key in ("dtype", "causal", "seed", "pool_pages", "pool_gib", *FEATURE_KEYS)
            if key in fields}
     if "heads" in fields:

@@ -14,10 +14,10 @@ import torch
 from adapters.base import Adapter, Prepared, discover, versions_of
 from adapters.batch import PagedBatch, make_batch
 from adapters.reference import reference_attention
-from harness.gate import GateResult, failure_verdict, run_gate
-from harness.results import make_row
-from harness.sweep import Case, is_probe_case
-from harness.timer import DEFAULT_TARGET_MS, Timing, time_function
+from harness.cases.sweep import Case, is_probe_case
+from harness.measure.gate import GateResult, failure_verdict, run_gate
+from harness.measure.results import make_row
+from harness.measure.timer import DEFAULT_TARGET_MS, Timing, time_function
 
 ENTRY_POINT_TARGET_MS = 5.0
 """Time spent timing each candidate entry point of a backend before the fastest is kept."""
@@ -133,7 +133,7 @@ def time_prepared(prepared: Prepared, device: torch.device, timer: TimerOptions,
     runs on streams torch does not own."""
     target = timer.target_ms if target_ms is None else target_ms
     if prepared.external_streams and device.type == "cuda":
-        from harness.profiler_timer import time_external
+        from harness.measure.profiler_timer import time_external
 
         return time_external(prepared.run, device, target_ms=target, flush_l2=timer.flush_l2)
     return time_function(prepared.run, device, target_ms=target, flush_l2=timer.flush_l2,

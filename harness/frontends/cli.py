@@ -118,9 +118,9 @@ def _results_folder(text: str, option: str = "results folder") -> Path:
 
 
 def _select(args: argparse.Namespace, device_type: str) -> tuple[str, list]:
-    """(label, cases) from the selection options (harness.selection), checked before anything runs;
+    """(label, cases) from the selection options (harness.cases.selection), checked before anything runs;
     a built-in sweep sized for a GPU is refused on the CPU."""
-    from harness.selection import select_cases
+    from harness.cases.selection import select_cases
 
     selection = select_cases(args, device_type)
     if device_type == "cpu" and selection.sweep is not None and selection.sweep not in CPU_SWEEPS:
@@ -133,9 +133,9 @@ def _select(args: argparse.Namespace, device_type: str) -> tuple[str, list]:
 def _session(args: argparse.Namespace, device_type: str, sweep_label: str):
     import torch
 
-    from harness.cell import TimerOptions
-    from harness.selection import backend_list
-    from harness.session import RunSession, parse_gpus
+    from harness.cases.selection import backend_list
+    from harness.measure.cell import TimerOptions
+    from harness.measure.session import RunSession, parse_gpus
 
     try:
         gpus = parse_gpus(args.gpus, torch.cuda.device_count() if device_type == "cuda" else 0) \
@@ -174,8 +174,8 @@ def print_availability(rows: list[dict[str, Any]], device_type: str) -> None:
 
 def cmd_env(args: argparse.Namespace) -> int:
     from adapters.base import declared_packages
-    from harness import provenance
-    from harness.session import availability
+    from harness.measure import provenance
+    from harness.measure.session import availability
     from adapters.base import worker_environment
 
     device_type = _device_type(args.device)
@@ -188,8 +188,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def with_probe_variants(backends: list[str]) -> list[str]:
-    """The backends and their probe-only variants (`harness.capability.with_probe_variants`)."""
-    from harness.capability import with_probe_variants as variants
+    """The backends and their probe-only variants (`harness.measure.capability.with_probe_variants`)."""
+    from harness.measure.capability import with_probe_variants as variants
 
     return variants(backends)
 
@@ -198,11 +198,11 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
                     worker_env: dict[str, str] | None, cell_timeout_s: float, resume: bool = True,
                     retry_failed: bool = False, features=None, run_meta: dict[str, Any] | None = None,
                     quiet: bool = False, workers_per_gpu: int | None = None) -> Path:
-    """The capability probe as gate-only cells of the sweep's runner (`harness.capability.run_probe`): the
+    """The capability probe as gate-only cells of the sweep's runner (`harness.measure.capability.run_probe`): the
     same isolated workers, ``--cell-timeout``, resume and slots; rows in ``<out>/probe/``, the matrix
     derived from them in ``<out>/capability.csv``."""
     from harness import capability
-    from harness.progress import ProbeProgress
+    from harness.frontends.progress import ProbeProgress
 
     _log(f"capability probe: gate-only cells -> {out_dir / capability.PROBE_DIR / RESULTS_FILE}")
     show = ProbeProgress(quiet=quiet)
@@ -222,7 +222,7 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.progress import JobSteps
+    from harness.frontends.progress import JobSteps
 
     steps = JobSteps()
     try:
@@ -236,14 +236,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, steps) -> int:
-    from harness.progress import ProgressReporter
+    from harness.frontends.progress import ProgressReporter
 
-    from harness.shard import resolve_shard
+    from harness.cases.shard import resolve_shard
 
     shard = resolve_shard(args.shard, args.shard_count, os.environ)  # a bad value stops here, before anything
     device_type = _device_type(args.device)
     sweep_label, cases = _select(args, device_type)
-    from harness.cell import refuse_what_cannot_fit
+    from harness.measure.cell import refuse_what_cannot_fit
 
     refuse_what_cannot_fit(cases, device_type)  # before anything starts: every cell would be oom
     with steps.step("environment check"):
@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace, steps) -> int:
             _log("capability probe skipped on the CPU (its layouts are GPU-sized and Triton's interpreter "
                  "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
     if capability:
-        from harness.capability import with_probe_variants
+        from harness.measure.capability import with_probe_variants
         from adapters.base import worker_environment
 
         probed = with_probe_variants(session.backends) if session.backends else None
@@ -376,9 +376,9 @@ def cmd_capability(args: argparse.Namespace) -> int:
     import torch
 
     from adapters.base import worker_environment
-    from harness import capability
-    from harness.selection import backend_list
-    from harness.session import RunSession, parse_gpus
+    from harness.cases.selection import backend_list
+    from harness.measure import capability
+    from harness.measure.session import RunSession, parse_gpus
 
     device_type = _device_type(args.device)
     try:
@@ -418,13 +418,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_compare_envs(args: argparse.Namespace) -> int:
     """Run the same selection at the same commit in two environments (e.g. two cuDNN releases), then compare."""
-    from harness.environments import check_labels, parse_env_spec, run_environment
-    from harness.releases import child_run_args, default_sweep
+    from harness.releases.check import child_run_args, default_sweep
+    from harness.releases.environments import check_labels, parse_env_spec, run_environment
 
     out_root = Path(args.out)
     specs = [parse_env_spec(text) for text in (args.old_env, args.new_env)]
     check_labels(specs)
-    from harness.selection import check_backends
+    from harness.cases.selection import check_backends
 
     check_backends(args.backends)
     device_type = _device_type(args.device)
@@ -444,7 +444,7 @@ def cmd_compare_envs(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------------
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    from harness.selection import add_selection_options
+    from harness.cases.selection import add_selection_options
 
     add_selection_options(parser)
     parser.add_argument("--backends", help="comma-separated backend names (default: every backend in the sweep)")
@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("--target-ms", type=float, help="timed repetitions per cell, in ms (passed to each run)")
     envs.set_defaults(func=cmd_compare_envs)
 
-    from harness.releases import add_releases_arguments, cmd_releases
+    from harness.releases.check import add_releases_arguments, cmd_releases
 
     releases = commands.add_parser("releases", help="one sweep across several cuDNN releases, each compared with a baseline",
                                    description="Did a new cuDNN release regress or fix anything? Each RELEASE is a "
@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_releases_arguments(releases)
     releases.set_defaults(func=cmd_releases)
 
-    from harness.release_bisect import add_bisect_arguments, cmd_bisect
+    from harness.releases.bisect import add_bisect_arguments, cmd_bisect
 
     bisect = commands.add_parser("releases-bisect", prog="paged-bench releases bisect",
                                  help="(written `releases bisect GOOD BAD`) the first cuDNN release between two where "
@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bisect_arguments(bisect)
     bisect.set_defaults(func=cmd_bisect)
 
-    from harness.models import add_models_parser
+    from harness.cases.models import add_models_parser
 
     add_models_parser(commands)
     return parser

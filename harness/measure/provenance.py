@@ -28,7 +28,7 @@ def project_commit() -> str:
     """The checkout's commit (``-dirty`` with uncommitted changes to tracked files); ``$PAGED_BENCH_COMMIT``
     only where the code is not a git checkout, so a stale variable never names the wrong commit."""
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

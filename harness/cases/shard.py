@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
-    from harness.sweep import Case
+    from harness.cases.sweep import Case
 
 COUNT_VARIABLE = "PAGED_BENCH_SHARD_COUNT"
 """The shard count of a Kubernetes Indexed Job (Kubernetes sets only the index, ``JOB_COMPLETION_INDEX``)."""
@@ -136,7 +136,7 @@ def shard_cases(cases: Sequence["Case"], shard: Shard | None) -> list["Case"]:
 
 def selection_id(cases: Sequence["Case"], backends: Sequence[str]) -> str:
     """A hash of the whole selection (its cell ids), equal on every host that runs the same sweep."""
-    from harness.sweep import cell_id
+    from harness.cases.sweep import cell_id
 
     cells = sorted({cell_id(backend, case) for case in cases for backend in backends})
     return hashlib.sha1("\n".join(cells).encode()).hexdigest()[:16]

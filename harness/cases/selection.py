@@ -17,7 +17,7 @@ and cases that end up identical are measured once. A ``--case`` batch takes the 
 or exactly ``NAME`` when written ``NAME=GRAMMAR`` (what a reproducer does).
 
 Model features (`adapters.features`): ``--model NAME`` sets the heads and the features of the model's
-full layer (``NAME:sliding`` its windowed layer; `harness.models`), every one of them, so
+full layer (``NAME:sliding`` its windowed layer; `harness.cases.models`), every one of them, so
 ``--model llama-3-8b`` runs plain attention even on a featured sweep file's cases. ``--window W``,
 ``--softcap C``, ``--sinks`` / ``--no-sinks``, ``--kv-dtype fp8`` and ``--kv-scale tensor|head`` set one
 feature on every case and win over the model's (``--model gemma-2-9b --softcap none`` is Gemma-2-9B's
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.features import KV_DTYPES, KV_SCALES, check_features
-from harness.models import get_model, parse_heads
-from harness.sweep import (DTYPE_NAMES, STANDARD_FIELDS, SWEEPS, WORKLOADS, Case, get_sweep, make_case,
-                           override_case, select, unique_cases)
+from harness.cases.models import get_model, parse_heads
+from harness.cases.sweep import (DTYPE_NAMES, STANDARD_FIELDS, SWEEPS, WORKLOADS, Case, get_sweep, make_case,
+                                 override_case, select, unique_cases)
 
 CPU_SWEEP = "cpu-tiny"
 """The built-in sweep sized for a machine without a GPU (Triton's interpreter, eager Flex)."""
@@ -67,7 +67,7 @@ DEFAULT_PAGE_SIZE = 16
 """The page size of a ``--case`` batch when no ``--page-size`` is given."""
 
 
-try:  # the command line's one kind of user mistake, shared with harness.cli
+try:  # the command line's one kind of user mistake, shared with harness.frontends.cli
     from harness.errors import UsageError
 except ImportError:  # pragma: no cover - a checkout without harness/errors.py
     class UsageError(ValueError):  # type: ignore[no-redef]
@@ -132,7 +132,7 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--case", action="append", metavar="[NAME=]GRAMMAR",
                        help="a batch string such as 8q1c3000_8q9-2000c0-7000 or "
                             "'64q1c~lognormal(median=2k,sigma=1)' (repeatable); NAME= names it exactly")
-    group.add_argument("--sweep-file", metavar="FILE", help="a TOML sweep file (see harness/sweepfile.py)")
+    group.add_argument("--sweep-file", metavar="FILE", help="a TOML sweep file (see harness/cases/sweepfile.py)")
     group.add_argument("--model", help="run every case with this model's heads per GPU (`paged-bench models`)")
     group.add_argument("--heads", metavar="HQ/HKV/D", help="run every case with these heads, e.g. 16/8/256")
     group.add_argument("--dtype", help=f"run every case in this dtype: {', '.join(DTYPE_NAMES)}")
@@ -377,7 +377,7 @@ def select_cases(args: argparse.Namespace, device_type: str) -> Selection:
         cases += [variant for case in base for variant in _variants(case, overrides)]
         labels.append(sweep_name)
     if file_path:
-        from harness.sweepfile import SweepFileError, load_sweep_file
+        from harness.cases.sweepfile import SweepFileError, load_sweep_file
 
         try:
             sweep = load_sweep_file(file_path)

@@ -2,13 +2,13 @@
 on a small base case, varying one layout feature or model feature (sliding window, soft-cap, sinks,
 fp8 KV cache) at a time.
 
-`FEATURES` is the one list of what is probed: (feature, value, overrides of the base case). The base
-case is `BASE_GRAMMAR` with `BASE_FIELDS`. Each (backend, feature row) is a cell of the one measuring
-pipeline: a `harness.sweep.Case` named ``probe-...`` (`probe_case`), measured by `harness.runner.run_cells`
-in isolated workers with the sweep's time limit (``--cell-timeout``), resume, store and ``--gpus``
-workers, gate only (a probe cell is never timed). Its rows are kept in ``<out>/probe/results.jsonl``
-(`PROBE_DIR`), apart from the sweep's; the matrix (`CAPABILITY_COLUMNS`) is derived from them
-(`derive_matrix`) and written atomically to ``<out>/capability.csv``.
+`FEATURES` is the one list of what is probed: (feature, value, overrides of the base case). The base case
+is `BASE_GRAMMAR` with `BASE_FIELDS`. Each (backend, feature row) is a cell of the one measuring pipeline:
+a `harness.cases.sweep.Case` named ``probe-...`` (`probe_case`), measured by
+`harness.measure.runner.run_cells` in isolated workers with the sweep's time limit (``--cell-timeout``),
+resume, store and ``--gpus`` workers, gate only (a probe cell is never timed). Its rows are kept in
+``<out>/probe/results.jsonl`` (`PROBE_DIR`), apart from the sweep's; the matrix (`CAPABILITY_COLUMNS`) is
+derived from them (`derive_matrix`) and written atomically to ``<out>/capability.csv``.
 
 The cells run in two rounds: first the page-size rows; then the other rows, at the base page size, or,
 for a backend that cannot run it (flash-attn 2: multiples of 256 only), at the smallest page size it
@@ -17,7 +17,7 @@ case. An adapter that declares Q another way than the canonical packed rows (``q
 with a T-row Q) answers its ``q_layout`` row only; every other adapter, the bindings left out of the
 default sweep included (e.g. cuDNN's packed Stats or 64-bit offsets), answers every feature. The ``lse``
 row is the base case's cell, `unsupported` when the backend returned no log-sum-exp there. The cell's
-own memory check (`harness.cell`) makes a case that cannot fit `oom` before anything is allocated, and
+own memory check (`harness.measure.cell`) makes a case that cannot fit `oom` before anything is allocated, and
 a worker keeps one case's batch at a time, so the large pool row holds one large batch at a time. On the
 CPU that row is `skipped` (`CPU_NOT_HERE`: 16 GiB of host memory per cell).
 
@@ -36,7 +36,7 @@ import pandas as pd
 
 from adapters.base import THD
 from adapters.batch import BatchSpec
-from harness.sweep import PROBE_CASE_PREFIX, Case, cell_id, make_case
+from harness.cases.sweep import PROBE_CASE_PREFIX, Case, cell_id, make_case
 from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, PROBE_DIR  # noqa: F401 (PROBE_DIR re-exported)
 
 BASE_GRAMMAR = "2q1c100_2q37c60"
@@ -113,7 +113,7 @@ Feature = tuple[str, str, dict[str, Any]]
 def probe_case(overrides: dict[str, Any], page_size: int | None = None) -> Case:
     """The probe cell's case: the base case with ``overrides`` applied (``page_size`` replaces the base
     page size unless the overrides set one), named ``probe-<grammar>-p<page><suffix>`` where the suffix
-    names what differs from the base case (`harness.sweep.make_case`)."""
+    names what differs from the base case (`harness.cases.sweep.make_case`)."""
     base = {k: v for k, v in BASE_FIELDS.items() if k != "page_size"}
     fields = dict(base)
     page = BASE_FIELDS["page_size"] if page_size is None else page_size
@@ -350,14 +350,14 @@ def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None 
               on_progress: Callable | None = None, on_slot_failure: Callable | None = None,
               workers_per_gpu: int | None = None) -> tuple[pd.DataFrame, Path]:
     """The probe as cells of the sweep's pipeline: every (backend, feature row) measured gate-only by
-    `harness.runner.run_cells` into ``<out>/probe/`` (isolated workers, ``cell_timeout_s``, resume,
+    `harness.measure.runner.run_cells` into ``<out>/probe/`` (isolated workers, ``cell_timeout_s``, resume,
     ``slots``), then the matrix derived from those rows and written atomically to ``<out>/capability.csv``.
     ``backends``: None probes every registered adapter, else these and their probe-only variants. Each GPU
-    slot runs ``workers_per_gpu`` workers at once (`harness.runner.shared_slots`; default
+    slot runs ``workers_per_gpu`` workers at once (`harness.measure.runner.shared_slots`; default
     `DEFAULT_PROBE_WORKERS`): probe cells are never timed, and most of their time is compiling."""
     from adapters.base import adapter_classes, worker_environment
     from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_PROBE_WORKERS
-    from harness.runner import RunConfig, Slot, run_cells, shared_slots
+    from harness.measure.runner import RunConfig, Slot, run_cells, shared_slots
     from records.store import ResultStore
 
     out_dir = Path(out_dir)

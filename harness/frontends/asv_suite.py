@@ -1,9 +1,9 @@
-"""What the asv benchmark classes (benchmarks/bench_*.py) share: their parameters (from harness.sweep, the one sweep
-definition), and one gated, GPU-timed measurement of a whole workload per asv `setup_cache`.
+"""What the asv benchmark classes (benchmarks/bench_*.py) share: their parameters (from harness.cases.sweep, the one
+sweep definition), and one gated, GPU-timed measurement of a whole workload per asv `setup_cache`.
 
 The sweep is the built-in one named by ``$PAGED_BENCH_SWEEP`` (default: the command line's own choice,
-'default' with a GPU and 'cpu-tiny' without: `harness.selection.default_sweep_name`), or the sweep file
-at ``$PAGED_BENCH_SWEEP_FILE`` (harness/sweepfile.py). Classes ``Decode``, ``Prefill`` and ``Mixed``
+'default' with a GPU and 'cpu-tiny' without: `harness.cases.selection.default_sweep_name`), or the sweep file
+at ``$PAGED_BENCH_SWEEP_FILE`` (harness/cases/sweepfile.py). Classes ``Decode``, ``Prefill`` and ``Mixed``
 take their workload's axes (backend x batch x q_len x context x page, or backend x mix x page, then
 heads / dtype / causal when the axes vary them); class ``Cases`` (workload `CASES`) takes every other
 case of the sweep by name (the default sweep's curated head, dtype, spec-decode and pool cells and its
@@ -27,13 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.selection import default_sweep_name
-from harness.sweep import BUILTIN_SWEEPS, SWEEP_AXES, Axes, Case, Sweep, case_for, cases_from_axes
+from harness.cases.selection import default_sweep_name
+from harness.cases.sweep import BUILTIN_SWEEPS, SWEEP_AXES, Axes, Case, Sweep, case_for, cases_from_axes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP_ENV = "PAGED_BENCH_SWEEP"
 SWEEP_FILE_ENV = "PAGED_BENCH_SWEEP_FILE"
-"""A sweep file (TOML, harness/sweepfile.py) for asv to run instead of a built-in sweep."""
+"""A sweep file (TOML, harness/cases/sweepfile.py) for asv to run instead of a built-in sweep."""
 CELLS_ENV = "PAGED_BENCH_ASV_CELLS"
 """Where each asv run keeps its gated rows (verdicts, reasons, timings) for the report."""
 
@@ -47,7 +47,7 @@ NO_CASE = "none"
 
 @functools.lru_cache(maxsize=4)
 def _sweep_file(path: str, mtime: float) -> Sweep:
-    from harness.sweepfile import load_sweep_file
+    from harness.cases.sweepfile import load_sweep_file
 
     return load_sweep_file(path, validate=False)
 
@@ -207,8 +207,8 @@ def measure_workload(workload: str) -> dict[str, dict]:
     """Gate and time every (backend, case) of a workload through the same run session as the command
     line (availability, provenance, ceilings, isolated workers with the environment the backends
     declare); return plain rows keyed by ``backend|case`` (asv pickles this: no tensors). SIGTERM (asv's
-    timeout) stops the run's workers with it (`harness.runner.run_cells`)."""
-    from harness.session import RunSession
+    timeout) stops the run's workers with it (`harness.measure.runner.run_cells`)."""
+    from harness.measure.session import RunSession
 
     cases = workload_cases(workload)
     if not cases:
@@ -216,7 +216,7 @@ def measure_workload(workload: str) -> dict[str, dict]:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = os.environ.get("ASV_COMMIT", "")[:12]
     if not commit:
-        from harness.provenance import project_commit
+        from harness.measure.provenance import project_commit
 
         commit = project_commit()[:12]
     out_dir = Path(os.environ.get(CELLS_ENV, ROOT / ".asv" / "cells")) / f"{commit}-{sweep_name()}-{stamp}"

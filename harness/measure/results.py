@@ -7,14 +7,14 @@ import datetime as _dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from harness import metrics
-from harness.sweep import Case, cell_id  # noqa: F401 - cell_id re-exported: results and resume key on it
+from harness.cases.sweep import Case, cell_id  # noqa: F401 - cell_id re-exported: results and resume key on it
+from harness.measure import metrics
 from records.schema import COLUMNS
 
 if TYPE_CHECKING:
     from adapters.batch import BatchSpec
-    from harness.gate import GateResult
-    from harness.timer import Timing
+    from harness.measure.gate import GateResult
+    from harness.measure.timer import Timing
 
 
 def declared_binding(backend: str) -> str:
@@ -31,7 +31,7 @@ def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | Non
              gpu_uuid: str | None = None, timer_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """One result row with every column present (missing values are None). ``timer_args``: the
     command-line options that made the timing differ from the default (kept in the reproducer)."""
-    from harness.reproducer import reproducer
+    from harness.cases.reproducer import reproducer
 
     spec: BatchSpec = case.spec()
     row: dict[str, Any] = dict.fromkeys(COLUMNS)

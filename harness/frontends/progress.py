@@ -9,7 +9,7 @@ import sys
 import time
 from typing import IO, Iterator
 
-from harness.runner import Progress
+from harness.measure.runner import Progress
 from reports.text import duration
 
 NOT_REPORTED = frozenset({"ok", "skipped"})
@@ -26,7 +26,7 @@ def failure_line(progress: Progress) -> str:
 
 
 class ProgressReporter:
-    """A `harness.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
+    """A `harness.measure.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
 
     def __init__(self, total: int, *, done: int = 0, quiet: bool = False, stream: IO[str] | None = None,
                  prefix: str = "paged-bench: "):
@@ -105,7 +105,7 @@ class JobSteps:
 
 class ProbeProgress:
     """Progress of the capability probe's two rounds of cells (page sizes, then the other rows), each
-    shown as its own count: a `harness.runner.ProgressCallback`."""
+    shown as its own count: a `harness.measure.runner.ProgressCallback`."""
 
     def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None):
         self.quiet, self.stream = quiet, stream

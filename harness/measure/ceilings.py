@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.timer import time_function
+from harness.measure.timer import time_function
 
 CACHE_DIR_ENV = "PAGED_BENCH_CACHE"
 MATMUL_SIZE = 8192

@@ -10,8 +10,8 @@ Every way users call cuDNN is a row of its own (`adapters.base.rows_calling`: th
 ``adapters/backends/cudnn_sdpa.py`` and FlashInfer's cuDNN path), and every one is gated (output and LSE)
 and timed in each release by default; ``--backends`` narrows that. The cells are any selection ``run``
 takes (``--sweep``, ``--case``, ``--sweep-file``, ``--model``, ``--heads``, ...; default: the ``short``
-sweep). Each release runs in its own process (`harness.environments.run_environment`: fetched and cached
-by `harness.cudnn_release`, preloaded), optionally after the capability probe, into ``<out>/<label>/``
+sweep). Each release runs in its own process (`harness.releases.environments.run_environment`: fetched and cached
+by `harness.releases.cudnn_release`, preloaded), optionally after the capability probe, into ``<out>/<label>/``
 (resumable: a rerun measures only what is missing). Then `reports.releases` writes ``<out>/releases.html``,
 ``<out>/releases.json`` and the text summary, both opening with what changed in behaviour: per binding
 and cell, the verdict in each release and the release where it broke or was fixed.
@@ -29,22 +29,22 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.environments import EnvSpec, EnvSpecError, check_labels, parse_env_spec, run_environment
-from harness.cudnn_release import is_version
+from harness.releases.environments import EnvSpec, EnvSpecError, check_labels, parse_env_spec, run_environment
+from harness.releases.cudnn_release import is_version
 from harness.errors import UsageError
 from records.schema import RESULTS_FILE
 
 DEFAULT_OUT = Path("bench-out/releases")
 DEFAULT_SWEEP = "short"
 """The sweep a release check runs when no selection option is given: the headline cells plus every head
-grouping's decode, speculative decoding and the decode-heavy mixed step (`harness.sweep._short_cases`)."""
+grouping's decode, speculative decoding and the decode-heavy mixed step (`harness.cases.sweep.SWEEP_CASES["short"]`)."""
 LIBRARY = "cudnn"
 """The library whose releases this command qualifies: every backend row calling it is gated by default."""
 
 
 def parse_release(text: str) -> EnvSpec:
     """A bare version ``9.28.1.4`` is ``cudnn-9.28.1.4,cudnn=9.28.1.4``; anything else an environment spec
-    (`harness.environments.parse_env_spec`)."""
+    (`harness.releases.environments.parse_env_spec`)."""
     text = text.strip()
     if is_version(text):
         return EnvSpec(label=f"cudnn-{text}", cudnn=text)
@@ -64,11 +64,11 @@ def default_backends() -> str:
 
 def child_run_args(args: argparse.Namespace, *, capability: bool, backends: str | None,
                    extra: Sequence[str] = ()) -> list[str]:
-    """The ``harness.cli run`` arguments each environment's process gets: the selection options of ``args``
-    as given (`harness.selection.selection_argv`), the backends, device and timing options, resumable, with
+    """The ``harness.frontends.cli run`` arguments each environment's process gets: the selection options of ``args``
+    as given (`harness.cases.selection.selection_argv`), the backends, device and timing options, resumable, with
     its progress on the terminal and without a report of its own (the comparison is the report). One
     builder for ``releases``, ``releases bisect`` and ``compare-envs``."""
-    from harness.selection import selection_argv
+    from harness.cases.selection import selection_argv
 
     run_args = ["--no-report", "--resume", *selection_argv(args),
                 "--capability" if capability else "--no-capability",
@@ -102,7 +102,7 @@ def check_gpu(device: str | None, command: str) -> None:
 
 def check_selection(args: argparse.Namespace, backends: str | None) -> None:
     """The same checks as ``run`` (selection options, backend names), before any release is fetched."""
-    from harness.selection import check_backends, select_cases
+    from harness.cases.selection import check_backends, select_cases
 
     select_cases(args, "cuda")
     check_backends(backends, hint=f"the rows calling cuDNN are {default_backends()}; ")
@@ -167,7 +167,7 @@ def run_releases(envs: Sequence[EnvSpec], baseline_label: str | None, out_dir: s
 def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """What ``releases`` and ``releases bisect`` share: every selection option of ``run``, the backend
     rows (default: every row calling cuDNN), device, output folder and timing."""
-    from harness.selection import add_selection_options
+    from harness.cases.selection import add_selection_options
 
     add_selection_options(parser)
     parser.add_argument("--backends", "--binding", dest="backends",

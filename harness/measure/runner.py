@@ -50,11 +50,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.cell import TimerOptions
+from harness.cases.sweep import Case
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
-from harness.gate import GateResult, failure_verdict
-from harness.results import cell_id, make_row
-from harness.sweep import Case
+from harness.measure.cell import TimerOptions
+from harness.measure.gate import GateResult, failure_verdict
+from harness.measure.results import cell_id, make_row
 from records.schema import RETRYABLE_VERDICTS
 from records.store import ResultStore
 
@@ -195,7 +195,7 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
     try:
         import torch
 
-        from harness.cell import CellMeasurer
+        from harness.measure.cell import CellMeasurer
 
         slot = setup.slot
         device = torch.device(slot.device)

@@ -5,8 +5,8 @@ changed: its verdict (a binding broke or was fixed) or its time beyond the noise
 
 The releases in between come from the ``nvidia-cudnn-cu13`` list of the package registry (9.12 to 9.28.1
 are there) or, where the registry cannot be reached, from the releases already cached
-(`harness.cudnn_release.cache_root`). GOOD and BAD are measured first, each in its own process on its own
-release (`harness.environments.run_environment`, the same child command as ``releases``); the cells that
+(`harness.releases.cudnn_release.cache_root`). GOOD and BAD are measured first, each in its own process on its own
+release (`harness.releases.environments.run_environment`, the same child command as ``releases``); the cells that
 differ between them are what the search follows. Then the release halfway between the last one like GOOD
 and the first one like BAD is measured, and so on: about log2(n) releases are fetched and run, never the
 whole list. Each step is printed; the answer is the first release like BAD and the last one like GOOD.
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from harness.cudnn_release import PACKAGE, cache_root, is_version
-from harness.environments import EnvSpec, run_environment
 from harness.errors import UsageError
+from harness.releases.cudnn_release import PACKAGE, cache_root, is_version
+from harness.releases.environments import EnvSpec, run_environment
 from records.schema import RESULTS_FILE
 
 BISECT_JSON = "bisect.json"
@@ -167,7 +167,7 @@ def read_cells(folder: Path, backends: set[str] | None = None) -> Cells:
 
 def add_bisect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``releases bisect GOOD BAD`` and the selection options ``releases`` takes."""
-    from harness.releases import DEFAULT_OUT, add_common_arguments
+    from harness.releases.check import DEFAULT_OUT, add_common_arguments
 
     parser.add_argument("good", metavar="GOOD", help="a cuDNN release version whose cells are as expected, e.g. 9.22.0.52")
     parser.add_argument("bad", metavar="BAD", help="a release where they changed, e.g. 9.28.1.4 (either may be the "
@@ -183,7 +183,7 @@ def add_bisect_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def cmd_bisect(args: argparse.Namespace) -> int:
     """Entry point of ``paged-bench releases bisect``: checks, the candidate list, the search, the answer
     (printed and written to ``<out>/bisect.json``). Exit status 0 with an answer, 2 otherwise."""
-    from harness.releases import backends_option, check_gpu, check_selection, child_run_args
+    from harness.releases.check import backends_option, check_gpu, check_selection, child_run_args
 
     def log(message: str) -> None:
         print(f"paged-bench: bisect: {message}", file=sys.stderr, flush=True)

@@ -9,17 +9,17 @@ soname under ``nvidia/cudnn/lib/`` (9.28.1.4: ``libcudnn.so.9`` 0.1 MB, ``libcud
 verified on an H200 for 9.24-9.26): the loader ``libcudnn.so.9`` finds the others by name
 (``%s.so.9``) in its own folder. A process runs on such a release, beside torch's own cuDNN, when it
 starts with ``LD_LIBRARY_PATH=<folder>`` and ``LD_PRELOAD`` of its ``libcudnn.so.9`` and
-``libcudnn_graph.so.9`` (`harness.environments.EnvSpec.process_env`); what it really loaded is read
+``libcudnn_graph.so.9`` (`harness.releases.environments.EnvSpec.process_env`); what it really loaded is read
 back from the library in the results (the cuDNN adapter's ``versions()``).
 
 Folders: ``$PAGED_BENCH_CUDNN_CACHE/<version>/`` (default ``~/.cache/paged-attn-bench/cudnn``), each
 with the libraries and ``release.json`` (version, wheel, files, sizes, sha256).
 
-    python -m harness.cudnn_release fetch 9.28.1.4          # download (pip), keep the SDPA libraries
-    python -m harness.cudnn_release pack 9.28.1.4 --out kit # xz tarball in parts of at most 40 MiB
-    python -m harness.cudnn_release unpack kit/cudnn-9.28.1.4.tar.xz.part-*   # on the other machine
-    python -m harness.cudnn_release path 9.28.1.4           # the folder (fetching it if needed)
-    python -m harness.cudnn_release list                    # cached releases
+    python -m harness.releases.cudnn_release fetch 9.28.1.4          # download (pip), keep the SDPA libraries
+    python -m harness.releases.cudnn_release pack 9.28.1.4 --out kit # xz tarball in parts of at most 40 MiB
+    python -m harness.releases.cudnn_release unpack kit/cudnn-9.28.1.4.tar.xz.part-*   # on the other machine
+    python -m harness.releases.cudnn_release path 9.28.1.4           # the folder (fetching it if needed)
+    python -m harness.releases.cudnn_release list                    # cached releases
 
 Set ``PAGED_BENCH_CUDNN_EXTRA_LIBS`` (e.g. ``engines_precompiled``) to keep more of a wheel's libraries,
 should a release move an SDPA engine out of the four.
@@ -192,7 +192,7 @@ def _pip_failure(version: str, output: str) -> ReleaseError:
                "name or service not known", "timed out")
     if any(word in text for word in offline):
         return ReleaseError(f"cannot download {PACKAGE}=={version}: no network here. Fetch and pack it on a "
-                            "machine with network (python -m harness.cudnn_release pack "
+                            "machine with network (python -m harness.releases.cudnn_release pack "
                             f"{version} --out DIR), carry the parts, and unpack them here")
     last = " ".join(output.strip().splitlines()[-1:]) or "no output"
     return ReleaseError(f"pip could not download {PACKAGE}=={version}: {last}")
@@ -485,7 +485,7 @@ def cached_releases(cache: Path | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.cudnn_release", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m harness.releases.cudnn_release", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="download a release (or take a wheel file) and keep its SDPA libraries")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import shlex
 from typing import Iterable
 
-from harness.sweep import Case, cell_id, heads_text
+from harness.cases.sweep import Case, cell_id, heads_text
 
 PROGRAM = "paged-bench"
 DEFAULT_OUT = "bench-repro/{cell_id}"

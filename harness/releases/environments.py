@@ -1,5 +1,5 @@
 """Environments a sweep runs in, beside the current one: another Python, extra package folders first
-on the path, or another cuDNN backend release (`harness.cudnn_release`).
+on the path, or another cuDNN backend release (`harness.releases.cudnn_release`).
 
     LABEL[,python=PATH][,pythonpath=DIR[:DIR...]][,cudnn=VERSION|DIR|WHEEL]
 
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.cudnn_release import PRELOAD, ReleaseError, ensure_release, is_version
 from harness.errors import UsageError
+from harness.releases.cudnn_release import PRELOAD, ReleaseError, ensure_release, is_version
 
 ENV_LABEL_VAR = "PAGED_BENCH_ENV_LABEL"
 CUDNN_RELEASE_VAR = "PAGED_BENCH_CUDNN_RELEASE"
@@ -35,7 +35,7 @@ CUDNN_DIR_VAR = "PAGED_BENCH_CUDNN_DIR"
 OPTIONS = ("python", "pythonpath", "cudnn")
 SYNTAX = "LABEL[,python=PATH][,pythonpath=DIRS][,cudnn=VERSION|DIR]"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class EnvSpecError(UsageError):
@@ -164,7 +164,7 @@ def run_environment(spec: EnvSpec, out_dir: str | Path, run_args: Sequence[str],
                     runner: Callable[..., subprocess.CompletedProcess] = subprocess.run,
                     ensure: Callable[[str], Path] = ensure_release,
                     log: Callable[[str], None] | None = None) -> int:
-    """Run ``python -m harness.cli run --out OUT_DIR RUN_ARGS...`` in environment ``spec`` (its own process,
+    """Run ``python -m harness.frontends.cli run --out OUT_DIR RUN_ARGS...`` in environment ``spec`` (its own process,
     started in the project root, with `EnvSpec.process_env`); the exit status. A cuDNN release that
     cannot be fetched is exit status 2 with its reason logged, nothing run."""
     log = log or (lambda message: print(f"paged-bench: {message}", file=sys.stderr, flush=True))
@@ -174,7 +174,7 @@ def run_environment(spec: EnvSpec, out_dir: str | Path, run_args: Sequence[str],
         log(f"environment {spec.label}: {error}")
         return 2
     env = spec.process_env(os.environ.copy(), release_dir=folder)
-    command = [spec.python, "-m", "harness.cli", "run", "--out", str(Path(out_dir).resolve()), *run_args]
+    command = [spec.python, "-m", "harness.frontends.cli", "run", "--out", str(Path(out_dir).resolve()), *run_args]
     shown = " ".join(command)
     if folder is not None:
         shown = f"LD_PRELOAD={env['LD_PRELOAD']} LD_LIBRARY_PATH={folder}:... {shown}"
@@ -186,7 +186,7 @@ def run_environment(spec: EnvSpec, out_dir: str | Path, run_args: Sequence[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.environments SPEC [--print] [-- COMMAND ...]``: run COMMAND in environment SPEC
+    """``python -m harness.releases.environments SPEC [--print] [-- COMMAND ...]``: run COMMAND in environment SPEC
     (e.g. ``asv run ...`` on a cuDNN release, which asv's benchmark processes inherit), or print the
     variables the environment sets. ``ASV_PYTHONPATH`` follows ``PYTHONPATH`` unless set (asv drops
     ``PYTHONPATH`` from its benchmark processes)."""
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1:]
-    parser = argparse.ArgumentParser(prog="python -m harness.environments", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.releases.environments", description=main.__doc__)
     parser.add_argument("spec", help=SYNTAX)
     parser.add_argument("--print", action="store_true", help="print the variables the environment sets (shell syntax)")
     args = parser.parse_args(argv)

@@ -34,10 +34,10 @@ if TYPE_CHECKING:
     from adapters.batch import BatchSpec
 
 from adapters.grammar import (  # noqa: F401 (DTYPE_NAMES re-exported)
-    DTYPE_NAMES, _format_length, classify_workload, parse_grammar, resolve_lengths,
+    DTYPE_NAMES, classify_workload, format_length, parse_grammar, resolve_lengths,
 )
 from adapters.features import features_of, feature_suffix
-from harness.models import format_heads, get_model, parse_heads
+from harness.cases.models import format_heads, get_model, parse_heads
 
 STANDARD_HEADS = {"num_q_heads": 32, "num_kv_heads": 8, "head_dim": 128}
 """A Llama-3-8B-like layer (GQA 4:1): the head configuration of every case that names no other."""
@@ -58,7 +58,7 @@ WORKLOADS: tuple[str, ...] = ("decode", "prefill", "mixed", "spec-decode")
 """Workload kinds (``--workloads``): adapters.grammar.classify_workload of a case's lengths."""
 
 PROBE_CASE_PREFIX = "probe-"
-"""Names of the capability probe's cases (`harness.capability.probe_case`) start with this: such a cell
+"""Names of the capability probe's cases (`harness.measure.capability.probe_case`) start with this: such a cell
 is gated, never timed, and its rows live apart from the sweep's (``<out>/probe/``)."""
 
 
@@ -155,7 +155,7 @@ class Case:
         return {name: getattr(self, name) for name in VARIANT_FIELDS}
 
     def as_dict(self) -> dict[str, object]:
-        """The case's identity (what `harness.results.cell_id` hashes): the original fields always, the
+        """The case's identity (what `harness.measure.results.cell_id` hashes): the original fields always, the
         pool fields only when set, so every case that existed before them keeps its cell id."""
         out: dict[str, object] = {"name": self.name, "grammar": self.grammar, "page_size": self.page_size}
         out.update(self.fields())
@@ -243,7 +243,7 @@ def uniform_case(kind: str, batch_size: int, q_len: int, context: int, page_size
                  **fields) -> Case:
     """A case where every sequence has the same lengths, named ``{prefix}{kind}-b{B}-q{q}-c{ctx}-p{page}``;
     ``fields`` (e.g. the tiny sweep's heads) are its base, so they do not show in the name."""
-    grammar = f"{batch_size}q{_format_length(q_len)}c{_format_length(context)}"
+    grammar = f"{batch_size}q{format_length(q_len)}c{format_length(context)}"
     parse_grammar(grammar)
     return make_case(f"{prefix}{kind}-b{batch_size}-q{q_len}-c{context}", grammar, page_size, base=fields)
 
