@@ -201,7 +201,7 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
     """The capability probe as gate-only cells of the sweep's runner (`harness.measure.capability.run_probe`): the
     same isolated workers, ``--cell-timeout``, resume and slots; rows in ``<out>/probe/``, the matrix
     derived from them in ``<out>/capability.csv``."""
-    from harness import capability
+    from harness.measure import capability
     from harness.frontends.progress import ProbeProgress
 
     _log(f"capability probe: gate-only cells -> {out_dir / capability.PROBE_DIR / RESULTS_FILE}")
