@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cases.sweep import Case, uniform_case
+from harness.cases.sweep import Case, Cell, uniform_case
 from harness.measure.gate import GateResult
 from harness.measure.metrics import spec_bytes, spec_flops
 from harness.measure.results import make_row
@@ -111,10 +111,10 @@ def synthetic_rows(*, seed: int = 0, jitter: float = 0.0, iqr_range: tuple[float
             if verdict == "ok":
                 median = model_us(backend, case) * factors.get(key, 1.0) * (1 + rng.uniform(-jitter, jitter))
                 measured = timing(median, rng.uniform(*iqr_range), rng)
-            rows.append(make_row(backend=backend, case=case, gate=gate, timing=measured, ceilings=CEILINGS,
+            rows.append(make_row(cell=Cell(backend, case), gate=gate, timing=measured, ceilings=CEILINGS,
                                  backend_versions=backend_versions, env_id=env_id, run_id=run_id, device="cuda:0"))
             rows[-1]["cell_s"] = round(notes["setup_s"] + 0.25, 3)
-        rows.append(make_row(backend=SKIPPED_BACKEND, case=case, gate=GateResult("skipped", SKIP_REASON),
+        rows.append(make_row(cell=Cell(SKIPPED_BACKEND, case), gate=GateResult("skipped", SKIP_REASON),
                              env_id=env_id, run_id=run_id, device="cuda:0"))
     return rows
 

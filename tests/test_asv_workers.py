@@ -24,13 +24,13 @@ import only_in_the_parent  # resolvable only through the entry the parent's own 
 if __name__ == "__main__":
     sys.path.remove({private!r})
     sys.path.insert(0, {root!r})
-    from harness.cases.sweep import Case
+    from harness.cases.sweep import Case, Cell
     from harness.measure.cell import TimerOptions
     from harness.measure.runner import RunConfig, run_cells
 
     config = RunConfig(timer=TimerOptions(target_ms=1.0), run_id="script", cell_timeout_s=float(sys.argv[3]),
                        worker_env={{"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters"}})
-    rows = run_cells([(sys.argv[2], {case})], sys.argv[1], config)
+    rows = run_cells([Cell(sys.argv[2], {case})], sys.argv[1], config)
     print(json.dumps([row["verdict"] for row in rows]))
 '''
 

@@ -30,7 +30,7 @@ def probe(adapters, device="cpu", *, features=FEATURES, progress=None, not_here=
     defined in a test (a worker cannot import them)."""
     measurer = CellMeasurer(device=torch.device(device), gate_only=True, _adapters=dict(adapters))
     layouts = {name: adapter.q_layout for name, adapter in adapters.items()}
-    return capability.probe(layouts, lambda cells: [measurer.measure(backend, case) for backend, case in cells],
+    return capability.probe(layouts, lambda cells: [measurer.measure(cell) for cell in cells],
                             features=features, device=capability.device_label(device), not_here=not_here)
 
 
@@ -223,7 +223,7 @@ def test_model_feature_rows_through_the_gate():
 def test_probe_cases_are_named_and_never_timed():
     """A probe cell is a sweep `Case` named probe-..., whose spec is the old probe's case; the cell
     measurer gates it and never times it, even when the run is not gate-only."""
-    from harness.cases.sweep import is_probe_case
+    from harness.cases.sweep import Cell, is_probe_case
 
     base = probe_case({})
     assert base.name == "probe-2q1c100_2q37c60-p16" and is_probe_case(base)
@@ -234,12 +234,12 @@ def test_probe_cases_are_named_and_never_timed():
     assert len(names) == len(cases)  # one name per distinct case
     timed = CellMeasurer(device=torch.device("cpu"))  # not gate-only
     case = probe_case({"grammar": "1q1c40", "head_dim": 32, "dtype": "fp32"})
-    row = timed.measure("sdpa-gather", case)
+    row = timed.measure(Cell("sdpa-gather", case))
     assert row["verdict"] == "ok" and row["median_us"] is None and row["case"].startswith("probe-")
     from harness.cases.sweep import make_case
 
     plain = make_case("tiny", "1q1c40", 16, head_dim=32, dtype="fp32")
-    gated = CellMeasurer(device=torch.device("cpu"), gate_only=True).measure("sdpa-gather", plain)
+    gated = CellMeasurer(device=torch.device("cpu"), gate_only=True).measure(Cell("sdpa-gather", plain))
     assert gated["verdict"] == "ok" and gated["median_us"] is None
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adapters.base import Prepared
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from harness.measure import cell
 from harness.measure.cell import CellMeasurer, TimerOptions, backend_bytes, choose_entry_point, input_bytes
 
@@ -164,7 +164,7 @@ def test_each_row_says_how_long_its_cell_took():
     from harness.measure.cell import CellMeasurer
 
     measurer = CellMeasurer(torch.device("cpu"), timer=TimerOptions(target_ms=30.0))
-    row = measurer.measure("sdpa-gather", SWEEPS["cpu-tiny"][0])
+    row = measurer.measure(Cell("sdpa-gather", SWEEPS["cpu-tiny"][0]))
     assert row["verdict"] == "ok"
     # the timed launches alone took at least this long: half of them (rounded up) were no faster than the
     # median and the rest no faster than the minimum (reps x median could exceed their sum on a skewed sample)
@@ -185,15 +185,15 @@ def test_a_case_builds_its_inputs_once_and_collects_garbage_only_when_memory_is_
     monkeypatch.setattr(cell.gc, "collect", lambda *a: collections.append(1) or 0)
     first, second = SWEEPS["cpu-tiny"][:2]
     measurer = CellMeasurer(torch.device("cpu"), timer=TimerOptions(target_ms=1.0))
-    row = measurer.measure("sdpa-gather", first)
+    row = measurer.measure(Cell("sdpa-gather", first))
     assert row["inputs_s"] is not None and row["inputs_s"] >= 0
-    assert measurer.measure("sdpa-gather", first)["inputs_s"] is None
-    assert measurer.measure("sdpa-gather", second)["inputs_s"] is not None
+    assert measurer.measure(Cell("sdpa-gather", first))["inputs_s"] is None
+    assert measurer.measure(Cell("sdpa-gather", second))["inputs_s"] is not None
     assert not collections
 
     looks = iter([(1, "of host memory available"), (1 << 40, "of host memory available")])
     monkeypatch.setattr(cell, "memory_limit", lambda device: next(looks))
-    assert measurer.measure("sdpa-gather", first)["verdict"] == "ok" and len(collections) == 1
+    assert measurer.measure(Cell("sdpa-gather", first))["verdict"] == "ok" and len(collections) == 1
     monkeypatch.setattr(cell, "memory_limit", lambda device: (1, "of host memory available"))
-    row = measurer.measure("sdpa-gather", second)
+    row = measurer.measure(Cell("sdpa-gather", second))
     assert row["verdict"] == "oom" and len(collections) == 2

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from harness.errors import UsageError
 from harness.frontends import cli
 from harness.measure import cell
@@ -63,7 +63,7 @@ def test_a_cell_that_cannot_fit_is_oom_with_nothing_allocated(monkeypatch):
     monkeypatch.setattr(cell, "make_batch", lambda *args, **kwargs: built.append(args))
     measurer = CellMeasurer(device=torch.device("cpu"))
     case = Case(name="too-big", grammar="2q1c9", page_size=4, pool_gib=4.0, **TINY)
-    row = measurer.measure("sdpa-gather", case)
+    row = measurer.measure(Cell("sdpa-gather", case))
     assert row["verdict"] == "oom" and not built
     assert "GiB" in row["reason"] and "1.0 GiB of host memory available" in row["reason"]
 

@@ -24,7 +24,7 @@ from harness.measure.gate import GateResult
 from harness.releases.bisect import bisect, candidates_between, cell_difference
 from harness.releases.check import add_releases_arguments, child_run_args, cmd_releases, run_releases
 from harness.measure.results import make_row
-from harness.cases.sweep import make_case
+from harness.cases.sweep import Cell, make_case
 from harness.measure.timer import Timing
 from reports.releases import RELEASES_JSON, behaviour_of, format_releases_text, load_releases, render_releases_html
 from tests.report_fixtures import synthetic_runs, write_results_folder
@@ -247,7 +247,7 @@ def _rows(label: str, verdicts: dict[tuple[str, str], str], slow: dict[tuple[str
                 samples = sorted(median * (1 + rng.uniform(-0.01, 0.01)) for _ in range(41))
                 timing = Timing.from_samples(samples, "cuda events", "flush 256 MiB")
             gate = GateResult(verdict, "" if verdict == "ok" else LSE_OFF)
-            rows.append(make_row(backend=backend, case=case, gate=gate, timing=timing, env_id=f"env-{label}",
+            rows.append(make_row(cell=Cell(backend, case), gate=gate, timing=timing, env_id=f"env-{label}",
                                  run_id=f"run-{label}", device="cuda:0",
                                  backend_versions={"cudnn_backend": label.split("-")[1]}))
     return rows

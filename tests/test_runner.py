@@ -24,7 +24,7 @@ from harness.measure.cell import TimerOptions
 from harness.measure.results import cell_id
 from harness.measure.runner import (RunConfig, Slot, SlotFailure, cells_to_measure, context_poisoned, describe_exit,
                                     order_by_case, run_cells, summarise_dump)
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from records.store import ResultStore
 from tests.processes import alive, children
 
@@ -52,14 +52,14 @@ def _run(cells, out_dir, run_id="test", cell_timeout_s=HANG_TIMEOUT_S, **options
 @pytest.fixture(scope="module")
 def faulty_sweep(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("faulty")
-    cells = [(backend, case) for case in CASES for backend in [*FAULTY, "good-ref"]]
+    cells = [Cell(backend, case) for case in CASES for backend in [*FAULTY, "good-ref"]]
     return out_dir, cells, _run(cells, out_dir, run_id="with-faults")
 
 
 @pytest.fixture(scope="module")
 def clean_sweep(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("clean")
-    return _run([("good-ref", case) for case in CASES], out_dir, run_id="clean")
+    return _run([Cell("good-ref", case) for case in CASES], out_dir, run_id="clean")
 
 
 def _by_backend(rows, backend):
@@ -68,9 +68,9 @@ def _by_backend(rows, backend):
 
 def test_the_sweep_finishes_with_one_row_per_cell(faulty_sweep):
     out_dir, cells, rows = faulty_sweep
-    assert [(row["backend"], row["case"]) for row in rows] == [(backend, case.name) for backend, case in cells]
+    assert [(row["backend"], row["case"]) for row in rows] == [(cell.backend, cell.case.name) for cell in cells]
     stored = ResultStore(out_dir).read_rows()
-    assert sorted(row["cell_id"] for row in stored) == sorted(cell_id(backend, case) for backend, case in cells)
+    assert sorted(row["cell_id"] for row in stored) == sorted(cell.id for cell in cells)
     assert {row["run_id"] for row in stored} == {"with-faults"}
 
 
@@ -121,25 +121,25 @@ def test_the_resume_rule():
     a, b = CASES
     recorded = {cell_id("x", a): {"verdict": "ok"}, cell_id("y", a): {"verdict": "timeout"},
                 cell_id("x", b): {"verdict": "error"}, cell_id("z", b): {"verdict": "skipped"}}
-    cells = [("x", a), ("y", a), ("x", b), ("y", b), ("z", b)]
+    cells = [Cell("x", a), Cell("y", a), Cell("x", b), Cell("y", b), Cell("z", b)]
     todo, reused = cells_to_measure(cells, recorded)
-    assert [(backend, case) for _, backend, case in todo] == [("y", b)]
+    assert todo == [Cell("y", b)]
     assert set(reused) == set(recorded)
     todo, reused = cells_to_measure(cells, recorded, retry_failed=True)
-    assert [(backend, case) for _, backend, case in todo] == [("y", a), ("x", b), ("y", b)]
+    assert todo == [Cell("y", a), Cell("x", b), Cell("y", b)]
     assert set(reused) == {cell_id("x", a), cell_id("z", b)}
 
 
 # --- kill -9 in the middle of a sweep, then resume ------------------------------------------------
 
 KILL_CASES = [Case(name=f"runner-kill-{n}", grammar=f"2q{n}c8", page_size=4, **TINY) for n in (1, 2, 3)]
-KILL_CELLS = [("good-ref", KILL_CASES[0]), ("good-ref", KILL_CASES[1]), ("fault-hang", KILL_CASES[1]),
-              ("good-ref", KILL_CASES[2])]
+KILL_CELLS = [Cell("good-ref", KILL_CASES[0]), Cell("good-ref", KILL_CASES[1]), Cell("fault-hang", KILL_CASES[1]),
+              Cell("good-ref", KILL_CASES[2])]
 SWEEP_SCRIPT = """
 import sys
 from pathlib import Path
 
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from harness.measure.cell import TimerOptions
 from harness.measure.runner import RunConfig, Slot, run_cells
 
@@ -153,7 +153,7 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("slots", [1, 2])
 def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slots):
     script = tmp_path / "sweep.py"
-    script.write_text(SWEEP_SCRIPT.format(cells=", ".join(f"({b!r}, {c!r})" for b, c in KILL_CELLS), extra=EXTRA,
+    script.write_text(SWEEP_SCRIPT.format(cells=", ".join(repr(cell) for cell in KILL_CELLS), extra=EXTRA,
                                           slots=slots))
     out_dir = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -162,7 +162,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
         # kill once the good cells of the first two cases are stored: the second case's hanging cell then
         # holds its worker for good. (Waiting for "any two rows" was a race with two workers: the worker that
         # finished the first case could finish the third before the other one, slow to start, stored the second.)
-        first_two = {cell_id(b, c) for b, c in KILL_CELLS[:2]}
+        first_two = {cell.id for cell in KILL_CELLS[:2]}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and sweep.poll() is None:
             if (out_dir / "results.jsonl").exists() and \
@@ -181,7 +181,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
     before = store.read_rows()
     # the good cells of the first two cases are done (with two workers the third may be too);
     # the hanging one never finishes
-    good = {cell_id(b, c) for b, c in KILL_CELLS if b == "good-ref"}
+    good = {cell.id for cell in KILL_CELLS if cell.backend == "good-ref"}
     assert first_two <= {row["cell_id"] for row in before} <= good
     for worker in workers:  # an orphaned worker notices its parent is gone and exits
         deadline = time.monotonic() + 10
@@ -191,7 +191,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path, slo
 
     rows = _run(KILL_CELLS, out_dir, run_id="resumed",
                 slots=[Slot(f"cpu{n}") for n in range(slots)])
-    assert [row["cell_id"] for row in rows] == [cell_id(b, c) for b, c in KILL_CELLS]
+    assert [row["cell_id"] for row in rows] == [cell.id for cell in KILL_CELLS]
     stored = store.read_rows()
     assert store.skipped_results == []
     assert sorted(row["cell_id"] for row in stored) == sorted(row["cell_id"] for row in rows)  # none lost, none twice
@@ -265,13 +265,13 @@ SLOT_CASES = [Case(name=f"runner-slots-{n}", grammar=f"2q{n}c6", page_size=4, **
 
 
 def test_two_workers_share_the_queue_and_measure_each_cell_once(tmp_path):
-    cells = [(backend, case) for case in SLOT_CASES for backend in ("good-ref", "sdpa-gather")]
+    cells = [Cell(backend, case) for case in SLOT_CASES for backend in ("good-ref", "sdpa-gather")]
     seen = []
     rows = _run(cells, tmp_path, slots=[Slot("cpu0"), Slot("cpu1")], on_progress=seen.append, cell_timeout_s=120)
-    assert [(row["backend"], row["case"]) for row in rows] == [(b, c.name) for b, c in cells]
+    assert [(row["backend"], row["case"]) for row in rows] == [(cell.backend, cell.case.name) for cell in cells]
     assert all(row["verdict"] == "ok" for row in rows), [row["reason"] for row in rows]
     stored = ResultStore(tmp_path).read_rows()
-    assert sorted(row["cell_id"] for row in stored) == sorted(cell_id(b, c) for b, c in cells)  # none twice
+    assert sorted(row["cell_id"] for row in stored) == sorted(cell.id for cell in cells)  # none twice
     by_slot = {}
     for progress in seen:
         by_slot.setdefault(progress.slot, set()).add(progress.row["case"])
@@ -282,7 +282,8 @@ def test_two_workers_share_the_queue_and_measure_each_cell_once(tmp_path):
 
 def test_a_worker_killed_mid_cell_costs_only_that_cell(tmp_path, monkeypatch):
     pidfile = tmp_path / "worker.pid"
-    cells = [("good-ref", SLOT_CASES[0]), ("fault-wait", SLOT_CASES[1]), *[("good-ref", c) for c in SLOT_CASES[1:]]]
+    cells = [Cell("good-ref", SLOT_CASES[0]), Cell("fault-wait", SLOT_CASES[1]),
+             *[Cell("good-ref", c) for c in SLOT_CASES[1:]]]
     result = {}
     thread = threading.Thread(target=lambda: result.update(rows=run_cells(
         cells, tmp_path, _config("killed-worker", cell_timeout_s=120, **{PIDFILE_ENV: str(pidfile)}),
@@ -303,7 +304,7 @@ def test_a_worker_killed_mid_cell_costs_only_that_cell(tmp_path, monkeypatch):
 def test_a_slot_whose_worker_cannot_start_hands_its_cells_to_the_others(tmp_path):
     broken = Slot("broken", env={"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters,no_such_module_here"})
     failures = []
-    cells = [("good-ref", case) for case in SLOT_CASES[:3]]
+    cells = [Cell("good-ref", case) for case in SLOT_CASES[:3]]
     rows = _run(cells, tmp_path, slots=[broken, Slot("cpu")], cell_timeout_s=120,
                 on_slot_failure=lambda slot, why: failures.append(slot))
     assert [row["verdict"] for row in rows] == ["ok"] * 3
@@ -316,8 +317,8 @@ def test_a_slot_whose_worker_cannot_start_hands_its_cells_to_the_others(tmp_path
 
 def test_cells_are_grouped_by_case_without_duplicates():
     a, b = CASES
-    cells = [("x", a), ("y", b), ("y", a), ("x", a), ("x", b)]
-    assert order_by_case(cells) == [("x", a), ("y", a), ("y", b), ("x", b)]
+    cells = [Cell("x", a), Cell("y", b), Cell("y", a), Cell("x", a), Cell("x", b)]
+    assert order_by_case(cells) == [Cell("x", a), Cell("y", a), Cell("y", b), Cell("x", b)]
 
 
 @pytest.mark.parametrize("reason, poisoned", [
@@ -369,9 +370,9 @@ class TestGpuIsolation:
             return RunConfig(timer=TimerOptions(target_ms=10.0), run_id=run_id, worker_env=EXTRA, cell_timeout_s=300.0)
 
         # fault-oob first in each case: every later cell of the case runs right after a poisoned context
-        with_oob = run_cells([(b, c) for c in GPU_CASES for b in ["fault-oob", *healthy]], tmp_path / "oob",
+        with_oob = run_cells([Cell(b, c) for c in GPU_CASES for b in ["fault-oob", *healthy]], tmp_path / "oob",
                              config("oob"), slots=slots)
-        clean = run_cells([(b, c) for c in GPU_CASES for b in healthy], tmp_path / "clean", config("clean"), slots=slots)
+        clean = run_cells([Cell(b, c) for c in GPU_CASES for b in healthy], tmp_path / "clean", config("clean"), slots=slots)
         faults = _by_backend(with_oob, "fault-oob")
         assert [row["verdict"] for row in faults] == ["error"] * len(GPU_CASES), [r["reason"] for r in faults]
         assert all(context_poisoned(row) for row in faults), [row["reason"] for row in faults]

@@ -501,3 +501,17 @@ def cell_id(backend: str, case: Case) -> str:
     (the runner's resume rule, the row and the run's result order all ask for it)."""
     payload = json.dumps({"backend": backend, **case.as_dict()}, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement cell: a backend on a case. What travels from the session through the runner and
+    its workers to the row (`harness.measure.results.make_row`); ``id`` is its `cell_id`."""
+
+    backend: str
+    case: Case
+
+    @property
+    def id(self) -> str:
+        """The cell's stable key (`cell_id`): resume and comparisons match cells on it."""
+        return cell_id(self.backend, self.case)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from adapters.base import THD
 from adapters.batch import BatchSpec
-from harness.cases.sweep import PROBE_CASE_PREFIX, Case, cell_id, make_case
+from harness.cases.sweep import PROBE_CASE_PREFIX, Case, Cell, cell_id, make_case
 from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, PROBE_DIR  # noqa: F401 (PROBE_DIR re-exported)
 
 BASE_GRAMMAR = "2q1c100_2q37c60"
@@ -183,14 +183,13 @@ def select_features(names: Iterable[str] | None, features: tuple[Feature, ...] =
 
 # --- the two rounds of cells ---------------------------------------------------------------------------
 
-Cell = tuple[str, Case]
 MeasureCells = Callable[[list[Cell]], list[dict[str, Any]]]
 
 
 def page_cells(layouts: dict[str, str], features: Iterable[Feature]) -> list[Cell]:
     """Round one: every backend's page-size rows (``layouts``: backend name -> its ``q_layout``)."""
     features = tuple(features)
-    return [(name, probe_case(overrides)) for name, layout in layouts.items()
+    return [Cell(name, probe_case(overrides)) for name, layout in layouts.items()
             for feature, _, overrides in rows_for(_Layout(layout), features) if feature == "page_size"]
 
 
@@ -219,7 +218,7 @@ def feature_cells(layouts: dict[str, str], features: Iterable[Feature], pages: d
                   not_here: dict[tuple[str, str], str] | None = None) -> list[Cell]:
     """Round two: every backend's other rows, at its base page size (``pages``), but the rows of ``not_here``."""
     features = tuple(features)
-    return [(name, probe_case(overrides, page_size=pages[name])) for name, layout in layouts.items()
+    return [Cell(name, probe_case(overrides, page_size=pages[name])) for name, layout in layouts.items()
             for feature, value, overrides in rows_for(_Layout(layout), features)
             if feature != "page_size" and (feature, value) not in (not_here or {})]
 

@@ -1,6 +1,7 @@
-"""Measuring one (backend, case) cell in the current process: build the batch, compute the
-reference, gate, and time only what passed (nothing with ``gate_only``, nor any capability probe cell).
-Consecutive cells of one case share batch and reference."""
+"""Measuring one cell (a `harness.cases.sweep.Cell`: a backend on a case, what travels from the session
+to the row) in the current process: build the batch, compute the reference, gate, and time only what
+passed (nothing with ``gate_only``, nor any capability probe cell). Consecutive cells of one case share
+batch and reference."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from adapters.base import Adapter, Prepared, discover, versions_of
 from adapters.batch import PagedBatch, make_batch
 from adapters.reference import reference_attention
-from harness.cases.sweep import Case, is_probe_case
+from harness.cases.sweep import Case, Cell, is_probe_case
 from harness.measure.gate import GateResult, failure_verdict, run_gate
 from harness.measure.results import make_row
 from harness.measure.timer import DEFAULT_TARGET_MS, Timing, time_function
@@ -219,9 +220,9 @@ class CellMeasurer:
             self._batch, self._case = batch, case
         return self._batch, self._reference, built_s
 
-    def row_for(self, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
+    def row_for(self, cell: Cell, gate: GateResult, timing: Timing | None = None,
                 adapter: Adapter | None = None) -> dict[str, Any]:
-        return make_row(backend=backend, case=case, gate=gate, timing=timing, ceilings=self.ceilings,
+        return make_row(cell=cell, gate=gate, timing=timing, ceilings=self.ceilings,
                         backend_versions=versions_of(adapter) if adapter is not None else None,
                         env_id=self.env_id, run_id=self.run_id, device=str(self.device.type),
                         gpu_index=self.gpu_index, gpu_uuid=self.gpu_uuid, timer_args=self.timer.args())
@@ -241,20 +242,21 @@ class CellMeasurer:
             reason = oom_reason(case, limit, what, needed)
         return reason
 
-    def measure(self, backend: str, case: Case) -> dict[str, Any]:
+    def measure(self, cell: Cell) -> dict[str, Any]:
         started = time.perf_counter()
-        row = self._measure(backend, case)
+        row = self._measure(cell)
         row["cell_s"] = round(time.perf_counter() - started, 3)
         return row
 
-    def _measure(self, backend: str, case: Case) -> dict[str, Any]:
-        adapter = self.adapter(backend)
+    def _measure(self, cell: Cell) -> dict[str, Any]:
+        case = cell.case
+        adapter = self.adapter(cell.backend)
         available, why = adapter.available(self.device)
         if not available:
-            return self.row_for(backend, case, GateResult("skipped", why), adapter=adapter)
+            return self.row_for(cell, GateResult("skipped", why), adapter=adapter)
         too_big = self._fits(case)
         if too_big:
-            return self.row_for(backend, case, GateResult("oom", too_big), adapter=adapter)
+            return self.row_for(cell, GateResult("oom", too_big), adapter=adapter)
         inputs_s = None
         try:
             batch, reference, inputs_s = self._inputs(case)
@@ -270,6 +272,6 @@ class CellMeasurer:
         except Exception as error:  # noqa: BLE001 - every failure becomes a verdict
             self.release()
             gate, timing = failure_verdict(error, "measure"), None
-        row = self.row_for(backend, case, gate, timing, adapter=adapter)
+        row = self.row_for(cell, gate, timing, adapter=adapter)
         row["inputs_s"] = inputs_s
         return row

@@ -7,7 +7,7 @@ import datetime as _dt
 import json
 from typing import TYPE_CHECKING, Any
 
-from harness.cases.sweep import Case, cell_id  # noqa: F401 - cell_id re-exported: results and resume key on it
+from harness.cases.sweep import Cell, cell_id  # noqa: F401 - cell_id re-exported: results and resume key on it
 from harness.measure import metrics
 from records.schema import COLUMNS
 
@@ -25,7 +25,7 @@ def declared_binding(backend: str) -> str:
     return getattr(cls, "binding", "") if cls is not None else ""
 
 
-def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | None = None,
+def make_row(*, cell: Cell, gate: GateResult, timing: Timing | None = None,
              ceilings: dict[str, Any] | None = None, backend_versions: dict[str, str] | None = None,
              env_id: str = "", run_id: str = "", device: str = "", gpu_index: int | None = None,
              gpu_uuid: str | None = None, timer_args: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -33,10 +33,11 @@ def make_row(*, backend: str, case: Case, gate: GateResult, timing: Timing | Non
     command-line options that made the timing differ from the default (kept in the reproducer)."""
     from harness.cases.reproducer import reproducer
 
+    backend, case = cell.backend, cell.case
     spec: BatchSpec = case.spec()
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(
-        cell_id=cell_id(backend, case), run_id=run_id, backend=backend, binding=declared_binding(backend), case=case.name, variant=case.variant,
+        cell_id=cell.id, run_id=run_id, backend=backend, binding=declared_binding(backend), case=case.name, variant=case.variant,
         grammar=case.grammar,
         **case.axes(), num_q_heads=spec.num_q_heads, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         dtype=spec.dtype, causal=spec.causal, seed=spec.seed, total_q=spec.total_q, total_kv=spec.total_kv,

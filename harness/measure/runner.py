@@ -3,8 +3,10 @@
 Cells run in worker processes (start method ``spawn``, as CUDA requires), one per device slot (a
 GPU pinned with ``CUDA_VISIBLE_DEVICES``, or the CPU), each measuring one cell at a time with
 `CellMeasurer`, so torch/CUDA start-up and each case's batch and reference are paid once for many
-cells. The parent hands out whole cases (all their backends) from one queue, one thread per slot,
-sends each cell and waits for its row with a time limit:
+cells. A cell is a `harness.cases.sweep.Cell` (a backend on a case) from the session to the row: the
+runner's list, its resume rule, the case groups and the message to a worker all carry `Cell`s. The
+parent hands out whole cases (all their backends) from one queue, one thread per slot, sends each cell
+and waits for its row with a time limit:
 
 - the backend raises            -> `error` (the worker's gate turns the exception into the verdict);
 - the worker dies (abort, segfault, killed) -> `error` with the signal or exit status and the frame
@@ -50,11 +52,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.measure.cell import TimerOptions
 from harness.measure.gate import GateResult, failure_verdict
-from harness.measure.results import cell_id, make_row
+from harness.measure.results import make_row
 from records.schema import RETRYABLE_VERDICTS
 from records.store import ResultStore
 
@@ -158,14 +160,14 @@ def _leave(code: int = 0) -> None:
     os._exit(code)
 
 
-def _measure_one(measurer, backend: str, case: Case) -> tuple[dict[str, Any], bool]:
+def _measure_one(measurer, cell: Cell) -> tuple[dict[str, Any], bool]:
     """One cell's row, and whether this worker must exit afterwards (its CUDA context is poisoned)."""
     import torch
 
     try:
-        row = measurer.measure(backend, case)
+        row = measurer.measure(cell)
     except Exception as error:  # noqa: BLE001 - e.g. an unknown backend or a raising available()
-        row = measurer.row_for(backend, case, failure_verdict(error, "measure"))
+        row = measurer.row_for(cell, failure_verdict(error, "measure"))
     poisoned = context_poisoned(row)
     if measurer.device.type == "cuda":
         try:
@@ -173,7 +175,7 @@ def _measure_one(measurer, backend: str, case: Case) -> tuple[dict[str, Any], bo
         except Exception as error:  # noqa: BLE001 - the cell left an asynchronous error behind
             poisoned = True
             if row["verdict"] != "error":
-                row = measurer.row_for(backend, case, GateResult(
+                row = measurer.row_for(cell, GateResult(
                     "error", f"CUDA context failed after the cell: {type(error).__name__}: {error}"))
         if row["verdict"] == "oom" and not poisoned:
             measurer.release()
@@ -182,7 +184,7 @@ def _measure_one(measurer, backend: str, case: Case) -> tuple[dict[str, Any], bo
 
 def worker_main(conn, setup: _WorkerSetup) -> None:
     """Entry point of a worker: report ready (with its GPU's identity and ceilings), then answer each
-    (backend, case) with ("row", row, exits) until told to stop (None) or the parent goes away."""
+    `Cell` with ("row", row, exits) until told to stop (None) or the parent goes away."""
     os.environ.update(setup.run.worker_env)
     os.environ.update(setup.slot.env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
@@ -217,8 +219,7 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
         if message is None:
             measurer.close()
             _leave(0)
-        backend, case = message
-        row, must_exit = _measure_one(measurer, backend, case)
+        row, must_exit = _measure_one(measurer, message)
         conn.send(("row", row, must_exit))
         if must_exit:
             _leave(0)
@@ -445,7 +446,7 @@ class WorkerPool:
                 last_error = error
         raise WorkerStartError(f"no measuring worker could be started on {self.slot.label}: {last_error}")
 
-    def measure(self, backend: str, case: Case) -> dict[str, Any]:
+    def measure(self, cell: Cell) -> dict[str, Any]:
         """The row of one cell; never raises for anything the backend does (`WorkerStartError` when
         this slot cannot run a worker at all, `RunInterrupted` when the run stops before the cell ends)."""
         if self.stopping.is_set():
@@ -457,7 +458,7 @@ class WorkerPool:
             self.worker = self._start()
         worker = self.worker
         try:
-            worker.conn.send((backend, case))
+            worker.conn.send(cell)
         except (OSError, BrokenPipeError):
             pass  # it died between cells; receive() reports it
         timeout_s = self.config.cell_timeout_s
@@ -465,7 +466,7 @@ class WorkerPool:
         if status in ("stopped", "died") and self.stopping.is_set():  # killed by the shutdown, not by the cell
             worker.kill()
             self.worker = None
-            raise RunInterrupted(f"the run stopped during {backend} / {case.name}")
+            raise RunInterrupted(f"the run stopped during {cell.backend} / {cell.case.name}")
         if status == "message" and message[0] == "row":
             _, row, exits = message
             if exits:
@@ -482,11 +483,11 @@ class WorkerPool:
             gate = GateResult("error", f"worker process died during the cell: {describe_exit(worker.process.exitcode)}"
                               + (f"; {where}" if where else ""))
         self.worker = None
-        return self._row(backend, case, gate)
+        return self._row(cell, gate)
 
-    def _row(self, backend: str, case: Case, gate: GateResult) -> dict[str, Any]:
+    def _row(self, cell: Cell, gate: GateResult) -> dict[str, Any]:
         slot = self.slot
-        return make_row(backend=backend, case=case, gate=gate, ceilings=slot.ceilings, env_id=self.config.env_id,
+        return make_row(cell=cell, gate=gate, ceilings=slot.ceilings, env_id=self.config.env_id,
                         run_id=self.config.run_id, device=slot.device, gpu_index=slot.gpu_index, gpu_uuid=slot.gpu_uuid,
                         timer_args=self.config.timer.args())
 
@@ -510,30 +511,30 @@ class WorkerPool:
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
-def order_by_case(cells: list[tuple[str, Case]]) -> list[tuple[str, Case]]:
+def order_by_case(cells: list[Cell]) -> list[Cell]:
     """Cells grouped by case (cases in order of first appearance, backends in the given order), without
     duplicates, so that a worker builds each batch and reference once."""
     by_case: dict[Case, list[str]] = {}
-    for backend, case in cells:
-        backends = by_case.setdefault(case, [])
-        if backend not in backends:
-            backends.append(backend)
-    return [(backend, case) for case, backends in by_case.items() for backend in backends]
+    for cell in cells:
+        backends = by_case.setdefault(cell.case, [])
+        if cell.backend not in backends:
+            backends.append(cell.backend)
+    return [Cell(backend, case) for case, backends in by_case.items() for backend in backends]
 
 
-def cells_to_measure(cells: list[tuple[str, Case]], recorded: dict[str, dict[str, Any]], *,
-                     retry_failed: bool = False) -> tuple[list[tuple[str, str, Case]], dict[str, dict[str, Any]]]:
+def cells_to_measure(cells: list[Cell], recorded: dict[str, dict[str, Any]], *,
+                     retry_failed: bool = False) -> tuple[list[Cell], dict[str, dict[str, Any]]]:
     """The resume rule, in one place: a cell recorded with any verdict is done (a backend that hangs
     must not hang every resumed run), except `timeout`/`error` ones with ``retry_failed``.
-    Returns the cells still to measure as (cell_id, backend, case), in case order, and the reused rows."""
+    Returns the cells still to measure, in case order, and the reused rows (by cell id)."""
     todo, reused = [], {}
-    for backend, case in order_by_case(cells):
-        key = cell_id(backend, case)
+    for cell in order_by_case(cells):
+        key = cell.id
         previous = recorded.get(key)
         if previous is not None and not (retry_failed and previous.get("verdict") in RETRYABLE_VERDICTS):
             reused[key] = previous
         else:
-            todo.append((key, backend, case))
+            todo.append(cell)
     return todo, reused
 
 
@@ -574,11 +575,11 @@ def _sigterm_exits():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunConfig = RunConfig(), *,
+def run_cells(cells: list[Cell], out_dir: Path | str, config: RunConfig = RunConfig(), *,
               slots: list[Slot] | None = None, resume: bool = True, retry_failed: bool = False,
               on_progress: ProgressCallback | None = None,
               on_slot_failure: Callable[[Slot, str], None] | None = None) -> list[dict[str, Any]]:
-    """Measure (backend, case) cells in isolated worker processes, one per slot; return their rows.
+    """Measure cells (`Cell`: a backend on a case) in isolated worker processes, one per slot; return their rows.
 
     Each finished row is appended to ``out_dir/results.jsonl`` at once. With ``resume``, cells already
     recorded there for the same ``config.env_id`` (any environment when it is empty) are not measured
@@ -611,11 +612,11 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
                 group = work.get(timeout=0.2)
             except queue.Empty:
                 continue
-            for index, (key, backend, case) in enumerate(group):
+            for index, cell in enumerate(group):
                 if stop.is_set():
                     return
                 try:
-                    row = pool.measure(backend, case)
+                    row = pool.measure(cell)
                 except RunInterrupted:  # the cell in flight has no result: a resumed run measures it
                     return
                 except WorkerStartError as error:  # this slot is broken: its unfinished cells go back
@@ -633,7 +634,7 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
                     return
                 store.append(row)
                 with lock:
-                    rows[key] = row
+                    rows[cell.id] = row
                     state["done"] += 1
                     if on_progress is not None:
                         on_progress(Progress(row=row, done=state["done"], total=total, slot=pool.slot.label))
@@ -656,10 +657,10 @@ def run_cells(cells: list[tuple[str, Case]], out_dir: Path | str, config: RunCon
         _shut_down(pools, threads, stop, at_once=interrupted)
     if errors:
         raise errors[0]
-    missing = [key for key, _, _ in todo if key not in rows]
+    missing = [cell.id for cell in todo if cell.id not in rows]
     if missing:
         raise SlotFailure(f"{len(missing)} cells were not measured: every slot stopped")
-    return [rows[key] for key in dict.fromkeys(cell_id(backend, case) for backend, case in cells)]
+    return [rows[key] for key in dict.fromkeys(cell.id for cell in cells)]
 
 
 SHUTDOWN_WAIT_S = 30.0
@@ -696,12 +697,12 @@ def _shut_down(pools: list[WorkerPool], threads: list[threading.Thread], stop: t
             pool.close(wait=not at_once)
 
 
-def _case_groups(todo: list[tuple[str, str, Case]]) -> list[list[tuple[str, str, Case]]]:
+def _case_groups(todo: list[Cell]) -> list[list[Cell]]:
     """Consecutive cells of one case, kept together so one worker builds its batch and reference once."""
-    groups: list[list[tuple[str, str, Case]]] = []
-    for item in todo:
-        if groups and groups[-1][0][2] == item[2]:
-            groups[-1].append(item)
+    groups: list[list[Cell]] = []
+    for cell in todo:
+        if groups and groups[-1][0].case == cell.case:
+            groups[-1].append(cell)
         else:
-            groups.append([item])
+            groups.append([cell])
     return groups

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.cases.shard import RECORD_KEY, Shard, shard_cases, shard_record
-from harness.cases.sweep import Case
+from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.measure.cell import TimerOptions
 from harness.measure.runner import ProgressCallback, RunConfig, Slot, environ_with, run_cells
@@ -182,7 +182,7 @@ class RunSession:
         if not self.slots:
             raise RuntimeError("RunSession.start() must come before run()")
         names = self.selected_backends()
-        cells = [(name, case) for case in self.cases_here(cases) for name in names]
+        cells = [Cell(name, case) for case in self.cases_here(cases) for name in names]
         config = RunConfig(timer=self.timer, env_id=self.env_id, run_id=self.run_id, worker_env=self.worker_env,
                            cell_timeout_s=self.cell_timeout_s)
         return run_cells(cells, self.out_dir, config, slots=self.slots, resume=resume, retry_failed=retry_failed,
