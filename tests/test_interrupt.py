@@ -23,6 +23,14 @@ TINY = ["--case", "2q1c9", "--heads", "4/2/32", "--dtype", "fp32", "--page-size"
 """One tiny case: each cell takes well under a second on the CPU."""
 
 
+def _interruptible() -> None:
+    """In the child before it runs: SIGINT back to its default action. A shell that starts a job in the
+    background without job control (nohup ... &, some CI runners) leaves SIGINT ignored in it and in
+    everything it starts, and Python then installs no KeyboardInterrupt handler: the run would never see
+    the Ctrl-C these tests send, as a run started from a terminal does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _command(out: Path, backends: str) -> list[str]:
     return [sys.executable, "-m", "harness.frontends.cli", "run", "--device", "cpu", "--out", str(out),
             "--backends", backends, "--no-report", "--quiet", "--target-ms", "1", "--cell-timeout", "600", *TINY]
@@ -78,7 +86,8 @@ def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_ru
     out, pidfile = tmp_path / "out", tmp_path / "worker.pid"
     backends = "good-ref,fault-wait-once"
     run = subprocess.Popen(_command(out, backends), cwd=ROOT, env=_env(**{PIDFILE_ENV: str(pidfile)}),
-                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                           preexec_fn=_interruptible)
     try:
         _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), run, "the worker is inside the cell")
         status, stderr, below = _interrupt(run)
@@ -98,7 +107,8 @@ def test_ctrl_c_while_a_worker_is_being_replaced(tmp_path, delay_s):
     out = tmp_path / "out"
     backends = "fault-abort,good-ref"
     run = subprocess.Popen(_command(out, backends), cwd=ROOT, env=_env(), stderr=subprocess.PIPE,
-                           stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+                           stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                           preexec_fn=_interruptible)
     try:
         _wait_for(lambda: any(row["backend"] == "fault-abort" for row in _rows(out)), run,
                   "the aborting cell is stored")
