@@ -28,7 +28,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
     from adapters.batch import BatchSpec
@@ -103,17 +103,23 @@ class Case:
         """The case's `BatchSpec`, built at the first call and kept: the memory check, the batch, the row's
         figures and its reproducer all read the one spec (a BatchSpec is immutable; drawn lengths are drawn
         once). The cache is no field: equality, hashing, `as_dict` and cell ids do not see it."""
-        cached = self.__dict__.get("_spec")
-        if cached is None:
-            from adapters.batch import BatchSpec
+        return self._kept("_spec", self._build_spec)
 
-            cached = BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
-                                            num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
-                                            head_dim=self.head_dim, dtype=self.dtype, causal=self.causal,
-                                            pool_pages=self.pool_pages, pool_gib=self.pool_gib,
-                                            **{name: getattr(self, name) for name in FEATURE_DEFAULTS})
-            object.__setattr__(self, "_spec", cached)  # frozen: the cache is set once, bypassing __setattr__
-        return cached
+    def _build_spec(self) -> "BatchSpec":
+        from adapters.batch import BatchSpec
+
+        return BatchSpec.from_grammar(self.grammar, seed=self.seed, page_size=self.page_size,
+                                      num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads,
+                                      head_dim=self.head_dim, dtype=self.dtype, causal=self.causal,
+                                      pool_pages=self.pool_pages, pool_gib=self.pool_gib,
+                                      **{name: getattr(self, name) for name in FEATURE_DEFAULTS})
+
+    def _kept(self, key: str, build: Callable[[], Any]) -> Any:
+        """``build()``'s value, built at the first call and kept in the instance under ``key`` (no field: the
+        case is frozen, so it is set once past ``__setattr__``)."""
+        if key not in self.__dict__:
+            object.__setattr__(self, key, build())
+        return self.__dict__[key]
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -122,11 +128,7 @@ class Case:
 
     def lengths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(q_lens, kv_lens), drawn from the seed (torch-free), once per case (kept like `spec`)."""
-        cached = self.__dict__.get("_lengths")
-        if cached is None:
-            cached = resolve_lengths(self.grammar, self.seed)
-            object.__setattr__(self, "_lengths", cached)
-        return cached
+        return self._kept("_lengths", lambda: resolve_lengths(self.grammar, self.seed))
 
     @property
     def workload(self) -> str:
