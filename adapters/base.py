@@ -145,6 +145,12 @@ class Adapter(abc.ABC):
         return "; ".join(self.feature_reasons.get(name) or f"{FEATURE_TEXT[name]}: not passed to the library by "
                          f"this row (no reason recorded in adapters/backends)" for name in missing)
 
+    disk_compile_cache: ClassVar[bool] = False
+    """Compiles a kernel per layout (seconds a cell) into a cache on disk that later processes read
+    (Inductor's and Triton's caches, CuTe DSL's, JAX's): a gate-only pass over the sweep's cells in
+    parallel workers before the timed sweep (the compile warm-up, `harness.measure.session`) leaves its
+    timing worker cached kernels to load, and the capability probe hands these cells out first."""
+
     def worker_env(self, device_type: str) -> dict[str, str]:
         """Environment variables a measuring process needs before it imports this backend (e.g. the
         Triton interpreter on a CPU)."""

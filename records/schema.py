@@ -14,6 +14,9 @@ REPORT_FILE = "report.html"
 """The HTML report `run --report` and `report` write into a results folder by default."""
 PROBE_DIR = "probe"
 """The capability probe's cells live in ``<out>/probe/`` (results.jsonl, runs.jsonl), apart from the sweep's rows."""
+WARMUP_DIR = "warmup"
+"""The compile warm-up's gate-only cells live in ``<out>/warmup/`` (results.jsonl, runs.jsonl): no results of
+the sweep, but the only rows whose ``setup_s`` is a compile on a cold cache (`harness.measure.session`)."""
 
 VERDICTS: dict[str, str] = {
     "ok": "ran and matched the fp32 reference within the dtype's tolerance; timed",

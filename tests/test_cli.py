@@ -55,8 +55,9 @@ def _one_line_usage_error(done: subprocess.CompletedProcess, *needles: str) -> N
     (["--case", "８q1c100", "--device", "cpu"], ["８", "not an ASCII character"]),
     (["--case", "100000000q1c1000000", "--device", "cpu"], ["100000000 sequences", "at most 1048576"]),
     (["--case", "8q1c4k", "--pool-gib", "1000000", "--device", "cpu"], ["no cell fits this machine", "8q1c4k"]),
-    (["--probe-workers", "0"], ["--probe-workers", "'0'", "1..32"]),
-    (["--probe-workers", "many"], ["--probe-workers", "'many'"]),
+    (["--gate-workers", "0"], ["--gate-workers", "'0'", "1..32"]),
+    (["--gate-workers", "many"], ["--gate-workers", "'many'"]),
+    (["--probe-workers", "33"], ["--gate-workers", "'33'", "1..32"]),
 ])
 def test_a_mistake_is_one_line_and_creates_nothing(tmp_path, args, needles):
     out = tmp_path / "out"
@@ -214,6 +215,42 @@ def test_report_of_a_probe_folder_points_at_the_run_folder(tmp_path):
     (tmp_path / CAPABILITY_FILE).write_text("")
     assert main(["report", str(probe)]) == 2
     assert not (probe / "report.html").exists()
+
+
+def test_the_compile_warm_up_runs_the_compiling_backends_gate_only_before_the_sweep(tmp_path):
+    """``--warm-up``: the sweep's cells of the backends that compile into a disk cache (the Triton kernel, not
+    gather+SDPA) run gate-only into <out>/warmup/ first, as their own step; the sweep still gates and times
+    every cell; the warm-up folder is refused as a sweep by `report`."""
+    out = tmp_path / "out"
+    done = paged_bench("--device", "cpu", "--warm-up", "--backends", "triton,sdpa-gather", "--workloads", "decode",
+                       "--out", str(out), "--no-report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    warm = [json.loads(line) for line in (out / "warmup" / "results.jsonl").read_text().splitlines()]
+    sweep = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {row["backend"] for row in warm} == {"triton"}
+    assert sorted(row["cell_id"] for row in warm) == sorted(row["cell_id"] for row in sweep if row["backend"] == "triton")
+    assert all(row["verdict"] == "ok" and row["median_us"] is None for row in warm), warm[:1]
+    assert all(row["verdict"] == "ok" and row["median_us"] for row in sweep), [r["reason"] for r in sweep]
+    assert "compile warm-up: " in done.stderr and ", compile warm-up " in done.stderr.strip().splitlines()[-1]
+    again = paged_bench("report", str(out / "warmup"))
+    _one_line_usage_error(again, "compile warm-up", str(out))
+
+
+def test_the_warm_up_leaves_out_what_cannot_run_here_and_what_the_sweep_has_measured(tmp_path):
+    from harness.cases.sweep import SWEEPS, Cell
+    from harness.measure.session import RunSession
+    from records.store import ResultStore
+
+    cases = list(SWEEPS["cpu-tiny"])[:2]
+    session = RunSession(out_dir=tmp_path, device_type="cpu", backends=["triton", "flex-paged", "sdpa-gather"],
+                         env_id="env-a")
+    session._availability = [{"backend": "triton", "available": "yes", "in_sweep": True},
+                             {"backend": "flex-paged", "available": "no", "in_sweep": True},
+                             {"backend": "sdpa-gather", "available": "yes", "in_sweep": True}]
+    assert session.warm_up_cells(cases) == [Cell("triton", case) for case in cases]
+    ResultStore(tmp_path).append({"cell_id": Cell("triton", cases[0]).id, "env_id": "env-a", "verdict": "ok"})
+    assert session.warm_up_cells(cases) == [Cell("triton", cases[1])]
+    assert session.warm_up_cells(cases, resume=False) == [Cell("triton", case) for case in cases]
 
 
 def test_the_probe_shows_progress_for_each_round_of_cells():

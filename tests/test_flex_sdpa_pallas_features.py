@@ -314,3 +314,18 @@ def test_pallas_declines_window_and_sinks_in_its_terms(features, words):
     result = _gate(PallasPagedDecodeAdapter(), _spec("3q1c40", **features))
     assert result.verdict == "unsupported"
     assert "paged_attention" in result.reason and words in result.reason
+
+
+def test_pallas_workers_keep_compiled_programs_in_a_disk_cache_unless_the_user_chose_one(monkeypatch, tmp_path):
+    """The compile warm-up only helps the timed sweep if JAX keeps what it compiled: its persistent cache in
+    paged-bench's cache folder, every program kept; a folder the user set is left to JAX as set."""
+    from adapters.backends import pallas_decode
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env = pallas_decode.PallasPagedDecodeAdapter().worker_env("cuda")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "paged-bench" / "jax")
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/my/cache")
+    assert "JAX_COMPILATION_CACHE_DIR" not in pallas_decode.PallasPagedDecodeAdapter().worker_env("cuda")
+    assert pallas_decode.PallasPagedDecodeAdapter.disk_compile_cache

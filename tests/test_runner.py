@@ -396,3 +396,57 @@ def test_gate_only_runs_may_share_a_gpu_between_workers():
     assert all(slot.env == gpu.env and slot.gpu_uuid == "GPU-x" and slot.ceilings == gpu.ceilings
                for slot in shared[:3])
     assert runner.shared_slots([gpu], 1) == [gpu]
+
+
+def test_spread_hands_out_small_cases_cell_by_cell_after_the_large_ones():
+    """With ``spread`` (gate-only runs), a large case stays whole on one worker (one large batch at a time)
+    and goes first; a small case's cells go out one by one, those ``first`` picks (the compiling
+    backends: the longest cells) ahead of the others, case order kept within each part."""
+    from harness.measure.capability import LARGE_POOL_GIB, probe_case
+    from harness.measure.cell import cell_bytes
+
+    small1, small2 = probe_case({}), probe_case({"page_size": 8})
+    large = probe_case({"pool_gib": LARGE_POOL_GIB})
+    assert cell_bytes(small1) < runner.SPREAD_MAX_BYTES <= cell_bytes(large)
+    cells = [Cell("x", small1), Cell("y", small1), Cell("x", large), Cell("y", large), Cell("x", small2),
+             Cell("y", small2)]
+    assert runner._case_groups(cells) == [cells[:2], cells[2:4], cells[4:]]  # the sweep: whole cases, in order
+    assert runner._case_groups(cells, spread=True, first=lambda cell: cell.backend == "y") == [
+        [Cell("x", large), Cell("y", large)], [Cell("y", small1)], [Cell("y", small2)], [Cell("x", small1)],
+        [Cell("x", small2)]]
+
+
+def test_pools_keep_their_workers_across_runs_and_stop_them_at_the_end(tmp_path):
+    """`worker_pools`: the probe's rounds and the compile warm-up reuse the same workers (one start each);
+    leaving the block stops them; pools made for another configuration are refused."""
+    config = _config("pools", cell_timeout_s=120)
+    with runner.worker_pools(config, [Slot("cpu")]) as pools:
+        first = run_cells([Cell("good-ref", SLOT_CASES[0])], tmp_path / "one", config, pools=pools)
+        process = pools[0].worker.process
+        second = run_cells([Cell("good-ref", SLOT_CASES[1])], tmp_path / "two", config, pools=pools)
+        assert pools[0].worker.process is process and process.is_alive() and pools[0].started == 1
+        with pytest.raises(ValueError, match="another RunConfig"):
+            run_cells([Cell("good-ref", SLOT_CASES[2])], tmp_path / "three", _config("other"), pools=pools)
+    assert [row["verdict"] for row in first + second] == ["ok", "ok"]
+    assert pools[0].worker is None and not process.is_alive()
+    assert not (tmp_path / "three").exists() or not ResultStore(tmp_path / "three").read_rows()
+
+
+def test_a_spread_run_measures_every_cell_once_with_the_verdicts_of_a_whole_case_run(tmp_path):
+    cells = [Cell(backend, case) for case in SLOT_CASES[:3] for backend in ("good-ref", "fault-raise")]
+    spread = _run(cells, tmp_path / "spread", slots=[Slot("cpu0"), Slot("cpu1")], spread=True, cell_timeout_s=120,
+                  first=lambda cell: cell.backend == "fault-raise")
+    whole = _run(cells, tmp_path / "whole", slots=[Slot("cpu0")], cell_timeout_s=120)
+    assert [(row["backend"], row["case"]) for row in spread] == [(cell.backend, cell.case.name) for cell in cells]
+    assert [row["verdict"] for row in spread] == [row["verdict"] for row in whole] == ["ok", "error"] * 3
+    assert sorted(row["cell_id"] for row in ResultStore(tmp_path / "spread").read_rows()) == sorted(c.id for c in cells)
+
+
+def test_gate_workers_default_to_eight_per_gpu_and_two_cores_each():
+    from harness.defaults import gate_workers
+
+    assert gate_workers(1, 16) == 8      # the GPU machine: one GPU, 16 cores
+    assert gate_workers(1, 128) == 8
+    assert gate_workers(8, 128) == 8
+    assert gate_workers(4, 16) == 2      # 16 cores shared by four GPUs' workers
+    assert gate_workers(1, 2) == 1 and gate_workers(1, None) == 1

@@ -196,6 +196,7 @@ class FA4Adapter(Adapter):
 
     name = "fa4"
     display_name = "FlashAttention 4"
+    disk_compile_cache = True
     packages = ("flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi")
     model_features = MODEL_FEATURES
     feature_reasons = FEATURE_REASONS

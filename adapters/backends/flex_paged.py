@@ -528,6 +528,7 @@ class FlexPagedAdapter(Adapter):
     (module docstring)."""
 
     name = "flex-paged"
+    disk_compile_cache = True
     devices = ("cuda", "cpu")
     packages = ("torch", "triton")
     model_features = MODEL_FEATURES

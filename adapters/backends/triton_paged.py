@@ -44,6 +44,7 @@ class TritonPagedAdapter(Adapter):
     """One attention kernel with constexpr switches plus a split-KV merge kernel (see the module)."""
 
     name = "triton"
+    disk_compile_cache = True
     devices = ("cuda", "cpu")
     packages = ("triton",)
     model_features = frozenset(FEATURES)

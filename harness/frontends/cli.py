@@ -27,9 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_CELL_TIMEOUT_S, DEFAULT_PROBE_WORKERS, DEFAULT_TARGET_MS
+from harness.defaults import CORES_PER_GATE_WORKER, DEFAULT_CELL_TIMEOUT_S, DEFAULT_GATE_WORKERS, DEFAULT_TARGET_MS
 from harness.errors import UsageError
-from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE
+from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE, WARMUP_DIR
 
 DEFAULT_OUT = Path("bench-out")
 CPU_SWEEPS = ("cpu-tiny",)
@@ -114,6 +114,9 @@ def _results_folder(text: str, option: str = "results folder") -> Path:
     if folder.name == PROBE_DIR and (folder.parent / CAPABILITY_FILE).exists():
         raise UsageError(f"{option} {text}: holds the capability probe's gate-only cells, not a sweep; give the "
                          f"run folder {folder.parent} (its report shows the matrix made from them)")
+    if folder.name == WARMUP_DIR and (folder.parent / RESULTS_FILE).exists():
+        raise UsageError(f"{option} {text}: holds the compile warm-up's gate-only cells, not a sweep; give the "
+                         f"run folder {folder.parent}")
     return folder
 
 
@@ -194,13 +197,14 @@ def with_probe_variants(backends: list[str]) -> list[str]:
     return variants(backends)
 
 
-def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, *, slots, env_id: str, run_id: str,
-                    worker_env: dict[str, str] | None, cell_timeout_s: float, resume: bool = True,
-                    retry_failed: bool = False, features=None, run_meta: dict[str, Any] | None = None,
-                    quiet: bool = False, workers_per_gpu: int | None = None) -> Path:
+def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, *, slots=None, env_id: str = "",
+                    run_id: str = "", worker_env: dict[str, str] | None = None,
+                    cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S, resume: bool = True, retry_failed: bool = False,
+                    features=None, run_meta: dict[str, Any] | None = None, quiet: bool = False,
+                    workers_per_gpu: int | None = None, pools=None) -> Path:
     """The capability probe as gate-only cells of the sweep's runner (`harness.measure.capability.run_probe`): the
-    same isolated workers, ``--cell-timeout``, resume and slots; rows in ``<out>/probe/``, the matrix
-    derived from them in ``<out>/capability.csv``."""
+    same isolated workers, ``--cell-timeout``, resume and slots (or the caller's gate-only ``pools``); rows in
+    ``<out>/probe/``, the matrix derived from them in ``<out>/capability.csv``."""
     from harness.measure import capability
     from harness.frontends.progress import ProbeProgress
 
@@ -211,7 +215,7 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
             out_dir, device_type, backends, slots=slots, env_id=env_id, run_id=run_id, worker_env=worker_env,
             cell_timeout_s=cell_timeout_s, resume=resume, retry_failed=retry_failed,
             features=capability.FEATURES if features is None else features, run_meta=run_meta, on_progress=show,
-            workers_per_gpu=workers_per_gpu,
+            workers_per_gpu=workers_per_gpu, pools=pools,
             on_slot_failure=lambda slot, why: _log(f"{slot.label} stopped: {why}; its probe cells go to the others"))
     finally:
         show.close()
@@ -219,6 +223,27 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
         _log(f"capability: {backend}: {capability.adapter_tally(rows)}")
     _log(f"capability matrix: {path} ({len(df)} rows)")
     return path
+
+
+def _warm_up(session, cases: list, pools, *, resume: bool, run_meta: dict[str, Any], quiet: bool) -> None:
+    """The compile warm-up (`harness.measure.session.RunSession.warm_up`) with its own progress count; the
+    cells that fail are not listed here (the sweep gates them again and lists them)."""
+    from harness.frontends.progress import ProgressReporter
+
+    cells = session.warm_up_cells(cases, resume=resume)
+    if not cells:
+        return
+    backends = ", ".join(dict.fromkeys(cell.backend for cell in cells))
+    _log(f"compile warm-up: {len(cells)} gate-only cells of the backends that compile per layout ({backends}) "
+         f"on {len(pools)} worker(s), so the timed sweep loads their kernels -> {session.out_dir / WARMUP_DIR}")
+    show = ProgressReporter(len(cells), quiet=quiet, list_failures=False, prefix="paged-bench: compile warm-up: ")
+    try:
+        rows = session.warm_up(cases, pools=pools, resume=resume, run_meta=run_meta, on_progress=show,
+                               on_slot_failure=lambda slot, why: _log(f"{slot} stopped: {why}; its cells go to the others"))
+    finally:
+        show.close()
+    compiled = sum(row.get("setup_s") or 0.0 for row in rows)
+    _log(f"compile warm-up: {len(rows)} cells, {compiled:.0f} s of compiling and building (setup_s) done ahead")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -270,16 +295,21 @@ def _run(args: argparse.Namespace, steps) -> int:
         if not capability:
             _log("capability probe skipped on the CPU (its layouts are GPU-sized and Triton's interpreter "
                  "cannot run bf16); the report shows the sweep's own cells instead. Force it with --capability")
-    if capability:
+    warm_up = device_type == "cuda" if args.warm_up is None else args.warm_up
+    if capability or warm_up:
         from harness.measure.capability import with_probe_variants
-        from adapters.base import worker_environment
+        from harness.measure.runner import worker_pools
 
         probed = with_probe_variants(session.backends) if session.backends else None
-        with steps.step("capability probe"):
-            _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
-                            run_id=session.run_id, worker_env=worker_environment(probed, device_type),
-                            cell_timeout_s=session.cell_timeout_s, resume=args.resume, retry_failed=args.retry_failed,
-                            run_meta=meta, quiet=args.quiet, workers_per_gpu=args.probe_workers)
+        gate_slots = session.gate_slots(args.gate_workers)
+        with worker_pools(session.gate_config(probed), gate_slots) as pools:  # started once for both steps
+            if capability:
+                with steps.step("capability probe"):
+                    _run_capability(out_dir, device_type, probed, resume=args.resume, retry_failed=args.retry_failed,
+                                    run_meta=meta, quiet=args.quiet, pools=pools)
+            if warm_up:
+                with steps.step("compile warm-up"):
+                    _warm_up(session, cases, pools, resume=args.resume, run_meta=meta, quiet=args.quiet)
     cells = len(session.cases_here(cases)) * len(session.selected_backends())
     if shard is not None:
         _log(f"shard {shard.label} ({shard.source}): {cells} of the sweep's "
@@ -400,7 +430,7 @@ def cmd_capability(args: argparse.Namespace) -> int:
     path = _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
                            run_id=session.run_id, worker_env=worker_environment(probed, device_type),
                            cell_timeout_s=args.cell_timeout, resume=args.resume, retry_failed=args.retry_failed,
-                           features=features, workers_per_gpu=args.probe_workers)
+                           features=features, workers_per_gpu=args.gate_workers)
     return 0 if path.exists() else 1
 
 
@@ -451,7 +481,7 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
 
-def _probe_workers(text: str) -> int:
+def _gate_workers(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -461,10 +491,12 @@ def _probe_workers(text: str) -> int:
     return value
 
 
-def _add_probe_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probe-workers", type=_probe_workers, default=DEFAULT_PROBE_WORKERS, metavar="N",
-                        help=f"capability probe: gate-only workers per GPU at once (default {DEFAULT_PROBE_WORKERS}; "
-                             "probe cells are never timed, and most of their time is compiling)")
+def _add_gate_workers(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--gate-workers", "--probe-workers", dest="gate_workers", type=_gate_workers, default=None,
+                        metavar="N",
+                        help=f"{what}: gate-only workers per GPU at once (default {DEFAULT_GATE_WORKERS}, at most one "
+                             f"per {CORES_PER_GATE_WORKER} CPU cores; their cells are never timed, and most of their "
+                             "time is compiling)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"timed repetitions per cell, in ms (default {DEFAULT_TARGET_MS:g})")
     run.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
                      help=f"seconds before a cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
-    _add_probe_workers(run)
+    run.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
+                     help="before the timed sweep, run the cells of the backends that compile per layout gate-only "
+                          f"on --gate-workers workers per GPU, so the sweep loads their kernels (rows in "
+                          f"<out>/{WARMUP_DIR}/; default: on with a GPU, off on the CPU)")
+    _add_gate_workers(run, "capability probe and compile warm-up")
     run.add_argument("--quiet", action="store_true", help="no progress display (cells that fail are still listed)")
     run.add_argument("--shard", metavar="I/N",
                      help="measure only shard I of N of the selection (whole cases, split the same way on every "
@@ -520,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="when resuming, probe cells recorded as error or timeout again")
     capability.add_argument("--cell-timeout", type=float, default=DEFAULT_CELL_TIMEOUT_S,
                             help=f"seconds before a probe cell is stopped (default {DEFAULT_CELL_TIMEOUT_S:g})")
-    _add_probe_workers(capability)
+    _add_gate_workers(capability, "the probe")
     capability.set_defaults(func=cmd_capability)
 
     report = commands.add_parser("report", help="render the HTML report of one results folder, or of several "

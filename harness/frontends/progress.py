@@ -29,9 +29,11 @@ class ProgressReporter:
     """A `harness.measure.runner.ProgressCallback` writing to ``stream`` (stderr by default)."""
 
     def __init__(self, total: int, *, done: int = 0, quiet: bool = False, stream: IO[str] | None = None,
-                 prefix: str = "paged-bench: "):
+                 prefix: str = "paged-bench: ", list_failures: bool = True):
         self.stream = stream or sys.stderr
         self.total, self.quiet, self.prefix = total, quiet, prefix
+        self.list_failures = list_failures
+        """False for cells that are no results (the compile warm-up's): what failed is still counted."""
         self.started = time.monotonic()
         self.first_done = done
         self.last_line_at = self.started
@@ -54,7 +56,7 @@ class ProgressReporter:
     def __call__(self, progress: Progress) -> None:
         verdict = progress.row["verdict"]
         self.counts[verdict] = self.counts.get(verdict, 0) + 1
-        if verdict not in NOT_REPORTED:
+        if verdict not in NOT_REPORTED and self.list_failures:
             self._write(failure_line(progress))
         if self.bar is not None:
             self.bar.set_postfix_str(f"{progress.row['backend']} / {progress.row['case']}"[:60])

@@ -50,11 +50,11 @@ import traceback
 import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
-from harness.measure.cell import TimerOptions
+from harness.measure.cell import TimerOptions, cell_bytes
 from harness.measure.gate import GateResult, failure_verdict
 from harness.measure.results import make_row
 from records.schema import RETRYABLE_VERDICTS
@@ -67,6 +67,11 @@ WORKER_START_TIMEOUT_S = 180.0
 against any cell)."""
 DUMP_WAIT_S = 2.0
 """After a timeout: how long the stuck worker gets to write where it is stuck before it is killed."""
+SPREAD_MAX_BYTES = 1 << 30
+"""With ``spread``: a case whose cells need less than this (`harness.measure.cell.cell_bytes`) is handed out
+cell by cell, so its backends run in parallel on several workers; each of those workers builds the small
+batch and reference again (milliseconds). A larger case stays whole on one worker, which keeps one large
+batch at a time."""
 
 _CONTEXT_POISONED = re.compile(
     r"CUDA error|CUDA_ERROR_|illegal memory access|device-side assert|unspecified launch failure|"
@@ -511,6 +516,22 @@ class WorkerPool:
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def worker_pools(config: RunConfig, slots: list[Slot]) -> Iterator[list[WorkerPool]]:
+    """One `WorkerPool` per slot, kept across several `run_cells` calls (``pools=``), so that workers start
+    once for work that comes in rounds (the capability probe's two, then the compile warm-up); every worker
+    is stopped on leaving (killed at once when an exception, e.g. Ctrl-C, leaves)."""
+    pools = [WorkerPool(config, slot) for slot in slots]
+    failed = True
+    try:
+        yield pools
+        failed = False
+    finally:
+        with _sigint_ignored():
+            for pool in pools:
+                pool.close(wait=not failed)
+
+
 def order_by_case(cells: list[Cell]) -> list[Cell]:
     """Cells grouped by case (cases in order of first appearance, backends in the given order), without
     duplicates, so that a worker builds each batch and reference once."""
@@ -576,7 +597,8 @@ def _sigterm_exits():
 
 
 def run_cells(cells: list[Cell], out_dir: Path | str, config: RunConfig = RunConfig(), *,
-              slots: list[Slot] | None = None, resume: bool = True, retry_failed: bool = False,
+              slots: list[Slot] | None = None, pools: list[WorkerPool] | None = None, resume: bool = True,
+              retry_failed: bool = False, spread: bool = False, first: Callable[[Cell], bool] | None = None,
               on_progress: ProgressCallback | None = None,
               on_slot_failure: Callable[[Slot, str], None] | None = None) -> list[dict[str, Any]]:
     """Measure cells (`Cell`: a backend on a case) in isolated worker processes, one per slot; return their rows.
@@ -584,22 +606,30 @@ def run_cells(cells: list[Cell], out_dir: Path | str, config: RunConfig = RunCon
     Each finished row is appended to ``out_dir/results.jsonl`` at once. With ``resume``, cells already
     recorded there for the same ``config.env_id`` (any environment when it is empty) are not measured
     again and their recorded rows are returned (`cells_to_measure`). Whole cases go to one slot at a
-    time. Rows come back in the order of ``cells`` (duplicates dropped).
+    time, in order; with ``spread`` (gate-only cells, e.g. the capability probe's), a small case's cells
+    (`SPREAD_MAX_BYTES`) go out one by one, after the large cases and with the cells ``first`` picks
+    (e.g. the backends that compile per layout: the longest cells) ahead of the others, so the last
+    cells to finish are short ones. ``pools`` (`worker_pools`, made from ``config``) replaces ``slots``:
+    their workers are kept running after the call. Rows come back in the order of ``cells`` (duplicates
+    dropped).
     """
-    slots = slots or [Slot("cpu")]
+    if pools is not None and any(pool.config != config for pool in pools):
+        raise ValueError("run_cells: the pools were made for another RunConfig")
+    owned = pools is None
+    if owned:
+        pools = [WorkerPool(config, slot) for slot in slots or [Slot("cpu")]]
     store = ResultStore(out_dir)
     recorded = store.latest_rows(env_id=config.env_id or None) if resume else {}
     todo, rows = cells_to_measure(cells, recorded, retry_failed=retry_failed)
     total = len(todo) + len(rows)
-    groups = _case_groups(todo)
+    groups = _case_groups(todo, spread=spread, first=first)
     work: queue.Queue = queue.Queue()
     for group in groups:
         work.put(group)
     lock = threading.Lock()
-    state = {"done": len(rows), "alive": len(slots), "unfinished": len(groups)}
+    state = {"done": len(rows), "alive": len(pools), "unfinished": len(groups)}
     stop = threading.Event()
     errors: list[BaseException] = []
-    pools: list[WorkerPool] = []
     threads: list[threading.Thread] = []
 
     def serve(pool: WorkerPool) -> None:
@@ -644,9 +674,8 @@ def run_cells(cells: list[Cell], out_dir: Path | str, config: RunConfig = RunCon
     interrupted = True
     try:
         with _sigterm_exits():
-            for slot in slots:
-                pools.append(WorkerPool(config, slot))
-                threads.append(threading.Thread(target=serve, args=(pools[-1],), name=f"slot-{slot.label}",
+            for pool in pools:
+                threads.append(threading.Thread(target=serve, args=(pool,), name=f"slot-{pool.slot.label}",
                                                 daemon=True))
                 threads[-1].start()
             for thread in threads:
@@ -654,7 +683,7 @@ def run_cells(cells: list[Cell], out_dir: Path | str, config: RunConfig = RunCon
                     thread.join(0.2)
         interrupted = False
     finally:  # Ctrl-C, SIGTERM or a harness failure: every finished row is already on disk
-        _shut_down(pools, threads, stop, at_once=interrupted)
+        _shut_down(pools, threads, stop, at_once=interrupted, close=owned or interrupted)
     if errors:
         raise errors[0]
     missing = [cell.id for cell in todo if cell.id not in rows]
@@ -681,10 +710,10 @@ def _sigint_ignored():
 
 
 def _shut_down(pools: list[WorkerPool], threads: list[threading.Thread], stop: threading.Event, *,
-               at_once: bool) -> None:
+               at_once: bool, close: bool = True) -> None:
     """End a run: after an interruption, stop the slots (no more rows), kill their workers and wait for
     their threads, so nothing is written after this returns and no worker is left; else stop the
-    workers politely."""
+    workers politely (or, unless ``close``, leave them running for the pools' next run)."""
     with _sigint_ignored():
         if at_once:
             stop.set()
@@ -693,16 +722,26 @@ def _shut_down(pools: list[WorkerPool], threads: list[threading.Thread], stop: t
             deadline = time.monotonic() + SHUTDOWN_WAIT_S
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        for pool in pools:
-            pool.close(wait=not at_once)
+        if close:
+            for pool in pools:
+                pool.close(wait=not at_once)
 
 
-def _case_groups(todo: list[Cell]) -> list[list[Cell]]:
-    """Consecutive cells of one case, kept together so one worker builds its batch and reference once."""
+def _case_groups(todo: list[Cell], *, spread: bool = False,
+                 first: Callable[[Cell], bool] | None = None) -> list[list[Cell]]:
+    """Consecutive cells of one case, kept together so one worker builds its batch and reference once; with
+    ``spread``, the large cases' groups first, then the small cases' cells one by one, those ``first``
+    picks ahead of the rest (`run_cells`)."""
     groups: list[list[Cell]] = []
     for cell in todo:
         if groups and groups[-1][0].case == cell.case:
             groups[-1].append(cell)
         else:
             groups.append([cell])
-    return groups
+    if not spread:
+        return groups
+    whole = [group for group in groups if cell_bytes(group[0].case) >= SPREAD_MAX_BYTES]
+    single = [[cell] for group in groups if cell_bytes(group[0].case) < SPREAD_MAX_BYTES for cell in group]
+    if first is not None:
+        single.sort(key=lambda group: not first(group[0]))  # stable: case order within each part
+    return whole + single

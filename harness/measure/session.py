@@ -2,11 +2,19 @@
 the others do not), on which devices, the run's record in ``runs.jsonl`` (provenance built from the
 adapters' own declarations, the machine's ceilings per GPU, the sweep, the command line), and the
 cells measured through the isolated runner. Callers only choose the cells and how to show progress.
+
+Before the timed sweep, `RunSession.warm_up` may run the compile warm-up: the sweep's cells of the
+backends that compile per layout into a disk cache (`adapters.base.Adapter.disk_compile_cache`), gate
+only, on several workers per GPU at once (`gate_slots`), so the sweep's one timing worker per GPU loads
+their kernels instead of compiling them one cell after another. The warm-up's rows go to
+``<out>/warmup/`` (`WARMUP_DIR`): they are no results of the sweep (which gates every cell again), but
+the only rows whose ``setup_s`` is a compile on a cold cache.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +24,9 @@ from harness.cases.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.measure.cell import TimerOptions
-from harness.measure.runner import ProgressCallback, RunConfig, Slot, environ_with, run_cells
+from harness.measure.runner import (ProgressCallback, RunConfig, Slot, WorkerPool, environ_with, run_cells,
+                                    shared_slots)
+from records.schema import WARMUP_DIR
 from records.store import ResultStore
 
 
@@ -173,6 +183,52 @@ class RunSession:
             meta[RECORD_KEY] = shard_record(self.shard, cases, self.selected_backends())
         ResultStore(self.out_dir).append_run(meta)
         return meta
+
+    def gate_config(self, backends: list[str] | None = None) -> RunConfig:
+        """The gate-only workers' configuration (capability probe, compile warm-up), with the environment
+        that ``backends`` need (None: every registered backend)."""
+        from adapters.base import worker_environment
+
+        return RunConfig(env_id=self.env_id, run_id=self.run_id, gate_only=True, cell_timeout_s=self.cell_timeout_s,
+                         worker_env=worker_environment(backends, self.device_type))
+
+    def gate_slots(self, workers_per_gpu: int | None = None) -> list[Slot]:
+        """``workers_per_gpu`` gate-only slots on each of the run's GPUs (None: `harness.defaults.gate_workers`
+        for this host); the CPU slot as it is."""
+        from harness.defaults import gate_workers
+
+        if workers_per_gpu is None:
+            gpus = sum(1 for slot in self.slots if slot.device == "cuda")
+            workers_per_gpu = gate_workers(gpus, os.cpu_count())
+        return shared_slots(self.slots, workers_per_gpu)
+
+    def warm_up_cells(self, cases: list[Case], *, resume: bool = True) -> list[Cell]:
+        """The compile warm-up's cells: this run's shard of ``cases`` on each selected backend that runs here
+        and compiles into a disk cache, less (with ``resume``) the cells the sweep has already measured."""
+        from adapters.base import adapter_classes
+
+        classes = adapter_classes()
+        here = {row["backend"] for row in self.availability() if row["available"] == "yes"}
+        names = [name for name in self.selected_backends()
+                 if name in here and getattr(classes.get(name), "disk_compile_cache", False)]
+        done = ResultStore(self.out_dir).latest_rows(env_id=self.env_id or None) if resume else {}
+        cells = [Cell(name, case) for case in self.cases_here(cases) for name in names]
+        return [cell for cell in cells if cell.id not in done]
+
+    def warm_up(self, cases: list[Case], *, pools: list[WorkerPool], resume: bool = True,
+                run_meta: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None,
+                on_slot_failure: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+        """Run the compile warm-up (`warm_up_cells`, gate only) on ``pools`` (gate-only workers, e.g. those the
+        capability probe used: `harness.measure.runner.worker_pools` of `gate_config` and `gate_slots`) into
+        ``<out>/warmup/``; return its rows."""
+        cells = self.warm_up_cells(cases, resume=resume)
+        if not cells:
+            return []
+        folder = self.out_dir / WARMUP_DIR
+        if run_meta is not None:
+            ResultStore(folder).append_run(run_meta)
+        return run_cells(cells, folder, pools[0].config, pools=pools, resume=resume, on_progress=on_progress,
+                         on_slot_failure=lambda slot, why: self._slot_failed(slot.label, why, on_slot_failure))
 
     def run(self, cases: list[Case], *, resume: bool = True, retry_failed: bool = False,
             on_progress: ProgressCallback | None = None,
