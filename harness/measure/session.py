@@ -220,14 +220,16 @@ class RunSession:
                 on_slot_failure: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
         """Run the compile warm-up (`warm_up_cells`, gate only) on ``pools`` (gate-only workers, e.g. those the
         capability probe used: `harness.measure.runner.worker_pools` of `gate_config` and `gate_slots`) into
-        ``<out>/warmup/``; return its rows."""
+        ``<out>/warmup/``; return its rows. Small cases go out cell by cell (`harness.measure.runner.run_cells`'s
+        ``spread``), large ones whole."""
         cells = self.warm_up_cells(cases, resume=resume)
         if not cells:
             return []
         folder = self.out_dir / WARMUP_DIR
         if run_meta is not None:
             ResultStore(folder).append_run(run_meta)
-        return run_cells(cells, folder, pools[0].config, pools=pools, resume=resume, on_progress=on_progress,
+        return run_cells(cells, folder, pools[0].config, pools=pools, resume=resume, spread=True,
+                         on_progress=on_progress,
                          on_slot_failure=lambda slot, why: self._slot_failed(slot.label, why, on_slot_failure))
 
     def run(self, cases: list[Case], *, resume: bool = True, retry_failed: bool = False,
