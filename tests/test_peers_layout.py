@@ -331,7 +331,7 @@ def test_pallas_supports_decode_only_in_its_own_words():
     assert not ok and "power-of-two" in why
     ok, why = adapter.supports(BatchSpec.from_grammar("3q1c50", page_size=12))
     assert not ok and "power-of-two" in why
-    assert adapter.worker_env("cuda") == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert adapter.worker_env("cuda")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
 
 
 @pytest.mark.parametrize("case", [dict(text="3q1c50", page_size=16, heads=(8, 2), causal=True),
