@@ -151,6 +151,11 @@ class Adapter(abc.ABC):
     parallel workers before the timed sweep (the compile warm-up, `harness.measure.session`) leaves its
     timing worker cached kernels to load, and the capability probe hands these cells out first."""
 
+    shared_gpu_env: ClassVar[dict[str, str]] = {}
+    """Added to the environment of gate-only workers that share a GPU (the capability probe, the compile
+    warm-up): settings that hand memory back to the device after each cell instead of pooling it, so the
+    workers beside it can use it (e.g. JAX's platform allocator). Never set for a timed worker."""
+
     def worker_env(self, device_type: str) -> dict[str, str]:
         """Environment variables a measuring process needs before it imports this backend (e.g. the
         Triton interpreter on a CPU)."""
@@ -269,12 +274,15 @@ def rows_calling(library: str, classes: dict[str, type[Adapter]] | None = None) 
     return [name for name, cls in classes.items() if cls.library == library]
 
 
-def worker_environment(names: list[str] | None, device_type: str) -> dict[str, str]:
-    """The environment the measuring processes of these backends (all registered ones when None) need."""
+def worker_environment(names: list[str] | None, device_type: str, *, shared_gpu: bool = False) -> dict[str, str]:
+    """The environment the measuring processes of these backends (all registered ones when None) need; with
+    ``shared_gpu`` (gate-only workers sharing a GPU) their `Adapter.shared_gpu_env` too."""
     env: dict[str, str] = {}
     for name, adapter in discover().items():
         if names is None or name in names:
             env.update(adapter.worker_env(device_type))
+            if shared_gpu and device_type == "cuda":
+                env.update(adapter.shared_gpu_env)
     return env
 
 

@@ -185,6 +185,9 @@ class PallasPagedDecodeAdapter(Adapter):
 
     name = "jax-pallas-decode"
     disk_compile_cache = True
+    shared_gpu_env = {"XLA_PYTHON_CLIENT_ALLOCATOR": "platform"}
+    """JAX's own pool keeps what a cell's converted pages took (GBs on a long-context case) after the cell; on a
+    GPU shared by gate-only workers the platform allocator hands it back at once."""
     devices = ("cuda", "cpu")
     model_features = MODEL_FEATURES
     feature_reasons = FEATURE_REASONS

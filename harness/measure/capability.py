@@ -371,7 +371,8 @@ def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None 
         slots = slots or [Slot("cpu")]
         gpus = sum(1 for slot in slots if slot.device == "cuda")
         config = RunConfig(env_id=env_id, run_id=run_id, gate_only=True,
-                           worker_env=worker_environment(names, device_type) if worker_env is None else worker_env,
+                           worker_env=(worker_environment(names, device_type, shared_gpu=True) if worker_env is None
+                                       else worker_env),
                            cell_timeout_s=DEFAULT_CELL_TIMEOUT_S if cell_timeout_s is None else cell_timeout_s)
         slots = shared_slots(slots, gate_workers(gpus, os.cpu_count()) if workers_per_gpu is None else workers_per_gpu)
     else:

@@ -60,6 +60,12 @@ def cell_bytes(case: Case) -> int:
     return input_bytes(case) + backend_bytes(case)
 
 
+SHARED_GPU_WAIT_S = 60.0
+"""How long a gate-only cell waits for the workers it shares its GPU with to free memory before it is `oom`
+(`CellMeasurer._wait_for_shared_gpu`); a timed cell never shares its GPU and never waits."""
+SHARED_GPU_POLL_S = 0.25
+
+
 def _read_int(path: str) -> int | None:
     try:
         text = open(path).read().strip()  # noqa: SIM115 - tiny kernel files
@@ -229,10 +235,16 @@ class CellMeasurer:
 
     def _fits(self, case: Case) -> str:
         """Empty when the cell fits in free device memory (host memory on the CPU), else the `oom` reason.
-        The case's inputs count only when they are not built yet; a previous case's are freed before looking."""
+        The case's inputs count only when they are not built yet; a previous case's are freed before looking.
+        Gate-only workers share their GPU (`harness.measure.runner.shared_slots`): one hands the previous case's
+        cached blocks back to the device, and a cell that does not fit yet waits for the others
+        (`_wait_for_shared_gpu`)."""
         needed = backend_bytes(case)
+        shared_gpu = self.gate_only and self.device.type == "cuda"
         if case != self._case:
             self.release(collect=False)
+            if shared_gpu:
+                torch.cuda.empty_cache()
             needed += input_bytes(case)
         limit, what = memory_limit(self.device)
         reason = oom_reason(case, limit, what, needed)
@@ -240,7 +252,20 @@ class CellMeasurer:
             self.release()
             limit, what = memory_limit(self.device)
             reason = oom_reason(case, limit, what, needed)
+        if reason and shared_gpu:
+            reason = self._wait_for_shared_gpu(case, needed)
         return reason
+
+    def _wait_for_shared_gpu(self, case: Case, needed: int) -> str:
+        """A gate-only cell that would fit the GPU's whole memory but not what its sibling workers leave free now
+        waits for them (each frees its case when it moves on) up to `SHARED_GPU_WAIT_S`, then is `oom`."""
+        deadline = time.monotonic() + (SHARED_GPU_WAIT_S if needed <= torch.cuda.mem_get_info(self.device)[1] else 0.0)
+        while True:
+            limit, what = memory_limit(self.device)
+            reason = oom_reason(case, limit, what, needed)
+            if not reason or time.monotonic() >= deadline:
+                return reason
+            time.sleep(SHARED_GPU_POLL_S)
 
     def measure(self, cell: Cell) -> dict[str, Any]:
         started = time.perf_counter()

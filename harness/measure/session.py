@@ -190,7 +190,7 @@ class RunSession:
         from adapters.base import worker_environment
 
         return RunConfig(env_id=self.env_id, run_id=self.run_id, gate_only=True, cell_timeout_s=self.cell_timeout_s,
-                         worker_env=worker_environment(backends, self.device_type))
+                         worker_env=worker_environment(backends, self.device_type, shared_gpu=True))
 
     def gate_slots(self, workers_per_gpu: int | None = None) -> list[Slot]:
         """``workers_per_gpu`` gate-only slots on each of the run's GPUs (None: `harness.defaults.gate_workers`
