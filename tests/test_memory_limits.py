@@ -86,3 +86,48 @@ def test_a_real_cpu_allocation_failure_is_oom():
         assert failure_verdict(error, "measure").verdict == "oom", repr(error)
     else:
         pytest.skip("this machine allocated 4 PiB lazily")
+
+
+def _shared_gpu_measurer(monkeypatch, free_bytes: list[int], total: int) -> CellMeasurer:
+    """A gate-only measurer on a (mocked) CUDA device whose free memory takes the values ``free_bytes`` in
+    turn, one per look (the last one stays): the siblings sharing the GPU free theirs over time."""
+    looks = iter(free_bytes)
+    last = [free_bytes[-1]]
+
+    def limit(device):
+        last[0] = next(looks, last[0])
+        return last[0], "free on the GPU"
+
+    monkeypatch.setattr(cell, "memory_limit", limit)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (last[0], total))
+    monkeypatch.setattr(cell, "SHARED_GPU_POLL_S", 0.001)
+    return CellMeasurer(device=torch.device("cuda"), gate_only=True)
+
+
+def test_a_gate_only_cell_waits_for_the_workers_sharing_its_gpu(monkeypatch):
+    """Gate-only workers share a GPU: a cell that fits the GPU but not what the others leave free now waits
+    until they free it (no `oom` that a free GPU would not give)."""
+    case = Case(name="shared", grammar="2q1c9", page_size=4, **TINY)
+    needed = cell_bytes(case)
+    measurer = _shared_gpu_measurer(monkeypatch, [needed // 2, needed // 2, needed // 2, 2 * needed], total=4 * needed)
+    assert measurer._wait_for_shared_gpu(case, needed) == ""
+
+
+def test_a_gate_only_cell_larger_than_the_gpu_or_still_blocked_is_oom(monkeypatch):
+    case = Case(name="shared", grammar="2q1c9", page_size=4, **TINY)
+    needed = cell_bytes(case)
+    measurer = _shared_gpu_measurer(monkeypatch, [needed // 2], total=needed // 2)  # never fits this GPU: no wait
+    started = time.monotonic()
+    assert "needs about" in measurer._wait_for_shared_gpu(case, needed)
+    assert time.monotonic() - started < 1.0
+    measurer = _shared_gpu_measurer(monkeypatch, [needed // 2], total=4 * needed)
+    monkeypatch.setattr(cell, "SHARED_GPU_WAIT_S", 0.05)  # the siblings never free enough: oom after the wait
+    assert "needs about" in measurer._wait_for_shared_gpu(case, needed)
+
+
+def test_only_gate_only_workers_on_a_shared_gpu_get_the_memory_returning_settings():
+    from adapters.base import worker_environment
+
+    assert worker_environment(None, "cuda", shared_gpu=True)["XLA_PYTHON_CLIENT_ALLOCATOR"] == "platform"
+    assert "XLA_PYTHON_CLIENT_ALLOCATOR" not in worker_environment(None, "cuda")  # a timed worker: JAX's pool
+    assert "XLA_PYTHON_CLIENT_ALLOCATOR" not in worker_environment(None, "cpu", shared_gpu=True)
