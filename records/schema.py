@@ -57,7 +57,9 @@ GLOSSARY: dict[str, str] = {
     "tbps": "bytes at least moved (Q and O once, each sequence's K and V once) per second, in 10^12",
     "pct_matmul_ceiling": "TFLOP/s as a share of this machine's measured bf16 matmul rate",
     "pct_copy_ceiling": "TB/s as a share of this machine's measured device-copy bandwidth",
-    "setup_s": "time spent outside the timing: compilation, autotuning, graph building",
+    "setup_s": ("time spent outside the timing: compilation, autotuning, graph building (after a compile warm-up, "
+                "loading what it compiled from the disk cache; the warm-up's own rows, in warmup/, hold the cold "
+                "compiles)"),
     "inputs_s": ("seconds building the case's batch and its fp32 reference, on the cell that built them (the "
                  "first cell of a case in its worker); empty on the case's other cells"),
     "cell_s": ("wall time the cell took in its worker, seconds: the case's inputs and reference (first cell of a "

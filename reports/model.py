@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, COLUMNS, RESULTS_FILE, RUNS_FILE
+from records.schema import CAPABILITY_COLUMNS, CAPABILITY_FILE, COLUMNS, RESULTS_FILE, RUNS_FILE, WARMUP_DIR
 from records.store import ResultStore
 RUN_COLUMNS: list[str] = ["run_id", "env_id", "provenance", "ceilings", "sweep", "argv", "started_at"]
 
@@ -235,6 +235,9 @@ class ResultSet:
     rows: pd.DataFrame
     runs: pd.DataFrame = field(default_factory=lambda: runs_frame([]))
     capability: pd.DataFrame = field(default_factory=lambda: capability_frame(None))
+    warmup: pd.DataFrame = field(default_factory=lambda: rows_frame([]))
+    """The compile warm-up's gate-only rows (``warmup/``), empty when the run had none: their ``setup_s`` are
+    the compiles on a cold cache that the sweep's rows no longer show."""
     source: Path | None = None
     name: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -406,8 +409,9 @@ def load_results(path: str | Path, name: str = "") -> ResultSet:
     warnings = [f"{folder / name}: skipped {len(lines)} unreadable line{'s' if len(lines) > 1 else ''} "
                 f"(line{'s' if len(lines) > 1 else ''} {_line_list(lines)})"
                 for name, lines in ((RESULTS_FILE, store.skipped_results), (RUNS_FILE, store.skipped_runs)) if lines]
+    warmup = ResultStore(folder / WARMUP_DIR).read_rows() if (folder / WARMUP_DIR / RESULTS_FILE).exists() else []
     return ResultSet(rows=rows_frame(rows), runs=runs_frame(runs), capability=_read_capability(folder / CAPABILITY_FILE),
-                     source=folder, name=name, warnings=warnings)
+                     warmup=rows_frame(warmup), source=folder, name=name, warnings=warnings)
 
 
 def _line_list(numbers: list[int], limit: int = 10) -> str:
@@ -467,6 +471,8 @@ def merge_shards(sets: Sequence[ResultSet]) -> ResultSet | None:
     note = shard_note(record, set().union(*indices), sweep)
     rows = pd.concat([results.rows for results in sets], ignore_index=True)
     capability = pd.concat([results.capability for results in sets], ignore_index=True)
+    warmup = pd.concat([results.warmup for results in sets], ignore_index=True)
     return ResultSet(rows=rows_frame(rows.to_dict("records")), runs=runs_frame(runs.to_dict("records")),
-                     capability=capability_frame(capability), name=f"{sweep} ({int(record['count'])} shards)",
+                     capability=capability_frame(capability), warmup=rows_frame(warmup.to_dict("records")),
+                     name=f"{sweep} ({int(record['count'])} shards)",
                      warnings=[note] + [warning for results in sets for warning in results.warnings])

@@ -29,6 +29,9 @@ class BackendSummary:
     cell_s: float | None = None
     """Wall time its cells took in the workers (gate, compiling, timing), seconds; None in results
     written before the ``cell_s`` column existed."""
+    warmup_setup_s: float | None = None
+    """Compiling and building its cells took in the compile warm-up (cold caches), seconds; None without one."""
+    warmup_cells: int = 0
 
 
 def backend_summaries(results: ResultSet, registered: list[str] | None = None) -> list[BackendSummary]:
@@ -37,12 +40,17 @@ def backend_summaries(results: ResultSet, registered: list[str] | None = None) -
     versions = results.backend_versions()
     summaries = []
     seconds = results.rows.groupby("backend")["cell_s"].sum(min_count=1)
+    warm_seconds = results.warmup.groupby("backend")["setup_s"].sum(min_count=1)
+    warm_cells = results.warmup.groupby("backend").size()
     for backend in sorted(set(results.rows["backend"]) - {""}):
         row = counts.loc[backend] if backend in counts.index else pd.Series(dtype=int)
         summaries.append(BackendSummary(backend, backend not in skipped,
                                         {str(k): int(v) for k, v in row.items() if v}, skipped.get(backend, ""),
                                         versions.get(backend, {}),
-                                        cell_s=None if pd.isna(seconds.get(backend)) else float(seconds[backend])))
+                                        cell_s=None if pd.isna(seconds.get(backend)) else float(seconds[backend]),
+                                        warmup_setup_s=(None if pd.isna(warm_seconds.get(backend, float("nan")))
+                                                        else float(warm_seconds[backend])),
+                                        warmup_cells=int(warm_cells.get(backend, 0))))
     availability = results.availability()
     for backend in sorted(set(registered or []) - set(results.rows["backend"])):
         record = availability.get(backend, {})

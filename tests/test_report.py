@@ -128,6 +128,26 @@ def test_cards_say_how_long_each_backend_took(folders, page):
     assert "time in cells" in section(page, "summary")
 
 
+def test_cards_give_the_cold_compiles_of_a_compile_warm_up(folders, tmp_path):
+    """After a compile warm-up the sweep's ``setup_s`` are loads from the disk cache; the warmed backends'
+    cards also give what their compiles took on cold caches (the warm-up's rows in warmup/), the others not."""
+    import shutil
+
+    folder = shutil.copytree(folders["new"], tmp_path / "run")
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()[:-1]]  # last: cut off
+    warmed = [dict(row, setup_s=1.5, median_us=None) for row in rows if row["backend"] == "triton"][:4]
+    assert len(warmed) == 4
+    (folder / "warmup").mkdir()
+    (folder / "warmup" / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in warmed))
+    html = render_report(load_results(folder), tmp_path / "r.html", declarations=checkout_declarations()).read_text()
+
+    def card(backend: str) -> str:  # from its id to the next card's
+        return next(part for part in section(html, "summary").split('id="backend-')[1:] if part.startswith(f'{backend}"'))
+
+    assert "compiled ahead in the warm-up (cold caches): 6s over 4 cells" in card("triton")
+    assert "compiled ahead" not in card("cudnn")
+
+
 def test_every_registered_adapter_appears(page):
     """style.md 15: no backend goes missing silently (a registered one without rows is named)."""
     for name, declared in checkout_declarations().items():
