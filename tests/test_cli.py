@@ -251,6 +251,8 @@ def test_the_warm_up_leaves_out_what_cannot_run_here_and_what_the_sweep_has_meas
     ResultStore(tmp_path).append({"cell_id": Cell("triton", cases[0]).id, "env_id": "env-a", "verdict": "ok"})
     assert session.warm_up_cells(cases) == [Cell("triton", cases[1])]
     assert session.warm_up_cells(cases, resume=False) == [Cell("triton", case) for case in cases]
+    ResultStore(tmp_path / "warmup").append({"cell_id": Cell("triton", cases[1]).id, "env_id": "env-a", "verdict": "ok"})
+    assert session.warm_up_cells(cases) == []  # an interrupted warm-up resumes where it stopped
 
 
 def test_the_probe_shows_progress_for_each_round_of_cells():

@@ -204,14 +204,18 @@ class RunSession:
 
     def warm_up_cells(self, cases: list[Case], *, resume: bool = True) -> list[Cell]:
         """The compile warm-up's cells: this run's shard of ``cases`` on each selected backend that runs here
-        and compiles into a disk cache, less (with ``resume``) the cells the sweep has already measured."""
+        and compiles into a disk cache, less (with ``resume``) the cells the sweep has already measured and those
+        an earlier, interrupted warm-up of this environment has already compiled."""
         from adapters.base import adapter_classes
 
         classes = adapter_classes()
         here = {row["backend"] for row in self.availability() if row["available"] == "yes"}
         names = [name for name in self.selected_backends()
                  if name in here and getattr(classes.get(name), "disk_compile_cache", False)]
-        done = ResultStore(self.out_dir).latest_rows(env_id=self.env_id or None) if resume else {}
+        done: set[str] = set()
+        if resume:
+            for folder in (self.out_dir, self.out_dir / WARMUP_DIR):
+                done.update(ResultStore(folder).latest_rows(env_id=self.env_id or None))
         cells = [Cell(name, case) for case in self.cases_here(cases) for name in names]
         return [cell for cell in cells if cell.id not in done]
 
