@@ -148,3 +148,19 @@ class WaitOnceThenGood(_Faulty):
             return Prepared(run=_announce_and_wait)
         result = reference_attention(batch).to(batch.spec.torch_dtype)
         return Prepared(run=lambda: result, notes={"entry_point": "reference_attention (precomputed)"})
+
+
+@register
+class WaitHoldingASemaphore(_Faulty):
+    """Waits like fault-wait, holding a named semaphore as libraries' compile pools do (Inductor's): a worker
+    killed outright leaves it registered with the run's resource tracker, which reports it as leaked when
+    the run exits."""
+
+    name = "fault-wait-semaphore"
+
+    def prepare(self, batch: PagedBatch) -> Prepared:
+        import multiprocessing
+
+        self._semaphore = multiprocessing.get_context("spawn").Semaphore()
+        return Prepared(run=_announce_and_wait)
+

@@ -101,6 +101,24 @@ def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_ru
     assert [(row["backend"], row["verdict"]) for row in rows] == [("good-ref", "ok"), ("fault-wait-once", "ok")]
 
 
+def test_ctrl_c_lets_the_worker_release_what_it_holds(tmp_path):
+    """A worker stopped by Ctrl-C first gets SIGTERM and a moment to release its named semaphores (as a
+    compiling library holds them): nothing is reported as leaked when the run exits."""
+    out, pidfile = tmp_path / "out", tmp_path / "worker.pid"
+    run = subprocess.Popen(_command(out, "fault-wait-semaphore"), cwd=ROOT, env=_env(**{PIDFILE_ENV: str(pidfile)}),
+                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                           preexec_fn=_interruptible)
+    try:
+        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), run, "the worker is inside the cell")
+        status, stderr, below = _interrupt(run)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    _assert_clean_exit(status, stderr, below)
+    assert "leaked" not in stderr, stderr[-2000:]
+    assert _rows(out) == []
+
+
 @pytest.mark.parametrize("delay_s", [0.0, 0.5])
 def test_ctrl_c_while_a_worker_is_being_replaced(tmp_path, delay_s):
     """fault-abort kills its worker; Ctrl-C comes as the next cell's fresh worker starts."""

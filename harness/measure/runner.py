@@ -67,6 +67,10 @@ WORKER_START_TIMEOUT_S = 180.0
 against any cell)."""
 DUMP_WAIT_S = 2.0
 """After a timeout: how long the stuck worker gets to write where it is stuck before it is killed."""
+STOP_GRACE_S = 2.0
+"""A worker being stopped (Ctrl-C, a cell past its limit, a poisoned context) gets SIGTERM first and this long
+to release what it holds before SIGKILL: named semaphores (libraries' compile pools create them) that a
+killed process leaves registered, which the resource tracker reports as leaked when the run exits."""
 SPREAD_MAX_BYTES = 1 << 30
 """With ``spread``: a case whose cells need less than this (`harness.measure.cell.cell_bytes`) is handed out
 cell by cell, so its backends run in parallel on several workers; each of those workers builds the small
@@ -165,6 +169,15 @@ def _leave(code: int = 0) -> None:
     os._exit(code)
 
 
+def _leave_on_sigterm(signum: int, frame) -> None:
+    """SIGTERM from the parent (`_Worker.kill`): leave at once, releasing what multiprocessing registered
+    (`_leave`); the parent kills the process anyway after `STOP_GRACE_S`."""
+    try:
+        _leave(128 + signum)
+    finally:
+        os._exit(128 + signum)
+
+
 def _measure_one(measurer, cell: Cell) -> tuple[dict[str, Any], bool]:
     """One cell's row, and whether this worker must exit afterwards (its CUDA context is poisoned)."""
     import torch
@@ -193,6 +206,7 @@ def worker_main(conn, setup: _WorkerSetup) -> None:
     os.environ.update(setup.run.worker_env)
     os.environ.update(setup.slot.env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    signal.signal(signal.SIGTERM, _leave_on_sigterm)  # the parent stopping this worker: release, then exit
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked from the spawn until now (_sigint_blocked)
     _exit_with_parent(os.getppid())
     fault_log = open(setup.fault_log, "w") if setup.fault_log else None  # noqa: SIM115 - lives as long as we do
@@ -408,9 +422,13 @@ class _Worker:
             return ""
 
     def kill(self) -> None:
-        """Kill the process and close the pipe; safe to repeat, and from the thread that is stopping a run."""
+        """Stop the process (SIGTERM, then SIGKILL after `STOP_GRACE_S`) and close the pipe; safe to repeat,
+        and from the thread that is stopping a run."""
         if self.process.is_alive():
-            self.process.kill()
+            self.process.terminate()
+            self.process.join(STOP_GRACE_S)
+            if self.process.is_alive():
+                self.process.kill()
         self.process.join(10)
         with contextlib.suppress(OSError):
             self.conn.close()
@@ -497,13 +515,15 @@ class WorkerPool:
                         timer_args=self.config.timer.args())
 
     def interrupt(self) -> None:
-        """Stop at once, from another thread (the run is being stopped): mark the pool stopping, then kill
-        the live worker's process (only the process: the pipe belongs to the slot's thread)."""
+        """Stop at once, from another thread (the run is being stopped): mark the pool stopping, then ask the
+        live worker's process to leave (SIGTERM: it releases what it holds and exits; the slot's thread or
+        `close` kills it if it has not left after `STOP_GRACE_S`). Only the process: the pipe belongs to
+        the slot's thread."""
         self.stopping.set()
         worker = self.worker
         if worker is not None:
             with contextlib.suppress(OSError, ValueError, AssertionError):
-                worker.process.kill()
+                worker.process.terminate()
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker (kill it at once unless ``wait``: e.g. on Ctrl-C, mid-cell) and clean up."""
