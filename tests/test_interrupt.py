@@ -82,19 +82,23 @@ def _resume(out: Path, backends: str) -> list[dict]:
     return _rows(out)
 
 
-def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_run_measures_it(tmp_path):
-    out, pidfile = tmp_path / "out", tmp_path / "worker.pid"
-    backends = "good-ref,fault-wait-once"
+def _interrupt_inside_a_cell(out: Path, backends: str, pidfile: Path) -> tuple[int, str, set[int]]:
+    """Start the run, Ctrl-C it once a waiting backend's worker has written its pid (it is inside the cell)."""
     run = subprocess.Popen(_command(out, backends), cwd=ROOT, env=_env(**{PIDFILE_ENV: str(pidfile)}),
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
                            preexec_fn=_interruptible)
     try:
         _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), run, "the worker is inside the cell")
-        status, stderr, below = _interrupt(run)
+        return _interrupt(run)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    _assert_clean_exit(status, stderr, below)
+
+
+def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_run_measures_it(tmp_path):
+    out = tmp_path / "out"
+    backends = "good-ref,fault-wait-once"
+    _assert_clean_exit(*_interrupt_inside_a_cell(out, backends, tmp_path / "worker.pid"))
     assert [row["backend"] for row in _rows(out)] == ["good-ref"]  # the cell in flight left no row
 
     rows = _resume(out, backends)
@@ -104,16 +108,8 @@ def test_ctrl_c_in_the_middle_of_a_cell_stores_nothing_for_it_and_the_resumed_ru
 def test_ctrl_c_lets_the_worker_release_what_it_holds(tmp_path):
     """A worker stopped by Ctrl-C first gets SIGTERM and a moment to release its named semaphores (as a
     compiling library holds them): nothing is reported as leaked when the run exits."""
-    out, pidfile = tmp_path / "out", tmp_path / "worker.pid"
-    run = subprocess.Popen(_command(out, "fault-wait-semaphore"), cwd=ROOT, env=_env(**{PIDFILE_ENV: str(pidfile)}),
-                           stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
-                           preexec_fn=_interruptible)
-    try:
-        _wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), run, "the worker is inside the cell")
-        status, stderr, below = _interrupt(run)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+    out = tmp_path / "out"
+    status, stderr, below = _interrupt_inside_a_cell(out, "fault-wait-semaphore", tmp_path / "worker.pid")
     _assert_clean_exit(status, stderr, below)
     assert "leaked" not in stderr, stderr[-2000:]
     assert _rows(out) == []
