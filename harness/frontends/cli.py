@@ -197,14 +197,12 @@ def with_probe_variants(backends: list[str]) -> list[str]:
     return variants(backends)
 
 
-def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, *, slots=None, env_id: str = "",
-                    run_id: str = "", worker_env: dict[str, str] | None = None,
-                    cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S, resume: bool = True, retry_failed: bool = False,
-                    features=None, run_meta: dict[str, Any] | None = None, quiet: bool = False,
-                    workers_per_gpu: int | None = None, pools=None) -> Path:
-    """The capability probe as gate-only cells of the sweep's runner (`harness.measure.capability.run_probe`): the
-    same isolated workers, ``--cell-timeout``, resume and slots (or the caller's gate-only ``pools``); rows in
-    ``<out>/probe/``, the matrix derived from them in ``<out>/capability.csv``."""
+def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None, pools, *, resume: bool = True,
+                    retry_failed: bool = False, features=None, run_meta: dict[str, Any] | None = None,
+                    quiet: bool = False) -> Path:
+    """The capability probe as gate-only cells of the sweep's runner (`harness.measure.capability.run_probe`) on
+    the gate-only ``pools``: the same isolated workers, ``--cell-timeout`` and resume; rows in ``<out>/probe/``,
+    the matrix derived from them in ``<out>/capability.csv``."""
     from harness.measure import capability
     from harness.frontends.progress import ProbeProgress
 
@@ -212,10 +210,8 @@ def _run_capability(out_dir: Path, device_type: str, backends: list[str] | None,
     show = ProbeProgress(quiet=quiet)
     try:
         df, path = capability.run_probe(
-            out_dir, device_type, backends, slots=slots, env_id=env_id, run_id=run_id, worker_env=worker_env,
-            cell_timeout_s=cell_timeout_s, resume=resume, retry_failed=retry_failed,
+            out_dir, device_type, backends, pools=pools, resume=resume, retry_failed=retry_failed,
             features=capability.FEATURES if features is None else features, run_meta=run_meta, on_progress=show,
-            workers_per_gpu=workers_per_gpu, pools=pools,
             on_slot_failure=lambda slot, why: _log(f"{slot.label} stopped: {why}; its probe cells go to the others"))
     finally:
         show.close()
@@ -238,7 +234,7 @@ def _warm_up(session, cases: list, pools, *, resume: bool, run_meta: dict[str, A
          f"on {len(pools)} worker(s), so the timed sweep loads their kernels -> {session.out_dir / WARMUP_DIR}")
     show = ProgressReporter(len(cells), quiet=quiet, list_failures=False, prefix="paged-bench: compile warm-up: ")
     try:
-        rows = session.warm_up(cases, pools=pools, resume=resume, run_meta=run_meta, on_progress=show,
+        rows = session.warm_up(cells, pools=pools, resume=resume, run_meta=run_meta, on_progress=show,
                                on_slot_failure=lambda slot, why: _log(f"{slot} stopped: {why}; its cells go to the others"))
     finally:
         show.close()
@@ -305,8 +301,8 @@ def _run(args: argparse.Namespace, steps) -> int:
         with worker_pools(session.gate_config(probed), gate_slots) as pools:  # started once for both steps
             if capability:
                 with steps.step("capability probe"):
-                    _run_capability(out_dir, device_type, probed, resume=args.resume, retry_failed=args.retry_failed,
-                                    run_meta=meta, quiet=args.quiet, pools=pools)
+                    _run_capability(out_dir, device_type, probed, pools, resume=args.resume,
+                                    retry_failed=args.retry_failed, run_meta=meta, quiet=args.quiet)
             if warm_up:
                 with steps.step("compile warm-up"):
                     _warm_up(session, cases, pools, resume=args.resume, run_meta=meta, quiet=args.quiet)
@@ -405,9 +401,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_capability(args: argparse.Namespace) -> int:
     import torch
 
-    from adapters.base import worker_environment
     from harness.cases.selection import backend_list
     from harness.measure import capability
+    from harness.measure.runner import worker_pools
     from harness.measure.session import RunSession, parse_gpus
 
     device_type = _device_type(args.device)
@@ -427,10 +423,9 @@ def cmd_capability(args: argparse.Namespace) -> int:
         raise UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; choose from {known}")
     out_dir = _create(_writable_folder(Path(args.out), must_be_new=False))
     session.start(on_slot_failure=lambda slot, why: _log(f"{slot} left out: {why}"))
-    path = _run_capability(out_dir, device_type, probed, slots=session.slots, env_id=session.env_id,
-                           run_id=session.run_id, worker_env=worker_environment(probed, device_type),
-                           cell_timeout_s=args.cell_timeout, resume=args.resume, retry_failed=args.retry_failed,
-                           features=features, workers_per_gpu=args.gate_workers)
+    with worker_pools(session.gate_config(probed), session.gate_slots(args.gate_workers)) as pools:
+        path = _run_capability(out_dir, device_type, probed, pools, resume=args.resume,
+                               retry_failed=args.retry_failed, features=features)
     return 0 if path.exists() else 1
 
 

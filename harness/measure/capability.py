@@ -26,7 +26,6 @@ CPU that row is `skipped` (`CPU_NOT_HERE`: 16 GiB of host memory per cell).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -343,56 +342,42 @@ def device_label(device_type: str, slots: list | None = None) -> str:
     return torch.cuda.get_device_name(index)
 
 
-def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None = None, *, slots: list | None = None,
-              env_id: str = "", run_id: str = "", worker_env: dict[str, str] | None = None,
-              cell_timeout_s: float | None = None, resume: bool = True, retry_failed: bool = False,
-              features: tuple[Feature, ...] = FEATURES, run_meta: dict[str, Any] | None = None,
-              on_progress: Callable | None = None, on_slot_failure: Callable | None = None,
-              workers_per_gpu: int | None = None, pools: list | None = None) -> tuple[pd.DataFrame, Path]:
+def run_probe(out_dir: Path | str, device_type: str, backends: list[str] | None, *, pools: list,
+              resume: bool = True, retry_failed: bool = False, features: tuple[Feature, ...] = FEATURES,
+              run_meta: dict[str, Any] | None = None, on_progress: Callable | None = None,
+              on_slot_failure: Callable | None = None) -> tuple[pd.DataFrame, Path]:
     """The probe as cells of the sweep's pipeline: every (backend, feature row) measured gate-only by
-    `harness.measure.runner.run_cells` into ``<out>/probe/`` (isolated workers, ``cell_timeout_s``, resume,
-    ``slots``), then the matrix derived from those rows and written atomically to ``<out>/capability.csv``.
-    ``backends``: None probes every registered adapter, else these and their probe-only variants. Each GPU
-    slot runs ``workers_per_gpu`` workers at once (`harness.measure.runner.shared_slots`; default
-    `harness.defaults.gate_workers`): probe cells are never timed, and most of their time is compiling, so
-    the small cases' cells are spread over the workers one by one, the compiling backends' first.
-    ``pools``: gate-only workers the caller keeps (`harness.measure.runner.worker_pools`, e.g. to go on into
-    the compile warm-up); they replace ``slots``, ``workers_per_gpu`` and the configuration arguments."""
-    from adapters.base import adapter_classes, worker_environment
-    from harness.defaults import DEFAULT_CELL_TIMEOUT_S, gate_workers
-    from harness.measure.runner import RunConfig, Slot, run_cells, shared_slots, worker_pools
+    `harness.measure.runner.run_cells` into ``<out>/probe/`` (isolated workers, the cell time limit, resume),
+    then the matrix derived from those rows and written atomically to ``<out>/capability.csv``.
+    ``backends``: None probes every registered adapter, else these and their probe-only variants. ``pools``:
+    the gate-only workers, kept by the caller (`harness.measure.runner.worker_pools` of `gate_config` and
+    `gate_slots`, several per GPU; e.g. to go on into the compile warm-up): probe cells are never timed, and
+    most of their time is compiling, so the small cases' cells are spread over the workers one by one, the
+    compiling backends' first."""
+    from adapters.base import adapter_classes
+    from harness.measure.runner import run_cells
     from records.store import ResultStore
 
     out_dir = Path(out_dir)
     probe_dir = out_dir / PROBE_DIR
     classes = adapter_classes()
     names = with_probe_variants(list(backends)) if backends else list(classes)
-    if pools is None:
-        slots = slots or [Slot("cpu")]
-        gpus = sum(1 for slot in slots if slot.device == "cuda")
-        config = RunConfig(env_id=env_id, run_id=run_id, gate_only=True,
-                           worker_env=(worker_environment(names, device_type, shared_gpu=True) if worker_env is None
-                                       else worker_env),
-                           cell_timeout_s=DEFAULT_CELL_TIMEOUT_S if cell_timeout_s is None else cell_timeout_s)
-        slots = shared_slots(slots, gate_workers(gpus, os.cpu_count()) if workers_per_gpu is None else workers_per_gpu)
-    else:
-        config, slots = pools[0].config, [pool.slot for pool in pools]
-    label = device_label(device_type, slots)
+    config = pools[0].config
     if run_meta is not None:
         ResultStore(probe_dir).append_run(run_meta)
 
     def compiles(cell: Cell) -> bool:
         return bool(getattr(classes.get(cell.backend), "disk_compile_cache", False))
 
-    with worker_pools(config, slots) if pools is None else contextlib.nullcontext(pools) as workers:
-        def measure(cells: list[Cell]) -> list[dict[str, Any]]:
-            if not cells:
-                return []
-            return run_cells(cells, probe_dir, config, pools=workers, resume=resume, retry_failed=retry_failed,
-                             spread=True, first=compiles, on_progress=on_progress, on_slot_failure=on_slot_failure)
+    def measure(cells: list[Cell]) -> list[dict[str, Any]]:
+        if not cells:
+            return []
+        return run_cells(cells, probe_dir, config, pools=pools, resume=resume, retry_failed=retry_failed,
+                         spread=True, first=compiles, on_progress=on_progress, on_slot_failure=on_slot_failure)
 
-        df = probe(adapter_layouts(names), measure, features=features, device=label,
-                   not_here=CPU_NOT_HERE if device_type == "cpu" else None)
+    df = probe(adapter_layouts(names), measure, features=features,
+               device=device_label(device_type, [pool.slot for pool in pools]),
+               not_here=CPU_NOT_HERE if device_type == "cpu" else None)
     return df, write_capability(df, out_dir / CAPABILITY_FILE)
 
 

@@ -135,6 +135,27 @@ def shared_slots(slots: list[Slot], workers: int) -> list[Slot]:
     return out
 
 
+def gate_slots(slots: list[Slot], workers_per_gpu: int | None = None) -> list[Slot]:
+    """The gate-only workers' slots (the capability probe, the compile warm-up): `shared_slots` with
+    ``workers_per_gpu`` on each GPU, or by default `harness.defaults.gate_workers` for this host's cores."""
+    from harness.defaults import gate_workers
+
+    if workers_per_gpu is None:
+        workers_per_gpu = gate_workers(sum(1 for slot in slots if slot.device == "cuda"), os.cpu_count())
+    return shared_slots(slots, workers_per_gpu)
+
+
+def gate_config(device_type: str, backends: list[str] | None = None, *, env_id: str = "", run_id: str = "",
+                cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S) -> RunConfig:
+    """The gate-only workers' configuration: cells gated, never timed, in the environment ``backends`` need
+    (None: every registered one) with their `adapters.base.Adapter.shared_gpu_env`, since these workers
+    share their GPU."""
+    from adapters.base import worker_environment
+
+    return RunConfig(env_id=env_id, run_id=run_id, gate_only=True, cell_timeout_s=cell_timeout_s,
+                     worker_env=worker_environment(backends, device_type, shared_gpu=True))
+
+
 def context_poisoned(row: dict[str, Any]) -> bool:
     """Whether a cell's failure leaves its CUDA context unusable for the next cell."""
     return row.get("verdict") in ("error", "oom") and bool(_CONTEXT_POISONED.search(row.get("reason") or ""))
@@ -760,8 +781,13 @@ def _case_groups(todo: list[Cell], *, spread: bool = False,
             groups.append([cell])
     if not spread:
         return groups
-    whole = [group for group in groups if cell_bytes(group[0].case) >= SPREAD_MAX_BYTES]
-    single = [[cell] for group in groups if cell_bytes(group[0].case) < SPREAD_MAX_BYTES for cell in group]
+    whole: list[list[Cell]] = []
+    single: list[list[Cell]] = []
+    for group in groups:
+        if cell_bytes(group[0].case) >= SPREAD_MAX_BYTES:
+            whole.append(group)
+        else:
+            single.extend([cell] for cell in group)
     if first is not None:
         single.sort(key=lambda group: not first(group[0]))  # stable: case order within each part
     return whole + single

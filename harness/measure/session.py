@@ -14,7 +14,6 @@ the only rows whose ``setup_s`` is a compile on a cold cache.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,8 @@ from harness.cases.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.measure.cell import TimerOptions
-from harness.measure.runner import (ProgressCallback, RunConfig, Slot, WorkerPool, environ_with, run_cells,
-                                    shared_slots)
+from harness.measure.runner import (ProgressCallback, RunConfig, Slot, WorkerPool, environ_with, gate_config,
+                                    gate_slots, run_cells)
 from records.schema import WARMUP_DIR
 from records.store import ResultStore
 
@@ -185,22 +184,14 @@ class RunSession:
         return meta
 
     def gate_config(self, backends: list[str] | None = None) -> RunConfig:
-        """The gate-only workers' configuration (capability probe, compile warm-up), with the environment
-        that ``backends`` need (None: every registered backend)."""
-        from adapters.base import worker_environment
-
-        return RunConfig(env_id=self.env_id, run_id=self.run_id, gate_only=True, cell_timeout_s=self.cell_timeout_s,
-                         worker_env=worker_environment(backends, self.device_type, shared_gpu=True))
+        """The gate-only workers' configuration for this run (`harness.measure.runner.gate_config`) with the
+        environment that ``backends`` need (None: every registered backend)."""
+        return gate_config(self.device_type, backends, env_id=self.env_id, run_id=self.run_id,
+                           cell_timeout_s=self.cell_timeout_s)
 
     def gate_slots(self, workers_per_gpu: int | None = None) -> list[Slot]:
-        """``workers_per_gpu`` gate-only slots on each of the run's GPUs (None: `harness.defaults.gate_workers`
-        for this host); the CPU slot as it is."""
-        from harness.defaults import gate_workers
-
-        if workers_per_gpu is None:
-            gpus = sum(1 for slot in self.slots if slot.device == "cuda")
-            workers_per_gpu = gate_workers(gpus, os.cpu_count())
-        return shared_slots(self.slots, workers_per_gpu)
+        """The gate-only workers' slots on this run's devices (`harness.measure.runner.gate_slots`)."""
+        return gate_slots(self.slots, workers_per_gpu)
 
     def warm_up_cells(self, cases: list[Case], *, resume: bool = True) -> list[Cell]:
         """The compile warm-up's cells: this run's shard of ``cases`` on each selected backend that runs here
@@ -219,14 +210,13 @@ class RunSession:
         cells = [Cell(name, case) for case in self.cases_here(cases) for name in names]
         return [cell for cell in cells if cell.id not in done]
 
-    def warm_up(self, cases: list[Case], *, pools: list[WorkerPool], resume: bool = True,
+    def warm_up(self, cells: list[Cell], *, pools: list[WorkerPool], resume: bool = True,
                 run_meta: dict[str, Any] | None = None, on_progress: ProgressCallback | None = None,
                 on_slot_failure: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
-        """Run the compile warm-up (`warm_up_cells`, gate only) on ``pools`` (gate-only workers, e.g. those the
-        capability probe used: `harness.measure.runner.worker_pools` of `gate_config` and `gate_slots`) into
-        ``<out>/warmup/``; return its rows. Small cases go out cell by cell (`harness.measure.runner.run_cells`'s
-        ``spread``), large ones whole."""
-        cells = self.warm_up_cells(cases, resume=resume)
+        """Run the compile warm-up's ``cells`` (`warm_up_cells`), gate only, on ``pools`` (gate-only workers, e.g.
+        those the capability probe used: `harness.measure.runner.worker_pools` of `gate_config` and
+        `gate_slots`) into ``<out>/warmup/``; return their rows. Small cases go out cell by cell
+        (`harness.measure.runner.run_cells`'s ``spread``), large ones whole."""
         if not cells:
             return []
         folder = self.out_dir / WARMUP_DIR
