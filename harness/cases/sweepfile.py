@@ -347,6 +347,18 @@ def _grammar(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # tables -> fields
 
+
+def _read_pool(table: _Table, into: dict[str, Any]) -> None:
+    """The page pool's size that ``table`` sets, into ``into``: ``pool_pages`` or ``pool_gib``, the one set here
+    replacing the other (from the defaults)."""
+    if "pool_pages" in table.data:
+        into.pop("pool_gib", None)
+        into["pool_pages"] = table.get("pool_pages", lambda v: _int(v, 2))
+    if "pool_gib" in table.data:
+        into.pop("pool_pages", None)
+        into["pool_gib"] = table.get("pool_gib", _gib)
+
+
 def _fields(table: _Table, inherited: dict[str, Any] | None = None) -> dict[str, Any]:
     """The scalar fields of a [defaults] or [[case]] table, over ``inherited``: heads (from model or
     heads), dtype, causal, seed, pool, page sizes."""
@@ -365,12 +377,7 @@ def _fields(table: _Table, inherited: dict[str, Any] | None = None) -> dict[str,
     for key, parse in (("dtype", _dtype), ("causal", _bool), ("seed", lambda v: _int(v, 0))):
         if key in table.data:
             out[key] = table.get(key, parse)
-    if "pool_pages" in table.data:
-        out.pop("pool_gib", None)
-        out["pool_pages"] = table.get("pool_pages", lambda v: _int(v, 2))
-    if "pool_gib" in table.data:
-        out.pop("pool_pages", None)
-        out["pool_gib"] = table.get("pool_gib", _gib)
+    _read_pool(table, out)
     if "page_size" in table.data:
         out["page_sizes"] = (table.get("page_size", lambda v: _int(v, 1)),)
     if "page_sizes" in table.data:
@@ -463,12 +470,7 @@ def _axes(table: _Table, workload: str, defaults: dict[str, Any]) -> Axes:
     overrides = {key: defaults[key] for key in ("seed", "pool_pages", "pool_gib") if key in defaults}
     if "seed" in table.data:
         overrides["seed"] = table.get("seed", lambda v: _int(v, 0))
-    if "pool_pages" in table.data:
-        overrides.pop("pool_gib", None)
-        overrides["pool_pages"] = table.get("pool_pages", lambda v: _int(v, 2))
-    if "pool_gib" in table.data:
-        overrides.pop("pool_pages", None)
-        overrides["pool_gib"] = table.get("pool_gib", _gib)
+    _read_pool(table, overrides)
     plain = {"sliding_window": None, "softcap": None, "sinks": False, "kv_dtype": None, "kv_scale": "tensor"}
     overrides.update({key: value for key, value in features.items() if value != plain[key] or key in table.data
                       or key in defaults or "models" in table.data})

@@ -119,6 +119,17 @@ def _rows_with(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape[0], -1).any(1).nonzero().flatten()
 
 
+def _unwritten(values: torch.Tensor, batch: PagedBatch, noun: str, prefix: str = "") -> GateResult | None:
+    """`wrong` when any of ``values`` (float32, rows first) is non-finite (a backend's unwritten memory reads as
+    NaN or inf after the gate's poisoning), naming how many and in which sequences and rows; else None."""
+    nonfinite = ~torch.isfinite(values)
+    bad = int(nonfinite.sum())
+    if not bad:
+        return None
+    return GateResult("wrong", f"{prefix}{bad} {noun} unwritten or non-finite in "
+                               f"{_locate_rows(batch, _rows_with(nonfinite))}", bad_elements=bad)
+
+
 def compare(out: torch.Tensor, reference: torch.Tensor, batch: PagedBatch) -> GateResult:
     """Verdict `ok` or `wrong` for an output against the reference, with the error figures.
 
@@ -130,11 +141,9 @@ def compare(out: torch.Tensor, reference: torch.Tensor, batch: PagedBatch) -> Ga
     if tuple(out.shape) != expected_shape:
         return GateResult("wrong", f"output shape {tuple(out.shape)}, expected {expected_shape}")
     out = out.float()
-    nonfinite = ~torch.isfinite(out)
-    bad = int(nonfinite.sum())
-    if bad:
-        return GateResult("wrong", f"{bad} output elements unwritten or non-finite in "
-                                   f"{_locate_rows(batch, _rows_with(nonfinite))}", bad_elements=bad)
+    unwritten = _unwritten(out, batch, "output elements")
+    if unwritten is not None:
+        return unwritten
     diff = out - reference
     rel_l2 = float(diff.norm() / reference.norm().clamp_min(1e-30))
     error = diff.abs()
@@ -166,11 +175,9 @@ def compare_lse(lse: torch.Tensor, reference_lse: torch.Tensor, batch: PagedBatc
         return GateResult("wrong", f"{LSE_OFF}: shape {tuple(lse.shape)}, expected {expected_shape} "
                                    "(the canonical [T, Hq] after to_lse)")
     lse = lse.float()
-    nonfinite = ~torch.isfinite(lse)
-    bad = int(nonfinite.sum())
-    if bad:
-        return GateResult("wrong", f"{LSE_OFF}: {bad} values unwritten or non-finite in "
-                                   f"{_locate_rows(batch, _rows_with(nonfinite))}", bad_elements=bad)
+    unwritten = _unwritten(lse, batch, "values", prefix=f"{LSE_OFF}: ")
+    if unwritten is not None:
+        return unwritten
     error = (lse - reference_lse.float()).abs()
     worst = float(error.max()) if error.numel() else 0.0
     limit = TOLERANCES[spec.dtype].lse_max_abs
