@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness.cases.sweep import Case, Cell
-from harness.defaults import DEFAULT_CELL_TIMEOUT_S
+from adapters.base import worker_environment
+from harness.defaults import DEFAULT_CELL_TIMEOUT_S, gate_workers
 from harness.measure.cell import TimerOptions, cell_bytes
 from harness.measure.gate import GateResult, failure_verdict
 from harness.measure.results import make_row
@@ -138,8 +139,6 @@ def shared_slots(slots: list[Slot], workers: int) -> list[Slot]:
 def gate_slots(slots: list[Slot], workers_per_gpu: int | None = None) -> list[Slot]:
     """The gate-only workers' slots (the capability probe, the compile warm-up): `shared_slots` with
     ``workers_per_gpu`` on each GPU, or by default `harness.defaults.gate_workers` for this host's cores."""
-    from harness.defaults import gate_workers
-
     if workers_per_gpu is None:
         workers_per_gpu = gate_workers(sum(1 for slot in slots if slot.device == "cuda"), os.cpu_count())
     return shared_slots(slots, workers_per_gpu)
@@ -150,8 +149,6 @@ def gate_config(device_type: str, backends: list[str] | None = None, *, env_id: 
     """The gate-only workers' configuration: cells gated, never timed, in the environment ``backends`` need
     (None: every registered one) with their `adapters.base.Adapter.shared_gpu_env`, since these workers
     share their GPU."""
-    from adapters.base import worker_environment
-
     return RunConfig(env_id=env_id, run_id=run_id, gate_only=True, cell_timeout_s=cell_timeout_s,
                      worker_env=worker_environment(backends, device_type, shared_gpu=True))
 
@@ -547,7 +544,7 @@ class WorkerPool:
                 worker.process.terminate()
 
     def close(self, *, wait: bool = True) -> None:
-        """Stop the worker (kill it at once unless ``wait``: e.g. on Ctrl-C, mid-cell) and clean up."""
+        """Stop the worker (at once unless ``wait``: e.g. on Ctrl-C, mid-cell; `_Worker.kill`) and clean up."""
         if self.worker is not None:
             if wait:
                 self.worker.stop()
@@ -561,7 +558,7 @@ class WorkerPool:
 def worker_pools(config: RunConfig, slots: list[Slot]) -> Iterator[list[WorkerPool]]:
     """One `WorkerPool` per slot, kept across several `run_cells` calls (``pools=``), so that workers start
     once for work that comes in rounds (the capability probe's two, then the compile warm-up); every worker
-    is stopped on leaving (killed at once when an exception, e.g. Ctrl-C, leaves)."""
+    is stopped on leaving (at once, without waiting for it to finish, when an exception such as Ctrl-C leaves)."""
     pools = [WorkerPool(config, slot) for slot in slots]
     failed = True
     try:
