@@ -3,8 +3,8 @@
 # machine stays warm (a call within 30 s of the last).
 #   bash scripts/gpu-run.sh receive          store the carried payload part(s) (scripts/gpu-stage.sh); when a
 #                                            group is complete, install it: base = the kit (cuDNN frontend, asv)
-#                                            in /tmp/site, flash-attn 2 in /tmp/fa_site, FlashInfer / FA4 in
-#                                            /tmp/peers; cudnn = the releases in /tmp/cudnn/<version>
+#                                            in /tmp/site and flash-attn 2 in /tmp/fa_site; peers = FlashInfer /
+#                                            FA4 in /tmp/peers; cudnn = the releases in /tmp/cudnn/<version>
 #   source scripts/gpu-run.sh env            the environment of every later command (PYTHONPATH, commit, ...)
 #   bash scripts/gpu-run.sh start NAME CMD   run CMD in the background, in its own session (it outlives the
 #                                            call), log /tmp/logs/NAME.log, exit status /tmp/logs/NAME.rc
@@ -18,17 +18,19 @@ _install_base() {
   local p=$1
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$p"/kit/*.whl || return 1
   mkdir -p /tmp/fa_site && xz -d < "$p/fa_site.tar.xz" | tar -x -C /tmp/fa_site || return 1
-  if [ -f "$p/peers.tar" ]; then
-    local peers=$_payload/peers-unpacked
-    rm -rf "$peers" && mkdir -p "$peers" && tar -x -C "$peers" -f "$p/peers.tar" || return 1
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peers "$peers"/wheels/*.whl || return 1
-    if [ -d "$peers/aot" ]; then
-      mkdir -p /tmp/peers/flashinfer/data/aot && cp -r "$peers"/aot/* /tmp/peers/flashinfer/data/aot/
-    fi
-    rm -rf "$peers"
-  fi
   cp "$p/commit" "$_payload/commit"
-  echo "gpu-run: installed $(ls /tmp/site | grep -c dist-info) kit and $(ls /tmp/peers 2>/dev/null | grep -c dist-info) peer distributions"
+  echo "gpu-run: installed $(ls /tmp/site | grep -c dist-info) kit distributions and flash-attn 2"
+}
+
+_install_peers() {
+  local peers=$_payload/peers-unpacked
+  rm -rf "$peers" && mkdir -p "$peers" && tar -x -C "$peers" -f "$1/peers.tar" || return 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peers "$peers"/wheels/*.whl || return 1
+  if [ -d "$peers/aot" ]; then
+    mkdir -p /tmp/peers/flashinfer/data/aot && cp -r "$peers"/aot/* /tmp/peers/flashinfer/data/aot/
+  fi
+  rm -rf "$peers"
+  echo "gpu-run: installed $(ls /tmp/peers | grep -c dist-info) peer distributions"
 }
 
 _install_cudnn() {

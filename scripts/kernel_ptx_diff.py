@@ -82,28 +82,33 @@ def _candidates() -> dict[str, dict]:
     splits = {"long": dict(split_programs_per_sm=2, min_split_keys=4096),
               "short": dict(split_programs_per_sm=4, min_split_keys=512),
               "decode": dict(split_programs_per_sm=3, min_split_keys=256)}
-    tiles = {  # (block_m, block_n, num_warps, num_stages); the table's entry first
+    tiles = {  # (block_m, block_n, num_warps, num_stages[, max_registers]); the table's entry first
         (64, "long"): [(128, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2),
                        (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3)],
         (64, "short"): [(64, 64, 4, 3), (64, 64, 4, 2), (64, 128, 4, 2)],
         (64, "decode"): [(16, 64, 4, 3), (16, 64, 4, 2), (16, 128, 4, 2), (16, 128, 4, 3)],
         (256, "long"): [(128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2), (128, 16, 8, 2), (64, 32, 4, 2),
-                        (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2)],
+                        (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 32, 8, 2),
+                        # 64-row tiles over 8 warps hold a 64 x 256 accumulator in 64 registers a
+                        # thread, as the D=128 winner's 128 x 128 one: capped at 128, two per SM
+                        (64, 32, 8, 2, 128), (64, 32, 8, 3, 128), (64, 64, 8, 2, 128), (64, 16, 8, 3, 128)],
         (256, "short"): [(64, 16, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2), (64, 32, 8, 2)],
         (256, "decode"): [(16, 32, 4, 3), (16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 8, 2), (16, 128, 8, 2)],
     }
     found = {}
     for (head_dim, bucket), rows in tiles.items():
         for page in (16, 256):
-            for block_m, block_n, warps, stages in rows:
+            for block_m, block_n, warps, stages, *cap in rows:
                 for tma in (False, True):
                     if tma and (page != 256 or bucket == "decode"):
                         continue
-                    label = f"M{block_m}-N{block_n}-w{warps}-s{stages}{'-tma' if tma else ''}"
+                    registers = cap[0] if cap else 0
+                    label = (f"M{block_m}-N{block_n}-w{warps}-s{stages}{'-tma' if tma else ''}"
+                             f"{f'-r{registers}' if registers else ''}")
                     found[f"cand-d{head_dim}-{bucket}-p{page}-{label}"] = dict(
                         shapes[bucket], page=page, head_dim=head_dim,
                         config=dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                                    use_tma=tma, **splits[bucket]))
+                                    use_tma=tma, max_registers=registers, **splits[bucket]))
     for name in ("long-d64-p16", "long-d256-p16", "decode-d256-p16-split"):
         found[f"cand-fp16-{name}"] = dict(CONFIGS[name], dtype="fp16")
     # the merge kernel of split 64- and 128-row D=256 tiles, at more warps than the launcher's 4

@@ -103,6 +103,14 @@ D256_LONG_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(64, 64, 8, 2, merge_warps=8, **_L4), None),
     (KernelConfig(64, 64, 8, 2, use_tma=True, merge_warps=8, **_L4), None),
     (KernelConfig(64, 32, 8, 2, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 32, 4, 2, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 32, 4, 3, use_tma=True, merge_warps=8, **_L4), None),
+    (KernelConfig(128, 64, 8, 2, use_tma=True, merge_warps=16, **_L4), None),  # spills 72 B
+    # 64 rows over 8 warps: a 64 x 256 accumulator in 64 registers a thread (the D=128 winner's
+    # share), capped at 128 so that two programs share a multiprocessor (spills 24 to 76 B)
+    (KernelConfig(64, 32, 8, 3, max_registers=128, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 16, 8, 3, max_registers=128, merge_warps=8, **_L4), None),
+    (KernelConfig(64, 16, 8, 3, use_tma=True, max_registers=128, merge_warps=8, **_L4), None),
 ]
 D256_DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(16, 32, 4, 2, **_D3), None),  # 110 registers (table: 168): four programs per SM
