@@ -101,20 +101,21 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         # 2 stages: fewer registers, more programs per SM (notes, "Decode: stages")
         table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE[page])
         table["decode-few", 128, page] = KernelConfig(16, 128, 4, 2, split_programs_per_sm=1, min_split_keys=128)
-        table["decode", 256, page] = KernelConfig(16, 32, 4, 3, **_DECODE[page])
+        table["decode", 256, page] = KernelConfig(16, 32, 4, 2, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         # D=256: the merge of a split 64- or 128-row tile spills at 4 warps (notes, "Untimed entries")
         table["short", 256, page] = KernelConfig(64, 16, 4, 2, merge_warps=8, **_SHORT)
-        table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
+        table["long", 64, page] = KernelConfig(128, 64, 8, 2, **_LONG)
         # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,
         # two 8-warp programs share a multiprocessor (notes, "Long queries: 128-row tiles")
         table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
-        table["long", 256, page] = KernelConfig(128, 32, 8, 2, merge_warps=16, **_LONG)
+        table["long", 256, page] = KernelConfig(128, 64, 8, 2, merge_warps=16, **_LONG)
         table["long-few", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
     # pages of 64+ keys hold a whole key tile: TMA loads win there (notes, "TMA on large pages")
     table["long", 128, "large"] = KernelConfig(128, 64, 8, 2, use_tma=True, max_registers=128, **_LONG)
     table["long-few", 128, "large"] = KernelConfig(64, 64, 4, 3, use_tma=True, **_LONG)
+    table["long", 256, "large"] = KernelConfig(128, 64, 8, 2, use_tma=True, merge_warps=16, **_LONG)
     return table
 
 
