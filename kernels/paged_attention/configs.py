@@ -106,7 +106,7 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         # D=256: the merge of a split 64- or 128-row tile spills at 4 warps (notes, "Untimed entries")
         table["short", 256, page] = KernelConfig(64, 16, 4, 2, merge_warps=8, **_SHORT)
-        table["long", 64, page] = KernelConfig(128, 64, 8, 2, **_LONG)
+        table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,
         # two 8-warp programs share a multiprocessor (notes, "Long queries: 128-row tiles")
         table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
