@@ -91,25 +91,29 @@ chunk on its own, and 128-key steps keep more bytes in flight. Notes, "Few-tile 
 
 
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
-    """(query bucket, head dim, page class) -> config. The D=128 decode and long entries are the
-    winners measured on an H100 by scripts/triton_tune.py (bf16, Hq 32, Hkv 8, pages 16 and 256);
-    the short bucket and D=64/256 were chosen from the compiler's register and spill report and
-    checked for correctness on the GPU, not timed (notes, "Untimed entries")."""
+    """(query bucket, head dim, page class) -> config. The decode and long entries at D=128 and 256
+    and the long D=64 one are the winners measured on an H100 by scripts/triton_tune.py (bf16, pages
+    16 and 256; notes, "Why the table is what it is" and "v3.5"); the short bucket and D=64 decode
+    were chosen from the compiler's register and spill report and checked for correctness on the
+    GPU, not timed (notes, "Untimed entries")."""
     table = {}
     for page in ("small", "medium", "large"):
         table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE[page])
         # 2 stages: fewer registers, more programs per SM (notes, "Decode: stages")
         table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE[page])
         table["decode-few", 128, page] = KernelConfig(16, 128, 4, 2, split_programs_per_sm=1, min_split_keys=128)
+        # D=256 decode: 2 stages reach the copy ceiling, 3 do not (notes, "v3.5")
         table["decode", 256, page] = KernelConfig(16, 32, 4, 2, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         # D=256: the merge of a split 64- or 128-row tile spills at 4 warps (notes, "Untimed entries")
         table["short", 256, page] = KernelConfig(64, 16, 4, 2, merge_warps=8, **_SHORT)
+        # 3 stages: 2 win on pure prefill but lose 39 % on a mixed batch's decode tiles (notes, "v3.5")
         table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,
         # two 8-warp programs share a multiprocessor (notes, "Long queries: 128-row tiles")
         table["long", 128, page] = KernelConfig(128, 64, 8, 3, max_registers=128, **_LONG)
+        # D=256: 64-key steps; below that the q.K^T product waits on shared memory (notes, "v3.5")
         table["long", 256, page] = KernelConfig(128, 64, 8, 2, merge_warps=16, **_LONG)
         table["long-few", 128, page] = KernelConfig(64, 64, 4, 3, **_LONG)
     # pages of 64+ keys hold a whole key tile: TMA loads win there (notes, "TMA on large pages")
