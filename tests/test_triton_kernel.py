@@ -325,7 +325,7 @@ def test_d256_split_merge_gets_more_warps():
     launcher = prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table,
                                        batch.cu_seqlens_q, batch.kv_lens, max_q_len=40, max_kv_len=2040,
                                        causal=True, scale=spec.scale, num_splits=2)
-    assert launcher.plan.config.label().startswith("M128-N32-w8-s2-mw16")
+    assert launcher.plan.config == CONFIG_TABLE["long", 256, "medium"]
     assert launcher._merge_args["num_warps"] == 16
 
 
