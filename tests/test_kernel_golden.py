@@ -120,6 +120,13 @@ def golden_cases() -> list[Case]:
                       config=None))
     cases.append(Case("table-fp32-short-d32-page3", (5, 1, 12), (9, 30, 12), page_size=3, config=None,
                       causal=False))
+    # D=256's long entry (64-key steps: per-key lookups at page 16, TMA at page 64) and its decode entry
+    cases.append(Case("table-fp16-long-d256-page16", (40, 20), (100, 20), head_dim=256, dtype="fp16",
+                      num_q_heads=2, num_kv_heads=1, config=None))
+    cases.append(Case("table-fp16-long-d256-page64", (40, 20), (100, 20), page_size=64, head_dim=256, dtype="fp16",
+                      num_q_heads=2, num_kv_heads=1, config=None))
+    cases.append(Case("table-fp32-decode-d256-page16", (1, 1), (70, 129), head_dim=256, num_q_heads=2,
+                      num_kv_heads=1, config=None))
     # strides: q/out views into wider rows; V with its own slot stride
     cases.append(Case("fp32-mixed-strided-q-split2", q_lens, kv_lens, num_splits=2, layout="strided-q"))
     cases.append(Case("fp16-mixed-padded-v-split2", q_lens, kv_lens, dtype="fp16", num_splits=2, layout="padded-v"))
