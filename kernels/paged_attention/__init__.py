@@ -44,12 +44,12 @@ Measurements behind the table: ``docs/triton_kernel_notes.md``.
 from .configs import (CONFIG_TABLE, FEW_PROGRAMS_PER_SM, TABLE_HEAD_DIMS, KernelConfig, config_key, page_class,
                       query_bucket)
 from .launch import (FP8_KV_DTYPE, INTERPRETER_SM_COUNT, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES,
-                     PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
+                     DecodesApartLauncher, PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
                      pdl_possible, prepare_paged_attention, tma_possible, validate_inputs)
 from .plan import MAX_SPLITS, LaunchPlan, allocate_workspace, next_power_of_2, plan_launch, tile_key_span
 
 __all__ = [
-    "CONFIG_TABLE", "FEW_PROGRAMS_PER_SM", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
+    "CONFIG_TABLE", "DecodesApartLauncher", "FEW_PROGRAMS_PER_SM", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
     "MIN_HEAD_DIM", "SUPPORTED_DTYPES", "TABLE_HEAD_DIMS", "KernelConfig", "LaunchPlan", "PagedAttentionLauncher",
     "allocate_workspace", "config_key", "interpreted", "multiprocessor_count", "next_power_of_2",
     "offsets_fit_int32", "page_class", "paged_attention", "pdl_possible", "plan_launch", "prepare_paged_attention",
