@@ -11,8 +11,10 @@ from the suite's timer (``harness.measure.timer.time_function``: CUDA events, L2
 and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.measure.metrics``
 and ``harness.measure.ceilings``; cuDNN through the project's adapter. Full rows go to
 ``DIR/tune.jsonl``. Configurations are tried in order and skipped once ``--budget-s`` is spent, so
-the table always comes out. Each (head dim, case, page) cell tries the table's choice, then the
-candidates of its bucket and table head dim (``CANDIDATES``), then the table's choice again.
+the table always comes out. Each (head dim, case, page) cell tries the table's choice, in a mixed
+batch that starts with decodes the table with those decodes in a launch of their own
+(``num_decodes``), then the candidates of its bucket and table head dim (``CANDIDATES``), then the
+table's choice again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
 
-CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000"]
+CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
 
 _D = dict(split_programs_per_sm=12, min_split_keys=256)
@@ -166,14 +168,28 @@ def table_choice(spec: BatchSpec, device: str) -> KernelConfig:
                        num_sms=multiprocessor_count(torch.device(device))).config
 
 
-def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig, int | None]]:
-    """The table's choice first, then the bucket's candidates (TMA ones only where a key tile fits
-    in a page), then the table's choice again: the spread between the two runs of one build."""
+def leading_decodes(spec: BatchSpec) -> int:
+    """Sequences at the front of the batch with one query each (what ``num_decodes`` may keep apart)."""
+    count = 0
+    while count < spec.batch_size and spec.q_lens[count] == 1:
+        count += 1
+    return count
+
+
+def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | None, int | None, int]]:
+    """(config, num_splits, num_decodes) to try: the table's choice first; in a mixed batch that
+    starts with decodes, the table with those decodes in a launch of their own (config None: the
+    table picks for each launch, as the adapter would); then the bucket's candidates (TMA ones only
+    where a key tile fits in a page), then the table's choice again: the spread between two runs of
+    one build."""
     table = table_choice(spec, device)
     kind = "decode" if query_bucket(spec.max_q_len) == "decode" else "long"
     pool = CANDIDATES[kind, config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
-    pool = [c for c in pool if c != (table, None) and (not c[0].use_tma or spec.page_size % c[0].block_n == 0)]
-    return [(table, None)] + pool + [(table, None)]
+    pool = [(config, splits, 0) for config, splits in pool
+            if (config, splits) != (table, None) and (not config.use_tma or spec.page_size % config.block_n == 0)]
+    decodes = leading_decodes(spec)
+    apart = [(None, None, decodes)] if 0 < decodes < spec.batch_size and spec.max_q_len > 1 else []
+    return [(table, None, 0)] + apart + pool + [(table, None, 0)]
 
 
 def main() -> int:
@@ -197,7 +213,7 @@ def main() -> int:
     num_q_heads, num_kv_heads = args.heads or ((4, 2) if args.smoke else (32, 8))
     dtype = args.dtype or ("fp16" if args.smoke else "bf16")
     if args.smoke:
-        args.cases, args.reps, args.no_cudnn = ["2q1c40", "2q20c10_1q1c30"], 3, True
+        args.cases, args.reps, args.no_cudnn = ["2q1c40", "1q1c30_2q20c10"], 3, True
     started = time.perf_counter()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,17 +267,19 @@ def main() -> int:
                 print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
         results = []
         candidates = candidates_for(spec, device)
-        for index, (config, num_splits) in enumerate(candidates):
+        for index, (config, num_splits, num_decodes) in enumerate(candidates):
             repeat = index == len(candidates) - 1
+            label = config.label() if config else f"table, {num_decodes} decodes apart"
             if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:
-                emit({**row_base, "config": config.label(), "skipped": "budget"})
+                emit({**row_base, "config": label, "skipped": "budget"})
                 continue
             try:
                 compile_start = time.perf_counter()
                 launcher = prepare_paged_attention(
                     batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                     batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                    causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits)
+                    causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
+                    num_decodes=num_decodes)
                 launcher.out.fill_(float("nan"))
                 launcher()
                 _sync(device)
@@ -269,10 +287,10 @@ def main() -> int:
                 verdict = check(launcher.out, ref, batch)
                 timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
                 row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
-                       **launcher.plan.describe(), **launcher.register_report(),
+                       **launcher.describe(), **launcher.register_report(),
                        "first_call_s": first_s, **verdict, **timing}
             except Exception:  # noqa: BLE001 - the traceback is the row's record
-                row = {**row_base, "backend": "triton", "table": index == 0, "config": config.label(),
+                row = {**row_base, "backend": "triton", "table": index == 0, "config": label,
                        "num_splits_req": num_splits, "error": traceback.format_exc()[-1500:]}
             emit(row)
             results.append(row)

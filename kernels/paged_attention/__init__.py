@@ -26,6 +26,10 @@ into ``num_splits`` chunks of ``split_size`` keys (flash-decoding). A tile whose
 writes its output directly; the others write fp32 partial outputs and log2-sum-exp values that a
 small second kernel merges.
 
+A mixed batch whose first sequences are decodes can run them apart (``num_decodes``): a decode
+launch over those sequences and the long launch over the rest, on views of the same tensors
+(``DecodesApartLauncher``), so that a decode does not take a whole long-bucket tile for one query.
+
 Model features (``adapters/features.py``), each a constexpr switch that leaves the plain kernel's code
 as it was when off: ``USE_WINDOW`` (a sliding window: tiles start at the first key tile a query of the
 tile sees, key chunks count from there, the window's left edge is masked per element), ``SOFTCAP``
