@@ -4,6 +4,7 @@ launch configurations each, next to cuDNN where it can be built; print a short t
 
     python3 scripts/triton_tune.py [--budget-s 330] [--out DIR] [--cases ...] [--pages 16 256]
                                    [--head-dims 64 128 256] [--dtype bf16|fp16] [--heads 32 8]
+                                   [--window W] [--softcap C] [--sinks] [--kv-fp8 tensor|head]
 
 Every timed configuration is first checked against ``reference_attention`` with the gate's own
 comparison (NaN-poisoned output, the dtype's tolerance from ``harness.measure.gate.TOLERANCES``). Times come
@@ -121,12 +122,24 @@ D256_DECODE_CANDIDATES: list[tuple[KernelConfig, int | None]] = [
     (KernelConfig(16, 128, 8, 2, **_D3), None),
     (KernelConfig(16, 32, 4, 2, split_programs_per_sm=1, min_split_keys=256), None),
 ]
+_S = dict(split_programs_per_sm=4, min_split_keys=512)
+SHORT_CANDIDATES: dict[int, list[tuple[KernelConfig, int | None]]] = {
+    # short queries (2 to 16) split their keys like the table's short entries; at D=256 the 32- and
+    # 64-key steps that won unsplit on B64 q4 (notes, "v3.5") against the table's 16-key one
+    64: [(KernelConfig(64, 64, 4, 2, **_S), None), (KernelConfig(128, 64, 4, 3, **_S), None)],
+    128: [(KernelConfig(64, 64, 4, 2, **_S), None), (KernelConfig(128, 64, 8, 3, max_registers=128, **_S), None)],
+    256: [(KernelConfig(64, 32, 4, 3, merge_warps=8, **_S), None),
+          (KernelConfig(64, 32, 4, 2, merge_warps=8, **_S), None),
+          (KernelConfig(64, 64, 4, 2, merge_warps=8, **_S), None),
+          (KernelConfig(128, 64, 8, 2, merge_warps=16, **_S), None)],
+}
 CANDIDATES: dict[tuple[str, int], list[tuple[KernelConfig, int | None]]] = {
     ("decode", 64): D64_DECODE_CANDIDATES, ("long", 64): D64_LONG_CANDIDATES,
     ("decode", 128): DECODE_CANDIDATES, ("long", 128): LONG_CANDIDATES,
     ("decode", 256): D256_DECODE_CANDIDATES, ("long", 256): D256_LONG_CANDIDATES,
+    **{("short", dim): pool for dim, pool in SHORT_CANDIDATES.items()},
 }
-"""Candidate pools by (decode or not, the table's head dim)."""
+"""Candidate pools by (query bucket, the table's head dim)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,8 +196,7 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     where a key tile fits in a page), then the table's choice again: the spread between two runs of
     one build."""
     table = table_choice(spec, device)
-    kind = "decode" if query_bucket(spec.max_q_len) == "decode" else "long"
-    pool = CANDIDATES[kind, config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
+    pool = CANDIDATES[query_bucket(spec.max_q_len), config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
     pool = [(config, splits, 0) for config, splits in pool
             if (config, splits) != (table, None) and (not config.use_tma or spec.page_size % config.block_n == 0)]
     decodes = leading_decodes(spec)
@@ -205,6 +217,11 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default=None, help="default bf16 (fp16 with --smoke)")
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
+    parser.add_argument("--window", type=int, default=None, metavar="W", help="sliding window of W keys")
+    parser.add_argument("--softcap", type=float, default=None, metavar="C", help="logit soft-cap C")
+    parser.add_argument("--sinks", action="store_true", help="a sink logit per query head")
+    parser.add_argument("--kv-fp8", choices=["tensor", "head"], default=None,
+                        help="an fp8 e4m3 KV cache with scales per tensor or per KV head")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
@@ -239,13 +256,18 @@ def main() -> int:
     emit({"env": env})
     summary = []
 
+    # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the kernel,
+    # the reference and cuDNN's adapter alike
+    features = {key: value for key, value in (
+        ("sliding_window", args.window), ("softcap", args.softcap), ("sinks", args.sinks or None),
+        ("kv_dtype", "fp8" if args.kv_fp8 else None), ("kv_scale", args.kv_fp8)) if value is not None}
     for head_dim, case, page in ((d, c, p) for d in head_dims for c in args.cases for p in args.pages):
         spec = BatchSpec.from_grammar(case, page_size=page, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
-                                      head_dim=head_dim, dtype=dtype)
+                                      head_dim=head_dim, dtype=dtype, **features)
         batch = make_batch(spec, device)
         ref = reference_attention(batch)
         fl, by = spec_flops(spec), spec_bytes(spec)
-        row_base = {"case": case, "page": page, "head_dim": head_dim, "dtype": dtype,
+        row_base = {"case": case, "page": page, "head_dim": head_dim, "dtype": dtype, "features": features,
                     "heads": [num_q_heads, num_kv_heads], "flops": fl, "bytes": by,
                     "key": list(config_key(spec.head_dim, spec.page_size, spec.max_q_len))}
         cudnn_us = None
@@ -279,7 +301,8 @@ def main() -> int:
                     batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                     batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                     causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
-                    num_decodes=num_decodes)
+                    num_decodes=num_decodes, sliding_window=spec.sliding_window, softcap=spec.softcap,
+                    sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
                 launcher.out.fill_(float("nan"))
                 launcher()
                 _sync(device)
