@@ -4,7 +4,7 @@ launch configurations each, next to cuDNN where it can be built; print a short t
 
     python3 scripts/triton_tune.py [--budget-s 330] [--out DIR] [--cases ...] [--pages 16 256]
                                    [--head-dims 64 128 256] [--dtype bf16|fp16] [--heads 32 8]
-                                   [--window W] [--softcap C] [--sinks] [--kv-fp8 tensor|head]
+                                   [--window W] [--softcap C] [--sinks] [--kv-dtype fp8 [--kv-scale head]]
 
 Every timed configuration is first checked against ``reference_attention`` with the gate's own
 comparison (NaN-poisoned output, the dtype's tolerance from ``harness.measure.gate.TOLERANCES``). Times come
@@ -34,6 +34,8 @@ import torch  # noqa: E402
 from adapters.base import get_adapter  # noqa: E402
 from adapters.batch import BatchSpec, make_batch  # noqa: E402
 from adapters.reference import reference_attention  # noqa: E402
+from harness.cases.selection import add_feature_options, feature_fields  # noqa: E402
+from harness.errors import UsageError  # noqa: E402
 from harness.measure.ceilings import machine_ceilings  # noqa: E402
 from harness.measure.gate import compare  # noqa: E402
 from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
@@ -203,14 +205,16 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default=None, help="default bf16 (fp16 with --smoke)")
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
-    parser.add_argument("--window", type=int, default=None, metavar="W", help="sliding window of W keys")
-    parser.add_argument("--softcap", type=float, default=None, metavar="C", help="logit soft-cap C")
-    parser.add_argument("--sinks", action="store_true", help="a sink logit per query head")
-    parser.add_argument("--kv-fp8", choices=["tensor", "head"], default=None,
-                        help="an fp8 e4m3 KV cache with scales per tensor or per KV head")
+    add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
+    try:
+        # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the
+        # kernel, the reference and cuDNN's adapter alike
+        features = feature_fields(args)
+    except UsageError as error:
+        parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"
     head_dims = args.head_dims or ([32] if args.smoke else [128])
     num_q_heads, num_kv_heads = args.heads or ((4, 2) if args.smoke else (32, 8))
@@ -242,11 +246,6 @@ def main() -> int:
     emit({"env": env})
     summary = []
 
-    # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the kernel,
-    # the reference and cuDNN's adapter alike
-    features = {key: value for key, value in (
-        ("sliding_window", args.window), ("softcap", args.softcap), ("sinks", args.sinks or None),
-        ("kv_dtype", "fp8" if args.kv_fp8 else None), ("kv_scale", args.kv_fp8)) if value is not None}
     for head_dim, case, page in ((d, c, p) for d in head_dims for c in args.cases for p in args.pages):
         spec = BatchSpec.from_grammar(case, page_size=page, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                                       head_dim=head_dim, dtype=dtype, **features)

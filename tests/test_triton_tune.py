@@ -4,6 +4,7 @@ the model features reach the batch."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,5 +31,29 @@ def test_smoke_run_checks_every_configuration_with_features(tmp_path):
         [row.get("error") or row.get("reason") for row in triton_rows if not row.get("ok")]
     assert {row["case"] for row in triton_rows} == {"2q1c40", "1q1c30_2q20c10"}
     assert all(row["features"] == {"sliding_window": 8, "sinks": True} for row in triton_rows)
-    assert {row["config"] for row in triton_rows if row["case"] == "2q1c40" and row.get("table")} \
-        == {row["config"] for row in triton_rows if row["case"] == "2q1c40" and row.get("repeat")}
+    # every candidate of each case's pool was tried (none left out), the table's choice first and last
+    tune = _load_tune_script()
+    for case in ("2q1c40", "1q1c30_2q20c10"):
+        spec = tune.BatchSpec.from_grammar(case, page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=32,
+                                           dtype="fp16", sliding_window=8, sinks=True)
+        tried = [row["config"] for row in triton_rows if row["case"] == case]
+        expected = [config.label() for config, _ in tune.candidates_for(spec, "cpu")]
+        assert len(tried) == len(expected) and tried[0] == tried[-1] == expected[0], (tried, expected)
+
+
+@needs_interpreter
+def test_a_bad_feature_value_is_one_usage_line(tmp_path):
+    """The script takes paged-bench's feature options and checks them the same way, before any batch."""
+    command = [sys.executable, str(REPO / "scripts" / "triton_tune.py"), "--smoke", "--window", "0",
+               "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 2 and "--window '0'" in result.stderr, result.stderr
+    assert not (tmp_path / "tune.jsonl").exists()
+
+
+def _load_tune_script():
+    spec = importlib.util.spec_from_file_location("triton_tune", REPO / "scripts" / "triton_tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -143,6 +143,12 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
                        help="causal (bottom-right) or not, for every case (default: each case's own, causal)")
     group.add_argument("--pool-pages", metavar="N", help="page pool of every case, in pages (null page included)")
     group.add_argument("--pool-gib", metavar="GIB", help="page pool of every case, in GiB of K and V cache together")
+    add_feature_options(parser)
+
+
+def add_feature_options(parser: argparse.ArgumentParser) -> None:
+    """The model-feature options (``--window``, ``--softcap``, ``--sinks``, ``--kv-dtype``, ``--kv-scale``),
+    read by `feature_fields`; also used by the Triton kernel's tuning script."""
     features = parser.add_argument_group("model features (over --model's; `none` turns one off)")
     features.add_argument("--window", metavar="W", help="sliding window of W keys, the query's own included "
                                                         "(the model config's sliding_window), or none")
@@ -276,6 +282,14 @@ def parse_softcap(text: Any) -> float | None:
     if problem:
         raise UsageError(f"--softcap {text!r}: {problem[1]}")
     return cap
+
+
+def feature_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The model-feature options of ``args`` as case fields, checked as `parse_overrides` checks them
+    (`UsageError` names a bad value)."""
+    out = Overrides()
+    _feature_overrides(args, out)
+    return out.fields
 
 
 def _feature_overrides(args: argparse.Namespace, out: Overrides) -> None:
