@@ -12,8 +12,10 @@ from the suite's timer (``harness.measure.timer.time_function``: CUDA events, L2
 and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.measure.metrics``
 and ``harness.measure.ceilings``; cuDNN through the project's adapter. Full rows go to
 ``DIR/tune.jsonl``. Configurations are tried in order and skipped once ``--budget-s`` is spent, so
-the table always comes out. Each (head dim, case, page) cell tries the table's choice, then the
-candidates of its bucket and table head dim (``CANDIDATES``), then the table's choice again.
+the table always comes out. Each (head dim, case, page) cell tries the table's choice, in a mixed
+batch that starts with decodes the table with those decodes in a launch of their own
+(``num_decodes``), then the candidates of its bucket and table head dim (``CANDIDATES``), then the
+table's choice again.
 """
 
 from __future__ import annotations
@@ -181,15 +183,27 @@ def table_choice(spec: BatchSpec, device: str) -> KernelConfig:
                        num_sms=multiprocessor_count(torch.device(device))).config
 
 
-def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig, int | None]]:
-    """(config, num_splits) to try: the table's choice first, then the bucket's candidates (TMA ones
-    only where a key tile fits in a page), then the table's choice again: the spread between two runs
-    of one build."""
+def leading_decodes(spec: BatchSpec) -> int:
+    """Sequences at the front of the batch with one query each (what ``num_decodes`` may keep apart)."""
+    count = 0
+    while count < spec.batch_size and spec.q_lens[count] == 1:
+        count += 1
+    return count
+
+
+def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | None, int | None, int]]:
+    """(config, num_splits, num_decodes) to try: the table's choice first; in a mixed batch that
+    starts with decodes, the table with those decodes in a launch of their own (config None: the
+    table picks for each launch, as the adapter would); then the bucket's candidates (TMA ones only
+    where a key tile fits in a page), then the table's choice again: the spread between two runs of
+    one build."""
     table = table_choice(spec, device)
     pool = CANDIDATES[query_bucket(spec.max_q_len), config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
-    pool = [(config, splits) for config, splits in pool
+    pool = [(config, splits, 0) for config, splits in pool
             if (config, splits) != (table, None) and (not config.use_tma or spec.page_size % config.block_n == 0)]
-    return [(table, None)] + pool + [(table, None)]
+    decodes = leading_decodes(spec)
+    apart = [(None, None, decodes)] if 0 < decodes < spec.batch_size and spec.max_q_len > 1 else []
+    return [(table, None, 0)] + apart + pool + [(table, None, 0)]
 
 
 def main() -> int:
@@ -274,9 +288,9 @@ def main() -> int:
                 print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
         results = []
         candidates = candidates_for(spec, device)
-        for index, (config, num_splits) in enumerate(candidates):
+        for index, (config, num_splits, num_decodes) in enumerate(candidates):
             repeat = index == len(candidates) - 1
-            label = config.label()
+            label = config.label() if config else f"table, {num_decodes} decodes apart"
             if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:
                 emit({**row_base, "config": label, "skipped": "budget"})
                 continue
@@ -286,7 +300,7 @@ def main() -> int:
                     batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                     batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                     causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
-                    sliding_window=spec.sliding_window, softcap=spec.softcap,
+                    num_decodes=num_decodes, sliding_window=spec.sliding_window, softcap=spec.softcap,
                     sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
                 launcher.out.fill_(float("nan"))
                 launcher()
@@ -295,7 +309,7 @@ def main() -> int:
                 verdict = check(launcher.out, ref, batch)
                 timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
                 row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
-                       **launcher.plan.describe(), **launcher.register_report(),
+                       **launcher.describe(), **launcher.register_report(),
                        "first_call_s": first_s, **verdict, **timing}
             except Exception:  # noqa: BLE001 - the traceback is the row's record
                 row = {**row_base, "backend": "triton", "table": index == 0, "config": label,

@@ -26,6 +26,10 @@ into ``num_splits`` chunks of ``split_size`` keys (flash-decoding). A tile whose
 writes its output directly; the others write fp32 partial outputs and log2-sum-exp values that a
 small second kernel merges.
 
+A mixed batch whose first sequences are decodes can run them apart (``num_decodes``): a decode
+launch over those sequences and the long launch over the rest, on views of the same tensors
+(``DecodesApartLauncher``), so that a decode does not take a whole long-bucket tile for one query.
+
 Model features (``adapters/features.py``), each a constexpr switch that leaves the plain kernel's code
 as it was when off: ``USE_WINDOW`` (a sliding window: tiles start at the first key tile a query of the
 tile sees, key chunks count from there, the window's left edge is masked per element), ``SOFTCAP``
@@ -44,12 +48,12 @@ Measurements behind the table: ``docs/triton_kernel_notes.md``.
 from .configs import (CONFIG_TABLE, FEW_PROGRAMS_PER_SM, TABLE_HEAD_DIMS, KernelConfig, config_key, page_class,
                       query_bucket)
 from .launch import (FP8_KV_DTYPE, INTERPRETER_SM_COUNT, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES,
-                     PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
+                     DecodesApartLauncher, PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
                      pdl_possible, prepare_paged_attention, tma_possible, validate_inputs)
 from .plan import MAX_SPLITS, LaunchPlan, allocate_workspace, next_power_of_2, plan_launch, tile_key_span
 
 __all__ = [
-    "CONFIG_TABLE", "FEW_PROGRAMS_PER_SM", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
+    "CONFIG_TABLE", "DecodesApartLauncher", "FEW_PROGRAMS_PER_SM", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
     "MIN_HEAD_DIM", "SUPPORTED_DTYPES", "TABLE_HEAD_DIMS", "KernelConfig", "LaunchPlan", "PagedAttentionLauncher",
     "allocate_workspace", "config_key", "interpreted", "multiprocessor_count", "next_power_of_2",
     "offsets_fit_int32", "page_class", "paged_attention", "pdl_possible", "plan_launch", "prepare_paged_attention",

@@ -242,6 +242,10 @@ class PagedAttentionLauncher:
             **({"launch_pdl": True} if plan.launch_merge_early else {}),
         ) if split_kv else None
 
+    def describe(self) -> dict:
+        """The plan's figures (configuration, tiles, split, page path) for a result row's notes."""
+        return self.plan.describe()
+
     def register_report(self) -> dict:
         """Registers per thread and spilled bytes of the attention kernel as compiled (after the first
         call; empty under the interpreter): what decides how many programs share a multiprocessor."""
@@ -256,6 +260,34 @@ class PagedAttentionLauncher:
         return self.out if self.lse is None else (self.out, self.lse)
 
 
+class DecodesApartLauncher:
+    """A mixed batch whose first ``num_decodes`` sequences have one query each (the order serving
+    engines give a mixed batch), run as two launches on views of one output: those sequences with the
+    decode bucket's tiles (one query per tile, keys split across the multiprocessors), then the others
+    with the long bucket's, where a decode would take a whole 64- or 128-row tile for its ``GROUP``
+    rows. Same interface as ``PagedAttentionLauncher``; ``plan`` is the long launch's."""
+
+    def __init__(self, decodes: PagedAttentionLauncher, rest: PagedAttentionLauncher, out: torch.Tensor,
+                 lse: torch.Tensor | None):
+        self.decodes, self.rest = decodes, rest
+        self.out, self.lse = out, lse
+        self.plan = rest.plan
+
+    def describe(self) -> dict:
+        decode_plan = self.decodes.plan
+        return {**self.rest.describe(),
+                "config": f"{decode_plan.config.label()} (decodes) + {self.rest.plan.config.label()}",
+                "decodes_apart": self.decodes.out.shape[0], "decode_num_splits": decode_plan.num_splits}
+
+    def register_report(self) -> dict:
+        return self.rest.register_report()
+
+    def __call__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self.decodes()
+        self.rest()
+        return self.out if self.lse is None else (self.out, self.lse)
+
+
 def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
                             max_q_len: int, max_kv_len: int, causal: bool, scale: float,
@@ -263,8 +295,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             num_splits: int | None = None, launch_merge_early: bool | None = None,
                             return_lse: bool = False, sliding_window: int | None = None,
                             softcap: float | None = None, sinks: torch.Tensor | None = None,
-                            k_scale: torch.Tensor | None = None,
-                            v_scale: torch.Tensor | None = None) -> PagedAttentionLauncher:
+                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+                            num_decodes: int = 0) -> PagedAttentionLauncher | DecodesApartLauncher:
     """Validate, plan and allocate (output, split workspace, LSE) once; the launcher only launches.
     ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
     the early merge launch off, to measure what it gains. ``return_lse``: the launcher also writes
@@ -276,10 +308,47 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     tiles before a tile's first visible key are skipped; ``softcap`` c: each score s becomes
     ``c * tanh(s / c)``; ``sinks`` ``[Hq]`` float32: a per-head logit in every row's softmax
     denominator (and LSE), with no value; a ``torch.float8_e4m3fn`` cache with ``k_scale`` and
-    ``v_scale`` float32 ``[1]`` (per tensor) or ``[Hkv]`` (per KV head): true K = k_cache * k_scale."""
+    ``v_scale`` float32 ``[1]`` (per tensor) or ``[Hkv]`` (per KV head): true K = k_cache * k_scale.
+
+    ``num_decodes`` d: the host's word that sequences ``0 .. d-1`` have one query each (tokens
+    ``0 .. d-1``); with ``0 < d < B`` and longer queries after them they run as a launch of their own
+    with the decode bucket's tiles (``DecodesApartLauncher``; ``config`` / ``num_splits`` then apply to
+    the other sequences only). It is not checked on the device: a wrong count gives wrong rows."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
+    num_seqs = block_table.shape[0]
+    _check(isinstance(num_decodes, int) and not isinstance(num_decodes, bool)
+           and 0 <= num_decodes <= min(num_seqs, q.shape[0]),
+           f"num_decodes={num_decodes!r} must be a whole number of leading one-query sequences in "
+           f"0..{min(num_seqs, q.shape[0])}")
+    if out is None:
+        out = torch.empty_like(q)
+    lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
+    features = dict(causal=causal, scale=scale, launch_merge_early=launch_merge_early,
+                    sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
+    if not 0 < num_decodes < num_seqs or max_q_len <= 1:
+        return _prepare_one(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
+                            max_q_len=max_q_len, max_kv_len=max_kv_len, config=config, num_splits=num_splits,
+                            **features)
+    d = num_decodes
+    decodes = _prepare_one(q[:d], k_cache, v_cache, block_table[:d], cu_seqlens_q[:d + 1], kv_lens[:d],
+                           out[:d], None if lse is None else lse[:d], max_q_len=1, max_kv_len=max_kv_len,
+                           config=None, num_splits=None, **features)
+    # the other sequences' query offsets from their own first token (one small copy, here, not per call)
+    rest = _prepare_one(q[d:], k_cache, v_cache, block_table[d:], cu_seqlens_q[d:] - d, kv_lens[d:],
+                        out[d:], None if lse is None else lse[d:], max_q_len=max_q_len, max_kv_len=max_kv_len,
+                        config=config, num_splits=num_splits, **features)
+    return DecodesApartLauncher(decodes, rest, out, lse)
+
+
+def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                 cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
+                 max_q_len: int, max_kv_len: int, causal: bool, scale: float, config: KernelConfig | None,
+                 num_splits: int | None, launch_merge_early: bool | None, sliding_window: int | None,
+                 softcap: float | None, sinks: torch.Tensor | None, k_scale: torch.Tensor | None,
+                 v_scale: torch.Tensor | None) -> PagedAttentionLauncher:
+    """Plan one launch over validated inputs and allocate its split workspace."""
     num_tokens, num_q_heads, head_dim = q.shape
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
@@ -287,10 +356,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
                        pdl_possible=launch_merge_early is not False and pdl_possible(q.device),
                        sliding_window=sliding_window)
-    if out is None:
-        out = torch.empty_like(q)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
-    lse = torch.empty(num_tokens, num_q_heads, dtype=torch.float32, device=q.device) if return_lse else None
     return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
                                   causal=causal, scale=scale, plan=plan, workspace=workspace, lse=lse,
                                   sliding_window=sliding_window, softcap=softcap, sinks=sinks,
@@ -303,8 +369,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     config: KernelConfig | None = None, num_splits: int | None = None,
                     return_lse: bool = False, sliding_window: int | None = None,
                     softcap: float | None = None, sinks: torch.Tensor | None = None,
-                    k_scale: torch.Tensor | None = None,
-                    v_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
+                    num_decodes: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
     ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given);
     with ``return_lse`` -> ``(out, lse)``, lse ``[T, Hq]`` float32 as in ``prepare_paged_attention``.
@@ -312,11 +378,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
     the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
     bottom-right. ``config`` / ``num_splits`` override the tuned table and the split heuristic.
-    Model features as in ``prepare_paged_attention``.
+    Model features and ``num_decodes`` as in ``prepare_paged_attention``.
     For repeated calls on one batch, build a launcher once with ``prepare_paged_attention``.
     """
     return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                                    max_q_len=max_q_len, max_kv_len=max_kv_len, causal=causal,
                                    scale=scale, out=out, config=config, num_splits=num_splits,
                                    return_lse=return_lse, sliding_window=sliding_window, softcap=softcap,
-                                   sinks=sinks, k_scale=k_scale, v_scale=v_scale)()
+                                   sinks=sinks, k_scale=k_scale, v_scale=v_scale, num_decodes=num_decodes)()
