@@ -90,6 +90,15 @@ class BatchSpec:
         return len(self.q_lens)
 
     @property
+    def leading_decodes(self) -> int:
+        """Sequences at the front of the batch with one query each: the decodes of a mixed batch, which
+        serving engines order first (a kernel may run them apart from the longer queries)."""
+        count = 0
+        while count < self.batch_size and self.q_lens[count] == 1:
+            count += 1
+        return count
+
+    @property
     def total_q(self) -> int:
         return sum(self.q_lens)
 

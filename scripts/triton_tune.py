@@ -2,7 +2,7 @@
 """Check and time the Triton paged-attention kernel on a GPU over the target cases, for several
 launch configurations each, next to cuDNN where it can be built; print a short table last.
 
-    python3 scripts/triton_tune.py [--budget-s 330] [--out DIR] [--cases ...] [--pages 16 256]
+    python3 scripts/triton_tune.py [--budget-s 60] [--out DIR] [--cases ...] [--pages 16 256]
                                    [--head-dims 64 128 256] [--dtype bf16|fp16] [--heads 32 8]
                                    [--window W] [--softcap C] [--sinks] [--kv-dtype fp8 [--kv-scale head]]
 
@@ -11,11 +11,11 @@ comparison (NaN-poisoned output, the dtype's tolerance from ``harness.measure.ga
 from the suite's timer (``harness.measure.timer.time_function``: CUDA events, L2 flushed between launches, median
 and quartiles of ``--reps`` launches after warm-up); FLOPs, bytes and ceilings from ``harness.measure.metrics``
 and ``harness.measure.ceilings``; cuDNN through the project's adapter. Full rows go to
-``DIR/tune.jsonl``. Configurations are tried in order and skipped once ``--budget-s`` is spent, so
-the table always comes out. Each (head dim, case, page) cell tries the table's choice, in a mixed
-batch that starts with decodes the table with those decodes in a launch of their own
-(``num_decodes``), then the candidates of its bucket and table head dim (``CANDIDATES``), then the
-table's choice again.
+``DIR/tune.jsonl``. Each (head dim, case, page) cell tries the table's choice as the adapter calls it
+(the batch's leading decodes and host lengths passed), in a mixed batch that starts with decodes the
+table with those decodes forced into the long launch and forced apart (``decodes_apart``), then the
+candidates of its bucket and table head dim (``CANDIDATES``), skipped once the cell has spent
+``--budget-s`` seconds, then the table's choice again: the table rows always come out.
 """
 
 from __future__ import annotations
@@ -183,34 +183,35 @@ def table_choice(spec: BatchSpec, device: str) -> KernelConfig:
                        num_sms=multiprocessor_count(torch.device(device))).config
 
 
-def leading_decodes(spec: BatchSpec) -> int:
-    """Sequences at the front of the batch with one query each (what ``num_decodes`` may keep apart)."""
-    count = 0
-    while count < spec.batch_size and spec.q_lens[count] == 1:
-        count += 1
-    return count
-
-
-def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | None, int | None, int]]:
-    """(config, num_splits, num_decodes) to try: the table's choice first; in a mixed batch that
-    starts with decodes, the table with those decodes in a launch of their own (config None: the
-    table picks for each launch, as the adapter would); then the bucket's candidates (TMA ones only
-    where a key tile fits in a page), then the table's choice again: the spread between two runs of
-    one build."""
+def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | None, int | None, bool | None]]:
+    """(config, num_splits, decodes_apart) to try: the table's choice as the adapter calls it (the
+    batch's leading decodes and host lengths passed; None: the launcher's rule keeps the decodes apart
+    or not); in a mixed batch that starts with decodes, the table with them forced into the long
+    launch and forced apart (config None: the table picks for each launch); then the bucket's
+    candidates (TMA ones only where a key tile fits in a page), then the table's choice again: the
+    spread between two runs of one build."""
     table = table_choice(spec, device)
     pool = CANDIDATES[query_bucket(spec.max_q_len), config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
-    pool = [(config, splits, 0) for config, splits in pool
+    pool = [(config, splits, False) for config, splits in pool
             if (config, splits) != (table, None) and (not config.use_tma or spec.page_size % config.block_n == 0)]
-    decodes = leading_decodes(spec)
-    apart = [(None, None, decodes)] if 0 < decodes < spec.batch_size and spec.max_q_len > 1 else []
-    return [(table, None, 0)] + apart + pool + [(table, None, 0)]
+    mixed = 0 < spec.leading_decodes < spec.batch_size and spec.max_q_len > 1
+    forced = [(None, None, False), (None, None, True)] if mixed else []
+    return [(None, None, None)] + forced + pool + [(None, None, None)]
+
+
+def candidate_label(config: KernelConfig | None, decodes_apart: bool | None) -> str:
+    """A candidate's name in the rows: its configuration, or the table's with how it placed the decodes."""
+    if config is not None:
+        return config.label()
+    return "table" + {None: "", False: ", decodes in the long launch", True: ", decodes apart"}[decodes_apart]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=CASES)
     parser.add_argument("--pages", nargs="*", type=int, default=PAGES)
-    parser.add_argument("--budget-s", type=float, default=330.0)
+    parser.add_argument("--budget-s", type=float, default=60.0,
+                        help="seconds per (head dim, case, page) cell before its remaining candidates are skipped")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--no-cudnn", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -288,11 +289,12 @@ def main() -> int:
                 print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
         results = []
         candidates = candidates_for(spec, device)
-        for index, (config, num_splits, num_decodes) in enumerate(candidates):
+        cell_started = time.perf_counter()
+        for index, (config, num_splits, decodes_apart) in enumerate(candidates):
             repeat = index == len(candidates) - 1
-            label = config.label() if config else f"table, {num_decodes} decodes apart"
-            if 0 < index and not repeat and time.perf_counter() - started > args.budget_s:
-                emit({**row_base, "config": label, "skipped": "budget"})
+            label = candidate_label(config, decodes_apart)
+            if config is not None and not repeat and time.perf_counter() - cell_started > args.budget_s:
+                emit({**row_base, "config": label, "label": label, "skipped": "budget"})
                 continue
             try:
                 compile_start = time.perf_counter()
@@ -300,7 +302,8 @@ def main() -> int:
                     batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                     batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                     causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
-                    num_decodes=num_decodes, sliding_window=spec.sliding_window, softcap=spec.softcap,
+                    num_decodes=spec.leading_decodes if config is None else 0, decodes_apart=decodes_apart,
+                    host_kv_lens=spec.kv_lens, sliding_window=spec.sliding_window, softcap=spec.softcap,
                     sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
                 launcher.out.fill_(float("nan"))
                 launcher()
@@ -308,16 +311,16 @@ def main() -> int:
                 first_s = time.perf_counter() - compile_start
                 verdict = check(launcher.out, ref, batch)
                 timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
-                row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat,
+                row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat, "label": label,
                        **launcher.describe(), **launcher.register_report(),
                        "first_call_s": first_s, **verdict, **timing}
             except Exception:  # noqa: BLE001 - the traceback is the row's record
-                row = {**row_base, "backend": "triton", "table": index == 0, "config": label,
+                row = {**row_base, "backend": "triton", "table": index == 0, "config": label, "label": label,
                        "num_splits_req": num_splits, "error": traceback.format_exc()[-1500:]}
             emit(row)
             results.append(row)
             us = row.get("median_us")
-            print(f"{case} D{head_dim} p{page} {row.get('config')} splits {row.get('num_splits', num_splits)} "
+            print(f"{case} D{head_dim} p{page} {'' if config else label + ': '}{row.get('config')} splits {row.get('num_splits', num_splits)} "
                   f"{'table ' if index == 0 else 'repeat ' if repeat else ''}"
                   + (f"{us:.1f} us ({fl / us / 1e6:.0f} TFLOP/s, {by / us / 1e6:.2f} TB/s) "
                      f"rel_l2 {row['rel_l2']:.1e} first {row['first_call_s']:.1f}s regs {row.get('regs')} spills {row.get('spills')}" if us else

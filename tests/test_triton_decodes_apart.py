@@ -16,7 +16,10 @@ from tests.triton_setup import HAVE_TRITON, INTERPRETED, needs_interpreter, requ
 pytestmark = requires_triton
 
 if HAVE_TRITON:
-    from kernels.paged_attention import DecodesApartLauncher, PagedAttentionLauncher, prepare_paged_attention
+    from kernels.paged_attention import (INTERPRETER_SM_COUNT, DecodesApartLauncher, KernelConfig,
+                                         PagedAttentionLauncher, plan_launch, prepare_paged_attention)
+    from kernels.paged_attention.configs import DECODES_APART_MIN_PROGRAMS_PER_SM
+    from kernels.paged_attention.plan import decode_fill
 
 MIXED = "3q1c40_1q12c10_1q5-9c0-20"
 """Three decodes first (as serving engines order a mixed batch), then a chunked prefill and a prefill."""
@@ -28,15 +31,7 @@ def mixed_batch(grammar: str = MIXED, *, dtype: str = "fp32", device: str = "cpu
     return make_batch(spec, device)
 
 
-def leading_decodes(spec: BatchSpec) -> int:
-    """How many sequences at the front of the batch have one query each."""
-    count = 0
-    while count < spec.batch_size and spec.q_lens[count] == 1:
-        count += 1
-    return count
-
-
-def launch(batch, *, num_decodes: int, config=None, num_splits=None):
+def launch(batch, *, num_decodes: int, config=None, num_splits=None, decodes_apart=None, host_kv_lens=None):
     """(out, lse, launcher) with out and lse NaN-poisoned first, so an unwritten row fails the check."""
     spec = batch.spec
     launcher = prepare_paged_attention(
@@ -44,7 +39,7 @@ def launch(batch, *, num_decodes: int, config=None, num_splits=None):
         max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
         config=config, num_splits=num_splits, return_lse=True, sliding_window=spec.sliding_window,
         softcap=spec.softcap, sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale,
-        num_decodes=num_decodes)
+        num_decodes=num_decodes, decodes_apart=decodes_apart, host_kv_lens=host_kv_lens)
     launcher.out.fill_(float("nan"))
     launcher.lse.fill_(float("nan"))
     out, lse = launcher()
@@ -59,7 +54,7 @@ def test_decodes_apart_match_the_reference(dtype, features, num_splits):
     """Output and LSE of both launches within the gate's tolerances, every row written; the decode
     launch takes one tile per sequence, the long one numbers its tiles from its own first token."""
     batch = mixed_batch(dtype=dtype, **(ALL_FOUR if features == "all-four" else {}))
-    assert leading_decodes(batch.spec) == 3
+    assert batch.spec.leading_decodes == 3
     out, lse, launcher = launch(batch, num_decodes=3, config=SMALL_TILES, num_splits=num_splits)
     assert isinstance(launcher, DecodesApartLauncher)
     assert launcher.decodes.plan.one_query_per_seq and launcher.decodes.out.shape[0] == 3
@@ -99,6 +94,82 @@ def test_one_launch_where_nothing_is_kept_apart(grammar, num_decodes):
 
 
 @needs_interpreter
+def test_few_decodes_stay_in_the_long_launch_unless_forced():
+    """Decodes that would not fill the GPU alone (decodes x KV heads below
+    ``DECODES_APART_MIN_PROGRAMS_PER_SM`` per multiprocessor: 1 x 2 against the interpreter's 4) fill
+    gaps in the long launch; ``decodes_apart`` overrides the rule either way, and both paths are right."""
+    batch = mixed_batch("1q1c40_1q12c10_1q5-9c0-20")
+    assert batch.spec.num_kv_heads < DECODES_APART_MIN_PROGRAMS_PER_SM * INTERPRETER_SM_COUNT
+    out, lse, launcher = launch(batch, num_decodes=1)
+    assert isinstance(launcher, PagedAttentionLauncher)
+    assert_matches(batch, out, lse)
+    out, lse, launcher = launch(batch, num_decodes=1, decodes_apart=True)
+    assert isinstance(launcher, DecodesApartLauncher)
+    assert_matches(batch, out, lse)
+    _, _, launcher = launch(mixed_batch(), num_decodes=3, decodes_apart=False)
+    assert isinstance(launcher, PagedAttentionLauncher)
+
+
+def test_host_lengths_split_the_long_decodes_of_a_ragged_batch():
+    """Planning only: 64 decodes of which one holds 32k keys and the rest 1k, at page 256 on 132
+    multiprocessors. Taken as 64 x 32k keys they make 512 programs, enough not to split, and the long
+    one streams its 32k keys alone; with the host's lengths the batch is 5 % full and the split follows
+    its real work."""
+    common = dict(num_tokens=64, num_seqs=64, num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=256,
+                  max_q_len=1, max_kv_len=32768, num_sms=132)
+    lengths = [32768] + [1024] * 63
+    assert decode_fill(lengths, 32768) == pytest.approx((32768 + 63 * 1024) / (64 * 32768))
+    assert plan_launch(**common).num_splits == 1
+    ragged = plan_launch(**common, host_kv_lens=lengths)
+    # 512 programs x 0.0464 full = 23.75 -> ceil(132 / 23.75) = 6 chunks of 32768 / 6 keys, rounded up to
+    # the 64-key step: 5462 -> 5504
+    assert ragged.num_splits == 6 and ragged.split_size == 5504
+    # a batch of equal lengths plans as without them, and long queries ignore them
+    assert plan_launch(**common, host_kv_lens=[32768] * 64) == plan_launch(**common)
+    prefill = dict(common, num_tokens=64 * 512, max_q_len=512)
+    assert plan_launch(**prefill, host_kv_lens=lengths) == plan_launch(**prefill)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_a_ragged_decode_batch_with_host_lengths_matches_the_reference(dtype):
+    """One long decode among short ones, split by the host's lengths (a chunk size the short sequences
+    never reach, so most of their chunks are empty): output and LSE still within the gate's figures,
+    also as the decode half of a mixed batch."""
+    small_chunks = KernelConfig(block_m=16, block_n=16, num_warps=4, num_stages=1,
+                                split_programs_per_sm=4, min_split_keys=16)
+    batch = mixed_batch("1q1c300_5q1c20", dtype=dtype)
+    lengths = list(batch.spec.kv_lens)
+    launcher = prepare_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
+        max_q_len=1, max_kv_len=batch.spec.max_kv_len, causal=True, scale=batch.spec.scale,
+        config=small_chunks, return_lse=True, host_kv_lens=lengths)
+    unweighted = prepare_paged_attention(
+        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
+        max_q_len=1, max_kv_len=batch.spec.max_kv_len, causal=True, scale=batch.spec.scale,
+        config=small_chunks, return_lse=True)
+    assert launcher.plan.num_splits > unweighted.plan.num_splits > 1
+    launcher.out.fill_(float("nan"))
+    launcher.lse.fill_(float("nan"))
+    assert_matches(batch, *launcher())
+    # the decodes' launch reads at most their own longest (under 100 keys), not the prefill's 312
+    mixed = mixed_batch("8q1c20-100_1q12c300", dtype=dtype)
+    out, lse, apart = launch(mixed, num_decodes=8, host_kv_lens=list(mixed.spec.kv_lens))
+    assert isinstance(apart, DecodesApartLauncher) and mixed.spec.max_kv_len == 312
+    assert apart.decodes.plan.split_size * apart.decodes.plan.num_splits <= 128
+    assert_matches(mixed, out, lse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("bad", [[40, 10], [40, 10, 20, 30, 10, 5], [40, 10, 20, 30, -1], [40, 10, 20, 30, 10**6],
+                                 [40, 10, 20, 30, 2.5], [40, 10, 20, 30, True]])
+def test_bad_host_lengths_are_one_clear_error(bad):
+    """Host lengths that are not one whole count in 0..max_kv_len per sequence are refused before launch."""
+    with pytest.raises(ValueError, match="host_kv_lens must hold 5 whole key counts"):
+        launch(mixed_batch(), num_decodes=3, host_kv_lens=bad)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("bad", [-1, 6, True, 1.5, "3"])
 def test_a_bad_count_is_one_clear_error(bad):
     """A count that is not a whole number of leading sequences is refused before anything launches."""
@@ -115,7 +186,7 @@ def test_decodes_apart_on_the_gpu(features):
     batch = mixed_batch("32q1c100-2000_2q300c0-500", dtype="bf16", device="cuda",
                         heads=dict(num_q_heads=32, num_kv_heads=8, head_dim=128),
                         **(ALL_FOUR if features == "all-four" else {}))
-    out, lse, launcher = launch(batch, num_decodes=leading_decodes(batch.spec))
+    out, lse, launcher = launch(batch, num_decodes=batch.spec.leading_decodes, host_kv_lens=batch.spec.kv_lens)
     torch.cuda.synchronize()
     assert isinstance(launcher, DecodesApartLauncher)
     assert_matches(batch, out.cpu(), lse.cpu(), reference=tuple(t.cpu() for t in

@@ -31,17 +31,20 @@ def test_smoke_run_checks_every_configuration_with_features(tmp_path):
         [row.get("error") or row.get("reason") for row in triton_rows if not row.get("ok")]
     assert {row["case"] for row in triton_rows} == {"2q1c40", "1q1c30_2q20c10"}
     assert all(row["features"] == {"sliding_window": 8, "sinks": True} for row in triton_rows)
-    apart = [row for row in triton_rows if row.get("decodes_apart")]
-    assert [row["case"] for row in apart] == ["1q1c30_2q20c10"] and apart[0]["decodes_apart"] == 1
-    assert "(decodes) + " in apart[0]["config"]
+    # the mixed case's two forced rows: its decode in the long launch, then apart
+    forced = [row for row in triton_rows if row["label"].startswith("table, decodes")]
+    assert [(row["case"], row["label"], row.get("decodes_apart")) for row in forced] == [
+        ("1q1c30_2q20c10", "table, decodes in the long launch", None),
+        ("1q1c30_2q20c10", "table, decodes apart", 1)]
+    assert "(decodes) + " in forced[1]["config"]
     # every candidate of each case's pool was tried (none left out), the table's choice first and last
     tune = _load_tune_script()
     for case in ("2q1c40", "1q1c30_2q20c10"):
         spec = tune.BatchSpec.from_grammar(case, page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=32,
                                            dtype="fp16", sliding_window=8, sinks=True)
-        tried = [row["config"] for row in triton_rows if row["case"] == case and not row.get("decodes_apart")]
-        expected = [config.label() for config, _, apart in tune.candidates_for(spec, "cpu") if not apart]
-        assert len(tried) == len(expected) and tried[0] == tried[-1] == expected[0], (tried, expected)
+        tried = [row["label"] for row in triton_rows if row["case"] == case]
+        expected = [tune.candidate_label(config, apart) for config, _, apart in tune.candidates_for(spec, "cpu")]
+        assert tried == expected and tried[0] == tried[-1] == "table", (tried, expected)
 
 
 @needs_interpreter

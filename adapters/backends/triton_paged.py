@@ -1,7 +1,8 @@
 """The project's own Triton paged-attention kernel (the ``kernels/paged_attention`` package) as a backend.
 
 Takes the canonical batch as is: packed q, NHD page caches, block table, cu_seqlens_q and kv_lens
-(no conversion). ``prepare`` plans the launch from the spec's host-side lengths, allocates the
+(no conversion). ``prepare`` plans the launch from the spec's host-side lengths (as a serving engine
+would: a mixed batch's leading decodes and every sequence's key count), allocates the
 output, the log-sum-exp buffer and the split-KV workspace, and compiles by running once (reported as
 ``setup_s``); ``run`` only launches and returns ``(out, lse)`` (``lse`` ``[T, Hq]`` float32, natural log). On the CPU it runs under Triton's interpreter (TRITON_INTERPRET=1), fp16/fp32 only.
 
@@ -102,7 +103,8 @@ class TritonPagedAdapter(Adapter):
             batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q, batch.kv_lens,
             max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len, causal=spec.causal, scale=spec.scale,
             out=out, return_lse=True, sliding_window=spec.sliding_window, softcap=spec.softcap,
-            sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
+            sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale,
+            num_decodes=spec.leading_decodes, host_kv_lens=spec.kv_lens)
         launcher()  # compiles (or loads from Triton's cache) outside the timed region
         if batch.device.type == "cuda":
             torch.cuda.synchronize(batch.device)

@@ -90,6 +90,15 @@ so smaller tiles and more programs. Decode: so few sequences that even split, ea
 chunk on its own, and 128-key steps keep more bytes in flight. Notes, "Few-tile launches"."""
 
 
+DECODES_APART_MIN_PROGRAMS_PER_SM = 1.0
+"""A mixed batch's leading decodes run as a launch of their own (``prepare_paged_attention``'s
+``num_decodes``) when they make at least this many programs (decodes x KV heads) per multiprocessor:
+then they fill the GPU alone, and each gets one query per tile and its keys split by the batch's
+work; fewer are cheaper inside the long launch, where they fill the gaps between prefill tiles.
+H100, 32/8/128: 8 decodes beside 8 prefills (64 programs) 1925 -> 1979 us apart at page 256; 32 and 64
+decodes (256, 512 programs) 4 to 8 % faster apart (notes, "v3.6: decodes apart")."""
+
+
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
     """(query bucket, head dim, page class) -> config. The decode and long entries at D=128 and 256
     and the long D=64 one are the winners measured on an H100 by scripts/triton_tune.py (bf16, pages
@@ -106,8 +115,8 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         table["decode", 256, page] = KernelConfig(16, 32, 4, 2, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
         table["short", 128, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
-        # D=256: the merge of a split 64- or 128-row tile spills at 4 warps (notes, "Untimed entries")
-        table["short", 256, page] = KernelConfig(64, 16, 4, 2, merge_warps=8, **_SHORT)
+        # D=256: 32-key steps (16 wait on shared memory), the merge at 8 warps (4 spill) (notes, "v3.6")
+        table["short", 256, page] = KernelConfig(64, 32, 4, 2, merge_warps=8, **_SHORT)
         # 3 stages: 2 win on pure prefill but lose 39 % on a mixed batch's decode tiles (notes, "v3.5")
         table["long", 64, page] = KernelConfig(128, 64, 4, 3, **_LONG)
         # 128-row tiles halve the K/V traffic from L2 against 64-row ones; capped at 128 registers,

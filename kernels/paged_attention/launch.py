@@ -4,10 +4,11 @@ launch, multiprocessor count), and the launcher that binds one batch's arguments
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from .configs import KernelConfig
+from .configs import DECODES_APART_MIN_PROGRAMS_PER_SM, KernelConfig
 from .device import _merge_splits_kernel, _paged_attention_kernel
 from .plan import LaunchPlan, allocate_workspace, next_power_of_2, plan_launch
 
@@ -296,7 +297,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             return_lse: bool = False, sliding_window: int | None = None,
                             softcap: float | None = None, sinks: torch.Tensor | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
-                            num_decodes: int = 0) -> PagedAttentionLauncher | DecodesApartLauncher:
+                            num_decodes: int = 0, decodes_apart: bool | None = None,
+                            host_kv_lens: Sequence[int] | None = None) -> PagedAttentionLauncher | DecodesApartLauncher:
     """Validate, plan and allocate (output, split workspace, LSE) once; the launcher only launches.
     ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
     the early merge launch off, to measure what it gains. ``return_lse``: the launcher also writes
@@ -313,7 +315,12 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``num_decodes`` d: the host's word that sequences ``0 .. d-1`` have one query each (tokens
     ``0 .. d-1``); with ``0 < d < B`` and longer queries after them they run as a launch of their own
     with the decode bucket's tiles (``DecodesApartLauncher``; ``config`` / ``num_splits`` then apply to
-    the other sequences only). It is not checked on the device: a wrong count gives wrong rows."""
+    the other sequences only) where they fill the GPU alone (``DECODES_APART_MIN_PROGRAMS_PER_SM``);
+    ``decodes_apart`` True / False forces either way. It is not checked on the device: a wrong count
+    gives wrong rows. ``host_kv_lens``: every sequence's key count as the host knows it (serving
+    engines keep that copy; the device's ``kv_lens`` must hold the same values): a decode's key split
+    is then weighted by the keys the batch holds (``plan.decode_fill``), and the decodes' own launch
+    is bounded by their longest."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
@@ -322,23 +329,36 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
            and 0 <= num_decodes <= min(num_seqs, q.shape[0]),
            f"num_decodes={num_decodes!r} must be a whole number of leading one-query sequences in "
            f"0..{min(num_seqs, q.shape[0])}")
+    _check(decodes_apart in (None, True, False), f"decodes_apart={decodes_apart!r} must be None, True or False")
+    if host_kv_lens is not None:
+        host_kv_lens = tuple(host_kv_lens)
+        _check(len(host_kv_lens) == num_seqs and all(
+                   isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= max_kv_len for n in host_kv_lens),
+               f"host_kv_lens must hold {num_seqs} whole key counts in 0..max_kv_len={max_kv_len}, "
+               f"got {host_kv_lens[:8]}{'...' if len(host_kv_lens) > 8 else ''} ({len(host_kv_lens)} values)")
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
     features = dict(causal=causal, scale=scale, launch_merge_early=launch_merge_early,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
-    if not 0 < num_decodes < num_seqs or max_q_len <= 1:
+    d = num_decodes
+    if decodes_apart is None:
+        decodes_apart = d * k_cache.shape[2] >= DECODES_APART_MIN_PROGRAMS_PER_SM * multiprocessor_count(q.device)
+    if not (decodes_apart and 0 < d < num_seqs and max_q_len > 1):
         return _prepare_one(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                             max_q_len=max_q_len, max_kv_len=max_kv_len, config=config, num_splits=num_splits,
-                            **features)
-    d = num_decodes
+                            host_kv_lens=host_kv_lens, **features)
+    decode_lens = rest_lens = None
+    if host_kv_lens is not None:
+        decode_lens, rest_lens = host_kv_lens[:d], host_kv_lens[d:]
     decodes = _prepare_one(q[:d], k_cache, v_cache, block_table[:d], cu_seqlens_q[:d + 1], kv_lens[:d],
-                           out[:d], None if lse is None else lse[:d], max_q_len=1, max_kv_len=max_kv_len,
-                           config=None, num_splits=None, **features)
+                           out[:d], None if lse is None else lse[:d], max_q_len=1,
+                           max_kv_len=max(1, *decode_lens) if decode_lens else max_kv_len,
+                           config=None, num_splits=None, host_kv_lens=decode_lens, **features)
     # the other sequences' query offsets from their own first token (one small copy, here, not per call)
     rest = _prepare_one(q[d:], k_cache, v_cache, block_table[d:], cu_seqlens_q[d:] - d, kv_lens[d:],
                         out[d:], None if lse is None else lse[d:], max_q_len=max_q_len, max_kv_len=max_kv_len,
-                        config=config, num_splits=num_splits, **features)
+                        config=config, num_splits=num_splits, host_kv_lens=rest_lens, **features)
     return DecodesApartLauncher(decodes, rest, out, lse)
 
 
@@ -347,7 +367,7 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  max_q_len: int, max_kv_len: int, causal: bool, scale: float, config: KernelConfig | None,
                  num_splits: int | None, launch_merge_early: bool | None, sliding_window: int | None,
                  softcap: float | None, sinks: torch.Tensor | None, k_scale: torch.Tensor | None,
-                 v_scale: torch.Tensor | None) -> PagedAttentionLauncher:
+                 v_scale: torch.Tensor | None, host_kv_lens: Sequence[int] | None) -> PagedAttentionLauncher:
     """Plan one launch over validated inputs and allocate its split workspace."""
     num_tokens, num_q_heads, head_dim = q.shape
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
@@ -355,7 +375,7 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
                        config=config, num_splits=num_splits, tma_possible=tma_possible(q, k_cache, v_cache),
                        pdl_possible=launch_merge_early is not False and pdl_possible(q.device),
-                       sliding_window=sliding_window)
+                       sliding_window=sliding_window, host_kv_lens=host_kv_lens)
     workspace = allocate_workspace(plan, num_tokens, num_q_heads, head_dim, q.device)
     return PagedAttentionLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out,
                                   causal=causal, scale=scale, plan=plan, workspace=workspace, lse=lse,
@@ -370,7 +390,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     return_lse: bool = False, sliding_window: int | None = None,
                     softcap: float | None = None, sinks: torch.Tensor | None = None,
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
-                    num_decodes: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    num_decodes: int = 0, decodes_apart: bool | None = None,
+                    host_kv_lens: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
     ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given);
     with ``return_lse`` -> ``(out, lse)``, lse ``[T, Hq]`` float32 as in ``prepare_paged_attention``.
@@ -378,11 +399,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
     the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
     bottom-right. ``config`` / ``num_splits`` override the tuned table and the split heuristic.
-    Model features and ``num_decodes`` as in ``prepare_paged_attention``.
+    Model features, ``num_decodes``, ``decodes_apart`` and ``host_kv_lens`` as in ``prepare_paged_attention``.
     For repeated calls on one batch, build a launcher once with ``prepare_paged_attention``.
     """
     return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                                    max_q_len=max_q_len, max_kv_len=max_kv_len, causal=causal,
                                    scale=scale, out=out, config=config, num_splits=num_splits,
                                    return_lse=return_lse, sliding_window=sliding_window, softcap=softcap,
-                                   sinks=sinks, k_scale=k_scale, v_scale=v_scale, num_decodes=num_decodes)()
+                                   sinks=sinks, k_scale=k_scale, v_scale=v_scale, num_decodes=num_decodes,
+                                   decodes_apart=decodes_apart, host_kv_lens=host_kv_lens)()

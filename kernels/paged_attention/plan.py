@@ -4,6 +4,7 @@ from host-side upper bounds, and the split-KV workspace."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -49,13 +50,16 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
                 page_size: int, max_q_len: int, max_kv_len: int, num_sms: int,
                 config: KernelConfig | None = None, num_splits: int | None = None,
                 tma_possible: bool = False, pdl_possible: bool = False,
-                sliding_window: int | None = None) -> LaunchPlan:
+                sliding_window: int | None = None, host_kv_lens: Sequence[int] | None = None) -> LaunchPlan:
     """Tile sizes, grid and key split from host-side upper bounds (``max_q_len``, ``max_kv_len``
     must bound every sequence's lengths). ``num_splits`` overrides the split heuristic;
     ``tma_possible`` says the device and the caches allow TMA descriptors, ``pdl_possible`` that
     the device has programmatic dependent launch. With a ``sliding_window`` a tile reads only the
     key tiles from its first visible key on (`tile_key_span`): the split covers that span, not
-    ``max_kv_len``."""
+    ``max_kv_len``. ``host_kv_lens`` (every sequence's key count, known on the host) weights a
+    decode's split by the keys the batch really holds (`decode_fill`) instead of taking every sequence
+    to be ``max_kv_len`` long: a ragged batch's longest sequences then split as far as its total
+    work calls for, instead of one program streaming each of them whole."""
     group = num_q_heads // num_kv_heads
     one_query_per_seq = max_q_len <= 1 and num_tokens == num_seqs
 
@@ -76,7 +80,9 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     block_m, block_q, num_q_blocks, programs = tiles(config)
     span = tile_key_span(max_kv_len, max_q_len, block_q, config.block_n, sliding_window)
     if num_splits is None:
-        wanted = math.ceil(config.split_programs_per_sm * num_sms / programs)
+        if one_query_per_seq and host_kv_lens is not None:
+            programs *= decode_fill(host_kv_lens, span)
+        wanted = math.ceil(config.split_programs_per_sm * num_sms / max(programs, 1))
         useful = math.ceil(span / config.min_split_keys)
         num_splits = max(1, min(wanted, useful, MAX_SPLITS))
     if not 1 <= num_splits <= MAX_SPLITS:
@@ -89,6 +95,15 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
                       num_splits=num_splits, split_size=split_size, tile_in_page=tile_in_page,
                       use_tma=use_tma, one_query_per_seq=one_query_per_seq,
                       launch_merge_early=pdl_possible and num_splits > 1)
+
+
+def decode_fill(host_kv_lens: Sequence[int], span: int) -> float:
+    """The share of ``len(host_kv_lens) x span`` keys that a decode batch reads (each sequence at
+    most ``span``): 1 when every sequence is as long as the longest, 0.1 when a few long ones sit
+    among many short ones."""
+    if not host_kv_lens or span <= 0:
+        return 1.0
+    return max(sum(min(kv_len, span) for kv_len in host_kv_lens) / (len(host_kv_lens) * span), 1e-6)
 
 
 def tile_key_span(max_kv_len: int, max_q_len: int, block_q: int, block_n: int,
