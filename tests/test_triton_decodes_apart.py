@@ -18,7 +18,7 @@ pytestmark = requires_triton
 if HAVE_TRITON:
     from kernels.paged_attention import (INTERPRETER_SM_COUNT, DecodesApartLauncher, KernelConfig,
                                          PagedAttentionLauncher, plan_launch, prepare_paged_attention)
-    from kernels.paged_attention.configs import DECODES_APART_MIN_PROGRAMS_PER_SM
+    from kernels.paged_attention.configs import DECODES_APART_MIN_KEYS_PER_SM
     from kernels.paged_attention.plan import decode_fill
 
 MIXED = "3q1c40_1q12c10_1q5-9c0-20"
@@ -55,7 +55,7 @@ def test_decodes_apart_match_the_reference(dtype, features, num_splits):
     launch takes one tile per sequence, the long one numbers its tiles from its own first token."""
     batch = mixed_batch(dtype=dtype, **(ALL_FOUR if features == "all-four" else {}))
     assert batch.spec.leading_decodes == 3
-    out, lse, launcher = launch(batch, num_decodes=3, config=SMALL_TILES, num_splits=num_splits)
+    out, lse, launcher = launch(batch, num_decodes=3, config=SMALL_TILES, num_splits=num_splits, decodes_apart=True)
     assert isinstance(launcher, DecodesApartLauncher)
     assert launcher.decodes.plan.one_query_per_seq and launcher.decodes.out.shape[0] == 3
     assert launcher.rest.out.data_ptr() == out[3:].data_ptr()
@@ -71,7 +71,7 @@ def test_decodes_apart_with_the_table_agree_with_one_launch():
     """With the table's configurations (the way the adapter would call it) the two launches give what
     one launch gives, within fp32 rounding."""
     batch = mixed_batch()
-    apart, apart_lse, _ = launch(batch, num_decodes=3)
+    apart, apart_lse, _ = launch(batch, num_decodes=3, decodes_apart=True)
     whole, whole_lse, launcher = launch(batch, num_decodes=0)
     assert isinstance(launcher, PagedAttentionLauncher)
     # fp32 throughout: the two paths differ only in summation order (other tiles, other splits)
@@ -94,20 +94,25 @@ def test_one_launch_where_nothing_is_kept_apart(grammar, num_decodes):
 
 
 @needs_interpreter
-def test_few_decodes_stay_in_the_long_launch_unless_forced():
-    """Decodes that would not fill the GPU alone (decodes x KV heads below
-    ``DECODES_APART_MIN_PROGRAMS_PER_SM`` per multiprocessor: 1 x 2 against the interpreter's 4) fill
-    gaps in the long launch; ``decodes_apart`` overrides the rule either way, and both paths are right."""
-    batch = mixed_batch("1q1c40_1q12c10_1q5-9c0-20")
-    assert batch.spec.num_kv_heads < DECODES_APART_MIN_PROGRAMS_PER_SM * INTERPRETER_SM_COUNT
-    out, lse, launcher = launch(batch, num_decodes=1)
-    assert isinstance(launcher, PagedAttentionLauncher)
+@pytest.mark.parametrize("grammar, window, apart", [
+    ("3q1c40_1q12c10_1q5-9c0-20", None, False),  # 3 x 40 keys x 2 KV heads / 4 SMs = 60 per SM
+    ("2q1c4100_1q12c10", None, True),  # 2 x 4100 x 2 / 4 = 4100 >= 4096
+    ("2q1c4100_1q12c10", 64, False),  # a 64-key window: 2 x 64 x 2 / 4 = 64
+])
+def test_the_decodes_keys_decide_whether_they_run_apart(grammar, window, apart):
+    """The launcher's rule (``DECODES_APART_MIN_KEYS_PER_SM`` = 4096 against the interpreter's 4
+    multiprocessors): decodes with few keys to read fill gaps in the long launch, heavy ones get a
+    launch of their own; ``decodes_apart`` overrides the rule either way, and every path is right."""
+    assert DECODES_APART_MIN_KEYS_PER_SM == 4096 and INTERPRETER_SM_COUNT == 4
+    batch = mixed_batch(grammar, sliding_window=window)
+    decodes = batch.spec.leading_decodes
+    lengths = list(batch.spec.kv_lens)
+    out, lse, launcher = launch(batch, num_decodes=decodes, host_kv_lens=lengths)
+    assert isinstance(launcher, DecodesApartLauncher if apart else PagedAttentionLauncher)
     assert_matches(batch, out, lse)
-    out, lse, launcher = launch(batch, num_decodes=1, decodes_apart=True)
-    assert isinstance(launcher, DecodesApartLauncher)
+    out, lse, forced = launch(batch, num_decodes=decodes, host_kv_lens=lengths, decodes_apart=not apart)
+    assert isinstance(forced, PagedAttentionLauncher if apart else DecodesApartLauncher)
     assert_matches(batch, out, lse)
-    _, _, launcher = launch(mixed_batch(), num_decodes=3, decodes_apart=False)
-    assert isinstance(launcher, PagedAttentionLauncher)
 
 
 def test_host_lengths_split_the_long_decodes_of_a_ragged_batch():
@@ -154,7 +159,7 @@ def test_a_ragged_decode_batch_with_host_lengths_matches_the_reference(dtype):
     assert_matches(batch, *launcher())
     # the decodes' launch reads at most their own longest (under 100 keys), not the prefill's 312
     mixed = mixed_batch("8q1c20-100_1q12c300", dtype=dtype)
-    out, lse, apart = launch(mixed, num_decodes=8, host_kv_lens=list(mixed.spec.kv_lens))
+    out, lse, apart = launch(mixed, num_decodes=8, host_kv_lens=list(mixed.spec.kv_lens), decodes_apart=True)
     assert isinstance(apart, DecodesApartLauncher) and mixed.spec.max_kv_len == 312
     assert apart.decodes.plan.split_size * apart.decodes.plan.num_splits <= 128
     assert_matches(mixed, out, lse)
@@ -182,8 +187,9 @@ def test_a_bad_count_is_one_clear_error(bad):
 @pytest.mark.skipif(INTERPRETED or not torch.cuda.is_available(), reason="needs a CUDA GPU and compiled Triton")
 @pytest.mark.parametrize("features", ["plain", "all-four"])
 def test_decodes_apart_on_the_gpu(features):
-    """bf16 on the GPU with the table's tiles: 32 decodes of up to 2k keys beside two 300-token prefills."""
-    batch = mixed_batch("32q1c100-2000_2q300c0-500", dtype="bf16", device="cuda",
+    """bf16 on the GPU with the table's tiles: 32 decodes of 1k to 8k keys beside two 300-token prefills
+    (about 8.7k keys per SM of an H100: apart by the launcher's own rule)."""
+    batch = mixed_batch("32q1c1000-8000_2q300c0-500", dtype="bf16", device="cuda",
                         heads=dict(num_q_heads=32, num_kv_heads=8, head_dim=128),
                         **(ALL_FOUR if features == "all-four" else {}))
     out, lse, launcher = launch(batch, num_decodes=batch.spec.leading_decodes, host_kv_lens=batch.spec.kv_lens)

@@ -90,13 +90,15 @@ so smaller tiles and more programs. Decode: so few sequences that even split, ea
 chunk on its own, and 128-key steps keep more bytes in flight. Notes, "Few-tile launches"."""
 
 
-DECODES_APART_MIN_PROGRAMS_PER_SM = 1.0
+DECODES_APART_MIN_KEYS_PER_SM = 4096
 """A mixed batch's leading decodes run as a launch of their own (``prepare_paged_attention``'s
-``num_decodes``) when they make at least this many programs (decodes x KV heads) per multiprocessor:
-then they fill the GPU alone, and each gets one query per tile and its keys split by the batch's
-work; fewer are cheaper inside the long launch, where they fill the gaps between prefill tiles.
-H100, 32/8/128: 8 decodes beside 8 prefills (64 programs) 1925 -> 1979 us apart at page 256; 32 and 64
-decodes (256, 512 programs) 4 to 8 % faster apart (notes, "v3.6: decodes apart")."""
+``num_decodes``) when they read at least this many keys per multiprocessor (their keys, each at most
+what a sliding window lets it see, x KV heads / multiprocessors): then one query per tile and a split
+by the batch's work save more than the second launch costs; lighter decodes fill the gaps between
+prefill tiles in the long launch. H100, 32/8/128 and 64/8/64 (notes, "v3.6: decodes apart"): 8 decodes
+of 3001 keys beside 8 prefills (1455 keys per SM) neutral; 32 decodes of 512 to 8k keys (8.1k) 5 to 8 %
+faster apart; 64 decodes of lognormal lengths up to 32k (12.8k) 1216 -> 712 us; 32 decodes in a
+128-key window (248) 176 -> 207 us apart, slower."""
 
 
 def _table() -> dict[tuple[str, int, str], KernelConfig]:

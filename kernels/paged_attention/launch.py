@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .configs import DECODES_APART_MIN_PROGRAMS_PER_SM, KernelConfig
+from .configs import DECODES_APART_MIN_KEYS_PER_SM, KernelConfig
 from .device import _merge_splits_kernel, _paged_attention_kernel
-from .plan import LaunchPlan, allocate_workspace, next_power_of_2, plan_launch
+from .plan import LaunchPlan, allocate_workspace, decode_keys_per_sm, next_power_of_2, plan_launch, tile_key_span
 
 LOG2E = 1.4426950408889634
 """log2(e): scores are kept in the log2 domain so that the softmax uses exp2."""
@@ -315,7 +315,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``num_decodes`` d: the host's word that sequences ``0 .. d-1`` have one query each (tokens
     ``0 .. d-1``); with ``0 < d < B`` and longer queries after them they run as a launch of their own
     with the decode bucket's tiles (``DecodesApartLauncher``; ``config`` / ``num_splits`` then apply to
-    the other sequences only) where they fill the GPU alone (``DECODES_APART_MIN_PROGRAMS_PER_SM``);
+    the other sequences only) where their keys are worth it (``DECODES_APART_MIN_KEYS_PER_SM``);
     ``decodes_apart`` True / False forces either way. It is not checked on the device: a wrong count
     gives wrong rows. ``host_kv_lens``: every sequence's key count as the host knows it (serving
     engines keep that copy; the device's ``kv_lens`` must hold the same values): a decode's key split
@@ -343,7 +343,10 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
     d = num_decodes
     if decodes_apart is None:
-        decodes_apart = d * k_cache.shape[2] >= DECODES_APART_MIN_PROGRAMS_PER_SM * multiprocessor_count(q.device)
+        decode_lens = host_kv_lens[:d] if host_kv_lens is not None else (max_kv_len,) * d
+        decode_span = tile_key_span(max_kv_len, 1, 1, 1, sliding_window)  # a window's keys, or all
+        decodes_apart = decode_keys_per_sm(decode_lens, decode_span, k_cache.shape[2],
+                                           multiprocessor_count(q.device)) >= DECODES_APART_MIN_KEYS_PER_SM
     if not (decodes_apart and 0 < d < num_seqs and max_q_len > 1):
         return _prepare_one(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                             max_q_len=max_q_len, max_kv_len=max_kv_len, config=config, num_splits=num_splits,

@@ -106,6 +106,12 @@ def decode_fill(host_kv_lens: Sequence[int], span: int) -> float:
     return max(sum(min(kv_len, span) for kv_len in host_kv_lens) / (len(host_kv_lens) * span), 1e-6)
 
 
+def decode_keys_per_sm(kv_lens: Sequence[int], span: int, num_kv_heads: int, num_sms: int) -> float:
+    """Keys that decodes of these lengths read per multiprocessor, each at most ``span`` (a window's):
+    the work that decides whether they are worth a launch of their own."""
+    return sum(min(kv_len, span) for kv_len in kv_lens) * num_kv_heads / max(num_sms, 1)
+
+
 def tile_key_span(max_kv_len: int, max_q_len: int, block_q: int, block_n: int,
                   sliding_window: int | None) -> int:
     """Upper bound on the keys one tile reads: ``max_kv_len``, or with a sliding window of W keys the
