@@ -200,3 +200,18 @@ def test_decodes_apart_on_the_gpu(features):
     assert isinstance(launcher, DecodesApartLauncher)
     assert_matches(batch, out.cpu(), lse.cpu(), reference=tuple(t.cpu() for t in
                                                                   reference_attention(batch, with_lse=True)))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("grammar, apart", [("2q1c4100_1q12c10", True), ("3q1c40_1q12c10_1q5-9c0-20", False)])
+def test_the_adapter_passes_the_decodes_and_host_lengths(grammar, apart):
+    """The suite's ``triton`` row calls the kernel as a serving engine would: the spec's leading decodes
+    and key counts, so the rule applies, and its notes say how the decodes ran."""
+    from adapters.base import adapter_classes
+
+    batch = mixed_batch(grammar)
+    prepared = adapter_classes()["triton"]().prepare(batch)
+    out, lse = prepared.run()
+    assert_matches(batch, out, lse)
+    assert prepared.notes.get("decodes_apart") == (batch.spec.leading_decodes if apart else None)
+    assert ("(decodes) + " in prepared.notes["config"]) == apart

@@ -109,7 +109,7 @@ class TritonPagedAdapter(Adapter):
         if batch.device.type == "cuda":
             torch.cuda.synchronize(batch.device)
         setup_s = time.perf_counter() - started
-        notes = {"entry_point": ENTRY_POINT, "setup_s": round(setup_s, 4), **launcher.plan.describe()}
+        notes = {"entry_point": ENTRY_POINT, "setup_s": round(setup_s, 4), **launcher.describe()}
         if spec.features:
             notes["features"] = list(spec.features)
         if batch.device.type == "cpu":

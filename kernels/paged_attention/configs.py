@@ -95,10 +95,10 @@ DECODES_APART_MIN_KEYS_PER_SM = 4096
 ``num_decodes``) when they read at least this many keys per multiprocessor (their keys, each at most
 what a sliding window lets it see, x KV heads / multiprocessors): then one query per tile and a split
 by the batch's work save more than the second launch costs; lighter decodes fill the gaps between
-prefill tiles in the long launch. H100, 32/8/128 and 64/8/64 (notes, "v3.6: decodes apart"): 8 decodes
-of 3001 keys beside 8 prefills (1455 keys per SM) neutral; 32 decodes of 512 to 8k keys (8.1k) 5 to 8 %
-faster apart; 64 decodes of lognormal lengths up to 32k (12.8k) 1216 -> 712 us; 32 decodes in a
-128-key window (248) 176 -> 207 us apart, slower."""
+prefill tiles in the long launch. H100, 32/8/128 (notes, "v3.6: decodes apart"): 8 decodes of 3001
+keys beside 8 prefills (1455 keys per SM) measure the same either way; 32 decodes of 512 to 8k keys
+(9.4k per SM) 4 to 8 % faster apart, at 64/8/64 5 %; 64 decodes of lognormal lengths up to 32k (12.7k
+per SM) 1216 -> 712 us. Between 1455 and 9.4k the threshold is not measured."""
 
 
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
