@@ -104,9 +104,9 @@ per SM) 1216 -> 712 us. Between 1455 and 9.4k the threshold is not measured."""
 def _table() -> dict[tuple[str, int, str], KernelConfig]:
     """(query bucket, head dim, page class) -> config. The decode and long entries at D=128 and 256
     and the long D=64 one are the winners measured on an H100 by scripts/triton_tune.py (bf16, pages
-    16 and 256; notes, "Why the table is what it is" and "v3.5"); the short bucket and D=64 decode
-    were chosen from the compiler's register and spill report and checked for correctness on the
-    GPU, not timed (notes, "Untimed entries")."""
+    16 and 256; notes, "Why the table is what it is", "v3.5" and "v3.6"), as is the short D=256 one;
+    the short bucket at D=64 and 128 and D=64 decode were chosen from the compiler's register and spill
+    report and checked for correctness on the GPU, not timed (notes, "Untimed entries")."""
     table = {}
     for page in ("small", "medium", "large"):
         table["decode", 64, page] = KernelConfig(16, 64, 4, 3, **_DECODE[page])
