@@ -342,18 +342,15 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     features = dict(causal=causal, scale=scale, launch_merge_early=launch_merge_early,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
     d = num_decodes
+    decode_lens, rest_lens = (host_kv_lens[:d], host_kv_lens[d:]) if host_kv_lens is not None else (None, None)
     if decodes_apart is None:
-        decode_lens = host_kv_lens[:d] if host_kv_lens is not None else (max_kv_len,) * d
         decode_span = tile_key_span(max_kv_len, 1, 1, 1, sliding_window)  # a window's keys, or all
-        decodes_apart = decode_keys_per_sm(decode_lens, decode_span, k_cache.shape[2],
+        decodes_apart = decode_keys_per_sm(decode_lens or (max_kv_len,) * d, decode_span, k_cache.shape[2],
                                            multiprocessor_count(q.device)) >= DECODES_APART_MIN_KEYS_PER_SM
     if not (decodes_apart and 0 < d < num_seqs and max_q_len > 1):
         return _prepare_one(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                             max_q_len=max_q_len, max_kv_len=max_kv_len, config=config, num_splits=num_splits,
                             host_kv_lens=host_kv_lens, **features)
-    decode_lens = rest_lens = None
-    if host_kv_lens is not None:
-        decode_lens, rest_lens = host_kv_lens[:d], host_kv_lens[d:]
     decodes = _prepare_one(q[:d], k_cache, v_cache, block_table[:d], cu_seqlens_q[:d + 1], kv_lens[:d],
                            out[:d], None if lse is None else lse[:d], max_q_len=1,
                            max_kv_len=max(1, *decode_lens) if decode_lens else max_kv_len,

@@ -97,19 +97,23 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
                       launch_merge_early=pdl_possible and num_splits > 1)
 
 
+def keys_read(kv_lens: Sequence[int], span: int) -> int:
+    """Keys that sequences of these lengths read when each reads at most ``span`` (a window's keys)."""
+    return sum(min(kv_len, span) for kv_len in kv_lens)
+
+
 def decode_fill(host_kv_lens: Sequence[int], span: int) -> float:
-    """The share of ``len(host_kv_lens) x span`` keys that a decode batch reads (each sequence at
-    most ``span``): 1 when every sequence is as long as the longest, 0.1 when a few long ones sit
-    among many short ones."""
+    """The share of ``len(host_kv_lens) x span`` keys that a decode batch reads (`keys_read`): 1 when every
+    sequence is as long as the longest, 0.1 when a few long ones sit among many short ones."""
     if not host_kv_lens or span <= 0:
         return 1.0
-    return max(sum(min(kv_len, span) for kv_len in host_kv_lens) / (len(host_kv_lens) * span), 1e-6)
+    return max(keys_read(host_kv_lens, span) / (len(host_kv_lens) * span), 1e-6)
 
 
 def decode_keys_per_sm(kv_lens: Sequence[int], span: int, num_kv_heads: int, num_sms: int) -> float:
-    """Keys that decodes of these lengths read per multiprocessor, each at most ``span`` (a window's):
-    the work that decides whether they are worth a launch of their own."""
-    return sum(min(kv_len, span) for kv_len in kv_lens) * num_kv_heads / max(num_sms, 1)
+    """Keys that decodes of these lengths read per multiprocessor (`keys_read`, once per KV head): the
+    work that decides whether they are worth a launch of their own."""
+    return keys_read(kv_lens, span) * num_kv_heads / max(num_sms, 1)
 
 
 def tile_key_span(max_kv_len: int, max_q_len: int, block_q: int, block_n: int,
