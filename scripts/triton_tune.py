@@ -39,7 +39,7 @@ from adapters.reference import reference_attention  # noqa: E402
 from harness.cases.selection import add_feature_options, feature_fields  # noqa: E402
 from harness.errors import UsageError  # noqa: E402
 from harness.measure.ceilings import machine_ceilings  # noqa: E402
-from harness.measure.gate import compare  # noqa: E402
+from harness.measure.gate import compare, compare_lse  # noqa: E402
 from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
@@ -221,6 +221,9 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
+    parser.add_argument("--gluon", nargs="*", default=None, metavar="N,STAGES",
+                        help="also time the warp-specialised Gluon prefill kernel (sm_90) with these key steps "
+                             "and stages (none given: its table entry)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
@@ -289,16 +292,28 @@ def main() -> int:
                 print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
         results = []
         candidates = candidates_for(spec, device)
+        if args.gluon is not None and spec.max_q_len > 1:  # before the table's repeat
+            from kernels.paged_attention.hopper_prefill import CONFIGS as GLUON_CONFIGS, HopperPrefillConfig
+            gluon = [HopperPrefillConfig(*map(int, text.split(","))) for text in args.gluon] or \
+                [GLUON_CONFIGS.get(head_dim)]
+            candidates[-1:-1] = [(config, None, None) for config in gluon if config is not None]
         cell_started = time.perf_counter()
         for index, (config, num_splits, decodes_apart) in enumerate(candidates):
             repeat = index == len(candidates) - 1
             label = candidate_label(config, decodes_apart)
-            if config is not None and not repeat and time.perf_counter() - cell_started > args.budget_s:
+            if isinstance(config, KernelConfig) and not repeat and time.perf_counter() - cell_started > args.budget_s:
                 emit({**row_base, "config": label, "label": label, "skipped": "budget"})
                 continue
             try:
                 compile_start = time.perf_counter()
-                launcher = prepare_paged_attention(
+                if type(config).__name__ == "HopperPrefillConfig":
+                    from kernels.paged_attention.hopper_prefill import prepare_hopper_prefill
+                    launcher = prepare_hopper_prefill(
+                        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                        batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                        causal=spec.causal, scale=spec.scale, config=config, return_lse=True)
+                else:
+                  launcher = prepare_paged_attention(
                     batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                     batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                     causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
@@ -310,6 +325,10 @@ def main() -> int:
                 _sync(device)
                 first_s = time.perf_counter() - compile_start
                 verdict = check(launcher.out, ref, batch)
+                if getattr(launcher, "lse", None) is not None:  # the LSE too, where the launcher writes one
+                    lse_verdict = compare_lse(launcher.lse, reference_attention(batch, with_lse=True)[1], batch)
+                    verdict = {**verdict, "ok": verdict["ok"] and lse_verdict.ok, "lse_max_abs": lse_verdict.lse_max_abs,
+                               "reason": verdict["reason"] or lse_verdict.reason}
                 timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
                 row = {**row_base, "backend": "triton", "table": index == 0, "repeat": repeat, "label": label,
                        **launcher.describe(), **launcher.register_report(),

@@ -1,0 +1,445 @@
+"""Warp-specialised prefill for Hopper (sm_90), in Gluon: the structure the single-loop Triton kernel
+cannot get from Triton 3.6 (see ``docs/triton_kernel_notes.md``, "What is still short").
+
+One program owns one tile of ``BLOCK_M = 128`` rows (``128 // GROUP`` queries x the ``GROUP`` query
+heads of one KV head, packed as in the Triton kernel) and runs three partitions:
+
+- a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
+  (``BLOCK_N`` keys; one load per page piece when a page holds fewer keys than a step) into a ring of
+  ``NUM_STAGES`` shared buffers, signalling "ready" mbarriers;
+- two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
+  asynchronous ``wgmma`` from shared memory, the online softmax in registers, and the ``P V`` product of
+  one step left in flight while the next step's ``Q K^T`` is issued. Each consumer releases a buffer
+  (an "empty" mbarrier that both must arrive at) once its products have read it.
+
+Registers move to the consumers (``setmaxnreg``: the producer keeps ``PRODUCER_REGISTERS``), so the
+two 64-row accumulators of a 128 x D tile and the scores fit without spilling where the single-loop
+kernel runs one 8-warp program at 255 registers (D=256) or two capped at 128 (D=128); the two
+warpgroups' instruction streams interleave on the SM, one's softmax beside the other's products.
+
+Scope: causal (bottom-right) or not, bf16/fp16, head dim 64/128/256, caches contiguous with
+``Hkv * D`` elements per slot (the TMA view ``[num_pages * page_size, Hkv * D]``) and page sizes that
+are a multiple of 16 or of ``BLOCK_N``. No model features, no key split, no float8 cache: those run
+the Triton kernel (``hopper_prefill_possible`` says which). Gluon has no interpreter; the kernel is
+checked against the fp32 reference on the GPU (``tests/test_hopper_prefill.py``) and compiled for
+sm_90 on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_init, warpgroup_mma_wait)
+
+# Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+LOG2E = 1.4426950408889634
+BLOCK_M = 128
+"""Rows of a tile: two consumer warpgroups of 64."""
+CONSUMER_ROWS = 64
+"""Rows one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup)."""
+PRODUCER_REGISTERS = 24
+"""Registers per thread the producer warp keeps (setmaxnreg's minimum): it holds scalars only."""
+CONSUMER_REGISTERS = 240
+"""Registers per thread of the second consumer warpgroup; the first (the default partition) gets what
+the launch's ``maxnreg`` leaves, the same 240 with ``LAUNCH_MAXNREG``."""
+LAUNCH_MAXNREG = 168
+"""Registers per thread the launch asks for: 12 warps (4 + 4 consumer, 1 producer padded to a
+warpgroup) x 32 threads x 168 fit the 64K registers of one multiprocessor."""
+HEAD_DIMS = (64, 128, 256)
+TMA_PIECE = 16
+"""Keys per TMA load where a page holds fewer keys than a step (pages of 16, 32): one load per page."""
+
+# the same values as constexprs, for the device code (a jit function reads no plain globals)
+_BLOCK_M = gl.constexpr(BLOCK_M)
+_ROWS = gl.constexpr(CONSUMER_ROWS)
+_PIECE = gl.constexpr(TMA_PIECE)
+_PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
+_CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
+_LN2 = gl.constexpr(math.log(2.0))
+
+
+class HopperPrefillConfig:
+    """Keys per step and stages of the K/V ring for one head dim: shared memory holds Q (128 x D) and
+    ``num_stages`` x (K + V) tiles of ``block_n`` x D."""
+
+    def __init__(self, block_n: int, num_stages: int):
+        self.block_n, self.num_stages = block_n, num_stages
+
+    def label(self) -> str:
+        return f"gluon-ws M{BLOCK_M}-N{self.block_n}-s{self.num_stages}"
+
+    def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
+        return (BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
+
+
+CONFIGS = {
+    64: HopperPrefillConfig(block_n=128, num_stages=3),
+    128: HopperPrefillConfig(block_n=128, num_stages=2),
+    256: HopperPrefillConfig(block_n=64, num_stages=2),
+}
+"""Untimed first choices, from shared memory (at most 227 KiB) and registers: D=128 and 64 take FA3's
+128-key step; D=256 the Triton kernel's 64 (v3.5: a 64-key step is what D=256 needs)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Device code
+# --------------------------------------------------------------------------------------------------
+
+@gluon.constexpr_function
+def _io_layout(head_dim):
+    """Blocked layout of a 64 x D tile for global loads and stores: 8 elements (16 bytes) per thread,
+    a row's threads side by side."""
+    threads_d = min(32, head_dim // 8)
+    return gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [4, 1], [1, 0])
+
+
+@gluon.jit
+def _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q: gl.constexpr):
+    """The last sequence b with ``cu_seqlens_q[b] // BLOCK_Q + b <= q_block`` (the Triton kernel's
+    numbering of query blocks over the packed batch)."""
+    lo = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first_block = gl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
+        if first_block <= q_block:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@gluon.jit
+def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
+              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+              qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
+              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
+              ROLE: gl.constexpr):
+    """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
+    product can start while V is in flight."""
+    PIECE: gl.constexpr = BLOCK_N if PAGE_SIZE % BLOCK_N == 0 else _PIECE
+    NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
+    tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8
+    last_page = (kv_len - 1) // PAGE_SIZE
+    head_col = kv_head * HEAD_DIM
+    for step in range(num_steps):
+        stage = step % NUM_STAGES
+        phase = (step // NUM_STAGES) & 1
+        # page of each piece, clamped to the sequence's last page (keys past kv_len are masked later)
+        for which in gl.static_range(2):
+            if which == 0:
+                desc = k_desc
+                bufs = k_bufs
+                ready = k_ready.index(stage)
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+            else:
+                desc = v_desc
+                bufs = v_bufs
+                ready = v_ready.index(stage)
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
+            mbarrier.expect(ready, tile_bytes)
+            for piece in gl.static_range(NUM_PIECES):
+                key = step * BLOCK_N + piece * PIECE
+                page = gl.load(block_table_row_ptr + gl.minimum(key // PAGE_SIZE, last_page))
+                row = page * PAGE_SIZE + key % PAGE_SIZE
+                if NUM_PIECES == 1:
+                    dest = bufs.index(stage)
+                else:
+                    dest = bufs.index(stage).slice(piece * PIECE, PIECE)
+                _tma_load(desc, [row, head_col], ready, dest)
+
+
+@gluon.jit
+def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                    row_limit, kv_len, qk_scale, step_lo, step_hi,
+                    s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
+                    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
+                    IS_CAUSAL: gl.constexpr):
+    """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows. On entry the previous step's
+    ``P V`` (if any) is in flight in ``o``; on exit this range's last one is."""
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
+    for step in range(step_lo, step_hi):
+        stage = step % NUM_STAGES
+        phase = (step // NUM_STAGES) & 1
+        mbarrier.wait(k_ready.index(stage), phase)
+        s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        # waits for the previous step's P V too (wgmma groups complete in order)
+        s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
+        mbarrier.arrive(k_empty.index(stage), count=1)
+        prev = (step + NUM_STAGES - 1) % NUM_STAGES
+        mbarrier.arrive(v_empty.index(prev), count=1, pred=step > 0)
+
+        if MASKED:
+            keys = step * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            visible = gl.expand_dims(keys < kv_len, 0)
+            if IS_CAUSAL:
+                visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_limit, 1))
+            s = gl.where(visible, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, axis=1)
+        m_i = m_new
+        o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+
+        mbarrier.wait(v_ready.index(stage), phase)
+        v_buf = v_bufs.index(stage)
+        if MASKED:
+            if (step + 1) * BLOCK_N > kv_len:
+                # slots past kv_len in the last page may hold anything, NaN included: P is 0 there
+                # but 0 * NaN is not, so those rows of V become 0 (both warpgroups write the same)
+                v = v_buf.load(v_load_layout)
+                v_keys = step * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, v_load_layout))
+                v = gl.where(gl.expand_dims(v_keys < kv_len, 1), v, gl.zeros_like(v))
+                v_buf.store(v)
+                fence_async_shared()
+                gl.thread_barrier()
+        o = warpgroup_mma(p_op, v_buf, o, is_async=True)
+    return o, m_i, l_i
+
+
+@gluon.jit
+def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
+              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+              qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
+              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
+              WARPGROUP: gl.constexpr):
+    """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
+    then the masked diagonal and ragged end), write O and the log-sum-exp."""
+    ROWS: gl.constexpr = _ROWS
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM)
+
+    # Q rows of this warpgroup -> shared memory (once per tile)
+    r_io = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
+    d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    query_io = tile_start + r_io // GROUP
+    head_io = kv_head * GROUP + r_io % GROUP
+    valid_io = query_io < q_len
+    token_io = (q_start + query_io).to(gl.int64)
+    q_offs = gl.expand_dims(token_io * stride_q_t + head_io * stride_q_h, 1) + gl.expand_dims(d_io, 0)
+    q_tile = gl.load(q_ptr + q_offs, mask=gl.expand_dims(valid_io, 1), other=0.0)
+    q_smem = q_bufs.index(WARPGROUP)
+    q_smem.store(q_tile)
+    fence_async_shared()
+    gl.thread_barrier()
+
+    r_s = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+    row_limit = tile_start + r_s // GROUP + (kv_len - q_len)  # last key each row sees (causal)
+
+    # m starts finite so that a row with every key masked keeps p = 0 and alpha = 1 (no NaN)
+    m_i = gl.full([ROWS], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+    o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
+    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                  row_limit, kv_len, qk_scale, 0, mid_steps, s_layout, o_layout, io_layout,
+                                  BLOCK_N, NUM_STAGES, False, IS_CAUSAL)
+    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                  row_limit, kv_len, qk_scale, mid_steps, num_steps, s_layout, o_layout,
+                                  io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL)
+    o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
+    mbarrier.arrive(v_empty.index((num_steps + NUM_STAGES - 1) % NUM_STAGES), count=1, pred=num_steps > 0)
+
+    l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+    out = o / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
+    out = gl.convert_layout(out.to(out_ptr.dtype.element_ty), io_layout)
+    o_offs = gl.expand_dims(token_io * stride_o_t + head_io * stride_o_h, 1) + gl.expand_dims(d_io, 0)
+    gl.store(out_ptr + o_offs, out, mask=gl.expand_dims(valid_io, 1))
+    if WRITE_LSE:
+        r_lse = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+        query_lse = tile_start + r_lse // GROUP
+        token_lse = (q_start + query_lse).to(gl.int64)
+        lse = (m_i + gl.log2(l_safe)) * _LN2
+        gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_lse % GROUP, lse,
+                 mask=query_lse < q_len)
+
+
+@gluon.jit
+def _hopper_prefill_kernel(
+    out_ptr,  # [T, Hq, D], q's dtype
+    lse_ptr,  # [T, Hq] fp32 (WRITE_LSE), else None
+    q_ptr,  # [T, Hq, D]
+    k_desc,  # TMA descriptor of k_cache viewed [num_pages * PAGE_SIZE, Hkv * D], block [PIECE, D]
+    v_desc,  # the same over v_cache
+    block_table_ptr,  # [B, max_pages] int32
+    cu_seqlens_q_ptr,  # [B + 1] int32
+    kv_lens_ptr,  # [B] int32
+    qk_scale,  # scale * log2(e)
+    num_seqs, num_q_blocks,
+    stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
+    NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
+    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
+):
+    """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head).
+    Grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first."""
+    BLOCK_Q: gl.constexpr = _BLOCK_M // GROUP
+    flat_idx = gl.program_id(0)
+    kv_head = flat_idx % NUM_KV_HEADS
+    q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
+    seq_idx = _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q)
+    q_start = gl.load(cu_seqlens_q_ptr + seq_idx)
+    q_len = gl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
+    kv_len = gl.load(kv_lens_ptr + seq_idx)
+    tile_start = (q_block - (q_start // BLOCK_Q + seq_idx)) * BLOCK_Q
+    if tile_start < q_len:
+        if IS_CAUSAL:
+            context = kv_len - q_len
+            kv_full = tile_start + context + 1
+            kv_end = gl.minimum(tile_start + BLOCK_Q, q_len) + context
+        else:
+            kv_full = kv_len
+            kv_end = kv_len
+        num_steps = gl.cdiv(kv_end, BLOCK_N)
+        mid_steps = gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps)
+
+        dtype: gl.constexpr = k_desc.dtype
+        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        q_bufs = gl.allocate_shared_memory(dtype, [2, _ROWS, HEAD_DIM], smem_layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release a buffer
+            mbarrier.init(v_empty.index(i), count=2)
+        fence_async_shared()
+
+        block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
+        # constexprs pass as flat arguments (inside a tuple Gluon 3.6 hands them over as runtime values)
+        NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
+        gl.warp_specialize([
+            (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
+            (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 1)),
+            (_producer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
+        ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+
+
+# --------------------------------------------------------------------------------------------------
+# Host side
+# --------------------------------------------------------------------------------------------------
+
+def _gl_dtype(dtype: torch.dtype):
+    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
+
+
+def hopper_prefill_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
+                            sliding_window=None, softcap=None, sinks=None, k_scale=None) -> str | None:
+    """None where this kernel can run the batch, else why not (one line): a Hopper GPU (sm_90 exactly:
+    its wgmma and setmaxnreg), bf16/fp16, head dim 64/128/256, no model feature, caches contiguous
+    and 16-byte aligned with page sizes that are a multiple of 16."""
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
+        return "needs an sm_90 GPU"
+    if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
+        return f"dtype {q.dtype} / cache {k_cache.dtype}: bf16 or fp16 only"
+    head_dim = q.shape[2]
+    if head_dim not in HEAD_DIMS:
+        return f"head dim {head_dim} not in {HEAD_DIMS}"
+    if sliding_window is not None or softcap is not None or sinks is not None or k_scale is not None:
+        return "model features run the Triton kernel"
+    page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    if page_size % TMA_PIECE:
+        return f"page size {page_size} is not a multiple of {TMA_PIECE}"
+    group = q.shape[1] // num_kv_heads
+    if group > 64 or BLOCK_M % group:
+        return f"{group} query heads per KV head do not pack into {BLOCK_M} rows"
+    if not all(c.is_contiguous() and c.data_ptr() % 16 == 0 for c in (k_cache, v_cache)):
+        return "caches must be contiguous and 16-byte aligned"
+    if k_cache.shape[0] * page_size >= 2 ** 31:
+        return "cache rows do not fit int32 TMA coordinates"
+    return None
+
+
+class HopperPrefillLauncher:
+    """Bound arguments of one batch for ``_hopper_prefill_kernel`` (same call interface as the Triton
+    kernel's launcher: ``__call__`` returns ``out`` or ``(out, lse)``)."""
+
+    def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                 cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
+                 causal: bool, scale: float, config: HopperPrefillConfig | None = None):
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        num_tokens, num_q_heads, head_dim = q.shape
+        num_pages, page_size, num_kv_heads, _ = k_cache.shape
+        num_seqs = block_table.shape[0]
+        self.config = config or CONFIGS[head_dim]
+        block_n = self.config.block_n
+        piece = block_n if page_size % block_n == 0 else TMA_PIECE
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        descs = []
+        for cache in (k_cache, v_cache):
+            rows = cache.view(num_pages * page_size, num_kv_heads * head_dim)
+            descs.append(TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [piece, head_dim], layout))
+        group = num_q_heads // num_kv_heads
+        self.block_q = BLOCK_M // group
+        self.num_q_blocks = num_tokens // self.block_q + num_seqs
+        self.out, self.lse = out, lse
+        self._empty = num_tokens == 0
+        self._grid = (self.num_q_blocks * num_kv_heads,)
+        self._args = dict(
+            out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
+            cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, qk_scale=float(scale) * LOG2E,
+            num_seqs=num_seqs, num_q_blocks=self.num_q_blocks,
+            stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_o_t=out.stride(0), stride_o_h=out.stride(1),
+            stride_bt_seq=block_table.stride(0),
+            NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+            BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
+            num_warps=4, maxnreg=LAUNCH_MAXNREG,
+        )
+
+    def describe(self) -> dict:
+        return {"config": self.config.label(), "num_q_blocks": self.num_q_blocks, "block_q": self.block_q,
+                "num_splits": 1, "kernel": "gluon warp-specialised (sm_90)"}
+
+    def register_report(self) -> dict:
+        compiled = getattr(self, "_compiled", None)
+        return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
+
+    def __call__(self):
+        if not self._empty:
+            self._compiled = _hopper_prefill_kernel[self._grid](**self._args)
+        return self.out if self.lse is None else (self.out, self.lse)
+
+
+def prepare_hopper_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                           cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
+                           causal: bool, scale: float, out: torch.Tensor | None = None, return_lse: bool = False,
+                           config: HopperPrefillConfig | None = None) -> HopperPrefillLauncher:
+    """Validate (as the Triton kernel does, then this kernel's scope), allocate and bind one batch."""
+    from .launch import validate_inputs
+
+    validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, max_q_len=max_q_len,
+                    max_kv_len=max_kv_len, scale=scale, out=out, causal=causal)
+    reason = hopper_prefill_possible(q, k_cache, v_cache)
+    if reason:
+        raise ValueError(f"the Gluon prefill kernel cannot run this batch: {reason}")
+    if out is None:
+        out = torch.empty_like(q)
+    lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
+    return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
+                                 causal=causal, scale=scale, config=config)

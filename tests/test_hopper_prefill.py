@@ -1,0 +1,115 @@
+"""The warp-specialised Gluon prefill kernel (``kernels/paged_attention/hopper_prefill.py``).
+
+Gluon has no interpreter, so the kernel's results are checked on an sm_90 GPU (class ``gpu``) with the
+gate's own comparisons, output and LSE, against the fp32 reference; on the CPU the tests check what
+decides where it runs (``hopper_prefill_possible``) and its bad-input errors."""
+
+import pytest
+import torch
+
+from adapters.batch import BatchSpec, make_batch, owned_slots
+from adapters.reference import reference_attention
+from harness.measure.gate import compare, compare_lse
+from tests.triton_setup import HAVE_TRITON, INTERPRETED
+
+try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
+    from kernels.paged_attention.hopper_prefill import (BLOCK_M, CONFIGS, HopperPrefillConfig,
+                                                        hopper_prefill_possible, prepare_hopper_prefill)
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the installed triton
+    HAVE_GLUON = False
+
+pytestmark = pytest.mark.skipif(not (HAVE_TRITON and HAVE_GLUON), reason="needs triton with Gluon")
+
+ON_HOPPER = (torch.cuda.is_available() and not INTERPRETED and torch.cuda.get_device_capability() == (9, 0))
+
+
+def run_and_gate(batch, config=None):
+    """Launch on ``batch`` with NaN-poisoned output and LSE; the gate's verdicts for both."""
+    spec = batch.spec
+    launcher = prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                                      batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                                      causal=spec.causal, scale=spec.scale, return_lse=True, config=config)
+    launcher.out.fill_(float("nan"))
+    launcher.lse.fill_(float("nan"))
+    out, lse = launcher()
+    torch.cuda.synchronize()
+    ref, ref_lse = reference_attention(batch, with_lse=True)
+    return compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU: where it runs, and bad input
+
+def _cpu_tensors(page_size=16, head_dim=128, heads=(32, 8), dtype=torch.bfloat16):
+    q = torch.empty(8, heads[0], head_dim, dtype=dtype)
+    cache = torch.empty(4, page_size, heads[1], head_dim, dtype=dtype)
+    return q, cache, cache.clone()
+
+
+def test_possible_names_why_not():
+    """Every reason this kernel declines a batch is one line, and a CPU tensor is declined first."""
+    q, k, v = _cpu_tensors()
+    assert hopper_prefill_possible(q, k, v) == "needs an sm_90 GPU"
+
+
+def test_configs_fit_shared_memory():
+    """Each head dim's entry holds Q and its K/V ring in the 227 KiB an sm_90 block may use."""
+    for head_dim, config in CONFIGS.items():
+        assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
+        assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
+
+
+@pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
+def test_prepare_refuses_off_hopper():
+    spec = BatchSpec.from_grammar("1q64c64", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16")
+    batch = make_batch(spec, "cpu")
+    with pytest.raises(ValueError, match="cannot run this batch: needs an sm_90 GPU"):
+        prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                               batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                               causal=True, scale=spec.scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (sm_90)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (Gluon's wgmma and setmaxnreg) and compiled kernels")
+class TestOnHopper:
+    @pytest.mark.parametrize("head_dim,heads", [(64, (64, 8)), (128, (32, 8)), (256, (16, 8)), (128, (8, 8)),
+                                                (128, (64, 8))])
+    @pytest.mark.parametrize("page_size", [16, 32, 256])
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_ragged_batches_match_reference(self, head_dim, heads, page_size, causal):
+        """Ragged prefills, chunked prefills and a short sequence in one batch: tiles that end
+        mid-sequence, keys that end mid-step and mid-page, output and LSE."""
+        spec = BatchSpec.from_grammar("1q700c300_2q64-300c0-900_1q1c77", page_size=page_size, num_q_heads=heads[0],
+                                      num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16", causal=causal)
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"))
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("page_size", [16, 256])
+    def test_unowned_slots_holding_nan_are_never_used(self, page_size):
+        """Slots past kv_len in a sequence's last page may hold anything, NaN included: the TMA loads
+        bring them in, the masks and the zeroed V rows keep them out."""
+        spec = BatchSpec.from_grammar("2q100c37_1q250c5", page_size=page_size, num_q_heads=32, num_kv_heads=8,
+                                      head_dim=128, dtype="fp16")
+        batch = make_batch(spec, "cuda")
+        unowned = ~owned_slots(spec, batch.block_table)
+        unowned[0] = False  # the null page stays zero (the canonical batch's promise)
+        batch.k_cache[unowned] = float("nan")
+        batch.v_cache[unowned] = float("nan")
+        verdict, lse_verdict = run_and_gate(batch)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
+                             ids=lambda config: config.label())
+    def test_other_steps_and_stages(self, config):
+        """Other key steps and ring depths (the tuning script's candidates) give the same results."""
+        spec = BatchSpec.from_grammar("4q200-600c0-1000", page_size=64, num_q_heads=32, num_kv_heads=8,
+                                      head_dim=64, dtype="fp16")
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
