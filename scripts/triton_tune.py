@@ -44,6 +44,8 @@ from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
+from kernels.paged_attention.configs import HopperPrefillConfig  # noqa: E402
+from kernels.paged_attention.hopper_prefill import prepare_hopper_prefill  # noqa: E402
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
@@ -188,18 +190,21 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     batch's leading decodes and host lengths passed; None: the launcher's rule keeps the decodes apart
     or not); in a mixed batch that starts with decodes, the table with them forced into the long
     launch and forced apart (config None: the table picks for each launch); then the bucket's
-    candidates (TMA ones only where a key tile fits in a page), then the table's choice again: the
-    spread between two runs of one build."""
+    candidates (TMA ones only where a key tile fits in a page; for long queries on a GPU the Triton
+    table's entry first, since the table's choice there may be the Gluon kernel), then the table's
+    choice again: the spread between two runs of one build."""
     table = table_choice(spec, device)
     pool = CANDIDATES[query_bucket(spec.max_q_len), config_key(spec.head_dim, spec.page_size, spec.max_q_len)[1]]
     pool = [(config, splits, False) for config, splits in pool
             if (config, splits) != (table, None) and (not config.use_tma or spec.page_size % config.block_n == 0)]
     mixed = 0 < spec.leading_decodes < spec.batch_size and spec.max_q_len > 1
     forced = [(None, None, False), (None, None, True)] if mixed else []
-    return [(None, None, None)] + forced + pool + [(None, None, None)]
+    # long queries on an sm_90 GPU: the table's choice is the Gluon kernel; the Triton table entry beside it
+    triton_table = [(table, None, False)] if query_bucket(spec.max_q_len) == "long" and device == "cuda" else []
+    return [(None, None, None)] + forced + triton_table + pool + [(None, None, None)]
 
 
-def candidate_label(config: KernelConfig | None, decodes_apart: bool | None) -> str:
+def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
     """A candidate's name in the rows: its configuration, or the table's with how it placed the decodes."""
     if config is not None:
         return config.label()
@@ -221,9 +226,9 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=None, metavar="N,STAGES",
-                        help="also time the warp-specialised Gluon prefill kernel (sm_90) with these key steps "
-                             "and stages (none given: its table entry)")
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES",
+                        help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
+                             "key steps and stages (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
@@ -292,34 +297,32 @@ def main() -> int:
                 print(f"{case} D{head_dim} p{page} cudnn error {error!r}"[:400], flush=True)
         results = []
         candidates = candidates_for(spec, device)
-        if args.gluon is not None and spec.max_q_len > 1:  # before the table's repeat
-            from kernels.paged_attention.hopper_prefill import CONFIGS as GLUON_CONFIGS, HopperPrefillConfig
-            gluon = [HopperPrefillConfig(*map(int, text.split(","))) for text in args.gluon] or \
-                [GLUON_CONFIGS.get(head_dim)]
-            candidates[-1:-1] = [(config, None, None) for config in gluon if config is not None]
+        triton_table = table_choice(spec, device)  # timed whatever the budget, as the table's own rows are
+        if args.gluon and query_bucket(spec.max_q_len) == "long":  # before the table's repeat
+            candidates[-1:-1] = [(HopperPrefillConfig(*map(int, text.split(","))), None, None) for text in args.gluon]
         cell_started = time.perf_counter()
         for index, (config, num_splits, decodes_apart) in enumerate(candidates):
             repeat = index == len(candidates) - 1
             label = candidate_label(config, decodes_apart)
-            if isinstance(config, KernelConfig) and not repeat and time.perf_counter() - cell_started > args.budget_s:
+            in_pool = isinstance(config, KernelConfig) and (config, num_splits) != (triton_table, None)
+            if in_pool and not repeat and time.perf_counter() - cell_started > args.budget_s:
                 emit({**row_base, "config": label, "label": label, "skipped": "budget"})
                 continue
             try:
                 compile_start = time.perf_counter()
-                if type(config).__name__ == "HopperPrefillConfig":
-                    from kernels.paged_attention.hopper_prefill import prepare_hopper_prefill
+                if isinstance(config, HopperPrefillConfig):
                     launcher = prepare_hopper_prefill(
                         batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                         batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                         causal=spec.causal, scale=spec.scale, config=config, return_lse=True)
                 else:
-                  launcher = prepare_paged_attention(
-                    batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                    batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                    causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
-                    num_decodes=spec.leading_decodes if config is None else 0, decodes_apart=decodes_apart,
-                    host_kv_lens=spec.kv_lens, sliding_window=spec.sliding_window, softcap=spec.softcap,
-                    sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale)
+                    launcher = prepare_paged_attention(
+                        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                        batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                        causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
+                        num_decodes=spec.leading_decodes if config is None else 0, decodes_apart=decodes_apart,
+                        host_kv_lens=spec.kv_lens, sliding_window=spec.sliding_window, softcap=spec.softcap,
+                        sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale, return_lse=True)
                 launcher.out.fill_(float("nan"))
                 launcher()
                 _sync(device)

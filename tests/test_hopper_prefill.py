@@ -2,7 +2,7 @@
 
 Gluon has no interpreter, so the kernel's results are checked on an sm_90 GPU (class ``gpu``) with the
 gate's own comparisons, output and LSE, against the fp32 reference; on the CPU the tests check what
-decides where it runs (``hopper_prefill_possible``) and its bad-input errors."""
+decides where it runs (``hopper_prefill_refusal``) and its bad-input errors."""
 
 import pytest
 import torch
@@ -13,8 +13,9 @@ from harness.measure.gate import compare, compare_lse
 from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
-    from kernels.paged_attention.hopper_prefill import (BLOCK_M, CONFIGS, HopperPrefillConfig,
-                                                        hopper_prefill_possible, prepare_hopper_prefill)
+    from kernels.paged_attention.configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
+    from kernels.paged_attention.hopper_prefill import (BLOCK_M,
+                                                        hopper_prefill_refusal, prepare_hopper_prefill)
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
@@ -50,12 +51,12 @@ def _cpu_tensors(page_size=16, head_dim=128, heads=(32, 8), dtype=torch.bfloat16
 def test_possible_names_why_not():
     """Every reason this kernel declines a batch is one line, and a CPU tensor is declined first."""
     q, k, v = _cpu_tensors()
-    assert hopper_prefill_possible(q, k, v) == "needs an sm_90 GPU"
+    assert hopper_prefill_refusal(q, k, v) == "needs an sm_90 GPU"
 
 
 def test_configs_fit_shared_memory():
     """Each head dim's entry holds Q and its K/V ring in the 227 KiB an sm_90 block may use."""
-    for head_dim, config in CONFIGS.items():
+    for head_dim, config in HOPPER_PREFILL_TABLE.items():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
         assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
 
@@ -68,6 +69,27 @@ def test_prepare_refuses_off_hopper():
         prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                                batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
                                causal=True, scale=spec.scale)
+
+
+def _prepare(batch, **kwargs):
+    from kernels.paged_attention import prepare_paged_attention
+
+    spec = batch.spec
+    return prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                                   batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                                   causal=spec.causal, scale=spec.scale, **kwargs)
+
+
+@pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
+@pytest.mark.parametrize("grammar,kwargs,message", [
+    ("1q64c64", dict(hopper_prefill=True), "cannot run this launch: needs an sm_90 GPU"),
+    ("2q1c64", dict(hopper_prefill=True), "max_q_len=1 is not a long-query launch"),
+    ("1q64c64", dict(hopper_prefill="yes"), "hopper_prefill='yes' must be None, True or False"),
+])
+def test_launcher_says_why_it_cannot_take_the_gluon_kernel(grammar, kwargs, message):
+    spec = BatchSpec.from_grammar(grammar, page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16")
+    with pytest.raises(ValueError, match=message):
+        _prepare(make_batch(spec, "cpu"), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,6 +126,30 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    def test_launcher_routes_long_queries_here(self):
+        """Long-query launches take this kernel; decodes, model features, a forced Triton configuration
+        and hopper_prefill=False keep the Triton kernel; a mixed batch's decodes run apart beside it."""
+        from kernels.paged_attention import DecodesApartLauncher, KernelConfig, PagedAttentionLauncher
+        from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher
+
+        heads = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, dtype="bf16")
+        prefill = make_batch(BatchSpec.from_grammar("2q300c100", page_size=16, **heads), "cuda")
+        assert isinstance(_prepare(prefill), HopperPrefillLauncher)
+        assert isinstance(_prepare(prefill, hopper_prefill=False), PagedAttentionLauncher)
+        assert isinstance(_prepare(prefill, config=KernelConfig(128, 64, 8, 2)), PagedAttentionLauncher)
+        assert isinstance(_prepare(prefill, sliding_window=64), PagedAttentionLauncher)
+        with pytest.raises(ValueError, match="model features run the Triton kernel"):
+            _prepare(prefill, sliding_window=64, hopper_prefill=True)
+        decode = make_batch(BatchSpec.from_grammar("4q1c300", page_size=16, **heads), "cuda")
+        assert isinstance(_prepare(decode), PagedAttentionLauncher)
+        mixed = make_batch(BatchSpec.from_grammar("64q1c4000_2q500c0", page_size=16, **heads), "cuda")
+        launcher = _prepare(mixed, num_decodes=64, return_lse=True)
+        assert isinstance(launcher, DecodesApartLauncher) and isinstance(launcher.rest, HopperPrefillLauncher)
+        out, lse = launcher()
+        ref, ref_lse = reference_attention(mixed, with_lse=True)
+        assert compare(out, ref, mixed).ok and compare_lse(lse, ref_lse, mixed).ok
+        assert "gluon-ws" in launcher.describe()["config"]
+
     @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
                              ids=lambda config: config.label())
     def test_other_steps_and_stages(self, config):
@@ -113,3 +159,43 @@ class TestOnHopper:
         verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=config)
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
+
+
+COMPILE_CHECK = """
+import re, sys, torch
+sys.path.insert(0, {repo!r})
+from kernels.paged_attention.hopper_prefill import compile_sm90
+for head_dim, page_size, group, dtype in {cases!r}:
+    compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype))
+    ptx = compiled.asm["ptx"]
+    print(head_dim, page_size, group, dtype, compiled.metadata.shared,
+          len(re.findall(r"setmaxnreg.inc.sync.aligned.u32\\s+240;", ptx)),
+          len(re.findall(r"setmaxnreg.dec.sync.aligned.u32\\s+24;", ptx)),
+          len(re.findall(r"wgmma.mma_async", ptx)), len(re.findall(r"cp.async.bulk.tensor", ptx)))
+"""
+
+
+@pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
+def test_compiles_for_sm90_with_its_partitions():
+    """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
+    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16; its
+    PTX gives the consumers 240 registers and the producer 24 (setmaxnreg), issues wgmma and TMA
+    loads, and its shared memory fits an sm_90 block."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cases = [(64, 16, 8, "bfloat16"), (128, 256, 4, "bfloat16"), (128, 32, 1, "float16"), (256, 16, 2, "bfloat16")]
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
+                                                                        cases=cases)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert len(rows) == len(cases), result.stdout
+    for row in rows:
+        shared, to_consumers, to_producer, wgmma, tma_loads = map(int, row[4:])
+        assert shared <= 227 * 1024, row
+        assert to_consumers >= 1 and to_producer >= 1, row
+        assert wgmma > 0 and tma_loads > 0, row

@@ -143,3 +143,34 @@ Model features (sliding window, soft-cap, sinks, fp8 KV) take the entry of their
 was timed with a feature on, so none has an entry of its own yet (notes, "v3.4: model features"; the
 compiler's register report there names the entries to time first). With a window the planner splits
 the keys a tile reads (``plan.tile_key_span``), not the whole context, with the entry's split figures."""
+
+
+@dataclass(frozen=True)
+class HopperPrefillConfig:
+    """One launch configuration of the warp-specialised Gluon prefill kernel (``hopper_prefill.py``):
+    ``block_n`` keys per step and ``num_stages`` K/V tiles in flight. Its tile is always 128 rows (two
+    consumer warpgroups of 64); shared memory holds Q and ``num_stages`` x (K + V) tiles."""
+
+    block_n: int
+    num_stages: int
+
+    def label(self) -> str:
+        return f"gluon-ws M128-N{self.block_n}-s{self.num_stages}"
+
+    def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
+        return (128 + 2 * self.num_stages * self.block_n) * head_dim * element_size
+
+
+HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
+    # H100, bf16, B4 q2048 on 2048 keys (notes, "v4"): 589.5 / 578.7 us at pages 16 / 256 (2 stages
+    # 597.5 / 580.2; cuDNN 664.3 / 537.9)
+    64: HopperPrefillConfig(block_n=128, num_stages=3),
+    # 775.2 / 781.6 us (64-key steps with 3 stages 948.5 / 925.2, one stage 849.9 / 902.9; cuDNN 817.4 / 807.5)
+    128: HopperPrefillConfig(block_n=128, num_stages=2),
+    # Hq 16: 776.3 / 778.9 us (32-key steps with 3 stages 1056.7 / 1060.4; cuDNN 704.1 / 691.2); a
+    # 128-key step's ring does not fit beside Q in shared memory
+    256: HopperPrefillConfig(block_n=64, num_stages=2),
+}
+"""The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
+bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE``'s entry where the
+kernel can run the batch (``hopper_prefill.hopper_prefill_refusal``)."""

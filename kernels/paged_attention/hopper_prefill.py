@@ -20,7 +20,7 @@ warpgroups' instruction streams interleave on the SM, one's softmax beside the o
 Scope: causal (bottom-right) or not, bf16/fp16, head dim 64/128/256, caches contiguous with
 ``Hkv * D`` elements per slot (the TMA view ``[num_pages * page_size, Hkv * D]``) and page sizes that
 are a multiple of 16 or of ``BLOCK_N``. No model features, no key split, no float8 cache: those run
-the Triton kernel (``hopper_prefill_possible`` says which). Gluon has no interpreter; the kernel is
+the Triton kernel (``hopper_prefill_refusal`` says why not). Gluon has no interpreter; the kernel is
 checked against the fp32 reference on the GPU (``tests/test_hopper_prefill.py``) and compiled for
 sm_90 on the CPU.
 """
@@ -35,8 +35,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
+from .configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
+
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+# ... and the barrier of a partition's warps ``thread_barrier``; later versions ``barrier``.
+_warps_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 LOG2E = 1.4426950408889634
 BLOCK_M = 128
@@ -51,7 +55,6 @@ the launch's ``maxnreg`` leaves, the same 240 with ``LAUNCH_MAXNREG``."""
 LAUNCH_MAXNREG = 168
 """Registers per thread the launch asks for: 12 warps (4 + 4 consumer, 1 producer padded to a
 warpgroup) x 32 threads x 168 fit the 64K registers of one multiprocessor."""
-HEAD_DIMS = (64, 128, 256)
 TMA_PIECE = 16
 """Keys per TMA load where a page holds fewer keys than a step (pages of 16, 32): one load per page."""
 
@@ -62,29 +65,6 @@ _PIECE = gl.constexpr(TMA_PIECE)
 _PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
 _CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
 _LN2 = gl.constexpr(math.log(2.0))
-
-
-class HopperPrefillConfig:
-    """Keys per step and stages of the K/V ring for one head dim: shared memory holds Q (128 x D) and
-    ``num_stages`` x (K + V) tiles of ``block_n`` x D."""
-
-    def __init__(self, block_n: int, num_stages: int):
-        self.block_n, self.num_stages = block_n, num_stages
-
-    def label(self) -> str:
-        return f"gluon-ws M{BLOCK_M}-N{self.block_n}-s{self.num_stages}"
-
-    def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
-        return (BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
-
-
-CONFIGS = {
-    64: HopperPrefillConfig(block_n=128, num_stages=3),
-    128: HopperPrefillConfig(block_n=128, num_stages=2),
-    256: HopperPrefillConfig(block_n=64, num_stages=2),
-}
-"""Untimed first choices, from shared memory (at most 227 KiB) and registers: D=128 and 64 take FA3's
-128-key step; D=256 the Triton kernel's 64 (v3.5: a 64-key step is what D=256 needs)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,7 +182,7 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
                 v = gl.where(gl.expand_dims(v_keys < kv_len, 1), v, gl.zeros_like(v))
                 v_buf.store(v)
                 fence_async_shared()
-                gl.thread_barrier()
+                _warps_barrier()
         o = warpgroup_mma(p_op, v_buf, o, is_async=True)
     return o, m_i, l_i
 
@@ -235,7 +215,7 @@ def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
     q_smem = q_bufs.index(WARPGROUP)
     q_smem.store(q_tile)
     fence_async_shared()
-    gl.thread_barrier()
+    _warps_barrier()
 
     r_s = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     row_limit = tile_start + r_s // GROUP + (kv_len - q_len)  # last key each row sees (causal)
@@ -348,8 +328,9 @@ def _gl_dtype(dtype: torch.dtype):
     return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
 
 
-def hopper_prefill_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
-                            sliding_window=None, softcap=None, sinks=None, k_scale=None) -> str | None:
+def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
+                           sliding_window: int | None = None, softcap: float | None = None,
+                           sinks: torch.Tensor | None = None, k_scale: torch.Tensor | None = None) -> str | None:
     """None where this kernel can run the batch, else why not (one line): a Hopper GPU (sm_90 exactly:
     its wgmma and setmaxnreg), bf16/fp16, head dim 64/128/256, no model feature, caches contiguous
     and 16-byte aligned with page sizes that are a multiple of 16."""
@@ -358,8 +339,8 @@ def hopper_prefill_possible(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
         return f"dtype {q.dtype} / cache {k_cache.dtype}: bf16 or fp16 only"
     head_dim = q.shape[2]
-    if head_dim not in HEAD_DIMS:
-        return f"head dim {head_dim} not in {HEAD_DIMS}"
+    if head_dim not in HOPPER_PREFILL_TABLE:
+        return f"head dim {head_dim} not in {tuple(HOPPER_PREFILL_TABLE)}"
     if sliding_window is not None or softcap is not None or sinks is not None or k_scale is not None:
         return "model features run the Triton kernel"
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -387,7 +368,7 @@ class HopperPrefillLauncher:
         num_tokens, num_q_heads, head_dim = q.shape
         num_pages, page_size, num_kv_heads, _ = k_cache.shape
         num_seqs = block_table.shape[0]
-        self.config = config or CONFIGS[head_dim]
+        self.config = config or HOPPER_PREFILL_TABLE[head_dim]
         block_n = self.config.block_n
         piece = block_n if page_size % block_n == 0 else TMA_PIECE
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -435,7 +416,7 @@ def prepare_hopper_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, max_q_len=max_q_len,
                     max_kv_len=max_kv_len, scale=scale, out=out, causal=causal)
-    reason = hopper_prefill_possible(q, k_cache, v_cache)
+    reason = hopper_prefill_refusal(q, k_cache, v_cache)
     if reason:
         raise ValueError(f"the Gluon prefill kernel cannot run this batch: {reason}")
     if out is None:
@@ -443,3 +424,36 @@ def prepare_hopper_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
     return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                                  causal=causal, scale=scale, config=config)
+
+
+def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dtype = torch.bfloat16,
+                 causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None):
+    """Compile the kernel for sm_90 without a GPU (Triton's own compiler and ptxas, on CPU tensors'
+    signatures) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's check of
+    the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
+    module was imported (``tests/test_hopper_prefill.py`` runs it in a subprocess)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    num_kv_heads = 2
+    q = torch.empty(8, num_kv_heads * group, head_dim, dtype=dtype)
+    k_cache = torch.empty(4, page_size, num_kv_heads, head_dim, dtype=dtype)
+    index = torch.zeros(2, 4, dtype=torch.int32)
+    launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), index, torch.zeros(3, dtype=torch.int32),
+                                     torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
+                                     torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
+                                     config=config)
+    args = dict(launcher._args)
+    options = {key: args.pop(key) for key in ("num_warps", "maxnreg")}
+    kernel = _hopper_prefill_kernel
+    signature, constexprs = {}, {}
+    for index, param in enumerate(kernel.params):
+        value = args[param.name]
+        if param.is_constexpr or value is None:
+            signature[param.name], constexprs[(index,)] = "constexpr", value
+        else:
+            signature[param.name] = mangle_type(value)
+    return triton.compile(GluonASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                          options=options)

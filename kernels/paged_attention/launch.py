@@ -8,8 +8,16 @@ from collections.abc import Sequence
 
 import torch
 
-from .configs import DECODES_APART_MIN_KEYS_PER_SM, KernelConfig
+from .configs import DECODES_APART_MIN_KEYS_PER_SM, KernelConfig, query_bucket
 from .device import _merge_splits_kernel, _paged_attention_kernel
+
+try:
+    from .hopper_prefill import HopperPrefillLauncher, hopper_prefill_refusal
+except ImportError as _gluon_error:  # a Triton without Gluon: long queries run the Triton kernel
+    HopperPrefillLauncher = None
+
+    def hopper_prefill_refusal(*args, _reason=f"Gluon does not import here ({_gluon_error})", **kwargs) -> str:
+        return _reason
 from .plan import LaunchPlan, allocate_workspace, decode_keys_per_sm, next_power_of_2, plan_launch, tile_key_span
 
 LOG2E = 1.4426950408889634
@@ -268,7 +276,8 @@ class DecodesApartLauncher:
     with the long bucket's, where a decode would take a whole 64- or 128-row tile for its ``GROUP``
     rows. Same interface as ``PagedAttentionLauncher``; ``plan`` is the long launch's."""
 
-    def __init__(self, decodes: PagedAttentionLauncher, rest: PagedAttentionLauncher, out: torch.Tensor,
+    def __init__(self, decodes: PagedAttentionLauncher, rest: PagedAttentionLauncher | HopperPrefillLauncher,
+                 out: torch.Tensor,
                  lse: torch.Tensor | None):
         self.decodes, self.rest = decodes, rest
         self.out, self.lse = out, lse
@@ -276,8 +285,8 @@ class DecodesApartLauncher:
 
     def describe(self) -> dict:
         decode_plan = self.decodes.plan
-        return {**self.rest.describe(),
-                "config": f"{decode_plan.config.label()} (decodes) + {self.rest.plan.config.label()}",
+        rest = self.rest.describe()
+        return {**rest, "config": f"{decode_plan.config.label()} (decodes) + {rest['config']}",
                 "decodes_apart": self.decodes.out.shape[0], "decode_num_splits": decode_plan.num_splits}
 
     def register_report(self) -> dict:
@@ -298,7 +307,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             softcap: float | None = None, sinks: torch.Tensor | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                             num_decodes: int = 0, decodes_apart: bool | None = None,
-                            host_kv_lens: Sequence[int] | None = None) -> PagedAttentionLauncher | DecodesApartLauncher:
+                            host_kv_lens: Sequence[int] | None = None, hopper_prefill: bool | None = None,
+                            ) -> PagedAttentionLauncher | HopperPrefillLauncher | DecodesApartLauncher:
     """Validate, plan and allocate (output, split workspace, LSE) once; the launcher only launches.
     ``launch_merge_early`` (None: wherever the device has programmatic dependent launch) can turn
     the early merge launch off, to measure what it gains. ``return_lse``: the launcher also writes
@@ -320,7 +330,12 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     gives wrong rows. ``host_kv_lens``: every sequence's key count as the host knows it (serving
     engines keep that copy; the device's ``kv_lens`` must hold the same values): a decode's key split
     is then weighted by the keys the batch holds (``plan.decode_fill``), and the decodes' own launch
-    is bounded by their longest."""
+    is bounded by their longest.
+
+    ``hopper_prefill``: long-query launches (query bucket ``long``, keys unsplit, ``config`` and
+    ``num_splits`` not given) run the warp-specialised Gluon kernel (``hopper_prefill.py``) where it can
+    run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no model feature); None: wherever it
+    can, False: never, True: a ValueError saying why where it cannot."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
@@ -330,6 +345,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
            f"num_decodes={num_decodes!r} must be a whole number of leading one-query sequences in "
            f"0..{min(num_seqs, q.shape[0])}")
     _check(decodes_apart in (None, True, False), f"decodes_apart={decodes_apart!r} must be None, True or False")
+    _check(hopper_prefill in (None, True, False), f"hopper_prefill={hopper_prefill!r} must be None, True or False")
     if host_kv_lens is not None:
         host_kv_lens = tuple(host_kv_lens)
         _check(len(host_kv_lens) == num_seqs and all(
@@ -339,7 +355,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
-    features = dict(causal=causal, scale=scale, launch_merge_early=launch_merge_early,
+    features = dict(causal=causal, scale=scale, launch_merge_early=launch_merge_early, hopper_prefill=hopper_prefill,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
     d = num_decodes
     decode_lens, rest_lens = (host_kv_lens[:d], host_kv_lens[d:]) if host_kv_lens is not None else (None, None)
@@ -367,9 +383,21 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                  max_q_len: int, max_kv_len: int, causal: bool, scale: float, config: KernelConfig | None,
                  num_splits: int | None, launch_merge_early: bool | None, sliding_window: int | None,
                  softcap: float | None, sinks: torch.Tensor | None, k_scale: torch.Tensor | None,
-                 v_scale: torch.Tensor | None, host_kv_lens: Sequence[int] | None) -> PagedAttentionLauncher:
-    """Plan one launch over validated inputs and allocate its split workspace."""
+                 v_scale: torch.Tensor | None, host_kv_lens: Sequence[int] | None,
+                 hopper_prefill: bool | None) -> PagedAttentionLauncher | HopperPrefillLauncher:
+    """Plan one launch over validated inputs and allocate its split workspace; a long-query launch
+    goes to the Gluon prefill kernel where ``hopper_prefill`` and the batch allow."""
     num_tokens, num_q_heads, head_dim = q.shape
+    if hopper_prefill is not False and query_bucket(max_q_len) == "long":
+        refusal = "a configuration or split was given" if (config is not None or num_splits is not None) else \
+            hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window, softcap=softcap,
+                                   sinks=sinks, k_scale=k_scale)
+        if refusal is None:
+            return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
+                                         causal=causal, scale=scale)
+        _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
+    _check(hopper_prefill is not True or query_bucket(max_q_len) == "long",
+           f"hopper_prefill=True, but max_q_len={max_q_len} is not a long-query launch (more than 16 queries)")
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
@@ -391,7 +419,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     softcap: float | None = None, sinks: torch.Tensor | None = None,
                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
                     num_decodes: int = 0, decodes_apart: bool | None = None,
-                    host_kv_lens: Sequence[int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    host_kv_lens: Sequence[int] | None = None,
+                    hopper_prefill: bool | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed queries ``q [T, Hq, D]`` over paged ``k_cache``/``v_cache``
     ``[num_pages, page_size, Hkv, D]`` -> ``[T, Hq, D]`` in q's dtype (written into ``out`` if given);
     with ``return_lse`` -> ``(out, lse)``, lse ``[T, Hq]`` float32 as in ``prepare_paged_attention``.
@@ -399,7 +428,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of the per-sequence lengths (they size
     the grid; the kernel reads the real lengths on the device, never synchronising). ``causal`` is
     bottom-right. ``config`` / ``num_splits`` override the tuned table and the split heuristic.
-    Model features, ``num_decodes``, ``decodes_apart`` and ``host_kv_lens`` as in ``prepare_paged_attention``.
+    Model features, ``num_decodes``, ``decodes_apart``, ``host_kv_lens`` and ``hopper_prefill`` as in
+    ``prepare_paged_attention``.
     For repeated calls on one batch, build a launcher once with ``prepare_paged_attention``.
     """
     return prepare_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
@@ -407,4 +437,5 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                                    scale=scale, out=out, config=config, num_splits=num_splits,
                                    return_lse=return_lse, sliding_window=sliding_window, softcap=softcap,
                                    sinks=sinks, k_scale=k_scale, v_scale=v_scale, num_decodes=num_decodes,
-                                   decodes_apart=decodes_apart, host_kv_lens=host_kv_lens)()
+                                   decodes_apart=decodes_apart, host_kv_lens=host_kv_lens,
+                                   hopper_prefill=hopper_prefill)()
