@@ -380,6 +380,7 @@ class HopperPrefillLauncher:
         self.block_q = BLOCK_M // group
         self.num_q_blocks = num_tokens // self.block_q + num_seqs
         self.out, self.lse = out, lse
+        self.plan = None  # the Triton kernel's LaunchPlan has no counterpart here: describe() gives the figures
         self._empty = num_tokens == 0
         self._grid = (self.num_q_blocks * num_kv_heads,)
         self._args = dict(

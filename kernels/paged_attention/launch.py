@@ -281,7 +281,7 @@ class DecodesApartLauncher:
                  lse: torch.Tensor | None):
         self.decodes, self.rest = decodes, rest
         self.out, self.lse = out, lse
-        self.plan = rest.plan
+        self.plan = rest.plan  # None where the long launch is the Gluon kernel's (it has no LaunchPlan)
 
     def describe(self) -> dict:
         decode_plan = self.decodes.plan
