@@ -204,6 +204,14 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     return [(None, None, None)] + forced + triton_table + pool + [(None, None, None)]
 
 
+def gluon_config(text: str) -> HopperPrefillConfig:
+    """``--gluon`` value ``N,STAGES[,PINGPONG]`` (e.g. ``128,2`` or ``128,2,1``) -> the Gluon kernel's config."""
+    numbers = [int(part) for part in text.split(",")]
+    if len(numbers) not in (2, 3):
+        raise UsageError(f"--gluon {text!r}: give N,STAGES or N,STAGES,PINGPONG (0 or 1)")
+    return HopperPrefillConfig(numbers[0], numbers[1], bool(numbers[2]) if len(numbers) == 3 else False)
+
+
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
     """A candidate's name in the rows: its configuration, or the table's with how it placed the decodes."""
     if config is not None:
@@ -226,7 +234,7 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,PINGPONG]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
@@ -236,6 +244,7 @@ def main() -> int:
         # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the
         # kernel, the reference and cuDNN's adapter alike
         features = feature_fields(args)
+        [gluon_config(text) for text in args.gluon]  # a malformed value stops here, before any GPU work
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"
@@ -299,7 +308,7 @@ def main() -> int:
         candidates = candidates_for(spec, device)
         triton_table = table_choice(spec, device)  # timed whatever the budget, as the table's own rows are
         if args.gluon and query_bucket(spec.max_q_len) == "long":  # before the table's repeat
-            candidates[-1:-1] = [(HopperPrefillConfig(*map(int, text.split(","))), None, None) for text in args.gluon]
+            candidates[-1:-1] = [(gluon_config(text), None, None) for text in args.gluon]
         cell_started = time.perf_counter()
         for index, (config, num_splits, decodes_apart) in enumerate(candidates):
             repeat = index == len(candidates) - 1
