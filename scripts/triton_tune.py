@@ -205,11 +205,11 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
 
 
 def gluon_config(text: str) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES[,PINGPONG]`` (e.g. ``128,2`` or ``128,2,1``) -> the Gluon kernel's config."""
-    numbers = [int(part) for part in text.split(",")]
-    if len(numbers) not in (2, 3):
-        raise UsageError(f"--gluon {text!r}: give N,STAGES or N,STAGES,PINGPONG (0 or 1)")
-    return HopperPrefillConfig(numbers[0], numbers[1], bool(numbers[2]) if len(numbers) == 3 else False)
+    """``--gluon`` value ``N,STAGES`` (e.g. ``128,2``) -> the Gluon kernel's config."""
+    numbers = text.split(",")
+    if len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers):
+        raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers (e.g. 128,2)")
+    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]))
 
 
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
@@ -234,7 +234,7 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,PINGPONG]",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",

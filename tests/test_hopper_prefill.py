@@ -150,12 +150,10 @@ class TestOnHopper:
         assert compare(out, ref, mixed).ok and compare_lse(lse, ref_lse, mixed).ok
         assert "gluon-ws" in launcher.describe()["config"]
 
-    @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3),
-                                        HopperPrefillConfig(128, 2, pingpong=True)],
+    @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
                              ids=lambda config: config.label())
     def test_other_steps_and_stages(self, config):
-        """Other key steps, ring depths and the ping-pong schedule (the tuning script's candidates) give the
-        same results."""
+        """Other key steps and ring depths (the tuning script's candidates) give the same results."""
         spec = BatchSpec.from_grammar("4q200-600c0-1000", page_size=64, num_q_heads=32, num_kv_heads=8,
                                       head_dim=64, dtype="fp16")
         verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=config)

@@ -153,11 +153,9 @@ class HopperPrefillConfig:
 
     block_n: int
     num_stages: int
-    pingpong: bool = False
-    """The two consumer warpgroups take turns issuing their products (FA3's ping-pong schedule)."""
 
     def label(self) -> str:
-        return f"gluon-ws M128-N{self.block_n}-s{self.num_stages}{'-pp' if self.pingpong else ''}"
+        return f"gluon-ws M128-N{self.block_n}-s{self.num_stages}"
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (128 + 2 * self.num_stages * self.block_n) * head_dim * element_size

@@ -97,11 +97,11 @@ def _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q: gl.constexpr):
 
 @gluon.jit
 def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
-              k_ready, v_ready, k_empty, v_empty, turn, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
               qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              PINGPONG: gl.constexpr, ROLE: gl.constexpr):
+              ROLE: gl.constexpr):
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
     product can start while V is in flight."""
     PIECE: gl.constexpr = BLOCK_N if PAGE_SIZE % BLOCK_N == 0 else _PIECE
@@ -137,18 +137,13 @@ def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
 
 
 @gluon.jit
-def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turn,
+def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                     row_limit, kv_len, qk_scale, step_lo, step_hi,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
-                    IS_CAUSAL: gl.constexpr, PINGPONG: gl.constexpr, WARPGROUP: gl.constexpr):
+                    IS_CAUSAL: gl.constexpr):
     """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows. On entry the previous step's
-    ``P V`` (if any) is in flight in ``o``; on exit this range's last one is.
-
-    ``PINGPONG``: the products a warpgroup issues back to back (step j's ``P V`` and step j+1's
-    ``Q K^T``) form one block, and the two warpgroups take turns issuing blocks (mbarriers ``turn``:
-    a warpgroup waits on its own before a block, arrives on the other's after it), so that one's
-    softmax runs while the other's products do, rather than as the schedulers happen to interleave."""
+    ``P V`` (if any) is in flight in ``o``; on exit this range's last one is."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
@@ -156,8 +151,6 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         phase = (step // NUM_STAGES) & 1
         mbarrier.wait(k_ready.index(stage), phase)
         s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        if PINGPONG:  # this block issued: the other warpgroup's turn
-            mbarrier.arrive(turn.index(1 - WARPGROUP), count=1)
         # waits for the previous step's P V too (wgmma groups complete in order)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
@@ -190,19 +183,17 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
                 v_buf.store(v)
                 fence_async_shared()
                 _warps_barrier()
-        if PINGPONG:  # block step + 1 (this P V, the next Q K^T) waits for this warpgroup's turn
-            mbarrier.wait(turn.index(WARPGROUP), (step + 1) & 1)
         o = warpgroup_mma(p_op, v_buf, o, is_async=True)
     return o, m_i, l_i
 
 
 @gluon.jit
 def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
-              k_ready, v_ready, k_empty, v_empty, turn, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
               qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              PINGPONG: gl.constexpr, WARPGROUP: gl.constexpr):
+              WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end), write O and the log-sum-exp."""
     ROWS: gl.constexpr = _ROWS
@@ -233,16 +224,12 @@ def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
     m_i = gl.full([ROWS], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
-    if PINGPONG:  # block 0: the first Q K^T
-        mbarrier.wait(turn.index(WARPGROUP), 0)
-    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turn,
+    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                   row_limit, kv_len, qk_scale, 0, mid_steps, s_layout, o_layout, io_layout,
-                                  BLOCK_N, NUM_STAGES, False, IS_CAUSAL, PINGPONG, WARPGROUP)
-    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turn,
+                                  BLOCK_N, NUM_STAGES, False, IS_CAUSAL)
+    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                   row_limit, kv_len, qk_scale, mid_steps, num_steps, s_layout, o_layout,
-                                  io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, PINGPONG, WARPGROUP)
-    if PINGPONG:  # the last block (the last P V, or nothing) issued
-        mbarrier.arrive(turn.index(1 - WARPGROUP), count=1)
+                                  io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL)
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
     mbarrier.arrive(v_empty.index((num_steps + NUM_STAGES - 1) % NUM_STAGES), count=1, pred=num_steps > 0)
 
@@ -275,7 +262,6 @@ def _hopper_prefill_kernel(
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
-    PINGPONG: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head).
     Grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first."""
@@ -313,11 +299,6 @@ def _hopper_prefill_kernel(
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release a buffer
             mbarrier.init(v_empty.index(i), count=2)
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(2):
-            mbarrier.init(turn.index(i), count=1)
-        if PINGPONG:  # the first warpgroup takes the first turn
-            mbarrier.arrive(turn.index(0), count=1)
         fence_async_shared()
 
         block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
@@ -325,17 +306,17 @@ def _hopper_prefill_kernel(
         NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
         gl.warp_specialize([
             (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, turn, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
                         qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, PINGPONG, 0)),
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
             (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, turn, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
                         qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, PINGPONG, 1)),
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 1)),
             (_producer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, turn, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
                         qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, PINGPONG, 0)),
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
 
@@ -410,7 +391,6 @@ class HopperPrefillLauncher:
             stride_bt_seq=block_table.stride(0),
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
-            PINGPONG=self.config.pingpong,
             num_warps=4, maxnreg=LAUNCH_MAXNREG,
         )
 
