@@ -30,7 +30,8 @@ def run_and_gate(batch, config=None):
     spec = batch.spec
     launcher = prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
                                       batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                                      causal=spec.causal, scale=spec.scale, return_lse=True, config=config)
+                                      causal=spec.causal, scale=spec.scale, return_lse=True, config=config,
+                                      sliding_window=spec.sliding_window)
     launcher.out.fill_(float("nan"))
     launcher.lse.fill_(float("nan"))
     out, lse = launcher()
@@ -111,6 +112,17 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("window", [1, 7, 100, 1000])
+    @pytest.mark.parametrize("head_dim,heads,page_size", [(128, (32, 8), 16), (256, (16, 8), 256), (64, (64, 8), 32)])
+    def test_sliding_window_matches_reference(self, window, head_dim, heads, page_size):
+        """Windows narrower than a tile's queries and than a key step (every step masked), and wider
+        than both (skipped steps, a masked left edge, unmasked steps, the diagonal)."""
+        spec = BatchSpec.from_grammar("1q700c900_2q64-300c0-900_1q1c77", page_size=page_size, num_q_heads=heads[0],
+                                      num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16", sliding_window=window)
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"))
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("page_size", [16, 256])
     def test_unowned_slots_holding_nan_are_never_used(self, page_size):
         """Slots past kv_len in a sequence's last page may hold anything, NaN included: the TMA loads
@@ -137,9 +149,10 @@ class TestOnHopper:
         assert isinstance(_prepare(prefill), HopperPrefillLauncher)
         assert isinstance(_prepare(prefill, hopper_prefill=False), PagedAttentionLauncher)
         assert isinstance(_prepare(prefill, config=KernelConfig(128, 64, 8, 2)), PagedAttentionLauncher)
-        assert isinstance(_prepare(prefill, sliding_window=64), PagedAttentionLauncher)
-        with pytest.raises(ValueError, match="model features run the Triton kernel"):
-            _prepare(prefill, sliding_window=64, hopper_prefill=True)
+        assert isinstance(_prepare(prefill, sliding_window=64), HopperPrefillLauncher)
+        assert isinstance(_prepare(prefill, softcap=30.0), PagedAttentionLauncher)
+        with pytest.raises(ValueError, match="soft-cap, sinks and fp8 caches run the Triton kernel"):
+            _prepare(prefill, softcap=30.0, hopper_prefill=True)
         decode = make_batch(BatchSpec.from_grammar("4q1c300", page_size=16, **heads), "cuda")
         assert isinstance(_prepare(decode), PagedAttentionLauncher)
         mixed = make_batch(BatchSpec.from_grammar("64q1c4000_2q500c0", page_size=16, **heads), "cuda")
@@ -165,8 +178,8 @@ COMPILE_CHECK = """
 import re, sys, torch
 sys.path.insert(0, {repo!r})
 from kernels.paged_attention.hopper_prefill import compile_sm90
-for head_dim, page_size, group, dtype in {cases!r}:
-    compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype))
+for head_dim, page_size, group, dtype, window in {cases!r}:
+    compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype), sliding_window=window)
     ptx = compiled.asm["ptx"]
     print(head_dim, page_size, group, dtype, compiled.metadata.shared,
           len(re.findall(r"setmaxnreg.inc.sync.aligned.u32\\s+240;", ptx)),
@@ -186,7 +199,8 @@ def test_compiles_for_sm90_with_its_partitions():
     import sys
     from pathlib import Path
 
-    cases = [(64, 16, 8, "bfloat16"), (128, 256, 4, "bfloat16"), (128, 32, 1, "float16"), (256, 16, 2, "bfloat16")]
+    cases = [(64, 16, 8, "bfloat16", None), (128, 256, 4, "bfloat16", None), (128, 32, 1, "float16", 100),
+             (256, 16, 2, "bfloat16", 1024)]
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
                                                                         cases=cases)],

@@ -17,9 +17,10 @@ two 64-row accumulators of a 128 x D tile and the scores fit without spilling wh
 kernel runs one 8-warp program at 255 registers (D=256) or two capped at 128 (D=128); the two
 warpgroups' instruction streams interleave on the SM, one's softmax beside the other's products.
 
-Scope: causal (bottom-right) or not, bf16/fp16, head dim 64/128/256, caches contiguous with
+Scope: causal (bottom-right) or not, a sliding window (key steps before a tile's first visible key are
+skipped, its left edge masked), bf16/fp16, head dim 64/128/256, caches contiguous with
 ``Hkv * D`` elements per slot (the TMA view ``[num_pages * page_size, Hkv * D]``) and page sizes that
-are a multiple of 16 or of ``BLOCK_N``. No model features, no key split, no float8 cache: those run
+are a multiple of 16 or of ``BLOCK_N``. No soft-cap, sinks, key split or float8 cache: those run
 the Triton kernel (``hopper_prefill_refusal`` says why not). Gluon has no interpreter; the kernel is
 checked against the fp32 reference on the GPU (``tests/test_hopper_prefill.py``) and compiled for
 sm_90 on the CPU.
@@ -98,10 +99,10 @@ def _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q: gl.constexpr):
 @gluon.jit
 def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
               k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-              qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
+              first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              ROLE: gl.constexpr):
+              USE_WINDOW: gl.constexpr, ROLE: gl.constexpr):
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
     product can start while V is in flight."""
     PIECE: gl.constexpr = BLOCK_N if PAGE_SIZE % BLOCK_N == 0 else _PIECE
@@ -109,9 +110,9 @@ def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
     tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8
     last_page = (kv_len - 1) // PAGE_SIZE
     head_col = kv_head * HEAD_DIM
-    for step in range(num_steps):
-        stage = step % NUM_STAGES
-        phase = (step // NUM_STAGES) & 1
+    for step in range(first_step, num_steps):  # the ring counts from the tile's first key step
+        stage = (step - first_step) % NUM_STAGES
+        phase = ((step - first_step) // NUM_STAGES) & 1
         # page of each piece, clamped to the sequence's last page (keys past kv_len are masked later)
         for which in gl.static_range(2):
             if which == 0:
@@ -138,30 +139,34 @@ def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
 
 @gluon.jit
 def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                    row_limit, kv_len, qk_scale, step_lo, step_hi,
+                    row_limit, kv_len, qk_scale, step_lo, step_hi, first_step, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
-                    IS_CAUSAL: gl.constexpr):
-    """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows. On entry the previous step's
-    ``P V`` (if any) is in flight in ``o``; on exit this range's last one is."""
+                    IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr):
+    """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the ring counts from the tile's
+    ``first_step``). On entry the previous step's ``P V`` (if any) is in flight in ``o``; on exit this
+    range's last one is. ``MASKED`` steps drop keys past ``kv_len``, past each row's last key (causal)
+    and, with ``USE_WINDOW``, at or before ``row_limit - window``."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
-        stage = step % NUM_STAGES
-        phase = (step // NUM_STAGES) & 1
+        stage = (step - first_step) % NUM_STAGES
+        phase = ((step - first_step) // NUM_STAGES) & 1
         mbarrier.wait(k_ready.index(stage), phase)
         s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         # waits for the previous step's P V too (wgmma groups complete in order)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
         prev = (step + NUM_STAGES - 1) % NUM_STAGES
-        mbarrier.arrive(v_empty.index(prev), count=1, pred=step > 0)
+        mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
         if MASKED:
             keys = step * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
             visible = gl.expand_dims(keys < kv_len, 0)
             if IS_CAUSAL:
                 visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_limit, 1))
+            if USE_WINDOW:
+                visible = visible & (gl.expand_dims(keys, 0) > gl.expand_dims(row_limit - window, 1))
             s = gl.where(visible, s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
@@ -190,10 +195,10 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 @gluon.jit
 def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
               k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-              qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
+              first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
               GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              WARPGROUP: gl.constexpr):
+              USE_WINDOW: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end), write O and the log-sum-exp."""
     ROWS: gl.constexpr = _ROWS
@@ -224,14 +229,20 @@ def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bu
     m_i = gl.full([ROWS], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
+    if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
+        o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                      row_limit, kv_len, qk_scale, first_step, left_end, first_step, window,
+                                      s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, True)
+    # keys every row sees, unmasked; then the diagonal and the ragged end, masked
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, 0, mid_steps, s_layout, o_layout, io_layout,
-                                  BLOCK_N, NUM_STAGES, False, IS_CAUSAL)
+                                  row_limit, kv_len, qk_scale, left_end, mid_steps, first_step, window,
+                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL, USE_WINDOW)
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, mid_steps, num_steps, s_layout, o_layout,
-                                  io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL)
+                                  row_limit, kv_len, qk_scale, mid_steps, num_steps, first_step, window,
+                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW)
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
-    mbarrier.arrive(v_empty.index((num_steps + NUM_STAGES - 1) % NUM_STAGES), count=1, pred=num_steps > 0)
+    mbarrier.arrive(v_empty.index((num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
+                    pred=num_steps > first_step)
 
     l_safe = gl.where(l_i > 0.0, l_i, 1.0)
     out = o / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
@@ -258,10 +269,12 @@ def _hopper_prefill_kernel(
     cu_seqlens_q_ptr,  # [B + 1] int32
     kv_lens_ptr,  # [B] int32
     qk_scale,  # scale * log2(e)
+    window,  # keys of the sliding window (USE_WINDOW only)
     num_seqs, num_q_blocks,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
+    USE_WINDOW: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head).
     Grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first."""
@@ -275,15 +288,23 @@ def _hopper_prefill_kernel(
     kv_len = gl.load(kv_lens_ptr + seq_idx)
     tile_start = (q_block - (q_start // BLOCK_Q + seq_idx)) * BLOCK_Q
     if tile_start < q_len:
+        context = kv_len - q_len
         if IS_CAUSAL:
-            context = kv_len - q_len
             kv_full = tile_start + context + 1
             kv_end = gl.minimum(tile_start + BLOCK_Q, q_len) + context
         else:
             kv_full = kv_len
             kv_end = kv_len
         num_steps = gl.cdiv(kv_end, BLOCK_N)
-        mid_steps = gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps)
+        if USE_WINDOW:  # steps before the first key a row sees are skipped; those before left_end masked
+            last_query = gl.minimum(tile_start + BLOCK_Q, q_len) - 1
+            first_step = gl.minimum(gl.maximum(tile_start + context - window + 1, 0) // BLOCK_N, num_steps)
+            kv_all_lo = gl.maximum(last_query + context - window + 1, 0)  # keys in every row's window
+            left_end = gl.minimum(gl.maximum(gl.cdiv(kv_all_lo, BLOCK_N), first_step), num_steps)
+        else:
+            first_step = 0
+            left_end = 0
+        mid_steps = gl.maximum(gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps), left_end)
 
         dtype: gl.constexpr = k_desc.dtype
         smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -307,16 +328,16 @@ def _hopper_prefill_kernel(
         gl.warp_specialize([
             (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
                         v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
+                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 0)),
             (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
                         v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 1)),
+                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 1)),
             (_producer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
                         v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, 0)),
+                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
+                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 0)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
 
@@ -332,8 +353,8 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            sliding_window: int | None = None, softcap: float | None = None,
                            sinks: torch.Tensor | None = None, k_scale: torch.Tensor | None = None) -> str | None:
     """None where this kernel can run the batch, else why not (one line): a Hopper GPU (sm_90 exactly:
-    its wgmma and setmaxnreg), bf16/fp16, head dim 64/128/256, no model feature, caches contiguous
-    and 16-byte aligned with page sizes that are a multiple of 16."""
+    its wgmma and setmaxnreg), bf16/fp16, head dim 64/128/256, no model feature but a sliding window,
+    caches contiguous and 16-byte aligned with page sizes that are a multiple of 16."""
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return "needs an sm_90 GPU"
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
@@ -341,8 +362,8 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     head_dim = q.shape[2]
     if head_dim not in HOPPER_PREFILL_TABLE:
         return f"head dim {head_dim} not in {tuple(HOPPER_PREFILL_TABLE)}"
-    if sliding_window is not None or softcap is not None or sinks is not None or k_scale is not None:
-        return "model features run the Triton kernel"
+    if softcap is not None or sinks is not None or k_scale is not None:
+        return "soft-cap, sinks and fp8 caches run the Triton kernel"
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     if page_size % TMA_PIECE:
         return f"page size {page_size} is not a multiple of {TMA_PIECE}"
@@ -362,7 +383,8 @@ class HopperPrefillLauncher:
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
-                 causal: bool, scale: float, config: HopperPrefillConfig | None = None):
+                 causal: bool, scale: float, config: HopperPrefillConfig | None = None,
+                 sliding_window: int | None = None):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         num_tokens, num_q_heads, head_dim = q.shape
@@ -386,6 +408,7 @@ class HopperPrefillLauncher:
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, qk_scale=float(scale) * LOG2E,
+            window=int(sliding_window) if sliding_window is not None else None, USE_WINDOW=sliding_window is not None,
             num_seqs=num_seqs, num_q_blocks=self.num_q_blocks,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_o_t=out.stride(0), stride_o_h=out.stride(1),
             stride_bt_seq=block_table.stride(0),
@@ -411,24 +434,26 @@ class HopperPrefillLauncher:
 def prepare_hopper_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                            cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
                            causal: bool, scale: float, out: torch.Tensor | None = None, return_lse: bool = False,
-                           config: HopperPrefillConfig | None = None) -> HopperPrefillLauncher:
+                           config: HopperPrefillConfig | None = None,
+                           sliding_window: int | None = None) -> HopperPrefillLauncher:
     """Validate (as the Triton kernel does, then this kernel's scope), allocate and bind one batch."""
     from .launch import validate_inputs
 
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, max_q_len=max_q_len,
-                    max_kv_len=max_kv_len, scale=scale, out=out, causal=causal)
-    reason = hopper_prefill_refusal(q, k_cache, v_cache)
+                    max_kv_len=max_kv_len, scale=scale, out=out, causal=causal, sliding_window=sliding_window)
+    reason = hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window)
     if reason:
         raise ValueError(f"the Gluon prefill kernel cannot run this batch: {reason}")
     if out is None:
         out = torch.empty_like(q)
     lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
     return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
-                                 causal=causal, scale=scale, config=config)
+                                 causal=causal, scale=scale, config=config, sliding_window=sliding_window)
 
 
 def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dtype = torch.bfloat16,
-                 causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None):
+                 causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None,
+                 sliding_window: int | None = None):
     """Compile the kernel for sm_90 without a GPU (Triton's own compiler and ptxas, on CPU tensors'
     signatures) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's check of
     the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
@@ -445,7 +470,7 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
     launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), index, torch.zeros(3, dtype=torch.int32),
                                      torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
                                      torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
-                                     config=config)
+                                     config=config, sliding_window=sliding_window)
     args = dict(launcher._args)
     options = {key: args.pop(key) for key in ("num_warps", "maxnreg")}
     kernel = _hopper_prefill_kernel

@@ -334,7 +334,7 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
     ``hopper_prefill``: long-query launches (query bucket ``long``, keys unsplit, ``config`` and
     ``num_splits`` not given) run the warp-specialised Gluon kernel (``hopper_prefill.py``) where it can
-    run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no model feature); None: wherever it
+    run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no model feature but a window); None: wherever it
     can, False: never, True: a ValueError saying why where it cannot."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
@@ -394,7 +394,7 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                                    sinks=sinks, k_scale=k_scale)
         if refusal is None:
             return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
-                                         causal=causal, scale=scale)
+                                         causal=causal, scale=scale, sliding_window=sliding_window)
         _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
     _check(hopper_prefill is not True or query_bucket(max_q_len) == "long",
            f"hopper_prefill=True, but max_q_len={max_q_len} is not a long-query launch (more than 16 queries)")
