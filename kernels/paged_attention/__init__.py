@@ -38,22 +38,30 @@ the LSE, added once per row: where a tile is written directly, or in the merge) 
 e4m3 caches converted to q's dtype in registers; the program's K scale joins the score scale, its V
 scale the output).
 
+On an sm_90 GPU a long-query launch (more than 16 queries, keys unsplit, no soft-cap, sinks or fp8 cache)
+runs ``hopper_prefill``'s warp-specialised Gluon kernel instead: a producer warp's TMA loads into a K/V ring,
+two consumer warpgroups with asynchronous wgmma and registers moved to them (``setmaxnreg``); the launcher picks
+it (``prepare_paged_attention(hopper_prefill=...)``). Gluon has no interpreter: on the CPU it is compiled for
+sm_90, not run.
+
 Modules: ``device`` (the @triton.jit code: one attention kernel with constexpr switches
-``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``, ``USE_TMA`` and the features', plus one merge kernel), ``configs``
-(``KernelConfig`` and the table keyed on head dim, page-size class and bucketed max query length),
+``IS_CAUSAL``, ``SPLIT_KV``, ``TILE_IN_PAGE``, ``USE_TMA`` and the features', plus one merge kernel),
+``hopper_prefill`` (the Gluon prefill kernel and its launcher), ``configs``
+(``KernelConfig`` and the table keyed on head dim, page-size class and bucketed max query length;
+``HopperPrefillConfig`` and the Gluon kernel's table by head dim),
 ``plan`` (tiles, grid and key split from host values), ``launch`` (validation and the launcher).
 Measurements behind the table: ``docs/triton_kernel_notes.md``.
 """
 
-from .configs import (CONFIG_TABLE, FEW_PROGRAMS_PER_SM, TABLE_HEAD_DIMS, KernelConfig, config_key, page_class,
-                      query_bucket)
+from .configs import (CONFIG_TABLE, FEW_PROGRAMS_PER_SM, HOPPER_PREFILL_TABLE, TABLE_HEAD_DIMS, HopperPrefillConfig,
+                      KernelConfig, config_key, page_class, query_bucket)
 from .launch import (FP8_KV_DTYPE, INTERPRETER_SM_COUNT, LOG2E, MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES,
                      DecodesApartLauncher, PagedAttentionLauncher, interpreted, multiprocessor_count, offsets_fit_int32, paged_attention,
                      pdl_possible, prepare_paged_attention, tma_possible, validate_inputs)
 from .plan import MAX_SPLITS, LaunchPlan, allocate_workspace, next_power_of_2, plan_launch, tile_key_span
 
 __all__ = [
-    "CONFIG_TABLE", "DecodesApartLauncher", "FEW_PROGRAMS_PER_SM", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
+    "CONFIG_TABLE", "DecodesApartLauncher", "FEW_PROGRAMS_PER_SM", "HOPPER_PREFILL_TABLE", "HopperPrefillConfig", "FP8_KV_DTYPE", "INTERPRETER_SM_COUNT", "LOG2E", "MAX_HEAD_DIM", "MAX_SPLITS",
     "MIN_HEAD_DIM", "SUPPORTED_DTYPES", "TABLE_HEAD_DIMS", "KernelConfig", "LaunchPlan", "PagedAttentionLauncher",
     "allocate_workspace", "config_key", "interpreted", "multiprocessor_count", "next_power_of_2",
     "offsets_fit_int32", "page_class", "paged_attention", "pdl_possible", "plan_launch", "prepare_paged_attention",

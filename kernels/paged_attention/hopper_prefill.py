@@ -43,7 +43,6 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 # ... and the barrier of a partition's warps ``thread_barrier``; later versions ``barrier``.
 _warps_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
-LOG2E = 1.4426950408889634
 BLOCK_M = 128
 """Rows of a tile: two consumer warpgroups of 64."""
 CONSUMER_ROWS = 64
@@ -97,14 +96,15 @@ def _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q: gl.constexpr):
 
 
 @gluon.jit
-def _producer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
-              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-              first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
-              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+def _producer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
               USE_WINDOW: gl.constexpr, ROLE: gl.constexpr):
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
-    product can start while V is in flight."""
+    product can start while V is in flight. ``state``: the program's runtime values (``_state`` in the
+    kernel); the constexprs come as arguments of their own."""
+    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
+     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
     PIECE: gl.constexpr = BLOCK_N if PAGE_SIZE % BLOCK_N == 0 else _PIECE
     NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
     tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8
@@ -193,14 +193,14 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 
 
 @gluon.jit
-def _consumer(q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs,
-              k_ready, v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-              first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
-              GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
               USE_WINDOW: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end), write O and the log-sum-exp."""
+    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
+     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
     ROWS: gl.constexpr = _ROWS
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -323,31 +323,25 @@ def _hopper_prefill_kernel(
         fence_async_shared()
 
         block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
-        # constexprs pass as flat arguments (inside a tuple Gluon 3.6 hands them over as runtime values)
+        # runtime values travel as one tuple; constexprs as arguments of their own (inside a tuple Gluon 3.6
+        # hands them over as runtime values)
         NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
+        state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+                 v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                 first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
         gl.warp_specialize([
-            (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 0)),
-            (_consumer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 1)),
-            (_producer, (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                        v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                        first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, GROUP, HEAD_DIM, PAGE_SIZE,
-                        BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, 0)),
+            (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                         USE_WINDOW, 0)),
+            (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                         USE_WINDOW, 1)),
+            (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                         USE_WINDOW, 0)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
 
 # --------------------------------------------------------------------------------------------------
 # Host side
 # --------------------------------------------------------------------------------------------------
-
-def _gl_dtype(dtype: torch.dtype):
-    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[dtype]
-
 
 def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
                            sliding_window: int | None = None, softcap: float | None = None,
@@ -386,6 +380,8 @@ class HopperPrefillLauncher:
                  causal: bool, scale: float, config: HopperPrefillConfig | None = None,
                  sliding_window: int | None = None):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        from .launch import LOG2E  # (launch imports this module)
 
         num_tokens, num_q_heads, head_dim = q.shape
         num_pages, page_size, num_kv_heads, _ = k_cache.shape
