@@ -37,6 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 from .configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
+from .device import _find_sequence
 
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -77,22 +78,6 @@ def _io_layout(head_dim):
     a row's threads side by side."""
     threads_d = min(32, head_dim // 8)
     return gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [4, 1], [1, 0])
-
-
-@gluon.jit
-def _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q: gl.constexpr):
-    """The last sequence b with ``cu_seqlens_q[b] // BLOCK_Q + b <= q_block`` (the Triton kernel's
-    numbering of query blocks over the packed batch)."""
-    lo = 0
-    hi = num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first_block = gl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid
-        if first_block <= q_block:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
 
 
 @gluon.jit
