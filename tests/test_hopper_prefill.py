@@ -1,8 +1,9 @@
 """The warp-specialised Gluon prefill kernel (``kernels/paged_attention/hopper_prefill.py``).
 
 Gluon has no interpreter, so the kernel's results are checked on an sm_90 GPU (class ``gpu``) with the
-gate's own comparisons, output and LSE, against the fp32 reference; on the CPU the tests check what
-decides where it runs (``hopper_prefill_refusal``) and its bad-input errors."""
+gate's own comparisons, output and LSE, against the fp32 reference; on the CPU the tests compile it for
+sm_90 and check its partitions, what decides where it runs (``hopper_prefill_refusal``) and its bad-input
+errors."""
 
 import pytest
 import torch
