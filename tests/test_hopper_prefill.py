@@ -94,6 +94,25 @@ def test_launcher_says_why_it_cannot_take_the_gluon_kernel(grammar, kwargs, mess
         _prepare(make_batch(spec, "cpu"), **kwargs)
 
 
+def test_routing_with_the_device_check_passed(monkeypatch):
+    """Where the Gluon kernel can run (its refusal patched to None here, on CPU tensors that are never
+    launched): long-query launches take it, a mixed batch's decodes run apart beside it, and forcing it
+    (``hopper_prefill=True``) applies to the long launch only."""
+    from kernels.paged_attention import DecodesApartLauncher, PagedAttentionLauncher, launch
+    from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher
+
+    monkeypatch.setattr(launch, "hopper_prefill_refusal", lambda *args, **kwargs: None)
+    spec = BatchSpec.from_grammar("4q1c300_2q40c0-20", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=64,
+                                  dtype="fp16")
+    batch = make_batch(spec, "cpu")
+    assert isinstance(_prepare(batch, num_decodes=0), HopperPrefillLauncher)
+    for forced in (None, True):
+        mixed = _prepare(batch, num_decodes=4, decodes_apart=True, hopper_prefill=forced)
+        assert isinstance(mixed, DecodesApartLauncher)
+        assert isinstance(mixed.decodes, PagedAttentionLauncher) and isinstance(mixed.rest, HopperPrefillLauncher)
+    assert isinstance(_prepare(batch, hopper_prefill=False), PagedAttentionLauncher)
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU (sm_90)
 

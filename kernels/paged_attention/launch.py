@@ -370,7 +370,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     decodes = _prepare_one(q[:d], k_cache, v_cache, block_table[:d], cu_seqlens_q[:d + 1], kv_lens[:d],
                            out[:d], None if lse is None else lse[:d], max_q_len=1,
                            max_kv_len=max(1, *decode_lens) if decode_lens else max_kv_len,
-                           config=None, num_splits=None, host_kv_lens=decode_lens, **features)
+                           config=None, num_splits=None, host_kv_lens=decode_lens,
+                           **{**features, "hopper_prefill": False})  # hopper_prefill is the long launch's
     # the other sequences' query offsets from their own first token (one small copy, here, not per call)
     rest = _prepare_one(q[d:], k_cache, v_cache, block_table[d:], cu_seqlens_q[d:] - d, kv_lens[d:],
                         out[d:], None if lse is None else lse[d:], max_q_len=max_q_len, max_kv_len=max_kv_len,
