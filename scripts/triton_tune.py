@@ -45,7 +45,6 @@ from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
 from kernels.paged_attention.configs import HopperPrefillConfig  # noqa: E402
-from kernels.paged_attention.hopper_prefill import prepare_hopper_prefill  # noqa: E402
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
@@ -319,19 +318,13 @@ def main() -> int:
                 continue
             try:
                 compile_start = time.perf_counter()
-                if isinstance(config, HopperPrefillConfig):
-                    launcher = prepare_hopper_prefill(
-                        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                        batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                        causal=spec.causal, scale=spec.scale, config=config, return_lse=True)
-                else:
-                    launcher = prepare_paged_attention(
-                        batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                        batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                        causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
-                        num_decodes=spec.leading_decodes if config is None else 0, decodes_apart=decodes_apart,
-                        host_kv_lens=spec.kv_lens, sliding_window=spec.sliding_window, softcap=spec.softcap,
-                        sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale, return_lse=True)
+                launcher = prepare_paged_attention(
+                    batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                    batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                    causal=spec.causal, scale=spec.scale, config=config, num_splits=num_splits,
+                    num_decodes=spec.leading_decodes if config is None else 0, decodes_apart=decodes_apart,
+                    host_kv_lens=spec.kv_lens, sliding_window=spec.sliding_window, softcap=spec.softcap,
+                    sinks=batch.sinks, k_scale=batch.k_scale, v_scale=batch.v_scale, return_lse=True)
                 launcher.out.fill_(float("nan"))
                 launcher()
                 _sync(device)

@@ -15,8 +15,7 @@ from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
     from kernels.paged_attention.configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
-    from kernels.paged_attention.hopper_prefill import (BLOCK_M,
-                                                        hopper_prefill_refusal, prepare_hopper_prefill)
+    from kernels.paged_attention.hopper_prefill import BLOCK_M, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
@@ -28,11 +27,8 @@ ON_HOPPER = (torch.cuda.is_available() and not INTERPRETED and torch.cuda.get_de
 
 def run_and_gate(batch, config=None):
     """Launch on ``batch`` with NaN-poisoned output and LSE; the gate's verdicts for both."""
-    spec = batch.spec
-    launcher = prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                                      batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                                      causal=spec.causal, scale=spec.scale, return_lse=True, config=config,
-                                      sliding_window=spec.sliding_window)
+    launcher = _prepare(batch, return_lse=True, hopper_prefill=True, config=config,
+                        sliding_window=batch.spec.sliding_window)
     launcher.out.fill_(float("nan"))
     launcher.lse.fill_(float("nan"))
     out, lse = launcher()
@@ -63,16 +59,6 @@ def test_configs_fit_shared_memory():
         assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
 
 
-@pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
-def test_prepare_refuses_off_hopper():
-    spec = BatchSpec.from_grammar("1q64c64", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16")
-    batch = make_batch(spec, "cpu")
-    with pytest.raises(ValueError, match="cannot run this batch: needs an sm_90 GPU"):
-        prepare_hopper_prefill(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                               batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                               causal=True, scale=spec.scale)
-
-
 def _prepare(batch, **kwargs):
     from kernels.paged_attention import prepare_paged_attention
 
@@ -85,6 +71,7 @@ def _prepare(batch, **kwargs):
 @pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
 @pytest.mark.parametrize("grammar,kwargs,message", [
     ("1q64c64", dict(hopper_prefill=True), "cannot run this launch: needs an sm_90 GPU"),
+    ("1q64c64", dict(config=HopperPrefillConfig(128, 2)), "cannot run this launch: needs an sm_90 GPU"),
     ("2q1c64", dict(hopper_prefill=True), "max_q_len=1 is not a long-query launch"),
     ("1q64c64", dict(hopper_prefill="yes"), "hopper_prefill='yes' must be None, True or False"),
 ])
@@ -111,6 +98,10 @@ def test_routing_with_the_device_check_passed(monkeypatch):
         assert isinstance(mixed, DecodesApartLauncher)
         assert isinstance(mixed.decodes, PagedAttentionLauncher) and isinstance(mixed.rest, HopperPrefillLauncher)
     assert isinstance(_prepare(batch, hopper_prefill=False), PagedAttentionLauncher)
+    chosen = HopperPrefillConfig(64, 3)
+    assert _prepare(batch, config=chosen).config == chosen
+    with pytest.raises(ValueError, match="is the Gluon kernel's, but hopper_prefill=False"):
+        _prepare(batch, config=chosen, hopper_prefill=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -145,20 +145,24 @@ compiler's register report there names the entries to time first). With a window
 the keys a tile reads (``plan.tile_key_span``), not the whole context, with the entry's split figures."""
 
 
+HOPPER_PREFILL_BLOCK_M = 128
+"""Rows of the Gluon prefill kernel's tile, whatever its configuration: two consumer warpgroups of 64."""
+
+
 @dataclass(frozen=True)
 class HopperPrefillConfig:
     """One launch configuration of the warp-specialised Gluon prefill kernel (``hopper_prefill.py``):
-    ``block_n`` keys per step and ``num_stages`` K/V tiles in flight. Its tile is always 128 rows (two
-    consumer warpgroups of 64); shared memory holds Q and ``num_stages`` x (K + V) tiles."""
+    ``block_n`` keys per step and ``num_stages`` K/V tiles in flight. Its tile is ``HOPPER_PREFILL_BLOCK_M``
+    rows (two consumer warpgroups of 64); shared memory holds Q and ``num_stages`` x (K + V) tiles."""
 
     block_n: int
     num_stages: int
 
     def label(self) -> str:
-        return f"gluon-ws M128-N{self.block_n}-s{self.num_stages}"
+        return f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
-        return (128 + 2 * self.num_stages * self.block_n) * head_dim * element_size
+        return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
 
 
 HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {

@@ -36,7 +36,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
+from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HopperPrefillConfig
 from .device import _find_sequence
 
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
@@ -44,7 +44,7 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 # ... and the barrier of a partition's warps ``thread_barrier``; later versions ``barrier``.
 _warps_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
-BLOCK_M = 128
+BLOCK_M = HOPPER_PREFILL_BLOCK_M
 """Rows of a tile: two consumer warpgroups of 64."""
 CONSUMER_ROWS = 64
 """Rows one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup)."""
@@ -292,7 +292,7 @@ def _hopper_prefill_kernel(
         mid_steps = gl.maximum(gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps), left_end)
 
         dtype: gl.constexpr = k_desc.dtype
-        smem_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
         q_bufs = gl.allocate_shared_memory(dtype, [2, _ROWS, HEAD_DIM], smem_layout)
         k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
         v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
@@ -412,26 +412,6 @@ class HopperPrefillLauncher:
         return self.out if self.lse is None else (self.out, self.lse)
 
 
-def prepare_hopper_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-                           cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *, max_q_len: int, max_kv_len: int,
-                           causal: bool, scale: float, out: torch.Tensor | None = None, return_lse: bool = False,
-                           config: HopperPrefillConfig | None = None,
-                           sliding_window: int | None = None) -> HopperPrefillLauncher:
-    """Validate (as the Triton kernel does, then this kernel's scope), allocate and bind one batch."""
-    from .launch import validate_inputs
-
-    validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, max_q_len=max_q_len,
-                    max_kv_len=max_kv_len, scale=scale, out=out, causal=causal, sliding_window=sliding_window)
-    reason = hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window)
-    if reason:
-        raise ValueError(f"the Gluon prefill kernel cannot run this batch: {reason}")
-    if out is None:
-        out = torch.empty_like(q)
-    lse = torch.empty(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if return_lse else None
-    return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
-                                 causal=causal, scale=scale, config=config, sliding_window=sliding_window)
-
-
 def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dtype = torch.bfloat16,
                  causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None,
                  sliding_window: int | None = None):
@@ -447,8 +427,8 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
     num_kv_heads = 2
     q = torch.empty(8, num_kv_heads * group, head_dim, dtype=dtype)
     k_cache = torch.empty(4, page_size, num_kv_heads, head_dim, dtype=dtype)
-    index = torch.zeros(2, 4, dtype=torch.int32)
-    launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), index, torch.zeros(3, dtype=torch.int32),
+    block_table = torch.zeros(2, 4, dtype=torch.int32)
+    launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), block_table, torch.zeros(3, dtype=torch.int32),
                                      torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
                                      torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
                                      config=config, sliding_window=sliding_window)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .configs import DECODES_APART_MIN_KEYS_PER_SM, KernelConfig, query_bucket
+from .configs import DECODES_APART_MIN_KEYS_PER_SM, HopperPrefillConfig, KernelConfig, query_bucket
 from .device import _merge_splits_kernel, _paged_attention_kernel
 
 try:
@@ -301,7 +301,8 @@ class DecodesApartLauncher:
 def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_table: torch.Tensor, cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, *,
                             max_q_len: int, max_kv_len: int, causal: bool, scale: float,
-                            out: torch.Tensor | None = None, config: KernelConfig | None = None,
+                            out: torch.Tensor | None = None,
+                            config: KernelConfig | HopperPrefillConfig | None = None,
                             num_splits: int | None = None, launch_merge_early: bool | None = None,
                             return_lse: bool = False, sliding_window: int | None = None,
                             softcap: float | None = None, sinks: torch.Tensor | None = None,
@@ -335,7 +336,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``hopper_prefill``: long-query launches (query bucket ``long``, keys unsplit, ``config`` and
     ``num_splits`` not given) run the warp-specialised Gluon kernel (``hopper_prefill.py``) where it can
     run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no model feature but a window); None: wherever it
-    can, False: never, True: a ValueError saying why where it cannot."""
+    can, False: never, True: a ValueError saying why where it cannot. A ``HopperPrefillConfig`` as ``config``
+    (the long launch's) asks for the Gluon kernel with that configuration instead of its table's."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
@@ -381,7 +383,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
 def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
-                 max_q_len: int, max_kv_len: int, causal: bool, scale: float, config: KernelConfig | None,
+                 max_q_len: int, max_kv_len: int, causal: bool, scale: float,
+                 config: KernelConfig | HopperPrefillConfig | None,
                  num_splits: int | None, launch_merge_early: bool | None, sliding_window: int | None,
                  softcap: float | None, sinks: torch.Tensor | None, k_scale: torch.Tensor | None,
                  v_scale: torch.Tensor | None, host_kv_lens: Sequence[int] | None,
@@ -389,16 +392,23 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     """Plan one launch over validated inputs and allocate its split workspace; a long-query launch
     goes to the Gluon prefill kernel where ``hopper_prefill`` and the batch allow."""
     num_tokens, num_q_heads, head_dim = q.shape
-    if hopper_prefill is not False and query_bucket(max_q_len) == "long":
-        refusal = "a configuration or split was given" if (config is not None or num_splits is not None) else \
-            hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window, softcap=softcap,
-                                   sinks=sinks, k_scale=k_scale)
+    gluon_config = config if isinstance(config, HopperPrefillConfig) else None
+    if gluon_config is not None:  # the Gluon kernel's own configuration asks for it
+        _check(hopper_prefill is not False, f"config={gluon_config} is the Gluon kernel's, but hopper_prefill=False")
+        hopper_prefill, config = True, None
+    if hopper_prefill is not False:
+        if query_bucket(max_q_len) != "long":
+            refusal = f"max_q_len={max_q_len} is not a long-query launch (more than 16 queries)"
+        elif config is not None or num_splits is not None:
+            refusal = "a Triton configuration or split was given"
+        else:
+            refusal = hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window, softcap=softcap,
+                                             sinks=sinks, k_scale=k_scale)
         if refusal is None:
             return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
-                                         causal=causal, scale=scale, sliding_window=sliding_window)
+                                         causal=causal, scale=scale, config=gluon_config,
+                                         sliding_window=sliding_window)
         _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
-    _check(hopper_prefill is not True or query_bucket(max_q_len) == "long",
-           f"hopper_prefill=True, but max_q_len={max_q_len} is not a long-query launch (more than 16 queries)")
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],
                        max_q_len=max_q_len, max_kv_len=max_kv_len, num_sms=multiprocessor_count(q.device),
