@@ -25,6 +25,16 @@ pytestmark = pytest.mark.skipif(not (HAVE_TRITON and HAVE_GLUON), reason="needs 
 ON_HOPPER = (torch.cuda.is_available() and not INTERPRETED and torch.cuda.get_device_capability() == (9, 0))
 
 
+def _prepare(batch, **kwargs):
+    """``prepare_paged_attention`` on ``batch`` with its spec's lengths, causality and scale."""
+    from kernels.paged_attention import prepare_paged_attention
+
+    spec = batch.spec
+    return prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
+                                   batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
+                                   causal=spec.causal, scale=spec.scale, **kwargs)
+
+
 def run_and_gate(batch, config=None):
     """Launch on ``batch`` with NaN-poisoned output and LSE; the gate's verdicts for both."""
     launcher = _prepare(batch, return_lse=True, hopper_prefill=True, config=config,
@@ -46,7 +56,7 @@ def _cpu_tensors(page_size=16, head_dim=128, heads=(32, 8), dtype=torch.bfloat16
     return q, cache, cache.clone()
 
 
-def test_possible_names_why_not():
+def test_refusal_names_why_not():
     """Every reason this kernel declines a batch is one line, and a CPU tensor is declined first."""
     q, k, v = _cpu_tensors()
     assert hopper_prefill_refusal(q, k, v) == "needs an sm_90 GPU"
@@ -57,15 +67,6 @@ def test_configs_fit_shared_memory():
     for head_dim, config in HOPPER_PREFILL_TABLE.items():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
         assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
-
-
-def _prepare(batch, **kwargs):
-    from kernels.paged_attention import prepare_paged_attention
-
-    spec = batch.spec
-    return prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table, batch.cu_seqlens_q,
-                                   batch.kv_lens, max_q_len=spec.max_q_len, max_kv_len=spec.max_kv_len,
-                                   causal=spec.causal, scale=spec.scale, **kwargs)
 
 
 @pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
