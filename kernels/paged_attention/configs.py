@@ -166,13 +166,16 @@ class HopperPrefillConfig:
 
 
 HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
-    # H100, bf16, B4 q2048 on 2048 keys (notes, "v4"): 589.5 / 578.7 us at pages 16 / 256 (2 stages
-    # 597.5 / 580.2; cuDNN 664.3 / 537.9)
+    # H100, bf16, B4 q2048 on 2048 keys, us at page 16 (results/h100-triton-tune/ninth-session/pv-wait, the
+    # kernel at 74783da): 523.5 / 520.0 (table, repeat; 2 stages 492.9 in the same run, 510.6 against 3
+    # stages' 508.5 in another: a tie; cuDNN 650.0)
     64: HopperPrefillConfig(block_n=128, num_stages=3),
-    # 775.2 / 781.6 us (64-key steps with 3 stages 948.5 / 925.2, one stage 849.9 / 902.9; cuDNN 817.4 / 807.5)
+    # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
+    # shared memory; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
+    # 77.4 / 77.2 (cuDNN 76.4 / 70.3), the one case where 64 keys win
     128: HopperPrefillConfig(block_n=128, num_stages=2),
-    # Hq 16: 776.3 / 778.9 us (32-key steps with 3 stages 1056.7 / 1060.4; cuDNN 704.1 / 691.2); a
-    # 128-key step's ring does not fit beside Q in shared memory
+    # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
+    # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory
     256: HopperPrefillConfig(block_n=64, num_stages=2),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
