@@ -247,6 +247,8 @@ def main() -> int:
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("times kernels on a CUDA GPU and this machine has none (--smoke checks the script on the CPU)")
     head_dims = args.head_dims or ([32] if args.smoke else [128])
     num_q_heads, num_kv_heads = args.heads or ((4, 2) if args.smoke else (32, 8))
     dtype = args.dtype or ("fp16" if args.smoke else "bf16")

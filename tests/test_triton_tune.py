@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.triton_setup import needs_interpreter, requires_triton
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,3 +66,25 @@ def _load_tune_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_gluon_values_parse_or_name_the_mistake():
+    """``--gluon`` takes N,STAGES; anything else is a usage error that names the value, raised before any
+    GPU work."""
+    tune = _load_tune_script()
+    assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
+    for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2"):
+        try:
+            tune.gluon_config(bad)
+        except tune.UsageError as error:
+            assert repr(bad) in str(error)
+        else:
+            raise AssertionError(f"--gluon {bad!r} was accepted")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line(tmp_path):
+    """On a machine without CUDA a timing run stops with one usage line, not a traceback from torch."""
+    command = [sys.executable, str(REPO / "scripts" / "triton_tune.py"), "--cases", "4q2kc0", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "CUDA GPU" in result.stderr and "Traceback" not in result.stderr, result.stderr
