@@ -130,8 +130,9 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
                     IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr):
     """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the ring counts from the tile's
-    ``first_step``); every product is waited for within its own step. ``MASKED`` steps drop keys past ``kv_len``, past each row's last key (causal)
-    and, with ``USE_WINDOW``, at or before ``row_limit - window``."""
+    ``first_step``); every product is waited for within its own step. ``MASKED`` steps drop keys past
+    ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or before
+    ``row_limit - window``."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
