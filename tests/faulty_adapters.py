@@ -4,6 +4,7 @@ e.g. through ``PAGED_BENCH_EXTRA_ADAPTERS=tests.faulty_adapters``; never part of
 fault-raise     prepare raises RuntimeError                    -> error (the worker survives)
 fault-abort     run calls os.abort()                           -> error, SIGABRT (the worker dies)
 fault-hang      run sleeps far past any cell timeout           -> timeout
+fault-hang-compiled  as fault-hang, declaring a disk compile cache: the compile warm-up runs its cells too
 fault-segfault  run reads address 0                            -> error, SIGSEGV
 fault-oob       (CUDA) a Triton kernel reads 2**40 elements past its input: an illegal memory access that
                 poisons the CUDA context                       -> error, the worker is replaced
@@ -68,6 +69,12 @@ class HangInRun(_Faulty):
 
     def prepare(self, batch: PagedBatch) -> Prepared:
         return Prepared(run=_sleep_forever)
+
+
+@register
+class HangInRunCompiled(HangInRun):
+    name = "fault-hang-compiled"
+    disk_compile_cache = True
 
 
 def _read_address_zero() -> torch.Tensor:

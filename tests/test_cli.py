@@ -274,3 +274,22 @@ def test_the_probe_shows_progress_for_each_round_of_cells():
     assert any(line.startswith("paged-bench: capability probe: 2/2 cells (2 ok)") for line in lines), lines
     assert any(line.startswith("paged-bench: capability probe: 3/3 cells (2 ok, 1 timeout)") for line in lines), lines
     assert any(line.startswith("timeout") and "probe-2" in line for line in lines), lines
+
+
+def test_a_cell_that_timed_out_in_the_warm_up_is_not_run_again_in_the_sweep(tmp_path):
+    """A backend that hangs in the compile warm-up would hang the sweep for the same limit again: the sweep
+    records the warm-up's timeout instead, saying where it comes from, and measures the other cells."""
+    out = tmp_path / "out"
+    done = paged_bench("--device", "cpu", "--warm-up", "--backends", "fault-hang-compiled,good-ref",
+                       "--workloads", "decode", "--cell-timeout", "15", "--out", str(out), "--no-report",
+                       env={"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    warm = [json.loads(line) for line in (out / "warmup" / "results.jsonl").read_text().splitlines()]
+    sweep = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [row["verdict"] for row in warm] == ["timeout"], warm
+    by_backend = {row["backend"]: row for row in sweep}
+    assert len(sweep) == 2 and by_backend["good-ref"]["verdict"] == "ok", sweep
+    hung = by_backend["fault-hang-compiled"]
+    assert hung["verdict"] == "timeout" and hung["cell_id"] == warm[0]["cell_id"]
+    assert hung["reason"].startswith("in the compile warm-up: ran past the 15 s limit"), hung["reason"]
+    assert "2/2 cells" in done.stderr, done.stderr[-2000:]  # the progress count includes the carried row

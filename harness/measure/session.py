@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +23,8 @@ from harness.cases.shard import RECORD_KEY, Shard, shard_cases, shard_record
 from harness.cases.sweep import Case, Cell
 from harness.defaults import DEFAULT_CELL_TIMEOUT_S
 from harness.measure.cell import TimerOptions
-from harness.measure.runner import (ProgressCallback, RunConfig, Slot, WorkerPool, environ_with, gate_config,
-                                    gate_slots, run_cells)
+from harness.measure.runner import (Progress, ProgressCallback, RunConfig, Slot, WorkerPool, environ_with,
+                                    gate_config, gate_slots, run_cells)
 from records.schema import WARMUP_DIR
 from records.store import ResultStore
 
@@ -235,8 +235,40 @@ class RunSession:
             raise RuntimeError("RunSession.start() must come before run()")
         names = self.selected_backends()
         cells = [Cell(name, case) for case in self.cases_here(cases) for name in names]
+        carried = [] if retry_failed else self.warm_up_timeouts(cells, resume=resume)
+        if carried:  # recorded as they are, counted first; the other cells' progress counts on from them
+            store = ResultStore(self.out_dir)
+            skip = {row["cell_id"] for row in carried}
+            for done, row in enumerate(carried, 1):
+                store.append(row)
+                if on_progress is not None:
+                    on_progress(Progress(row=row, done=done, total=len(cells), slot="compile warm-up"))
+            cells = [cell for cell in cells if cell.id not in skip]
+            if on_progress is not None:
+                report, offset = on_progress, len(carried)
+
+                def on_progress(progress: Progress) -> None:
+                    report(replace(progress, done=progress.done + offset, total=progress.total + offset))
         config = RunConfig(timer=self.timer, env_id=self.env_id, run_id=self.run_id, worker_env=self.worker_env,
                            cell_timeout_s=self.cell_timeout_s)
-        return run_cells(cells, self.out_dir, config, slots=self.slots, resume=resume, retry_failed=retry_failed,
-                         on_progress=on_progress,
-                         on_slot_failure=lambda slot, why: self._slot_failed(slot.label, why, on_slot_failure))
+        return carried + run_cells(cells, self.out_dir, config, slots=self.slots, resume=resume,
+                                   retry_failed=retry_failed, on_progress=on_progress,
+                                   on_slot_failure=lambda slot, why: self._slot_failed(slot.label, why,
+                                                                                       on_slot_failure))
+
+    def warm_up_timeouts(self, cells: list[Cell], *, resume: bool = True) -> list[dict[str, Any]]:
+        """The sweep's rows for ``cells`` whose gate ran past the cell limit in this environment's compile
+        warm-up and that the sweep has not recorded (with ``resume``): such a backend would hang the sweep
+        for the same limit again, so the sweep records the warm-up's timeout, saying where it comes from,
+        instead of running the cell (``--retry-failed`` runs it)."""
+        warm = ResultStore(self.out_dir / WARMUP_DIR).latest_rows(env_id=self.env_id or None)
+        swept = ResultStore(self.out_dir).latest_rows(env_id=self.env_id or None) if resume else {}
+        rows = []
+        for cell in cells:
+            prior = warm.get(cell.id)
+            if prior is None or prior.get("verdict") != "timeout" or cell.id in swept:
+                continue
+            rows.append(dict(prior, run_id=self.run_id,
+                             reason=f"in the compile warm-up: {prior.get('reason', 'timed out')}; not run again in "
+                                    "the sweep (--retry-failed runs it)"))
+        return rows
