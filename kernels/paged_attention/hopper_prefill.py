@@ -39,6 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HopperPrefillConfig
 from .device import _find_sequence
+from .plan import register_report
 
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -407,8 +408,8 @@ class HopperPrefillLauncher:
                 "num_splits": 1, "kernel": "gluon warp-specialised (sm_90)"}
 
     def register_report(self) -> dict:
-        compiled = getattr(self, "_compiled", None)
-        return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
+        """The kernel's registers and spills as compiled (`plan.register_report`; after the first call)."""
+        return register_report(getattr(self, "_compiled", None))
 
     def __call__(self):
         if not self._empty:

@@ -18,7 +18,8 @@ except ImportError as _gluon_error:  # a Triton without Gluon: long queries run 
 
     def hopper_prefill_refusal(*args, _reason=f"Gluon does not import here ({_gluon_error})", **kwargs) -> str:
         return _reason
-from .plan import LaunchPlan, allocate_workspace, decode_keys_per_sm, next_power_of_2, plan_launch, tile_key_span
+from .plan import (LaunchPlan, allocate_workspace, decode_keys_per_sm, next_power_of_2, plan_launch,
+                   register_report, tile_key_span)
 
 LOG2E = 1.4426950408889634
 """log2(e): scores are kept in the log2 domain so that the softmax uses exp2."""
@@ -256,10 +257,8 @@ class PagedAttentionLauncher:
         return self.plan.describe()
 
     def register_report(self) -> dict:
-        """Registers per thread and spilled bytes of the attention kernel as compiled (after the first
-        call; empty under the interpreter): what decides how many programs share a multiprocessor."""
-        compiled = getattr(self, "_compiled", None)
-        return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
+        """The attention kernel's registers and spills as compiled (`plan.register_report`; after the first call)."""
+        return register_report(getattr(self, "_compiled", None))
 
     def __call__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not self._empty:

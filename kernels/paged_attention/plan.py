@@ -136,3 +136,10 @@ def allocate_workspace(plan: LaunchPlan, num_tokens: int, num_q_heads: int, head
                            device=device)
     part_lse = torch.empty(plan.num_splits, num_tokens, num_q_heads, dtype=torch.float32, device=device)
     return part_out, part_lse
+
+
+def register_report(compiled) -> dict:
+    """Registers per thread and spilled bytes of a kernel as Triton compiled it (``compiled``: what its
+    launch returned; None before the first call, and the interpreter's result has neither): what decides
+    how many programs share a multiprocessor."""
+    return {key: getattr(compiled, f"n_{key}") for key in ("regs", "spills") if hasattr(compiled, f"n_{key}")}
