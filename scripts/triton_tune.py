@@ -243,7 +243,7 @@ def main() -> int:
         # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the
         # kernel, the reference and cuDNN's adapter alike
         features = feature_fields(args)
-        [gluon_config(text) for text in args.gluon]  # a malformed value stops here, before any GPU work
+        gluon_configs = [gluon_config(text) for text in args.gluon]  # a malformed value stops here, before any GPU work
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"
@@ -283,7 +283,7 @@ def main() -> int:
         spec = BatchSpec.from_grammar(case, page_size=page, num_q_heads=num_q_heads, num_kv_heads=num_kv_heads,
                                       head_dim=head_dim, dtype=dtype, **features)
         batch = make_batch(spec, device)
-        ref = reference_attention(batch)
+        ref, ref_lse = reference_attention(batch, with_lse=True)  # once per case: every candidate is checked on both
         fl, by = spec_flops(spec), spec_bytes(spec)
         row_base = {"case": case, "page": page, "head_dim": head_dim, "dtype": dtype, "features": features,
                     "heads": [num_q_heads, num_kv_heads], "flops": fl, "bytes": by,
@@ -308,8 +308,8 @@ def main() -> int:
         results = []
         candidates = candidates_for(spec, device)
         triton_table = table_choice(spec, device)  # timed whatever the budget, as the table's own rows are
-        if args.gluon and query_bucket(spec.max_q_len) == "long":  # before the table's repeat
-            candidates[-1:-1] = [(gluon_config(text), None, None) for text in args.gluon]
+        if gluon_configs and query_bucket(spec.max_q_len) == "long":  # before the table's repeat
+            candidates[-1:-1] = [(config, None, None) for config in gluon_configs]
         cell_started = time.perf_counter()
         for index, (config, num_splits, decodes_apart) in enumerate(candidates):
             repeat = index == len(candidates) - 1
@@ -333,7 +333,7 @@ def main() -> int:
                 first_s = time.perf_counter() - compile_start
                 verdict = check(launcher.out, ref, batch)
                 if getattr(launcher, "lse", None) is not None:  # the LSE too, where the launcher writes one
-                    lse_verdict = compare_lse(launcher.lse, reference_attention(batch, with_lse=True)[1], batch)
+                    lse_verdict = compare_lse(launcher.lse, ref_lse, batch)
                     verdict = {**verdict, "ok": verdict["ok"] and lse_verdict.ok, "lse_max_abs": lse_verdict.lse_max_abs,
                                "reason": verdict["reason"] or lse_verdict.reason}
                 timing = time_launches(launcher, device, args.reps) if verdict["ok"] else {}
