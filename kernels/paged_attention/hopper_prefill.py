@@ -240,11 +240,10 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     o_offs = gl.expand_dims(token_io * stride_o_t + head_io * stride_o_h, 1) + gl.expand_dims(d_io, 0)
     gl.store(out_ptr + o_offs, out, mask=gl.expand_dims(valid_io, 1))
     if WRITE_LSE:
-        r_lse = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
-        query_lse = tile_start + r_lse // GROUP
+        query_lse = tile_start + r_s // GROUP
         token_lse = (q_start + query_lse).to(gl.int64)
         lse = (m_i + gl.log2(l_safe)) * _LN2
-        gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_lse % GROUP, lse,
+        gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_s % GROUP, lse,
                  mask=query_lse < q_len)
 
 
