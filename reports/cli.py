@@ -16,7 +16,7 @@ from records.schema import CAPABILITY_FILE, REPORT_FILE, RESULTS_FILE, RUNS_FILE
 from reports.capability import format_capability_text
 from reports.compare import compare, format_comparison_text
 from reports.model import load_results
-from reports.tables import format_features_text
+from reports.tables import format_features_text, format_speedup_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", help="also write every row as CSV here")
     parser.add_argument("--json", help="with --baseline: write the comparison summary as JSON here")
     parser.add_argument("--text", action="store_true",
-                        help="print the capability matrix as text, and the cells with model features beside their "
-                             "plain twins when the results hold any")
+                        help="print the capability matrix as text, the cells with model features beside their "
+                             "plain twins when the results hold any, and the speed-up summary per workload kind")
+    parser.add_argument("--against", metavar="BACKEND",
+                        help="with --text: the backend the speed-up summary compares the others with (default: the "
+                             "baseline backend the results declare, cuDNN)")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="with --baseline: exit with status 1 when any cell regressed")
     return parser
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from reports.html import render_report, write_csv  # matplotlib and jinja2 load only when rendering
+    from reports.html import baseline_backend, effective_declarations, render_report, write_csv  # matplotlib,
+    # jinja2 load only when rendering
 
     try:
         results = load_results(args.results)
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_capability_text(results))
         if results.featured.any():
             print(format_features_text(results))
+        against = args.against or baseline_backend(effective_declarations(results, None))
+        if against:
+            print(format_speedup_text(results, against))
     if args.csv:
         print(f"rows: {write_csv(results, args.csv)}", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.results) / REPORT_FILE

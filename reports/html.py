@@ -18,7 +18,8 @@ from reports.capability import SYMBOLS, capability_matrix
 from reports.compare import NOISE_RULE, STATUS_ORDER, Comparison, compare
 from reports.model import CPU_SMOKE_NOTE, ResultSet
 from reports.model import MODEL_FEATURE_WORDS
-from reports.tables import backend_summaries, config_text, feature_cells, win_counts, winners, write_csv
+from reports.tables import (backend_summaries, config_text, feature_cells, speedup_summary, win_counts, winners,
+                            write_csv)
 from reports.templating import environment
 from reports.text import duration, is_missing
 
@@ -176,6 +177,7 @@ def build_context(results: ResultSet, *, baseline: ResultSet | None = None, titl
         "backends": backend_summaries(results, registered), "colors": colors, "styles": styles,
         "verdicts": list(VERDICTS), "winners": win_table.to_dict("records") if len(win_table) else [],
         "win_counts": win_counts(win_table), "figures": figures,
+        "speedups": ([] if on_cpu or not reference else speedup_summary(results, reference).to_dict("records")),
         "rows": _result_rows(results), "skipped": results.skipped_backends(), "matrix": matrix, "symbols": SYMBOLS,
         "features": feature_cells(results, name_fastest=not on_cpu), "feature_words": MODEL_FEATURE_WORDS,
         "comparison": _comparison_view(comparison) if comparison is not None else None,

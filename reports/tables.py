@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from records.schema import COLUMNS
@@ -95,6 +96,52 @@ def win_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
         return {}
     return {kind: {str(b): int(n) for b, n in rows["winner"].value_counts().items()}
             for kind, rows in table.groupby("workload", sort=False)}
+
+
+SPEEDUP_COLUMNS = ["workload", "backend", "cells", "geomean", "min", "min_case", "max", "max_case", "slower"]
+"""Columns of `speedup_summary`: per workload kind and backend, over the plain cells both it and the
+reference ran ok, the geometric mean, minimum and maximum of reference time / backend time (above 1:
+the backend is faster), the cases of the extremes, and how many cells it was slower in."""
+
+
+def speedup_summary(results: ResultSet, reference: str) -> pd.DataFrame:
+    """The speed-up maps in numbers (`SPEEDUP_COLUMNS`), one row per workload kind and backend other than
+    ``reference``. Featured cells are left out (they are compared with their plain twins instead); the
+    geometric mean, because a ratio of times averages as a product (2x and 0.5x cancel out)."""
+    ok = results.ok_rows
+    plain = ok[~results.featured.loc[ok.index] & (ok["median_us"] > 0)]
+    times = plain.pivot_table(index="case", columns="backend", values="median_us", aggfunc="first")
+    if reference not in times.columns:
+        return pd.DataFrame(columns=SPEEDUP_COLUMNS)
+    kind_of = plain.drop_duplicates("case").set_index("case")["workload"]
+    records = []
+    for backend in sorted(set(times.columns) - {reference}):
+        ratio = (times[reference] / times[backend]).dropna()
+        for kind, values in ratio.groupby(kind_of.reindex(ratio.index)):
+            records.append({"workload": kind, "backend": backend, "cells": len(values),
+                            "geomean": float(np.exp(np.log(values).mean())),
+                            "min": float(values.min()), "min_case": str(values.idxmin()),
+                            "max": float(values.max()), "max_case": str(values.idxmax()),
+                            "slower": int((values < 1).sum())})
+    frame = pd.DataFrame(records, columns=SPEEDUP_COLUMNS)
+    if frame.empty:
+        return frame
+    frame = frame.assign(_k=workload_rank(frame["workload"])).sort_values(["_k", "backend"], kind="stable")
+    return frame.drop(columns="_k").reset_index(drop=True)
+
+
+def format_speedup_text(results: ResultSet, reference: str) -> str:
+    """`speedup_summary` for a terminal: one line per workload kind and backend."""
+    if results.measured_on_cpu:
+        return f"Speed-up against {reference}: none named. {CPU_SMOKE_NOTE}\n"
+    table = speedup_summary(results, reference)
+    if table.empty:
+        return f"Speed-up against {reference}: no plain cell that {reference} and another backend both ran ok.\n"
+    rows = [[r["workload"], r["backend"], r["cells"], f"{r['geomean']:.2f}x", f"{r['min']:.2f}x ({r['min_case']})",
+             f"{r['max']:.2f}x ({r['max_case']})", r["slower"]] for r in table.to_dict("records")]
+    return (f"Speed-up against {reference} ({reference} time / backend time over the plain cells both ran ok; "
+            f"above 1 = faster than {reference})\n"
+            + text_table(["workload", "backend", "cells", "geomean", "min", "max", "slower"], rows) + "\n")
 
 
 @dataclass
