@@ -39,6 +39,11 @@ RunResult = Union["torch.Tensor", tuple["torch.Tensor", "torch.Tensor"]]
 returns the softmax statistics (in its own layout; ``Prepared.to_lse`` makes them canonical)."""
 
 
+class ExtraAdaptersError(ValueError):
+    """A module named in ``PAGED_BENCH_EXTRA_ADAPTERS`` cannot be imported: a mistake in the environment,
+    which the command line reports in one line."""
+
+
 class Unsupported(Exception):
     """Raised by an adapter (in `prepare`) when the backend declines the layout; the message is the reason."""
 
@@ -244,8 +249,12 @@ def _import_backends() -> None:
     for module in pkgutil.iter_modules(package.__path__):
         if not module.ispkg and not module.name.startswith("_"):
             importlib.import_module(f"adapters.backends.{module.name}")
-    for extra in filter(None, os.environ.get(EXTRA_ADAPTER_MODULES_ENV, "").split(",")):
-        importlib.import_module(extra.strip())
+    for extra in filter(None, (name.strip() for name in os.environ.get(EXTRA_ADAPTER_MODULES_ENV, "").split(","))):
+        try:
+            importlib.import_module(extra)
+        except ImportError as error:
+            raise ExtraAdaptersError(f"{EXTRA_ADAPTER_MODULES_ENV} names {extra!r}, which cannot be imported "
+                                     f"({type(error).__name__}: {error}); fix or unset it") from error
 
 
 def adapter_classes() -> dict[str, type[Adapter]]:

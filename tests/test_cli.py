@@ -66,6 +66,16 @@ def test_a_mistake_is_one_line_and_creates_nothing(tmp_path, args, needles):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["run", "--device", "cpu"], ["env"], ["capability", "--device", "cpu"]])
+def test_an_unimportable_extra_adapter_module_is_one_line_and_creates_nothing(tmp_path, command):
+    out = tmp_path / "out"
+    done = paged_bench(*command, *(["--out", str(out)] if command[0] != "env" else []),
+                       env={"PAGED_BENCH_EXTRA_ADAPTERS": "tests.faulty_adapters, no_such_module_here",
+                            "PYTHONPATH": str(ROOT)})
+    _one_line_usage_error(done, "PAGED_BENCH_EXTRA_ADAPTERS", "'no_such_module_here'", "No module named")
+    assert not out.exists()
+
+
 def test_an_output_folder_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

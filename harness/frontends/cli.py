@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adapters.base import ExtraAdaptersError
 from harness.defaults import CORES_PER_GATE_WORKER, DEFAULT_CELL_TIMEOUT_S, DEFAULT_GATE_WORKERS, DEFAULT_TARGET_MS
 from harness.errors import UsageError
 from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE, WARMUP_DIR
@@ -248,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     steps = JobSteps()
     try:
         return _run(args, steps)
-    except UsageError:  # a mistake on the command line stays one line
+    except (UsageError, ExtraAdaptersError):  # a mistake on the command line or in the environment stays one line
         steps.seconds.clear()
         raise
     finally:
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             raise UsageError("choose a command: run, env, capability, report, compare, compare-envs, releases, models")
         return args.func(args)
-    except UsageError as error:
+    except (UsageError, ExtraAdaptersError) as error:
         print(f"paged-bench: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
