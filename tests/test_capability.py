@@ -259,9 +259,13 @@ def test_the_matrix_from_probe_rows_equals_the_old_probe():
     new = df[list(old.columns)].astype(object).where(df[list(old.columns)].notna(), "").astype(str)
     for column in ("backend", "feature", "value", "verdict", "reason", "lse_note", "case"):
         assert new[column].tolist() == old[column].tolist(), column
+    # The gate's numbers are error norms of bf16 results, and the CSV was written on another CPU: one whose
+    # vector width or fused multiply-adds round a few products differently moves such a norm by a small
+    # fraction of itself (5.4e-4 of it between two x86-64 machines). 2 % of the norm allows that and still
+    # catches another computation: the wrong reference or layout, whose errors are orders of magnitude apart.
     for column in ("rel_l2", "lse_max_abs"):
         assert pd.to_numeric(new[column]).fillna(-1).tolist() == pytest.approx(
-            pd.to_numeric(old[column]).fillna(-1).tolist(), rel=1e-6), column
+            pd.to_numeric(old[column]).fillna(-1).tolist(), rel=2e-2), column
 
 
 def test_a_cpu_probe_leaves_the_large_pool_row_to_gpus():
