@@ -10,6 +10,8 @@
 #                                            call), log /tmp/logs/NAME.log, exit status /tmp/logs/NAME.rc
 #   bash scripts/gpu-run.sh wait NAME [S]    wait up to S seconds (default 25) for NAME; print its log's tail
 #   bash scripts/gpu-run.sh collect [DIR..]  tar /tmp/logs and the given folders into $OUT
+#   bash scripts/gpu-run.sh await GROUP [S]  (inside a job) wait up to S seconds (default 300) until a later call's
+#                                            `receive` has installed GROUP (base, peers, cudnn); status 1 if not
 (return 0 2>/dev/null) || set -uo pipefail   # not when sourced: the caller's shell keeps its options
 
 _payload=/tmp/payload
@@ -104,6 +106,13 @@ _wait() {
   else echo "gpu-run: $name still running"; fi
 }
 
+_await() {
+  local group=$1 seconds=${2:-300} waited=0
+  while [ ! -f "$_payload/$group.installed" ] && [ "$waited" -lt "$seconds" ]; do sleep 1; waited=$((waited + 1)); done
+  if [ -f "$_payload/$group.installed" ]; then echo "gpu-run: $group installed (waited ${waited}s)"
+  else echo "gpu-run: $group not installed after ${seconds}s" >&2; return 1; fi
+}
+
 _collect() {
   local out=${OUT:-gpu-out}
   mkdir -p "$out"
@@ -121,5 +130,6 @@ case "${1:-}" in
   start) shift; _start "$@" ;;
   wait) shift; _wait "$@" ;;
   collect) shift; _collect "$@" ;;
+  await) shift; _await "$@" ;;
   *) echo "usage: see the head of scripts/gpu-run.sh" >&2; (return 2 2>/dev/null) || exit 2 ;;
 esac

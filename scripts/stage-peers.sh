@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with pip and the package registry), from the project root:
-#   bash scripts/stage-peers.sh
+#   bash scripts/stage-peers.sh              (PEERS=fa4 for FlashAttention 4 alone)
 # Downloads the wheels the peer backends need that the GPU machine lacks (FlashInfer, FlashAttention 4
 # and their needs; JAX is already there), for CPython 3.12 / manylinux x86-64, into .peers/wheels/ (a
 # git-ignored folder), adds any FlashInfer kernels built ahead of time by scripts/build-peers-aot.sh
@@ -19,16 +19,24 @@ STAGE=.peers
 # nvidia-cudnn-frontend 1.32.0 (flashinfer-cudnn) comes with the shared kit (.device, gpu-env.sh).
 # Left out on purpose (not imported by the paths we run): cuda-tile, nccl4py, nccl-extensions, cuda-python
 # (a meta package), torch-c-dlpack-ext (torch >= 2.10 has the DLPack exchange API itself).
-WHEELS=(
-  flashinfer-python==0.7.4
+# PEERS chooses the backends (default both): PEERS=fa4 stages FlashAttention 4 alone (101 MB, 3 parts with the
+# kit instead of 6), for a session whose rows are Triton, cuDNN and FA4 (the Triton kernel's issue).
+PEERS=${PEERS:-flashinfer,fa4}
+SHARED_WHEELS=(
   apache-tvm-ffi==0.1.15.post2
   nvidia-cutlass-dsl==4.8.1
   nvidia-cutlass-dsl-libs-core==4.8.1
   nvidia-cutlass-dsl-libs-base==4.8.1
   nvidia-cutlass-dsl-libs-cu13==4.8.1
-  flash-attn-4==4.0.0b36
-  quack-kernels==0.6.5
 )
+WHEELS=("${SHARED_WHEELS[@]}")
+for peer in ${PEERS//,/ }; do
+  case "$peer" in
+    flashinfer) WHEELS+=(flashinfer-python==0.7.4) ;;
+    fa4) WHEELS+=(flash-attn-4==4.0.0b36 quack-kernels==0.6.5) ;;
+    *) echo "stage-peers.sh: PEERS=$PEERS: '$peer' is not a peer; choose from flashinfer, fa4" >&2; exit 2 ;;
+  esac
+done
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 
@@ -54,7 +62,7 @@ if missing:
 EOF
 
 members=(wheels)
-if [ -n "$(ls "$STAGE"/aot/*/*.so 2>/dev/null)" ]; then
+if [[ ",$PEERS," == *",flashinfer,"* ]] && [ -n "$(ls "$STAGE"/aot/*/*.so 2>/dev/null)" ]; then
   members+=(aot)
   echo "including ahead-of-time FlashInfer kernels: $(ls "$STAGE"/aot | wc -l) modules"
 fi
