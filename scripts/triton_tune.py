@@ -204,11 +204,15 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
 
 
 def gluon_config(text: str) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES`` (e.g. ``128,2``) -> the Gluon kernel's config."""
-    numbers = text.split(",")
+    """``--gluon`` value ``N,STAGES`` or ``N,STAGES,half`` (e.g. ``128,2,half``: half-wide masked steps)
+    -> the Gluon kernel's config."""
+    parts = text.split(",")
+    half = len(parts) == 3 and parts[2] == "half"
+    numbers = parts[:2] if half else parts
     if len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers):
-        raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers (e.g. 128,2)")
-    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]))
+        raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
+                         f",half (e.g. 128,2 or 128,2,half)")
+    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step=half)
 
 
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
@@ -233,9 +237,10 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
-                             "key steps and stages (its table entry is the table's choice where it can run)")
+                             "key steps and stages, ',half' for half-wide masked steps (its table entry is the "
+                             "table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()

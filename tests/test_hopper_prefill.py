@@ -175,6 +175,22 @@ class TestOnHopper:
         assert compare(out, ref, mixed).ok and compare_lse(lse, ref_lse, mixed).ok
         assert "gluon-ws" in launcher.describe()["config"]
 
+    @pytest.mark.parametrize("head_dim,heads,block_n", [(128, (32, 8), 128), (64, (64, 8), 128), (256, (16, 8), 64),
+                                                        (128, (8, 8), 128), (128, (64, 8), 128)])
+    @pytest.mark.parametrize("page_size", [16, 256])
+    @pytest.mark.parametrize("causal,window", [(True, None), (False, None), (True, 100), (True, 1)])
+    def test_half_wide_masked_steps_match_reference(self, head_dim, heads, block_n, page_size, causal, window):
+        """``half_step``: masked steps whose second half no row of a warpgroup sees run at half width, on
+        tiles whose diagonal overhangs a step (GQA 4 and 8: 32 and 16 queries a tile), MHA (128 queries: no
+        step qualifies but the last), ragged ends, windows; output and LSE."""
+        spec = BatchSpec.from_grammar("1q700c300_2q64-300c0-900_1q1c77_1q512c0", page_size=page_size,
+                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                                      causal=causal, sliding_window=window)
+        config = HopperPrefillConfig(block_n, 2, half_step=True)
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
                              ids=lambda config: config.label())
     def test_other_steps_and_stages(self, config):
@@ -192,8 +208,10 @@ sys.path.insert(0, {repo!r})
 import triton
 from kernels.paged_attention.hopper_prefill import compile_sm90
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-for head_dim, page_size, group, dtype, window in {cases!r}:
-    compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype), sliding_window=window)
+from kernels.paged_attention.configs import HopperPrefillConfig
+for head_dim, page_size, group, dtype, window, config in {cases!r}:
+    compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype), sliding_window=window,
+                            config=HopperPrefillConfig(*config) if config else None)
     ptx = compiled.asm["ptx"]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -210,16 +228,17 @@ for head_dim, page_size, group, dtype, window in {cases!r}:
 @pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
-    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16; its
-    PTX gives the consumers 240 registers and the producer 24 (setmaxnreg), issues wgmma and TMA
-    loads, its shared memory fits an sm_90 block, and its SASS does not wait after every wgmma."""
+    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16, and with
+    half-wide masked steps; its PTX gives the consumers 240 registers and the producer 24 (setmaxnreg), issues
+    wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS does not wait after every wgmma."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    cases = [(64, 16, 8, "bfloat16", None), (128, 256, 4, "bfloat16", None), (128, 32, 1, "float16", 100),
-             (256, 16, 2, "bfloat16", 1024)]
+    cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
+             (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
+             (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True))]
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
                                                                         cases=cases)],

@@ -73,7 +73,8 @@ def test_gluon_values_parse_or_name_the_mistake():
     GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
-    for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2"):
+    assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)
+    for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half"):
         try:
             tune.gluon_config(bad)
         except tune.UsageError as error:

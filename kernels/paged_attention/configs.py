@@ -157,9 +157,13 @@ class HopperPrefillConfig:
 
     block_n: int
     num_stages: int
+    half_step: bool = False
+    """Masked steps whose second half of keys a warpgroup's rows cannot see (the causal diagonal's overhang:
+    a tile holds ``128 // GROUP`` queries, so a 128-key step overhangs it by up to 96 keys at GROUP 4) run their
+    products half as wide. Off in the table until a GPU run has timed it (notes, "v5")."""
 
     def label(self) -> str:
-        return f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
+        return f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}" + ("-half" if self.half_step else "")
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size

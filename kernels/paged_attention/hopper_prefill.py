@@ -129,18 +129,22 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
                     row_limit, kv_len, qk_scale, step_lo, step_hi, first_step, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
-                    IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr):
+                    IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, WIDTH: gl.constexpr):
     """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the ring counts from the tile's
     ``first_step``); every product is waited for within its own step. ``MASKED`` steps drop keys past
     ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or before
-    ``row_limit - window``."""
+    ``row_limit - window``. ``WIDTH`` (``BLOCK_N`` or half of it): the keys of a step the products take,
+    from its first (``s_layout`` is the scores' layout at that width)."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
+    zero_s = gl.zeros([_ROWS, WIDTH], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
         stage = (step - first_step) % NUM_STAGES
         phase = ((step - first_step) // NUM_STAGES) & 1
         mbarrier.wait(k_ready.index(stage), phase)
-        s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        k_buf = k_bufs.index(stage)
+        if WIDTH < BLOCK_N:
+            k_buf = k_buf.slice(0, WIDTH)
+        s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), zero_s, use_acc=False, is_async=True)
         # waits for the previous step's P V too (wgmma groups complete in order)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
@@ -148,7 +152,7 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
         if MASKED:
-            keys = step * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            keys = step * BLOCK_N + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, s_layout))
             visible = gl.expand_dims(keys < kv_len, 0)
             if IS_CAUSAL:
                 visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_limit, 1))
@@ -165,12 +169,14 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 
         mbarrier.wait(v_ready.index(stage), phase)
         v_buf = v_bufs.index(stage)
+        if WIDTH < BLOCK_N:
+            v_buf = v_buf.slice(0, WIDTH)
         if MASKED:
-            if (step + 1) * BLOCK_N > kv_len:
+            if step * BLOCK_N + WIDTH > kv_len:
                 # slots past kv_len in the last page may hold anything, NaN included: P is 0 there
                 # but 0 * NaN is not, so those rows of V become 0 (both warpgroups write the same)
                 v = v_buf.load(v_load_layout)
-                v_keys = step * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, v_load_layout))
+                v_keys = step * BLOCK_N + gl.arange(0, WIDTH, layout=gl.SliceLayout(1, v_load_layout))
                 v = gl.where(gl.expand_dims(v_keys < kv_len, 1), v, gl.zeros_like(v))
                 v_buf.store(v)
                 fence_async_shared()
@@ -185,9 +191,10 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 @gluon.jit
 def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              USE_WINDOW: gl.constexpr, WARPGROUP: gl.constexpr):
+              USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
-    then the masked diagonal and ragged end), write O and the log-sum-exp."""
+    then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
+    of this warpgroup sees at half width), write O and the log-sum-exp."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
@@ -222,14 +229,37 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
         o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                       row_limit, kv_len, qk_scale, first_step, left_end, first_step, window,
-                                      s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, True)
+                                      s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, True,
+                                      BLOCK_N)
     # keys every row sees, unmasked; then the diagonal and the ragged end, masked
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                   row_limit, kv_len, qk_scale, left_end, mid_steps, first_step, window,
-                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL, USE_WINDOW)
+                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL, USE_WINDOW,
+                                  BLOCK_N)
+    if HALF_STEP:
+        # from the step whose first half holds this warpgroup's last visible key on, half-wide products
+        last_key = kv_len - 1
+        if IS_CAUSAL:
+            last_key = gl.minimum(tile_start + (WARPGROUP * ROWS + ROWS - 1) // GROUP + (kv_len - q_len), last_key)
+        half_from = gl.minimum(gl.maximum((last_key + BLOCK_N // 2) // BLOCK_N, mid_steps), num_steps)
+    else:
+        half_from = num_steps
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, mid_steps, num_steps, first_step, window,
-                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW)
+                                  row_limit, kv_len, qk_scale, mid_steps, half_from, first_step, window,
+                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
+                                  BLOCK_N)
+    if HALF_STEP:
+        HALF: gl.constexpr = BLOCK_N // 2
+        half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                              instr_shape=[16, HALF, 16])
+        rows_half: gl.constexpr = gl.SliceLayout(1, half_layout)
+        o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
+                                            q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                            gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, half_from,
+                                            num_steps, first_step, window, half_layout, o_layout, io_layout, BLOCK_N,
+                                            NUM_STAGES, True, IS_CAUSAL, USE_WINDOW, HALF)
+        m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
+        l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
     mbarrier.arrive(v_empty.index((num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
                     pred=num_steps > first_step)
@@ -263,7 +293,7 @@ def _hopper_prefill_kernel(
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
-    USE_WINDOW: gl.constexpr,
+    USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head).
     Grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first."""
@@ -320,9 +350,9 @@ def _hopper_prefill_kernel(
                  first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
         gl.warp_specialize([
             (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                         USE_WINDOW, 0)),
+                         USE_WINDOW, HALF_STEP, 0)),
             (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                         USE_WINDOW, 1)),
+                         USE_WINDOW, HALF_STEP, 1)),
             (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
                          USE_WINDOW, 0)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -399,6 +429,7 @@ class HopperPrefillLauncher:
             stride_bt_seq=block_table.stride(0),
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
+            HALF_STEP=self.config.half_step,
             num_warps=4, maxnreg=LAUNCH_MAXNREG,
         )
 
