@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"reports: {error}", file=sys.stderr)
         return 2
+    if args.against and args.against not in results.backends:
+        print(f"reports: --against {args.against!r} is not a backend of {args.results} "
+              f"(its backends: {', '.join(results.backends) or 'none'})", file=sys.stderr)
+        return 2
     comparison = compare(baseline, results) if baseline is not None else None
     if comparison is not None:
         print(format_comparison_text(comparison))

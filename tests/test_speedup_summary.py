@@ -78,3 +78,18 @@ def test_the_text_and_the_page_show_the_table():
     assert text.startswith("Speed-up against cudnn") and "triton" in text and "prefill" in text
     assert 'id="speedup-summary"' in render_html(results, declarations={"cudnn": {"baseline": True}})
     assert 'id="speedup-summary"' not in render_html(results)  # no baseline declared: no table
+
+
+def test_the_command_line_prints_it_and_names_an_unknown_backend(tmp_path, capsys):
+    from reports.cli import main
+    from tests.report_fixtures import write_results_folder
+
+    folder = tmp_path / "results"
+    write_results_folder(folder, synthetic_rows(case_list=CASES), synthetic_runs())
+    assert main([str(folder), "--text", "--against", "triton", "--out", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert "Speed-up against triton" in out and "cudnn" in out
+    assert main([str(folder), "--text", "--against", "no-such", "--out", str(tmp_path / "s.html")]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such' is not a backend" in err and "triton" in err
+    assert not (tmp_path / "s.html").exists()
