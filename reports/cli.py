@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from reports.html import baseline_backend, effective_declarations, render_report, write_csv  # matplotlib,
-    # jinja2 load only when rendering
+    # matplotlib and jinja2 load only when rendering
+    from reports.html import baseline_backend, effective_declarations, render_report, write_csv
 
     try:
         results = load_results(args.results)

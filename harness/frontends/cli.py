@@ -32,6 +32,9 @@ from harness.defaults import CORES_PER_GATE_WORKER, DEFAULT_CELL_TIMEOUT_S, DEFA
 from harness.errors import UsageError
 from records.schema import CAPABILITY_FILE, PROBE_DIR, REPORT_FILE, RESULTS_FILE, WARMUP_DIR
 
+USER_MISTAKES = (UsageError, ExtraAdaptersError)
+"""Errors that are the user's mistake (the command line, a file they named, the environment): one line, exit 2."""
+
 DEFAULT_OUT = Path("bench-out")
 CPU_SWEEPS = ("cpu-tiny",)
 """Named sweeps sized for a machine without a GPU (Triton's interpreter, eager Flex): the others
@@ -249,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     steps = JobSteps()
     try:
         return _run(args, steps)
-    except (UsageError, ExtraAdaptersError):  # a mistake on the command line or in the environment stays one line
+    except USER_MISTAKES:  # a mistake on the command line or in the environment stays one line
         steps.seconds.clear()
         raise
     finally:
@@ -617,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             raise UsageError("choose a command: run, env, capability, report, compare, compare-envs, releases, models")
         return args.func(args)
-    except (UsageError, ExtraAdaptersError) as error:
+    except USER_MISTAKES as error:
         print(f"paged-bench: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
