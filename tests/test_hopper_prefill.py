@@ -14,7 +14,8 @@ from harness.measure.gate import compare, compare_lse
 from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
-    from kernels.paged_attention.configs import HOPPER_PREFILL_TABLE, HopperPrefillConfig
+    from kernels.paged_attention.configs import (HOPPER_PREFILL_SHORT, HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
+                                                 HopperPrefillConfig)
     from kernels.paged_attention.hopper_prefill import BLOCK_M, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
@@ -101,6 +102,11 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     assert isinstance(_prepare(batch, hopper_prefill=False), PagedAttentionLauncher)
     chosen = HopperPrefillConfig(64, 3)
     assert _prepare(batch, config=chosen).config == chosen
+    # short sequences (at most HOPPER_PREFILL_SHORT_KEYS keys) take 64-key steps, longer ones the head dim's entry
+    assert _prepare(batch, num_decodes=0).config == HOPPER_PREFILL_SHORT
+    longer = make_batch(BatchSpec.from_grammar(f"2q40c{HOPPER_PREFILL_SHORT_KEYS - 40 + 1}", page_size=16,
+                                               num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16"), "cpu")
+    assert _prepare(longer).config == HOPPER_PREFILL_TABLE[64] != HOPPER_PREFILL_SHORT
     with pytest.raises(ValueError, match="is the Gluon kernel's, but hopper_prefill=False"):
         _prepare(batch, config=chosen, hopper_prefill=False)
 

@@ -176,7 +176,7 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     64: HopperPrefillConfig(block_n=128, num_stages=3),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
     # shared memory; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
-    # 77.4 / 77.2 (cuDNN 76.4 / 70.3), the one case where 64 keys win
+    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT
     128: HopperPrefillConfig(block_n=128, num_stages=2),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
     # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory
@@ -185,3 +185,26 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
 bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE``'s entry where the
 kernel can run the batch (``hopper_prefill.hopper_prefill_refusal``)."""
+
+HOPPER_PREFILL_SHORT_KEYS = 512
+"""Launches whose longest sequence has at most this many keys take ``HOPPER_PREFILL_SHORT`` instead of
+their head dim's entry: a causal tile of short sequences is mostly its diagonal, where 64-key steps waste
+fewer masked keys than 128-key ones."""
+
+HOPPER_PREFILL_SHORT = HopperPrefillConfig(block_n=64, num_stages=2)
+"""H100, bf16, causal with no cached context, us at pages 16 / 256 (results/h100-triton-tune/eleventh-session).
+The default sweep's D=128 cells, against the 128-key entry in two runs: B8 q512 76.8 / 77.0 against 84.1, 83.8
+/ 82.0, 82.7 (cuDNN 76.8 / 71.7); B4 q512 42.1 / 41.8 against 45.7, 45.2 / 44.3, 45.3; B1 q512 unchanged
+(18.3). The tuning script: B8 q512 76.9 / 77.0 against 83.0 / 82.9; D=64 B8 q512 56.3 against 63.2 (page 16,
+cuDNN 63.5); with the entry's half-wide steps on, B16 q256 63.8 / 63.5 against 68.3 / 68.9, B32 q512 283.9 /
+285.8 against 303.1 / 304.3. At 1024 keys they tie or lose (against the half-wide entry): B8 q1024 203.2 /
+202.6 against 202.8 / 203.2, B16 q1024 396.3 / 397.8 against 395.3 / 399.0, B8 q512 on 512 cached keys 136.1 /
+137.7 against 132.5 / 133.2. 3 and 4 stages: slower but for B16 q256 at page 256 (62.5)."""
+
+
+def hopper_prefill_config(head_dim: int, max_kv_len: int) -> HopperPrefillConfig:
+    """The Gluon prefill kernel's configuration for a launch: ``HOPPER_PREFILL_SHORT`` where no sequence
+    has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry."""
+    if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS:
+        return HOPPER_PREFILL_SHORT
+    return HOPPER_PREFILL_TABLE[head_dim]

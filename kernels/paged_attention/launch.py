@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .configs import DECODES_APART_MIN_KEYS_PER_SM, HopperPrefillConfig, KernelConfig, query_bucket
+from .configs import (DECODES_APART_MIN_KEYS_PER_SM, HopperPrefillConfig, KernelConfig, hopper_prefill_config,
+                      query_bucket)
 from .device import _merge_splits_kernel, _paged_attention_kernel
 
 try:
@@ -405,7 +406,8 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                                              sinks=sinks, k_scale=k_scale)
         if refusal is None:
             return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
-                                         causal=causal, scale=scale, config=gluon_config,
+                                         causal=causal, scale=scale,
+                                         config=gluon_config or hopper_prefill_config(head_dim, max_kv_len),
                                          sliding_window=sliding_window)
         _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
