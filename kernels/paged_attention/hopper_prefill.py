@@ -149,7 +149,8 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         # waits for the previous step's P V too (wgmma groups complete in order)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
-        prev = (step + NUM_STAGES - 1) % NUM_STAGES
+        # the previous step's V buffer, counted from first_step as the ring is (a window's tiles start past 0)
+        prev = (step - first_step + NUM_STAGES - 1) % NUM_STAGES
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
         if MASKED:
