@@ -203,16 +203,20 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     return [(None, None, None)] + forced + triton_table + pool + [(None, None, None)]
 
 
+GLUON_FLAGS = {"half", "persistent"}
+"""Options after ``N,STAGES`` in a ``--gluon`` value."""
+
+
 def gluon_config(text: str) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES`` or ``N,STAGES,half`` (e.g. ``128,2,half``: half-wide masked steps)
-    -> the Gluon kernel's config."""
-    parts = text.split(",")
-    half = len(parts) == 3 and parts[2] == "half"
-    numbers = parts[:2] if half else parts
-    if len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers):
+    """``--gluon`` value ``N,STAGES[,half][,persistent]`` (e.g. ``128,2,half``: half-wide masked steps;
+    ``128,2,persistent``: one program per multiprocessor looping over the tiles) -> the Gluon kernel's config."""
+    numbers, flags = text.split(",")[:2], text.split(",")[2:]
+    if (len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers)
+            or not set(flags) <= GLUON_FLAGS or len(set(flags)) != len(flags)):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
-                         f",half (e.g. 128,2 or 128,2,half)")
-    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step=half)
+                         f",half and/or ,persistent (e.g. 128,2 or 128,2,half,persistent)")
+    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
+                               persistent="persistent" in flags)
 
 
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
@@ -237,10 +241,10 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half]",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
-                             "key steps and stages, ',half' for half-wide masked steps (its table entry is the "
-                             "table's choice where it can run)")
+                             "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
+                             "program per multiprocessor (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()

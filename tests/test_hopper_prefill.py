@@ -197,6 +197,30 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("head_dim,heads,block_n,stages", [(128, (32, 8), 128, 2), (128, (32, 8), 64, 2),
+                                                               (64, (64, 8), 128, 3), (256, (16, 8), 64, 2),
+                                                               (128, (8, 8), 128, 2)])
+    @pytest.mark.parametrize("page_size", [16, 256])
+    @pytest.mark.parametrize("causal,window,half", [(True, None, False), (False, None, False), (True, 100, False),
+                                                    (True, None, True)])
+    def test_persistent_programs_match_reference(self, head_dim, heads, block_n, stages, page_size, causal, window,
+                                                 half):
+        """``persistent``: one program per multiprocessor, each looping over hundreds of tiles with the ring's
+        slots counted on from tile to tile (a stage count that does not divide a tile's steps shifts the next
+        tile's slots): ragged sequences, padding tiles, decodes in the launch, windows, half-wide steps; output
+        and LSE."""
+        spec = BatchSpec.from_grammar("4q1000c0-500_3q1c50_2q300c0_1q17c0", page_size=page_size,
+                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                                      causal=causal, sliding_window=window)
+        config = HopperPrefillConfig(block_n, stages, half_step=half, persistent=True)
+        batch = make_batch(spec, "cuda")
+        launcher = _prepare(batch, config=config, sliding_window=window)
+        programs = torch.cuda.get_device_properties(0).multi_processor_count
+        assert launcher.describe()["programs"] == programs < launcher.num_q_blocks * heads[1]
+        verdict, lse_verdict = run_and_gate(batch, config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
                              ids=lambda config: config.label())
     def test_other_steps_and_stages(self, config):
@@ -234,9 +258,10 @@ for head_dim, page_size, group, dtype, window, config in {cases!r}:
 @pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
-    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16, and with
-    half-wide masked steps; its PTX gives the consumers 240 registers and the producer 24 (setmaxnreg), issues
-    wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS does not wait after every wgmma."""
+    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16, with
+    half-wide masked steps and as persistent programs; its PTX gives the consumers 240 registers and the
+    producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS
+    does not wait after every wgmma."""
     import os
     import subprocess
     import sys
@@ -244,7 +269,8 @@ def test_compiles_for_sm90_with_its_partitions():
 
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
-             (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True))]
+             (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),
+             (128, 16, 4, "bfloat16", None, (128, 2, False, True)), (256, 256, 2, "float16", 1024, (64, 2, True, True))]
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
                                                                         cases=cases)],

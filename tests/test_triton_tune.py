@@ -69,12 +69,15 @@ def _load_tune_script():
 
 
 def test_gluon_values_parse_or_name_the_mistake():
-    """``--gluon`` takes N,STAGES; anything else is a usage error that names the value, raised before any
-    GPU work."""
+    """``--gluon`` takes N,STAGES and the options half and persistent; anything else is a usage error that
+    names the value, raised before any GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
     assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)
-    for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half"):
+    assert tune.gluon_config("64,2,persistent") == tune.HopperPrefillConfig(64, 2, persistent=True)
+    assert tune.gluon_config("128,2,persistent,half") == tune.HopperPrefillConfig(128, 2, True, True)
+    for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
+                "128,2,persistent,x"):
         try:
             tune.gluon_config(bad)
         except tune.UsageError as error:

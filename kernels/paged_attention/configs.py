@@ -160,10 +160,16 @@ class HopperPrefillConfig:
     half_step: bool = False
     """Masked steps whose second half of keys a warpgroup's rows cannot see (the causal diagonal's overhang:
     a tile holds ``128 // GROUP`` queries, so a 128-key step overhangs it by up to 96 keys at GROUP 4) run their
-    products half as wide. Off in the table until a GPU run has timed it (notes, "v5")."""
+    products half as wide. Timed in the default sweep and left off (notes, "v5.1")."""
+    persistent: bool = False
+    """One program per multiprocessor looping over the tiles, the ring's slots counted on from tile to tile:
+    the producer loads a tile's first keys while the consumers finish and store the one before (notes, "v5.1":
+    where tiles are short, one program per tile leaves its prologue and epilogue unoverlapped). Off in the
+    table until a GPU run has timed it."""
 
     def label(self) -> str:
-        return f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}" + ("-half" if self.half_step else "")
+        return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
+                + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size

@@ -2,7 +2,8 @@
 cannot get from Triton 3.6 (see ``docs/triton_kernel_notes.md``, "What is still short").
 
 One program owns one tile of ``BLOCK_M = 128`` rows (``128 // GROUP`` queries x the ``GROUP`` query
-heads of one KV head, packed as in the Triton kernel) and runs three partitions:
+heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (off in the table until timed)
+one program per multiprocessor loops over tiles, and runs three partitions:
 
 - a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
   (``BLOCK_N`` keys; one load per page piece when a page holds fewer keys than a step) into a ring of
@@ -90,6 +91,14 @@ def _producer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
     product can start while V is in flight. ``state``: the program's runtime values (``_state`` in the
     kernel); the constexprs come as arguments of their own."""
+    _produce_tile(state, 0, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+
+
+@gluon.jit
+def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+                  NUM_STAGES: gl.constexpr):
+    """The producer's loads for one tile; its first step takes the ring's slot ``ring_base`` (0 for a
+    program of one tile; a persistent program counts on across its tiles)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
@@ -99,8 +108,9 @@ def _producer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     last_page = (kv_len - 1) // PAGE_SIZE
     head_col = kv_head * HEAD_DIM
     for step in range(first_step, num_steps):  # the ring counts from the tile's first key step
-        stage = (step - first_step) % NUM_STAGES
-        phase = ((step - first_step) // NUM_STAGES) & 1
+        slot = ring_base + step - first_step
+        stage = slot % NUM_STAGES
+        phase = (slot // NUM_STAGES) & 1
         # page of each piece, clamped to the sequence's last page (keys past kv_len are masked later)
         for which in gl.static_range(2):
             if which == 0:
@@ -127,20 +137,21 @@ def _producer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
 
 @gluon.jit
 def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                    row_limit, kv_len, qk_scale, step_lo, step_hi, first_step, window,
+                    row_limit, kv_len, qk_scale, step_lo, step_hi, first_step, ring_base, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
                     IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, WIDTH: gl.constexpr):
-    """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the ring counts from the tile's
-    ``first_step``); every product is waited for within its own step. ``MASKED`` steps drop keys past
+    """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the tile's ``first_step`` takes the
+    ring's slot ``ring_base``); every product is waited for within its own step. ``MASKED`` steps drop keys past
     ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or before
     ``row_limit - window``. ``WIDTH`` (``BLOCK_N`` or half of it): the keys of a step the products take,
     from its first (``s_layout`` is the scores' layout at that width)."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, WIDTH], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
-        stage = (step - first_step) % NUM_STAGES
-        phase = ((step - first_step) // NUM_STAGES) & 1
+        slot = ring_base + step - first_step
+        stage = slot % NUM_STAGES
+        phase = (slot // NUM_STAGES) & 1
         mbarrier.wait(k_ready.index(stage), phase)
         k_buf = k_bufs.index(stage)
         if WIDTH < BLOCK_N:
@@ -149,8 +160,8 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         # waits for the previous step's P V too (wgmma groups complete in order)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
-        # the previous step's V buffer, counted from first_step as the ring is (a window's tiles start past 0)
-        prev = (step - first_step + NUM_STAGES - 1) % NUM_STAGES
+        # the previous step's V buffer, counted as the ring is (a window's tiles start past key 0)
+        prev = (slot + NUM_STAGES - 1) % NUM_STAGES
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
         if MASKED:
@@ -203,6 +214,16 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
     of this warpgroup sees at half width), write O and the log-sum-exp."""
+    _consume_tile(state, 0, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW,
+                  HALF_STEP, WARPGROUP)
+
+
+@gluon.jit
+def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                  NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
+                  NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
+                  WARPGROUP: gl.constexpr):
+    """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base``."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
@@ -236,12 +257,12 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
     if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
         o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                      row_limit, kv_len, qk_scale, first_step, left_end, first_step, window,
+                                      row_limit, kv_len, qk_scale, first_step, left_end, first_step, ring_base, window,
                                       s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, True,
                                       BLOCK_N)
     # keys every row sees, unmasked; then the diagonal and the ragged end, masked
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, left_end, mid_steps, first_step, window,
+                                  row_limit, kv_len, qk_scale, left_end, mid_steps, first_step, ring_base, window,
                                   s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL, USE_WINDOW,
                                   BLOCK_N)
     if HALF_STEP:
@@ -253,7 +274,7 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
     else:
         half_from = num_steps
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, mid_steps, half_from, first_step, window,
+                                  row_limit, kv_len, qk_scale, mid_steps, half_from, first_step, ring_base, window,
                                   s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
                                   BLOCK_N)
     if HALF_STEP:
@@ -264,12 +285,12 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
         o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
                                             q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                             gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, half_from,
-                                            num_steps, first_step, window, half_layout, o_layout, io_layout, BLOCK_N,
-                                            NUM_STAGES, True, IS_CAUSAL, USE_WINDOW, HALF)
+                                            num_steps, first_step, ring_base, window, half_layout, o_layout,
+                                            io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW, HALF)
         m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
         l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
-    mbarrier.arrive(v_empty.index((num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
+    mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
                     pred=num_steps > first_step)
 
     l_safe = gl.where(l_i > 0.0, l_i, 1.0)
@@ -283,6 +304,127 @@ def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.
         lse = (m_i + gl.log2(l_safe)) * _LN2
         gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_s % GROUP, lse,
                  mask=query_lse < q_len)
+
+
+@gluon.jit
+def _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
+                 NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                 USE_WINDOW: gl.constexpr):
+    """Tile ``flat_idx`` (heaviest first: the last tile of each sequence before its others) -> (seq_idx,
+    tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end): its rows start at
+    query ``tile_start`` of sequence ``seq_idx``; key steps ``first_step .. num_steps - 1``, those before
+    ``left_end`` (a window's left edge) and from ``mid_steps`` on (the diagonal, the ragged end) masked. A
+    padding tile (the grid counts one per sequence more than its queries fill) has ``tile_start >= q_len``."""
+    BLOCK_Q: gl.constexpr = _BLOCK_M // GROUP
+    kv_head = flat_idx % NUM_KV_HEADS
+    q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
+    seq_idx = _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q)
+    q_start = gl.load(cu_seqlens_q_ptr + seq_idx)
+    q_len = gl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
+    kv_len = gl.load(kv_lens_ptr + seq_idx)
+    tile_start = (q_block - (q_start // BLOCK_Q + seq_idx)) * BLOCK_Q
+    context = kv_len - q_len
+    if IS_CAUSAL:
+        kv_full = tile_start + context + 1
+        kv_end = gl.minimum(tile_start + BLOCK_Q, q_len) + context
+    else:
+        kv_full = kv_len
+        kv_end = kv_len
+    num_steps = gl.cdiv(kv_end, BLOCK_N)
+    if USE_WINDOW:  # steps before the first key a row sees are skipped; those before left_end masked
+        last_query = gl.minimum(tile_start + BLOCK_Q, q_len) - 1
+        first_step = gl.minimum(gl.maximum(tile_start + context - window + 1, 0) // BLOCK_N, num_steps)
+        kv_all_lo = gl.maximum(last_query + context - window + 1, 0)  # keys in every row's window
+        left_end = gl.minimum(gl.maximum(gl.cdiv(kv_all_lo, BLOCK_N), first_step), num_steps)
+    else:
+        first_step = 0
+        left_end = 0
+    mid_steps = gl.maximum(gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps), left_end)
+    return seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end
+
+
+@gluon.jit
+def _ring(dtype: gl.constexpr, smem_layout: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+          NUM_STAGES: gl.constexpr):
+    """Shared memory of a program: both warpgroups' Q tiles, ``NUM_STAGES`` K and V tiles and their
+    ready / empty mbarriers (empty ones count both consumer warpgroups)."""
+    q_bufs = gl.allocate_shared_memory(dtype, [2, _ROWS, HEAD_DIM], smem_layout)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release a buffer
+        mbarrier.init(v_empty.index(i), count=2)
+    fence_async_shared()
+    return q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty
+
+
+@gluon.jit
+def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
+    """A persistent program's values shared by its tiles -> tile ``flat_idx``'s ``state`` (the tuple
+    ``_produce_tile`` and ``_consume_tile`` take), its key steps in the ring, and whether it holds rows."""
+    (q_ptr, out_ptr, lse_ptr, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs, k_bufs,
+     v_bufs, k_ready, v_ready, k_empty, v_empty, window, qk_scale, num_seqs, num_q_blocks, stride_q_t, stride_q_h,
+     stride_o_t, stride_o_h, stride_bt_seq) = shared
+    NUM_KV_HEADS: gl.constexpr = NUM_Q_HEADS // GROUP
+    (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
+     left_end) = _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
+                              NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW)
+    block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
+    state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+             v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+             first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
+    return state, num_steps - first_step, tile_start < q_len
+
+
+@gluon.jit
+def _num_tiles(shared, NUM_KV_HEADS: gl.constexpr):
+    """Tiles of the launch (padding tiles included) from a persistent program's shared values."""
+    (q_ptr, out_ptr, lse_ptr, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs, k_bufs,
+     v_bufs, k_ready, v_ready, k_empty, v_empty, window, qk_scale, num_seqs, num_q_blocks, stride_q_t, stride_q_h,
+     stride_o_t, stride_o_h, stride_bt_seq) = shared
+    return num_q_blocks * NUM_KV_HEADS
+
+
+@gluon.jit
+def _producer_tiles(shared, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
+                    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
+    """The persistent program's producer: ``_produce_tile`` over its tiles (program p takes tiles p,
+    p + programs, ...), the ring's slots counted on from tile to tile, so it loads a tile's first keys while
+    the consumers still work on (or store) the one before."""
+    ring_base = 0
+    for flat_idx in range(gl.program_id(0), _num_tiles(shared, NUM_Q_HEADS // GROUP), gl.num_programs(0)):
+        state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
+                                                  USE_WINDOW)
+        if has_rows:
+            _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+            ring_base += tile_steps
+
+
+@gluon.jit
+def _consumer_tiles(shared, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                    NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
+                    WARPGROUP: gl.constexpr):
+    """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order."""
+    ring_base = 0
+    for flat_idx in range(gl.program_id(0), _num_tiles(shared, NUM_Q_HEADS // GROUP), gl.num_programs(0)):
+        state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
+                                                  USE_WINDOW)
+        if has_rows:
+            # every warp of this warpgroup is past the tile before (its products waited for, O stored) before
+            # any of them writes the next tile's Q into the warpgroup's buffer
+            _warps_barrier()
+            _consume_tile(state, ring_base, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                          NUM_Q_HEADS, USE_WINDOW, HALF_STEP, WARPGROUP)
+            ring_base += tile_steps
 
 
 @gluon.jit
@@ -301,69 +443,58 @@ def _hopper_prefill_kernel(
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
-    USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
+    USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr,
 ):
-    """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head).
-    Grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first."""
-    BLOCK_Q: gl.constexpr = _BLOCK_M // GROUP
-    flat_idx = gl.program_id(0)
-    kv_head = flat_idx % NUM_KV_HEADS
-    q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
-    seq_idx = _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q)
-    q_start = gl.load(cu_seqlens_q_ptr + seq_idx)
-    q_len = gl.load(cu_seqlens_q_ptr + seq_idx + 1) - q_start
-    kv_len = gl.load(kv_lens_ptr + seq_idx)
-    tile_start = (q_block - (q_start // BLOCK_Q + seq_idx)) * BLOCK_Q
-    if tile_start < q_len:
-        context = kv_len - q_len
-        if IS_CAUSAL:
-            kv_full = tile_start + context + 1
-            kv_end = gl.minimum(tile_start + BLOCK_Q, q_len) + context
+    """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head), grid
+    ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first. ``PERSISTENT``: a grid of
+    at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order."""
+    dtype: gl.constexpr = k_desc.dtype
+    smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
+    NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
+    if PERSISTENT:
+        q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM, BLOCK_N,
+                                                                          NUM_STAGES)
+        # no None in the tuple: Triton 3.6 cannot return one from a jit function (_tile_state does)
+        if WRITE_LSE:
+            lse_arg = lse_ptr
         else:
-            kv_full = kv_len
-            kv_end = kv_len
-        num_steps = gl.cdiv(kv_end, BLOCK_N)
-        if USE_WINDOW:  # steps before the first key a row sees are skipped; those before left_end masked
-            last_query = gl.minimum(tile_start + BLOCK_Q, q_len) - 1
-            first_step = gl.minimum(gl.maximum(tile_start + context - window + 1, 0) // BLOCK_N, num_steps)
-            kv_all_lo = gl.maximum(last_query + context - window + 1, 0)  # keys in every row's window
-            left_end = gl.minimum(gl.maximum(gl.cdiv(kv_all_lo, BLOCK_N), first_step), num_steps)
+            lse_arg = 0
+        if USE_WINDOW:
+            window_arg = window
         else:
-            first_step = 0
-            left_end = 0
-        mid_steps = gl.maximum(gl.minimum(gl.maximum(kv_full, 0) // BLOCK_N, num_steps), left_end)
-
-        dtype: gl.constexpr = k_desc.dtype
-        smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
-        q_bufs = gl.allocate_shared_memory(dtype, [2, _ROWS, HEAD_DIM], smem_layout)
-        k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
-        v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
-        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-        k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(NUM_STAGES):
-            mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release a buffer
-            mbarrier.init(v_empty.index(i), count=2)
-        fence_async_shared()
-
-        block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
-        # runtime values travel as one tuple; constexprs as arguments of their own (inside a tuple Gluon 3.6
-        # hands them over as runtime values)
-        NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
-        state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
-                 v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                 first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
+            window_arg = 0
+        shared = (q_ptr, out_ptr, lse_arg, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs,
+                  k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, window_arg, qk_scale, num_seqs, num_q_blocks,
+                  stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         gl.warp_specialize([
-            (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                         USE_WINDOW, HALF_STEP, 0)),
-            (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                         USE_WINDOW, HALF_STEP, 1)),
-            (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                         USE_WINDOW, 0)),
+            (_consumer_tiles, (shared, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                               USE_WINDOW, HALF_STEP, 0)),
+            (_consumer_tiles, (shared, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                               USE_WINDOW, HALF_STEP, 1)),
+            (_producer_tiles, (shared, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, NUM_Q_HEADS,
+                               USE_WINDOW)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+    else:
+        (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
+         left_end) = _tile_fields(gl.program_id(0), cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
+                                  NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW)
+        if tile_start < q_len:
+            q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM,
+                                                                              BLOCK_N, NUM_STAGES)
+            block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
+            # runtime values travel as one tuple; constexprs as arguments of their own (inside a tuple Gluon 3.6
+            # hands them over as runtime values)
+            state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
+                     v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
+                     first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
+            gl.warp_specialize([
+                (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 0)),
+                (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 1)),
+                (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                             NUM_Q_HEADS, USE_WINDOW, 0)),
+            ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -427,7 +558,10 @@ class HopperPrefillLauncher:
         self.out, self.lse = out, lse
         self.plan = None  # the Triton kernel's LaunchPlan has no counterpart here: describe() gives the figures
         self._empty = num_tokens == 0
-        self._grid = (self.num_q_blocks * num_kv_heads,)
+        num_tiles = self.num_q_blocks * num_kv_heads
+        if self.config.persistent and q.device.type == "cuda":  # one program per multiprocessor at most
+            num_tiles = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
+        self._grid = (num_tiles,)
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, qk_scale=float(scale) * LOG2E,
@@ -437,13 +571,13 @@ class HopperPrefillLauncher:
             stride_bt_seq=block_table.stride(0),
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
-            HALF_STEP=self.config.half_step,
+            HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent,
             num_warps=4, maxnreg=LAUNCH_MAXNREG,
         )
 
     def describe(self) -> dict:
         return {"config": self.config.label(), "num_q_blocks": self.num_q_blocks, "block_q": self.block_q,
-                "num_splits": 1, "kernel": "gluon warp-specialised (sm_90)"}
+                "num_splits": 1, "programs": self._grid[0], "kernel": "gluon warp-specialised (sm_90)"}
 
     def register_report(self) -> dict:
         """The kernel's registers and spills as compiled (`plan.register_report`; after the first call)."""
