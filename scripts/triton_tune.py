@@ -210,7 +210,8 @@ GLUON_FLAGS = {"half", "persistent"}
 def gluon_config(text: str) -> HopperPrefillConfig:
     """``--gluon`` value ``N,STAGES[,half][,persistent]`` (e.g. ``128,2,half``: half-wide masked steps;
     ``128,2,persistent``: one program per multiprocessor looping over the tiles) -> the Gluon kernel's config."""
-    numbers, flags = text.split(",")[:2], text.split(",")[2:]
+    parts = text.split(",")
+    numbers, flags = parts[:2], parts[2:]
     if (len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers)
             or not set(flags) <= GLUON_FLAGS or len(set(flags)) != len(flags)):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "

@@ -384,23 +384,14 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
 
 
 @gluon.jit
-def _num_tiles(shared, NUM_KV_HEADS: gl.constexpr):
-    """Tiles of the launch (padding tiles included) from a persistent program's shared values."""
-    (q_ptr, out_ptr, lse_ptr, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs, k_bufs,
-     v_bufs, k_ready, v_ready, k_empty, v_empty, window, qk_scale, num_seqs, num_q_blocks, stride_q_t, stride_q_h,
-     stride_o_t, stride_o_h, stride_bt_seq) = shared
-    return num_q_blocks * NUM_KV_HEADS
-
-
-@gluon.jit
-def _producer_tiles(shared, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
+def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
     """The persistent program's producer: ``_produce_tile`` over its tiles (program p takes tiles p,
     p + programs, ...), the ring's slots counted on from tile to tile, so it loads a tile's first keys while
     the consumers still work on (or store) the one before."""
     ring_base = 0
-    for flat_idx in range(gl.program_id(0), _num_tiles(shared, NUM_Q_HEADS // GROUP), gl.num_programs(0)):
+    for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
                                                   USE_WINDOW)
         if has_rows:
@@ -409,13 +400,13 @@ def _producer_tiles(shared, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SI
 
 
 @gluon.jit
-def _consumer_tiles(shared, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
                     WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order."""
     ring_base = 0
-    for flat_idx in range(gl.program_id(0), _num_tiles(shared, NUM_Q_HEADS // GROUP), gl.num_programs(0)):
+    for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
                                                   USE_WINDOW)
         if has_rows:
@@ -466,13 +457,14 @@ def _hopper_prefill_kernel(
         shared = (q_ptr, out_ptr, lse_arg, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs,
                   k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, window_arg, qk_scale, num_seqs, num_q_blocks,
                   stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
+        num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
         gl.warp_specialize([
-            (_consumer_tiles, (shared, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                               USE_WINDOW, HALF_STEP, 0)),
-            (_consumer_tiles, (shared, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                               USE_WINDOW, HALF_STEP, 1)),
-            (_producer_tiles, (shared, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, NUM_Q_HEADS,
-                               USE_WINDOW)),
+            (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 0)),
+            (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 1)),
+            (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                               NUM_Q_HEADS, USE_WINDOW)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
     else:
         (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
@@ -535,16 +527,15 @@ class HopperPrefillLauncher:
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
-                 causal: bool, scale: float, config: HopperPrefillConfig | None = None,
-                 sliding_window: int | None = None):
+                 causal: bool, scale: float, config: HopperPrefillConfig, sliding_window: int | None = None):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-        from .launch import LOG2E  # (launch imports this module)
+        from .launch import LOG2E, multiprocessor_count  # (launch imports this module)
 
         num_tokens, num_q_heads, head_dim = q.shape
         num_pages, page_size, num_kv_heads, _ = k_cache.shape
         num_seqs = block_table.shape[0]
-        self.config = config or HOPPER_PREFILL_TABLE[head_dim]
+        self.config = config  # launch.py's choice (configs.hopper_prefill_config) or the caller's
         block_n = self.config.block_n
         piece = block_n if page_size % block_n == 0 else TMA_PIECE
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -559,8 +550,8 @@ class HopperPrefillLauncher:
         self.plan = None  # the Triton kernel's LaunchPlan has no counterpart here: describe() gives the figures
         self._empty = num_tokens == 0
         num_tiles = self.num_q_blocks * num_kv_heads
-        if self.config.persistent and q.device.type == "cuda":  # one program per multiprocessor at most
-            num_tiles = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
+        if self.config.persistent:  # one program per multiprocessor at most
+            num_tiles = min(num_tiles, multiprocessor_count(q.device))
         self._grid = (num_tiles,)
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
@@ -593,7 +584,7 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
                  causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None,
                  sliding_window: int | None = None):
     """Compile the kernel for sm_90 without a GPU (Triton's own compiler and ptxas, on CPU tensors'
-    signatures) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's check of
+    signatures; ``config`` defaults to the head dim's table entry) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's check of
     the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
     module was imported (``tests/test_hopper_prefill.py`` runs it in a subprocess)."""
     import triton
@@ -608,7 +599,7 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
     launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), block_table, torch.zeros(3, dtype=torch.int32),
                                      torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
                                      torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
-                                     config=config, sliding_window=sliding_window)
+                                     config=config or HOPPER_PREFILL_TABLE[head_dim], sliding_window=sliding_window)
     args = dict(launcher._args)
     options = {key: args.pop(key) for key in ("num_warps", "maxnreg")}
     kernel = _hopper_prefill_kernel
