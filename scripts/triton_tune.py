@@ -204,20 +204,22 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
 
 
 GLUON_FLAGS = {"half", "persistent"}
-"""Options after ``N,STAGES`` in a ``--gluon`` value."""
+"""Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
 def gluon_config(text: str) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES[,half][,persistent]`` (e.g. ``128,2,half``: half-wide masked steps;
-    ``128,2,persistent``: one program per multiprocessor looping over the tiles) -> the Gluon kernel's config."""
+    """``--gluon`` value ``N,STAGES[,half][,persistent][,tmaK]`` (e.g. ``128,2,half``: half-wide masked steps;
+    ``128,2,persistent``: one program per multiprocessor looping over the tiles; ``128,2,tma64``: 64 keys per TMA
+    load) -> the Gluon kernel's config."""
     parts = text.split(",")
     numbers, flags = parts[:2], parts[2:]
+    tma = [flag for flag in flags if flag.startswith("tma") and flag[3:].isdigit() and int(flag[3:]) > 0]
     if (len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers)
-            or not set(flags) <= GLUON_FLAGS or len(set(flags)) != len(flags)):
+            or not set(flags) - set(tma) <= GLUON_FLAGS or len(set(flags)) != len(flags) or len(tma) > 1):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
-                         f",half and/or ,persistent (e.g. 128,2 or 128,2,half,persistent)")
+                         f",half, ,persistent and/or ,tmaK (K keys per TMA load; e.g. 128,2 or 128,2,half,tma64)")
     return HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
-                               persistent="persistent" in flags)
+                               persistent="persistent" in flags, tma_keys=int(tma[0][3:]) if tma else 0)
 
 
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
@@ -242,10 +244,11 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent]",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent][,tmaK]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
-                             "program per multiprocessor (its table entry is the table's choice where it can run)")
+                             "program per multiprocessor, ',tmaK' for K keys per TMA load (its table entry is the "
+                             "table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()

@@ -1,9 +1,11 @@
 """The warp-specialised Gluon prefill kernel (``kernels/paged_attention/hopper_prefill.py``).
 
 Gluon has no interpreter, so the kernel's results are checked on an sm_90 GPU (class ``gpu``) with the
-gate's own comparisons, output and LSE, against the fp32 reference; on the CPU the tests compile it for
-sm_90 and check its partitions, what decides where it runs (``hopper_prefill_refusal``) and its bad-input
-errors."""
+gate's own comparisons, output and LSE, against the fp32 reference, model features (window, soft-cap,
+sinks) included; on the CPU the tests compile it for sm_90 and check its partitions, what decides where it
+runs (``hopper_prefill_refusal``), what the launcher binds and its bad-input errors."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -14,9 +16,9 @@ from harness.measure.gate import compare, compare_lse
 from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
-    from kernels.paged_attention.configs import (HOPPER_PREFILL_SHORT, HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
-                                                 HopperPrefillConfig)
-    from kernels.paged_attention.hopper_prefill import BLOCK_M, hopper_prefill_refusal
+    from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT,
+                                                 HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE, HopperPrefillConfig)
+    from kernels.paged_attention.hopper_prefill import BLOCK_M, HopperPrefillLauncher, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
@@ -36,10 +38,22 @@ def _prepare(batch, **kwargs):
                                    causal=spec.causal, scale=spec.scale, **kwargs)
 
 
+def _features(batch):
+    """The model features of ``batch`` as ``prepare_paged_attention`` takes them."""
+    return dict(sliding_window=batch.spec.sliding_window, softcap=batch.spec.softcap, sinks=batch.sinks)
+
+
+def assert_gluon(launcher):
+    """The launch is the Gluon kernel's: a silent fallback to the Triton kernel fails the test."""
+    assert isinstance(launcher, HopperPrefillLauncher), type(launcher)
+    assert launcher.describe()["kernel"] == "gluon warp-specialised (sm_90)"
+
+
 def run_and_gate(batch, config=None):
-    """Launch on ``batch`` with NaN-poisoned output and LSE; the gate's verdicts for both."""
-    launcher = _prepare(batch, return_lse=True, hopper_prefill=True, config=config,
-                        sliding_window=batch.spec.sliding_window)
+    """Launch the Gluon kernel on ``batch`` with its features, NaN-poisoned output and LSE; the gate's verdicts
+    for both."""
+    launcher = _prepare(batch, return_lse=True, hopper_prefill=True, config=config, **_features(batch))
+    assert_gluon(launcher)
     launcher.out.fill_(float("nan"))
     launcher.lse.fill_(float("nan"))
     out, lse = launcher()
@@ -109,10 +123,66 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     assert _prepare(longer).config == HOPPER_PREFILL_TABLE[64] != HOPPER_PREFILL_SHORT
     with pytest.raises(ValueError, match="is the Gluon kernel's, but hopper_prefill=False"):
         _prepare(batch, config=chosen, hopper_prefill=False)
+    # a window shorter than HOPPER_PREFILL_MIN_WINDOW keys runs the Triton kernel, unless this one is asked for
+    assert isinstance(_prepare(batch, num_decodes=0, sliding_window=HOPPER_PREFILL_MIN_WINDOW - 1),
+                      PagedAttentionLauncher)
+    assert isinstance(_prepare(batch, num_decodes=0, sliding_window=HOPPER_PREFILL_MIN_WINDOW),
+                      HopperPrefillLauncher)
+    assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, hopper_prefill=True), HopperPrefillLauncher)
+    assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, config=chosen), HopperPrefillLauncher)
+
+
+def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():
+    """Each TMA load brings 16 keys at every page size (at page 256 they beat whole 128-key steps); a config's
+    ``tma_keys`` replaces that where it divides the step and the page, and says why not where it does not."""
+    from kernels.paged_attention.hopper_prefill import TMA_PIECE, tma_keys
+
+    assert TMA_PIECE == 16
+    for page_size in (16, 32, 128, 256):
+        assert tma_keys(HopperPrefillConfig(128, 2), page_size) == 16
+    assert tma_keys(HopperPrefillConfig(128, 2, tma_keys=64), 256) == 64
+    assert tma_keys(HopperPrefillConfig(64, 2, tma_keys=32), 32) == 32
+    for config, page_size in ((HopperPrefillConfig(128, 2, tma_keys=64), 32),
+                              (HopperPrefillConfig(64, 2, tma_keys=128), 256),
+                              (HopperPrefillConfig(128, 2, tma_keys=24), 256)):
+        with pytest.raises(ValueError, match=f"tma_keys={config.tma_keys} must be a multiple of 16 dividing"):
+            tma_keys(config, page_size)
+
+
+def test_launcher_binds_softcap_and_sinks(monkeypatch):
+    """Soft-cap and sinks reach the Gluon kernel as the Triton kernel takes them (its refusal patched to None, on
+    CPU tensors never launched): ``tanh(q.k * scale / c)`` then ``c`` in log2 units, the sink logits' tensor;
+    without them their switches are off and their runtime values None (constexprs: the plain kernel)."""
+    from kernels.paged_attention import LOG2E, launch
+
+    monkeypatch.setattr(launch, "hopper_prefill_refusal", lambda *args, **kwargs: None)
+    spec = BatchSpec.from_grammar("2q40c0-20", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=64,
+                                  dtype="fp16", softcap=30.0, sinks=True)
+    batch = make_batch(spec, "cpu")
+    launcher = _prepare(batch, **_features(batch))
+    assert_gluon(launcher)
+    args = launcher._args
+    assert args["SOFTCAP"] and args["HAS_SINKS"] and args["sinks_ptr"] is batch.sinks
+    assert args["qk_scale"] == pytest.approx(30.0 * LOG2E) and args["softcap_in"] == pytest.approx(spec.scale / 30.0)
+    plain = _prepare(batch)._args
+    assert not plain["SOFTCAP"] and not plain["HAS_SINKS"]
+    assert plain["softcap_in"] is None and plain["sinks_ptr"] is None
+    assert plain["qk_scale"] == pytest.approx(spec.scale * LOG2E)
 
 
 # ------------------------------------------------------------------------------------------------
 # GPU (sm_90)
+
+CAPPED_AND_SUNK = {"softcap": dict(softcap=1.0), "sinks": dict(sinks=True), "both": dict(softcap=1.0, sinks=True)}
+"""Soft-cap and sinks as BatchSpec fields: a cap of 1 (scores of about N(0, 1) squeezed into (-1, 1): a kernel
+that drops or misplaces the cap fails by far); ``adapters.batch.sink_logits`` gives the sinks a visible share
+of each row."""
+
+
+def _table_config(head_dim, persistent):
+    """The head dim's table entry, as persistent programs where asked (None: the launch's own choice)."""
+    return dataclasses.replace(HOPPER_PREFILL_TABLE[head_dim], persistent=True) if persistent else None
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_HOPPER, reason="needs an sm_90 GPU (Gluon's wgmma and setmaxnreg) and compiled kernels")
@@ -157,8 +227,9 @@ class TestOnHopper:
         assert lse_verdict.ok, lse_verdict.reason
 
     def test_launcher_routes_long_queries_here(self):
-        """Long-query launches take this kernel; decodes, model features, a forced Triton configuration
-        and hopper_prefill=False keep the Triton kernel; a mixed batch's decodes run apart beside it."""
+        """Long-query launches take this kernel, with a window, soft-cap or sinks too; decodes, an fp8 cache, a
+        forced Triton configuration and hopper_prefill=False keep the Triton kernel; a mixed batch's decodes run
+        apart beside it."""
         from kernels.paged_attention import DecodesApartLauncher, KernelConfig, PagedAttentionLauncher
         from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher
 
@@ -167,10 +238,17 @@ class TestOnHopper:
         assert isinstance(_prepare(prefill), HopperPrefillLauncher)
         assert isinstance(_prepare(prefill, hopper_prefill=False), PagedAttentionLauncher)
         assert isinstance(_prepare(prefill, config=KernelConfig(128, 64, 8, 2)), PagedAttentionLauncher)
-        assert isinstance(_prepare(prefill, sliding_window=64), HopperPrefillLauncher)
-        assert isinstance(_prepare(prefill, softcap=30.0), PagedAttentionLauncher)
-        with pytest.raises(ValueError, match="soft-cap, sinks and fp8 caches run the Triton kernel"):
-            _prepare(prefill, softcap=30.0, hopper_prefill=True)
+        # windows below HOPPER_PREFILL_MIN_WINDOW run the Triton kernel unless this one is asked for
+        assert isinstance(_prepare(prefill, sliding_window=64), PagedAttentionLauncher)
+        assert isinstance(_prepare(prefill, sliding_window=64, hopper_prefill=True), HopperPrefillLauncher)
+        assert isinstance(_prepare(prefill, sliding_window=HOPPER_PREFILL_MIN_WINDOW), HopperPrefillLauncher)
+        assert isinstance(_prepare(prefill, softcap=30.0), HopperPrefillLauncher)
+        assert isinstance(_prepare(prefill, sinks=torch.zeros(32, device="cuda")), HopperPrefillLauncher)
+        fp8 = make_batch(BatchSpec.from_grammar("2q300c100", page_size=16, kv_dtype="fp8", **heads), "cuda")
+        scales = dict(k_scale=fp8.k_scale, v_scale=fp8.v_scale)
+        assert isinstance(_prepare(fp8, **scales), PagedAttentionLauncher)
+        with pytest.raises(ValueError, match="fp8 caches run the Triton kernel"):
+            _prepare(fp8, hopper_prefill=True, **scales)
         decode = make_batch(BatchSpec.from_grammar("4q1c300", page_size=16, **heads), "cuda")
         assert isinstance(_prepare(decode), PagedAttentionLauncher)
         mixed = make_batch(BatchSpec.from_grammar("64q1c4000_2q500c0", page_size=16, **heads), "cuda")
@@ -221,6 +299,96 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("feature", CAPPED_AND_SUNK)
+    @pytest.mark.parametrize("head_dim,heads,page_size", [(64, (64, 8), 32), (128, (32, 8), 16), (256, (16, 8), 256)])
+    @pytest.mark.parametrize("causal,dtype", [(True, "bf16"), (False, "fp16")])
+    @pytest.mark.parametrize("persistent", [False, True], ids=["one-tile", "persistent"])
+    def test_softcap_and_sinks_match_reference(self, feature, head_dim, heads, page_size, causal, dtype, persistent):
+        """Soft-cap (a cap of 1, where tanh saturates), sinks and both on ragged prefills, chunked prefills and a
+        short sequence: every step's scores capped before the masks, each row's sink folded in once where the
+        tile is written; one program per tile and persistent programs; output and LSE."""
+        spec = BatchSpec.from_grammar("1q700c300_2q64-300c0-900_1q1c77", page_size=page_size, num_q_heads=heads[0],
+                                      num_kv_heads=heads[1], head_dim=head_dim, dtype=dtype, causal=causal,
+                                      **CAPPED_AND_SUNK[feature])
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=_table_config(head_dim, persistent))
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("window", [1, 100])
+    @pytest.mark.parametrize("head_dim,heads,page_size,feature", [(128, (32, 8), 16, "sinks"),
+                                                                  (256, (16, 8), 256, "both")])
+    @pytest.mark.parametrize("persistent", [False, True], ids=["one-tile", "persistent"])
+    def test_window_with_sinks_matches_reference(self, window, head_dim, heads, page_size, feature, persistent):
+        """A sliding window with sinks (and a soft-cap): a window of one key (each row sees itself and the sink)
+        and one wider than a step (skipped steps, a masked left edge); output and LSE."""
+        spec = BatchSpec.from_grammar("1q700c900_2q64-300c0-900_1q1c77", page_size=page_size, num_q_heads=heads[0],
+                                      num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16", sliding_window=window,
+                                      **CAPPED_AND_SUNK[feature])
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=_table_config(head_dim, persistent))
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("head_dim,heads,block_n", [(128, (32, 8), 128), (256, (16, 8), 64)])
+    @pytest.mark.parametrize("persistent", [False, True], ids=["one-tile", "persistent"])
+    def test_half_wide_steps_with_softcap_and_sinks(self, head_dim, heads, block_n, persistent):
+        """``half_step``'s half-wide masked steps cap their scores too; output and LSE."""
+        spec = BatchSpec.from_grammar("1q700c300_2q64-300c0-900_1q1c77_1q512c0", page_size=16, num_q_heads=heads[0],
+                                      num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                                      **CAPPED_AND_SUNK["both"])
+        config = HopperPrefillConfig(block_n, 2, half_step=True, persistent=persistent)
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"), config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("window", [None, 4096])
+    def test_gemma2_like_cell(self, window):
+        """The benchmark's Gemma-2-like cell: 16 query heads on 8 KV heads, D=256, soft-cap 50, global and local
+        (a 4096-key window) layers, the launch's own configuration; output and LSE."""
+        spec = BatchSpec.from_grammar("1q3000c2000_2q1000c0", page_size=16, num_q_heads=16, num_kv_heads=8,
+                                      head_dim=256, dtype="bf16", softcap=50.0, sliding_window=window)
+        verdict, lse_verdict = run_and_gate(make_batch(spec, "cuda"))
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    @pytest.mark.parametrize("head_dim,heads", [(128, (32, 8)), (256, (16, 8))])
+    @pytest.mark.parametrize("persistent", [False, True], ids=["one-tile", "persistent"])
+    def test_rows_without_keys_get_the_sink(self, head_dim, heads, persistent):
+        """Rows that see no key at all, with sinks: the device's ``kv_lens`` 20 below the first sequence's
+        ``q_len`` (which no BatchSpec makes: its promise is ``kv_len >= q_len``), so bottom-right causal puts its
+        first 20 queries before every key (a whole warpgroup's rows at GROUP 4). Those rows keep m = -1e30, l = 0
+        until the sink: output exactly 0 and LSE the sink. The other rows are a batch with 20 fewer queries."""
+        shift = 20
+        fields = dict(page_size=16, num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                      softcap=1.0, sinks=True)
+        batch = make_batch(BatchSpec.from_grammar("1q300c0_1q200c50", **fields), "cuda")
+        kv_lens = batch.kv_lens - torch.tensor([shift, 0], dtype=torch.int32, device="cuda")
+        # what the kernel sees after the empty rows: the same caches and block table, 20 fewer queries
+        seen = dataclasses.replace(batch, spec=BatchSpec.from_grammar(f"1q{300 - shift}c0_1q200c50", **fields),
+                                   q=batch.q[shift:], cu_seqlens_q=(batch.cu_seqlens_q - shift).clamp_min(0),
+                                   kv_lens=kv_lens)
+        from kernels.paged_attention import prepare_paged_attention
+
+        spec = batch.spec
+        launcher = prepare_paged_attention(batch.q, batch.k_cache, batch.v_cache, batch.block_table,
+                                           batch.cu_seqlens_q, kv_lens, max_q_len=spec.max_q_len,
+                                           max_kv_len=spec.max_kv_len, causal=True, scale=spec.scale,
+                                           return_lse=True, hopper_prefill=True, softcap=1.0, sinks=batch.sinks,
+                                           config=_table_config(head_dim, persistent))
+        assert_gluon(launcher)
+        launcher.out.fill_(float("nan"))
+        launcher.lse.fill_(float("nan"))
+        out, lse = launcher()
+        torch.cuda.synchronize()
+        seen_out, seen_lse = reference_attention(seen, with_lse=True)
+        empty_lse = batch.sinks.expand(shift, -1)
+        assert torch.equal(out[:shift], torch.zeros_like(out[:shift]))
+        torch.testing.assert_close(lse[:shift], empty_lse, rtol=1e-6, atol=1e-5)
+        ref = torch.cat([torch.zeros_like(seen_out[:shift]), seen_out])
+        ref_lse = torch.cat([empty_lse, seen_lse])
+        verdict, lse_verdict = compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("config", [HopperPrefillConfig(64, 2), HopperPrefillConfig(128, 3)],
                              ids=lambda config: config.label())
     def test_other_steps_and_stages(self, config):
@@ -239,9 +407,9 @@ import triton
 from kernels.paged_attention.hopper_prefill import compile_sm90
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 from kernels.paged_attention.configs import HopperPrefillConfig
-for head_dim, page_size, group, dtype, window, config in {cases!r}:
+for head_dim, page_size, group, dtype, window, config, softcap, sinks in {cases!r}:
     compiled = compile_sm90(head_dim, page_size, group, getattr(torch, dtype), sliding_window=window,
-                            config=HopperPrefillConfig(*config) if config else None)
+                            config=HopperPrefillConfig(*config) if config else None, softcap=softcap, sinks=sinks)
     ptx = compiled.asm["ptx"]
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -251,8 +419,41 @@ for head_dim, page_size, group, dtype, window, config in {cases!r}:
           head_dim, page_size, group, dtype, compiled.metadata.shared,
           len(re.findall(r"setmaxnreg.inc.sync.aligned.u32\\s+240;", ptx)),
           len(re.findall(r"setmaxnreg.dec.sync.aligned.u32\\s+24;", ptx)),
-          len(re.findall(r"wgmma.mma_async", ptx)), len(re.findall(r"cp.async.bulk.tensor", ptx)))
+          len(re.findall(r"wgmma.mma_async", ptx)), len(re.findall(r"cp.async.bulk.tensor", ptx)),
+          len(re.findall(r"\\.param \\.f32", ptx)), len(re.findall(r"\\.param \\.u64 \\.ptr", ptx)))
 """
+
+
+def _compile_for_sm90(cases):
+    """``COMPILE_CHECK`` on ``cases`` (head dim, page size, group, dtype, window, config fields, soft-cap,
+    sinks) in a subprocess without TRITON_INTERPRET; its rows after checking the partitions of each: the
+    consumers' 240 registers and the producer's 24 (setmaxnreg), wgmma and TMA loads, shared memory that fits
+    an sm_90 block, SASS that does not wait after every wgmma. Each row: (f32 parameters, pointer parameters)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
+                                                                        cases=cases)],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
+    assert len(rows) == len(cases), result.stdout
+    params = []
+    for row in rows:
+        hgmma, waits = int(row[0]), int(row[1])
+        # ptxas serialises every wgmma (a wait after each k-chunk, its C7512) when a product stays in flight
+        # across the key loop's back edge: then there are as many waits as HGMMA instructions
+        assert 0 < waits < hgmma / 2, f"{hgmma} HGMMA, {waits} WARPGROUP.DEPBAR: wgmma serialised ({row})"
+        row = row[2:]
+        shared, to_consumers, to_producer, wgmma, tma_loads, f32_params, ptr_params = map(int, row[4:])
+        assert shared <= 227 * 1024, row
+        assert to_consumers >= 1 and to_producer >= 1, row
+        assert wgmma > 0 and tma_loads > 0, row
+        params.append((f32_params, ptr_params))
+    return params
 
 
 @pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
@@ -262,29 +463,40 @@ def test_compiles_for_sm90_with_its_partitions():
     half-wide masked steps and as persistent programs; its PTX gives the consumers 240 registers and the
     producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS
     does not wait after every wgmma."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),
              (128, 16, 4, "bfloat16", None, (128, 2, False, True)), (256, 256, 2, "float16", 1024, (64, 2, True, True))]
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_CHECK.format(repo=str(Path(__file__).parents[1]),
-                                                                        cases=cases)],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines() if line.strip()]
-    assert len(rows) == len(cases), result.stdout
-    for row in rows:
-        hgmma, waits = int(row[0]), int(row[1])
-        # ptxas serialises every wgmma (a wait after each k-chunk, its C7512) when a product stays in flight
-        # across the key loop's back edge: then there are as many waits as HGMMA instructions
-        assert 0 < waits < hgmma / 2, f"{hgmma} HGMMA, {waits} WARPGROUP.DEPBAR: wgmma serialised ({row})"
-        row = row[2:]
-        shared, to_consumers, to_producer, wgmma, tma_loads = map(int, row[4:])
-        assert shared <= 227 * 1024, row
-        assert to_consumers >= 1 and to_producer >= 1, row
-        assert wgmma > 0 and tma_loads > 0, row
+    _compile_for_sm90([case + (None, False) for case in cases])
+
+
+@pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
+def test_compiles_softcap_and_sinks_for_sm90():
+    """Soft-cap, sinks and both compile for sm_90 with the plain kernel's partitions (as
+    ``test_compiles_for_sm90_with_its_partitions`` checks them) at D=64/128/256, one program per tile and
+    persistent, with windows and half-wide steps; the soft-cap's ``scale / c`` and the sinks' pointer are the
+    kernel's parameters there and only there (the first case, plain, counts the others)."""
+    plain = (128, 16, 4, "bfloat16", None, None, None, False)
+    cases = [plain,
+             # soft-cap (Gemma 2's 50, a 4096-key window at D=256 as its local layers)
+             (128, 16, 4, "bfloat16", None, None, 50.0, False),
+             (128, 256, 4, "float16", None, (128, 2, False, True), 1.0, False),
+             (256, 256, 2, "bfloat16", None, None, 50.0, False),
+             (256, 16, 2, "bfloat16", 4096, (64, 2, False, True), 50.0, False),
+             # sinks
+             (128, 32, 4, "float16", 100, None, None, True),
+             (128, 16, 4, "bfloat16", None, (128, 2, False, True), None, True),
+             (256, 16, 2, "bfloat16", None, None, None, True),
+             (256, 256, 2, "bfloat16", None, (64, 2, False, True), None, True),
+             # both
+             (64, 16, 8, "bfloat16", None, None, 1.0, True),
+             (128, 16, 4, "bfloat16", None, (128, 2, True), 50.0, True),
+             (128, 16, 4, "bfloat16", 100, (128, 2, False, True), 50.0, True),
+             (256, 16, 2, "bfloat16", 4096, None, 50.0, True),
+             (256, 256, 2, "float16", None, (64, 2, True, True), 50.0, True)]
+    params = _compile_for_sm90(cases)
+    (plain_f32, plain_ptrs), rest = params[0], params[1:]
+    for case, (f32_params, ptr_params) in zip(cases[1:], rest):
+        softcap, sinks = case[-2:]
+        assert f32_params == plain_f32 + (softcap is not None), (case, f32_params, plain_f32)
+        assert ptr_params == plain_ptrs + sinks, (case, ptr_params, plain_ptrs)

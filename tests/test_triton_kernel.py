@@ -294,6 +294,19 @@ def test_plan_takes_smaller_tiles_when_wide_ones_would_not_fill_the_gpu():
     assert single.num_splits * 8 >= 132 and single.split_size % 128 == 0
 
 
+def test_plan_takes_the_window_entry_of_windowed_decodes():
+    """A windowed D=128 decode at pages of 16 takes the ``decode-window`` entry (32-key steps); without a window,
+    or at page 256 (no such entry), the plain decode entry; an explicit config is never replaced."""
+    common = dict(num_tokens=64, num_seqs=64, num_q_heads=32, num_kv_heads=8, head_dim=128, max_q_len=1,
+                  max_kv_len=16384, num_sms=132, host_kv_lens=[16384] * 64)
+    windowed = plan_launch(page_size=16, sliding_window=4096, **common)
+    assert windowed.config == CONFIG_TABLE["decode-window", 128, "medium"] and windowed.config.block_n == 32
+    assert plan_launch(page_size=16, **common).config == CONFIG_TABLE["decode", 128, "medium"]
+    assert plan_launch(page_size=256, sliding_window=4096, **common).config == CONFIG_TABLE["decode", 128, "large"]
+    forced = plan_launch(page_size=16, sliding_window=4096, config=CONFIG_TABLE["decode", 128, "medium"], **common)
+    assert forced.config.block_n == 64
+
+
 def test_plan_splits_keys_only_into_long_chunks():
     """Decode splits to about one program per SM and never below the config's chunk length; a long
     query splits only where chunks stay long (a B1 q64 chunked prefill against 32k keys), not a

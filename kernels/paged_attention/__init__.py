@@ -38,7 +38,7 @@ the LSE, added once per row: where a tile is written directly, or in the merge) 
 e4m3 caches converted to q's dtype in registers; the program's K scale joins the score scale, its V
 scale the output).
 
-On an sm_90 GPU a long-query launch (more than 16 queries, keys unsplit, no soft-cap, sinks or fp8 cache)
+On an sm_90 GPU a long-query launch (more than 16 queries, keys unsplit, no fp8 cache)
 runs ``hopper_prefill``'s warp-specialised Gluon kernel instead: a producer warp's TMA loads into a K/V ring,
 two consumer warpgroups with asynchronous wgmma and registers moved to them (``setmaxnreg``); the launcher picks
 it (``prepare_paged_attention(hopper_prefill=...)``). Gluon has no interpreter: on the CPU it is compiled for

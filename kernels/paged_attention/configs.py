@@ -113,6 +113,8 @@ def _table() -> dict[tuple[str, int, str], KernelConfig]:
         # 2 stages: fewer registers, more programs per SM (notes, "Decode: stages")
         table["decode", 128, page] = KernelConfig(16, 64, 4, 2, **_DECODE[page])
         table["decode-few", 128, page] = KernelConfig(16, 128, 4, 2, split_programs_per_sm=1, min_split_keys=128)
+        if page == "medium":  # a sliding window: 32-key steps (notes, "v5.2"; measured at page 16 only)
+            table["decode-window", 128, page] = KernelConfig(16, 32, 4, 2, **_DECODE[page])
         # D=256 decode: 2 stages reach the copy ceiling, 3 do not (notes, "v3.5")
         table["decode", 256, page] = KernelConfig(16, 32, 4, 2, **_DECODE[page])
         table["short", 64, page] = KernelConfig(64, 64, 4, 3, **_SHORT)
@@ -139,10 +141,12 @@ CONFIG_TABLE: dict[tuple[str, int, str], KernelConfig] = _table()
 use the next larger listed one. ``long-few`` and ``decode-few`` entries replace ``long`` and
 ``decode`` ones for launches with few tiles (see ``FEW_PROGRAMS_PER_SM``).
 
-Model features (sliding window, soft-cap, sinks, fp8 KV) take the entry of their key unchanged: none
-was timed with a feature on, so none has an entry of its own yet (notes, "v3.4: model features"; the
-compiler's register report there names the entries to time first). With a window the planner splits
-the keys a tile reads (``plan.tile_key_span``), not the whole context, with the entry's split figures."""
+Model features (soft-cap, sinks, fp8 KV) take the entry of their key unchanged (notes, "v3.4: model
+features"). A sliding window takes the ``decode-window`` entry where there is one: D=128 decodes at pages
+of 16 to 63 keys, 32-key steps, H100 B64 on 16k keys with a 4096-key window 376.3 us against the 64-key
+entry's 421.4 / 419.1 (cuDNN 381.2; 2 stages or 3, 4 warps or 2 within 1 us; notes, "v5.2"). With a window
+the planner splits the keys a tile reads (``plan.tile_key_span``), not the whole context, with the entry's
+split figures."""
 
 
 HOPPER_PREFILL_BLOCK_M = 128
@@ -166,10 +170,14 @@ class HopperPrefillConfig:
     the producer loads a tile's first keys while the consumers finish and store the one before (notes, "v5.1":
     where tiles are short, one program per tile leaves its prologue and epilogue unoverlapped). Off in the
     table until a GPU run has timed it."""
+    tma_keys: int = 0
+    """Keys per TMA load of K or V; 0: 16 at every page size (``hopper_prefill.tma_keys``: at page 256 16-key
+    loads beat a whole 128-key step's, notes "v5.2"). A tuning option (``triton_tune.py --gluon 128,2,tma64``)."""
 
     def label(self) -> str:
         return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
-                + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else ""))
+                + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
+                + (f"-tma{self.tma_keys}" if self.tma_keys else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
@@ -206,6 +214,16 @@ cuDNN 63.5); with the entry's half-wide steps on, B16 q256 63.8 / 63.5 against 6
 285.8 against 303.1 / 304.3. At 1024 keys they tie or lose (against the half-wide entry): B8 q1024 203.2 /
 202.6 against 202.8 / 203.2, B16 q1024 396.3 / 397.8 against 395.3 / 399.0, B8 q512 on 512 cached keys 136.1 /
 137.7 against 132.5 / 133.2. 3 and 4 stages: slower but for B16 q256 at page 256 (62.5)."""
+
+
+HOPPER_PREFILL_MIN_WINDOW = 1024
+"""Launches with a sliding window of fewer keys run the Triton kernel unless the Gluon kernel is asked for
+(``hopper_prefill=True``): a tile of a short window reads two or three masked key steps, and the one-tile
+program's prologue and epilogue outweigh them. H100, default sweep (notes, "v5.2"): the mixed batch of 32
+decodes and two 4k prefills at 64/8/64 with a 128-key window and sinks, 285.6 us with its prefills in the
+Gluon kernel against 206.7 in the Triton kernel (FA4 227.9); at 1024 keys (16/8/256, B4 q2048 on 2048 cached
+keys) the Gluon kernel is the faster, 294.7 against the Triton kernel's 405.7 (c1c82b4). Between the two it is not
+measured."""
 
 
 def hopper_prefill_config(head_dim: int, max_kv_len: int) -> HopperPrefillConfig:

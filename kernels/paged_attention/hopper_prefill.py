@@ -6,7 +6,7 @@ heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (o
 one program per multiprocessor loops over tiles, and runs three partitions:
 
 - a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
-  (``BLOCK_N`` keys; one load per page piece when a page holds fewer keys than a step) into a ring of
+  (``BLOCK_N`` keys; one load per 16 keys, each piece's page looked up: ``tma_keys``) into a ring of
   ``NUM_STAGES`` shared buffers, signalling "ready" mbarriers;
 - two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
   asynchronous ``wgmma`` from shared memory and the online softmax in registers; each step waits for its
@@ -19,13 +19,15 @@ two 64-row accumulators of a 128 x D tile and the scores fit without spilling wh
 kernel runs one 8-warp program at 255 registers (D=256) or two capped at 128 (D=128); the two
 warpgroups' instruction streams interleave on the SM, one's softmax beside the other's products.
 
-Scope: causal (bottom-right) or not, a sliding window (key steps before a tile's first visible key are
-skipped, its left edge masked), bf16/fp16, head dim 64/128/256, caches contiguous with
+Scope: causal (bottom-right) or not, bf16/fp16, head dim 64/128/256, caches contiguous with
 ``Hkv * D`` elements per slot (the TMA view ``[num_pages * page_size, Hkv * D]``) and page sizes that
-are a multiple of 16 or of ``BLOCK_N``. No soft-cap, sinks, key split or float8 cache: those run
-the Triton kernel (``hopper_prefill_refusal`` says why not). Gluon has no interpreter; the kernel is
-checked against the fp32 reference on the GPU (``tests/test_hopper_prefill.py``) and compiled for
-sm_90 on the CPU.
+are a multiple of 16; the Triton kernel's model features but the float8 cache, each a
+constexpr switch (off, the code is the plain kernel's): a sliding window (key steps before a tile's first
+visible key are skipped, its left edge masked), a soft-cap (``c * tanh(s / c)`` on each score, as the
+Triton kernel computes it) and sinks (a per-head logit in each row's denominator and LSE, folded in once
+per row where the tile is written). No key split or float8 cache: those run the Triton kernel
+(``hopper_prefill_refusal`` says why not). Gluon has no interpreter; the kernel is checked against the
+fp32 reference on the GPU (``tests/test_hopper_prefill.py``) and compiled for sm_90 on the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HopperPrefillConfig
-from .device import _find_sequence
+from .device import _find_sequence, _tanh
 from .plan import register_report
 
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
@@ -60,15 +62,15 @@ LAUNCH_MAXNREG = 168
 """Registers per thread the launch asks for: 12 warps (4 + 4 consumer, 1 producer padded to a
 warpgroup) x 32 threads x 168 fit the 64K registers of one multiprocessor."""
 TMA_PIECE = 16
-"""Keys per TMA load where a page holds fewer keys than a step (pages of 16, 32): one load per page."""
+"""Keys per TMA load at every page size (``tma_keys``): one load per page of 16, several per larger page."""
 
 # the same values as constexprs, for the device code (a jit function reads no plain globals)
 _BLOCK_M = gl.constexpr(BLOCK_M)
 _ROWS = gl.constexpr(CONSUMER_ROWS)
-_PIECE = gl.constexpr(TMA_PIECE)
 _PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
 _CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
 _LN2 = gl.constexpr(math.log(2.0))
+_LOG2E = gl.constexpr(1.0 / math.log(2.0))  # natural-log sink logits -> the kernel's log2 units
 _ZERO_ROWS = gl.constexpr(16)  # rows of V zeroed at once past a sequence's last key
 
 
@@ -101,8 +103,8 @@ def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.conste
     program of one tile; a persistent program counts on across its tiles)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
-     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
-    PIECE: gl.constexpr = BLOCK_N if PAGE_SIZE % BLOCK_N == 0 else _PIECE
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
+    PIECE: gl.constexpr = k_desc.block_shape[0]  # keys per TMA load: the launcher's choice (tma_keys)
     NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
     tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8
     last_page = (kv_len - 1) // PAGE_SIZE
@@ -137,15 +139,17 @@ def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.conste
 
 @gluon.jit
 def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                    row_limit, kv_len, qk_scale, step_lo, step_hi, first_step, ring_base, window,
+                    row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
-                    IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, WIDTH: gl.constexpr):
+                    IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, WIDTH: gl.constexpr):
     """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the tile's ``first_step`` takes the
     ring's slot ``ring_base``); every product is waited for within its own step. ``MASKED`` steps drop keys past
     ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or before
-    ``row_limit - window``. ``WIDTH`` (``BLOCK_N`` or half of it): the keys of a step the products take,
-    from its first (``s_layout`` is the scores' layout at that width)."""
+    ``row_limit - window``. ``SOFTCAP``: each score s becomes ``c * tanh(s / c)`` as in the Triton kernel's
+    ``_softmax_update``: the product's ``q . k`` is mapped to ``tanh(q . k * softcap_in)`` (``softcap_in =
+    scale / c``) before the masks, and ``qk_scale`` is ``c * log2(e)``. ``WIDTH`` (``BLOCK_N`` or half of it):
+    the keys of a step the products take, from its first (``s_layout`` is the scores' layout at that width)."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, WIDTH], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
@@ -164,6 +168,8 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         prev = (slot + NUM_STAGES - 1) % NUM_STAGES
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
+        if SOFTCAP:
+            s = _tanh(s * softcap_in)
         if MASKED:
             keys = step * BLOCK_N + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, s_layout))
             visible = gl.expand_dims(keys < kv_len, 0)
@@ -210,23 +216,25 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 @gluon.jit
 def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, WARPGROUP: gl.constexpr):
+              USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+              WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
-    of this warpgroup sees at half width), write O and the log-sum-exp."""
+    of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
+    write O and the log-sum-exp."""
     _consume_tile(state, 0, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW,
-                  HALF_STEP, WARPGROUP)
+                  HALF_STEP, SOFTCAP, HAS_SINKS, WARPGROUP)
 
 
 @gluon.jit
 def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                   NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                   NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                  WARPGROUP: gl.constexpr):
+                  SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
     """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base``."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
-     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h) = state
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
     ROWS: gl.constexpr = _ROWS
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -257,14 +265,14 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
     if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
         o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                      row_limit, kv_len, qk_scale, first_step, left_end, first_step, ring_base, window,
-                                      s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, True,
-                                      BLOCK_N)
+                                      row_limit, kv_len, qk_scale, softcap_in, first_step, left_end, first_step,
+                                      ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True,
+                                      IS_CAUSAL, True, SOFTCAP, BLOCK_N)
     # keys every row sees, unmasked; then the diagonal and the ragged end, masked
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, left_end, mid_steps, first_step, ring_base, window,
-                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL, USE_WINDOW,
-                                  BLOCK_N)
+                                  row_limit, kv_len, qk_scale, softcap_in, left_end, mid_steps, first_step, ring_base,
+                                  window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL,
+                                  USE_WINDOW, SOFTCAP, BLOCK_N)
     if HALF_STEP:
         # from the step whose first half holds this warpgroup's last visible key on, half-wide products
         last_key = kv_len - 1
@@ -274,9 +282,9 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
     else:
         half_from = num_steps
     o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, mid_steps, half_from, first_step, ring_base, window,
-                                  s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
-                                  BLOCK_N)
+                                  row_limit, kv_len, qk_scale, softcap_in, mid_steps, half_from, first_step, ring_base,
+                                  window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL,
+                                  USE_WINDOW, SOFTCAP, BLOCK_N)
     if HALF_STEP:
         HALF: gl.constexpr = BLOCK_N // 2
         half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -284,17 +292,31 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
         rows_half: gl.constexpr = gl.SliceLayout(1, half_layout)
         o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
                                             q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                            gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, half_from,
-                                            num_steps, first_step, ring_base, window, half_layout, o_layout,
-                                            io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW, HALF)
+                                            gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, softcap_in,
+                                            half_from, num_steps, first_step, ring_base, window, half_layout,
+                                            o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
+                                            SOFTCAP, HALF)
         m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
         l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
     mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
                     pred=num_steps > first_step)
 
-    l_safe = gl.where(l_i > 0.0, l_i, 1.0)
-    out = o / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
+    if HAS_SINKS:
+        # the head's sink logit joins each row's denominator once, with no value (the Triton kernel's
+        # _fold_sink); O's rescale by alpha joins the division, not a pass over the accumulator of its own.
+        # A row that saw no key (m_i = -1e30, l_i = 0) gets alpha = 0, l = 1: output 0, LSE the sink.
+        query_s = tile_start + r_s // GROUP
+        sink2 = gl.load(sinks_ptr + kv_head * GROUP + r_s % GROUP, mask=query_s < q_len, other=0.0) * _LOG2E
+        m_new = gl.maximum(m_i, sink2)
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.exp2(sink2 - m_new)  # at least 1 where the sink is the max, else l_i >= 1
+        m_i = m_new
+        l_safe = l_i
+        out = o * gl.expand_dims(gl.convert_layout(alpha / l_i, gl.SliceLayout(1, o_layout)), 1)
+    else:
+        l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+        out = o / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
     out = gl.convert_layout(out.to(out_ptr.dtype.element_ty), io_layout)
     o_offs = gl.expand_dims(token_io * stride_o_t + head_io * stride_o_h, 1) + gl.expand_dims(d_io, 0)
     gl.store(out_ptr + o_offs, out, mask=gl.expand_dims(valid_io, 1))
@@ -370,8 +392,8 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
     """A persistent program's values shared by its tiles -> tile ``flat_idx``'s ``state`` (the tuple
     ``_produce_tile`` and ``_consume_tile`` take), its key steps in the ring, and whether it holds rows."""
     (q_ptr, out_ptr, lse_ptr, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs, k_bufs,
-     v_bufs, k_ready, v_ready, k_empty, v_empty, window, qk_scale, num_seqs, num_q_blocks, stride_q_t, stride_q_h,
-     stride_o_t, stride_o_h, stride_bt_seq) = shared
+     v_bufs, k_ready, v_ready, k_empty, v_empty, window, qk_scale, softcap_in, sinks_ptr, num_seqs, num_q_blocks,
+     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq) = shared
     NUM_KV_HEADS: gl.constexpr = NUM_Q_HEADS // GROUP
     (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
      left_end) = _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
@@ -379,7 +401,8 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
     block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
     state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
              v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-             first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
+             first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in,
+             sinks_ptr)
     return state, num_steps - first_step, tile_start < q_len
 
 
@@ -403,7 +426,7 @@ def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
 def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                    WARPGROUP: gl.constexpr):
+                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order."""
     ring_base = 0
     for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
@@ -414,7 +437,7 @@ def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
             # any of them writes the next tile's Q into the warpgroup's buffer
             _warps_barrier()
             _consume_tile(state, ring_base, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                          NUM_Q_HEADS, USE_WINDOW, HALF_STEP, WARPGROUP)
+                          NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, WARPGROUP)
             ring_base += tile_steps
 
 
@@ -428,17 +451,22 @@ def _hopper_prefill_kernel(
     block_table_ptr,  # [B, max_pages] int32
     cu_seqlens_q_ptr,  # [B + 1] int32
     kv_lens_ptr,  # [B] int32
-    qk_scale,  # scale * log2(e)
+    sinks_ptr,  # [Hq] fp32 sink logits, natural log (HAS_SINKS), else None
+    qk_scale,  # scale * log2(e); with SOFTCAP, softcap * log2(e)
+    softcap_in,  # scale / softcap (SOFTCAP only)
     window,  # keys of the sliding window (USE_WINDOW only)
     num_seqs, num_q_blocks,
     stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq,
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
-    USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr,
+    USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
+    HAS_SINKS: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head), grid
     ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first. ``PERSISTENT``: a grid of
-    at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order."""
+    at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order.
+    Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
+    ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
@@ -454,15 +482,23 @@ def _hopper_prefill_kernel(
             window_arg = window
         else:
             window_arg = 0
+        if SOFTCAP:
+            softcap_arg = softcap_in
+        else:
+            softcap_arg = 0
+        if HAS_SINKS:
+            sinks_arg = sinks_ptr
+        else:
+            sinks_arg = 0
         shared = (q_ptr, out_ptr, lse_arg, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs,
-                  k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, window_arg, qk_scale, num_seqs, num_q_blocks,
-                  stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
+                  k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, window_arg, qk_scale, softcap_arg, sinks_arg,
+                  num_seqs, num_q_blocks, stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
         gl.warp_specialize([
             (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 0)),
+                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
             (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 1)),
+                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
             (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                NUM_Q_HEADS, USE_WINDOW)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -478,12 +514,13 @@ def _hopper_prefill_kernel(
             # hands them over as runtime values)
             state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
                      v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
-                     first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h)
+                     first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
+                     softcap_in, sinks_ptr)
             gl.warp_specialize([
                 (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 0)),
+                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
                 (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, 1)),
+                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
                 (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
                              NUM_Q_HEADS, USE_WINDOW, 0)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -497,17 +534,18 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                            sliding_window: int | None = None, softcap: float | None = None,
                            sinks: torch.Tensor | None = None, k_scale: torch.Tensor | None = None) -> str | None:
     """None where this kernel can run the batch, else why not (one line): a Hopper GPU (sm_90 exactly:
-    its wgmma and setmaxnreg), bf16/fp16, head dim 64/128/256, no model feature but a sliding window,
-    caches contiguous and 16-byte aligned with page sizes that are a multiple of 16."""
+    its wgmma and setmaxnreg), bf16/fp16 caches of q's dtype (no float8 cache), head dim 64/128/256, caches
+    contiguous and 16-byte aligned with page sizes that are a multiple of 16. A sliding window, soft-cap
+    and sinks run here; ``sliding_window``, ``softcap`` and ``sinks`` are taken for the call's symmetry."""
     if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) != (9, 0):
         return "needs an sm_90 GPU"
+    if k_scale is not None or k_cache.dtype == torch.float8_e4m3fn:
+        return "fp8 caches run the Triton kernel"
     if q.dtype not in (torch.bfloat16, torch.float16) or k_cache.dtype != q.dtype:
         return f"dtype {q.dtype} / cache {k_cache.dtype}: bf16 or fp16 only"
     head_dim = q.shape[2]
     if head_dim not in HOPPER_PREFILL_TABLE:
         return f"head dim {head_dim} not in {tuple(HOPPER_PREFILL_TABLE)}"
-    if softcap is not None or sinks is not None or k_scale is not None:
-        return "soft-cap, sinks and fp8 caches run the Triton kernel"
     page_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     if page_size % TMA_PIECE:
         return f"page size {page_size} is not a multiple of {TMA_PIECE}"
@@ -521,13 +559,30 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return None
 
 
+def tma_keys(config: HopperPrefillConfig, page_size: int) -> int:
+    """Keys per TMA load (the descriptors' box rows): ``config.tma_keys`` where set, else ``TMA_PIECE``. H100,
+    32/8/128, page 256, us (results/h100-triton-tune/twelfth-session/tune-tma-d128): B4 q2048 on 2048 cached keys
+    729.0 with 16-key loads against 757.0 / 775.2 with whole 128-key steps (32: 757.0, 64: 776.0; cuDNN 752.6),
+    B8 q2048 on 2048 1450.5 against 1550.4 / 1573.8 (cuDNN 1512.6), B4 q2048 301.4 against 307.1 / 305.6; B8 q2048
+    597.0 against 589.9 / 607.6 (a tie). In the default sweep's rows the page-256 prefills moved 1 to 6 %."""
+    if config.tma_keys:
+        if config.block_n % config.tma_keys or page_size % config.tma_keys or config.tma_keys % TMA_PIECE:
+            raise ValueError(f"tma_keys={config.tma_keys} must be a multiple of {TMA_PIECE} dividing the step "
+                             f"({config.block_n} keys) and the page size ({page_size})")
+        return config.tma_keys
+    return TMA_PIECE  # also where a page holds a whole step: 16-key loads beat 128-key ones at page 256 (v5.2)
+
+
 class HopperPrefillLauncher:
     """Bound arguments of one batch for ``_hopper_prefill_kernel`` (same call interface as the Triton
-    kernel's launcher: ``__call__`` returns ``out`` or ``(out, lse)``)."""
+    kernel's launcher: ``__call__`` returns ``out`` or ``(out, lse)``). Model features as the Triton
+    kernel's launcher takes them: ``sliding_window``, ``softcap`` c (each score s becomes ``c * tanh(s / c)``)
+    and ``sinks`` (``[Hq]`` float32 logits in each row's denominator and LSE, with no value)."""
 
     def __init__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                  cu_seqlens_q: torch.Tensor, kv_lens: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None, *,
-                 causal: bool, scale: float, config: HopperPrefillConfig, sliding_window: int | None = None):
+                 causal: bool, scale: float, config: HopperPrefillConfig, sliding_window: int | None = None,
+                 softcap: float | None = None, sinks: torch.Tensor | None = None):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         from .launch import LOG2E, multiprocessor_count  # (launch imports this module)
@@ -537,7 +592,7 @@ class HopperPrefillLauncher:
         num_seqs = block_table.shape[0]
         self.config = config  # launch.py's choice (configs.hopper_prefill_config) or the caller's
         block_n = self.config.block_n
-        piece = block_n if page_size % block_n == 0 else TMA_PIECE
+        piece = tma_keys(config, page_size)
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         descs = []
         for cache in (k_cache, v_cache):
@@ -555,7 +610,10 @@ class HopperPrefillLauncher:
         self._grid = (num_tiles,)
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
-            cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, qk_scale=float(scale) * LOG2E,
+            cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, sinks_ptr=sinks, HAS_SINKS=sinks is not None,
+            # soft-cap as in the Triton kernel's launcher: tanh(q.k * scale / c), then c in log2 units
+            qk_scale=(float(softcap) if softcap is not None else float(scale)) * LOG2E,
+            softcap_in=float(scale) / float(softcap) if softcap is not None else None, SOFTCAP=softcap is not None,
             window=int(sliding_window) if sliding_window is not None else None, USE_WINDOW=sliding_window is not None,
             num_seqs=num_seqs, num_q_blocks=self.num_q_blocks,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_o_t=out.stride(0), stride_o_h=out.stride(1),
@@ -582,10 +640,11 @@ class HopperPrefillLauncher:
 
 def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dtype = torch.bfloat16,
                  causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None,
-                 sliding_window: int | None = None):
+                 sliding_window: int | None = None, softcap: float | None = None, sinks: bool = False):
     """Compile the kernel for sm_90 without a GPU (Triton's own compiler and ptxas, on CPU tensors'
-    signatures; ``config`` defaults to the head dim's table entry) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's check of
-    the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
+    signatures; ``config`` defaults to the head dim's table entry; ``sinks``: a CPU float32 ``[Hq]`` tensor
+    stands in for the logits) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's
+    check of the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
     module was imported (``tests/test_hopper_prefill.py`` runs it in a subprocess)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -599,7 +658,8 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
     launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), block_table, torch.zeros(3, dtype=torch.int32),
                                      torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
                                      torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
-                                     config=config or HOPPER_PREFILL_TABLE[head_dim], sliding_window=sliding_window)
+                                     config=config or HOPPER_PREFILL_TABLE[head_dim], sliding_window=sliding_window,
+                                     softcap=softcap, sinks=torch.zeros(q.shape[1]) if sinks else None)
     args = dict(launcher._args)
     options = {key: args.pop(key) for key in ("num_warps", "maxnreg")}
     kernel = _hopper_prefill_kernel

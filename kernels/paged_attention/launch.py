@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .configs import (DECODES_APART_MIN_KEYS_PER_SM, HopperPrefillConfig, KernelConfig, hopper_prefill_config,
-                      query_bucket)
+from .configs import (DECODES_APART_MIN_KEYS_PER_SM, HOPPER_PREFILL_MIN_WINDOW, HopperPrefillConfig, KernelConfig,
+                      hopper_prefill_config, query_bucket)
 from .device import _merge_splits_kernel, _paged_attention_kernel
 
 try:
@@ -335,9 +335,10 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
     ``hopper_prefill``: long-query launches (query bucket ``long``, keys unsplit, ``config`` and
     ``num_splits`` not given) run the warp-specialised Gluon kernel (``hopper_prefill.py``) where it can
-    run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no model feature but a window); None: wherever it
-    can, False: never, True: a ValueError saying why where it cannot. A ``HopperPrefillConfig`` as ``config``
-    (the long launch's) asks for the Gluon kernel with that configuration instead of its table's."""
+    run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no fp8 cache; a window, soft-cap and sinks
+    run there too); None: wherever it can, False: never, True: a ValueError saying why where it cannot. A
+    ``HopperPrefillConfig`` as ``config`` (the long launch's) asks for the Gluon kernel with that configuration
+    instead of its table's."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
                     max_q_len=max_q_len, max_kv_len=max_kv_len, scale=scale, out=out, causal=causal,
                     sliding_window=sliding_window, softcap=softcap, sinks=sinks, k_scale=k_scale, v_scale=v_scale)
@@ -401,6 +402,8 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             refusal = f"max_q_len={max_q_len} is not a long-query launch (more than 16 queries)"
         elif config is not None or num_splits is not None:
             refusal = "a Triton configuration or split was given"
+        elif hopper_prefill is None and sliding_window is not None and sliding_window < HOPPER_PREFILL_MIN_WINDOW:
+            refusal = f"a {sliding_window}-key window runs faster in the Triton kernel (HOPPER_PREFILL_MIN_WINDOW)"
         else:
             refusal = hopper_prefill_refusal(q, k_cache, v_cache, sliding_window=sliding_window, softcap=softcap,
                                              sinks=sinks, k_scale=k_scale)
@@ -408,7 +411,7 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                                          causal=causal, scale=scale,
                                          config=gluon_config or hopper_prefill_config(head_dim, max_kv_len),
-                                         sliding_window=sliding_window)
+                                         sliding_window=sliding_window, softcap=softcap, sinks=sinks)
         _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
                        num_kv_heads=k_cache.shape[2], head_dim=head_dim, page_size=k_cache.shape[1],

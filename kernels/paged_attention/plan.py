@@ -74,6 +74,8 @@ def plan_launch(*, num_tokens: int, num_seqs: int, num_q_heads: int, num_kv_head
     if config is None:
         bucket, table_dim, pages = config_key(head_dim, page_size, max_q_len)
         config = CONFIG_TABLE[bucket, table_dim, pages]
+        if sliding_window is not None:
+            config = CONFIG_TABLE.get((f"{bucket}-window", table_dim, pages), config)
         few = CONFIG_TABLE.get((f"{bucket}-few", table_dim, pages))
         if few is not None and tiles(config)[3] < FEW_PROGRAMS_PER_SM[bucket] * num_sms:
             config = few
