@@ -228,16 +228,19 @@ def test_adapter_declares_all_four_features():
 
 def test_window_shrinks_the_split_span():
     """Decode with a window reads at most W + block_n - 1 keys per tile: the split heuristic divides
-    that span, not the whole context (32k keys, window 4096: the same split size as a 4.2k context)."""
+    that span, not the whole context (32k keys, window 4096: the same split size as a 4.1k context with
+    the same configuration; the windowed decode takes the ``decode-window`` entry's 32-key steps)."""
     common = dict(num_tokens=16, num_seqs=16, num_q_heads=32, num_kv_heads=8, head_dim=128, page_size=16,
                   max_q_len=1, num_sms=132)
     windowed = plan_launch(max_kv_len=32768, sliding_window=4096, **common)
-    assert tile_key_span(32768, 1, windowed.block_q, windowed.config.block_n, 4096) == 4096 + 63
-    assert windowed.num_splits * windowed.split_size >= 4096 + 63
-    short = plan_launch(max_kv_len=4096 + 63, **common)
+    block_n = windowed.config.block_n
+    assert block_n == 32
+    assert tile_key_span(32768, 1, windowed.block_q, block_n, 4096) == 4096 + block_n - 1
+    assert windowed.num_splits * windowed.split_size >= 4096 + block_n - 1
+    short = plan_launch(max_kv_len=4096 + block_n - 1, config=windowed.config, **common)
     assert (windowed.num_splits, windowed.split_size) == (short.num_splits, short.split_size)
     assert plan_launch(max_kv_len=100, sliding_window=4096, **common).split_size == \
-        plan_launch(max_kv_len=100, **common).split_size
+        plan_launch(max_kv_len=100, config=windowed.config, **common).split_size
     assert tile_key_span(1000, 64, 16, 64, None) == 1000
     assert tile_key_span(1000, 64, 16, 64, 100) == 15 + 100 + 63
 
