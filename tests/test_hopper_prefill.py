@@ -49,15 +49,21 @@ def assert_gluon(launcher):
     assert launcher.describe()["kernel"] == "gluon warp-specialised (sm_90)"
 
 
-def run_and_gate(batch, config=None):
-    """Launch the Gluon kernel on ``batch`` with its features, NaN-poisoned output and LSE; the gate's verdicts
-    for both."""
-    launcher = _prepare(batch, return_lse=True, hopper_prefill=True, config=config, **_features(batch))
+def run_poisoned(launcher):
+    """Run a Gluon launch with its output and LSE NaN-poisoned first (a row it never writes fails the gate)
+    -> (out, lse)."""
     assert_gluon(launcher)
     launcher.out.fill_(float("nan"))
     launcher.lse.fill_(float("nan"))
     out, lse = launcher()
     torch.cuda.synchronize()
+    return out, lse
+
+
+def run_and_gate(batch, config=None):
+    """Launch the Gluon kernel on ``batch`` with its features, NaN-poisoned output and LSE; the gate's verdicts
+    for both."""
+    out, lse = run_poisoned(_prepare(batch, return_lse=True, hopper_prefill=True, config=config, **_features(batch)))
     ref, ref_lse = reference_attention(batch, with_lse=True)
     return compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
 
@@ -374,11 +380,7 @@ class TestOnHopper:
                                            max_kv_len=spec.max_kv_len, causal=True, scale=spec.scale,
                                            return_lse=True, hopper_prefill=True, softcap=1.0, sinks=batch.sinks,
                                            config=_table_config(head_dim, persistent))
-        assert_gluon(launcher)
-        launcher.out.fill_(float("nan"))
-        launcher.lse.fill_(float("nan"))
-        out, lse = launcher()
-        torch.cuda.synchronize()
+        out, lse = run_poisoned(launcher)
         seen_out, seen_lse = reference_attention(seen, with_lse=True)
         empty_lse = batch.sinks.expand(shift, -1)
         assert torch.equal(out[:shift], torch.zeros_like(out[:shift]))

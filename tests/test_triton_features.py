@@ -103,6 +103,21 @@ def test_each_feature_on_a_mixed_batch(feature, dtype):
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_windowed_decode_with_the_table_entry(dtype):
+    """A windowed D=128 decode at page 16 with no config given runs the table's ``decode-window`` entry (32-key
+    steps): keys before the window skipped, its left edge inside a step, whole and split in two."""
+    spec = BatchSpec.from_grammar("3q1c70-200", page_size=16, dtype=dtype, seed=3, num_q_heads=4, num_kv_heads=2,
+                                  head_dim=128, sliding_window=45)
+    batch = make_batch(spec, "cpu")
+    for num_splits in (None, 2):
+        out, lse, launcher = launch(batch, config=None, num_splits=num_splits)
+        assert launcher.plan.config.block_n == 32, launcher.plan.config.label()
+        assert launcher.plan.num_splits == (num_splits or launcher.plan.num_splits)
+        assert_matches(batch, out, lse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("kind", ["decode", "prefill"])
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_all_four_on_decode_and_prefill(kind, dtype, num_splits):
