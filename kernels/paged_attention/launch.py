@@ -336,7 +336,8 @@ def prepare_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     ``hopper_prefill``: long-query launches (query bucket ``long``, keys unsplit, ``config`` and
     ``num_splits`` not given) run the warp-specialised Gluon kernel (``hopper_prefill.py``) where it can
     run the batch (an sm_90 GPU, bf16/fp16, head dim 64/128/256, no fp8 cache; a window, soft-cap and sinks
-    run there too); None: wherever it can, False: never, True: a ValueError saying why where it cannot. A
+    run there too); None: wherever it can but for windows under ``HOPPER_PREFILL_MIN_WINDOW`` keys (faster in the
+    Triton kernel), False: never, True: a ValueError saying why where it cannot. A
     ``HopperPrefillConfig`` as ``config`` (the long launch's) asks for the Gluon kernel with that configuration
     instead of its table's."""
     validate_inputs(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens,
