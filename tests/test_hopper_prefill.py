@@ -141,11 +141,13 @@ def test_routing_with_the_device_check_passed(monkeypatch):
 def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():
     """Each TMA load brings 16 keys at every page size (at page 256 they beat whole 128-key steps); a config's
     ``tma_keys`` replaces that where it divides the step and the page, and says why not where it does not."""
-    from kernels.paged_attention.hopper_prefill import TMA_PIECE, tma_keys
+    from kernels.paged_attention.configs import HOPPER_PREFILL_TMA_KEYS
+    from kernels.paged_attention.hopper_prefill import tma_keys
 
-    assert TMA_PIECE == 16
+    assert HOPPER_PREFILL_TMA_KEYS == 16
     for page_size in (16, 32, 128, 256):
         assert tma_keys(HopperPrefillConfig(128, 2), page_size) == 16
+        assert tma_keys(HopperPrefillConfig(64, 2), page_size) == 16
     assert tma_keys(HopperPrefillConfig(128, 2, tma_keys=64), 256) == 64
     assert tma_keys(HopperPrefillConfig(64, 2, tma_keys=32), 32) == 32
     for config, page_size in ((HopperPrefillConfig(128, 2, tma_keys=64), 32),

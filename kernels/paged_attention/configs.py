@@ -171,8 +171,8 @@ class HopperPrefillConfig:
     where tiles are short, one program per tile leaves its prologue and epilogue unoverlapped). Off in the
     table until a GPU run has timed it."""
     tma_keys: int = 0
-    """Keys per TMA load of K or V; 0: 16 at every page size (``hopper_prefill.tma_keys``: at page 256 16-key
-    loads beat a whole 128-key step's, notes "v5.2"). A tuning option (``triton_tune.py --gluon 128,2,tma64``)."""
+    """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
+    128,2,tma64``)."""
 
     def label(self) -> str:
         return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
@@ -181,6 +181,20 @@ class HopperPrefillConfig:
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
+
+
+HOPPER_PREFILL_TMA_KEYS = 16
+"""Keys per TMA load of K or V at every page size, where a configuration does not say (``tma_keys`` 0). At page 256
+the producer once loaded a whole 128-key step at a time. H100, 32/8/128, page 256, us
+(results/h100-triton-tune/twelfth-session/tune-tma-d128):
+- B4 q2048 on 2048 cached keys: 729.0 with 16-key loads against 757.0 / 775.2 with whole steps (32 keys: 757.0,
+  64: 776.0; cuDNN 752.6).
+- B8 q2048 on 2048 keys: 1450.5 against 1550.4 / 1573.8 (cuDNN 1512.6).
+- B4 q2048 with no context: 301.4 against 307.1 / 305.6. B8 q2048 with no context: 597.0 against 589.9 / 607.6, a
+  tie.
+In the default sweep on one machine (notes, "v5.2"), B8 q2048 on 2048 keys went from 1566.4 to 1486.7 and B4 q2048
+on 2048 from 780.6 to 752.7; B1 q2048 on 2048 from 187.2 to 192.3 (slower); the cells with no context moved
+within 1.5 %."""
 
 
 HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {

@@ -40,7 +40,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HopperPrefillConfig
+from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig
 from .device import _find_sequence, _tanh
 from .plan import register_report
 
@@ -62,7 +62,7 @@ LAUNCH_MAXNREG = 168
 """Registers per thread the launch asks for: 12 warps (4 + 4 consumer, 1 producer padded to a
 warpgroup) x 32 threads x 168 fit the 64K registers of one multiprocessor."""
 TMA_PIECE = 16
-"""Keys per TMA load at every page size (``tma_keys``): one load per page of 16, several per larger page."""
+"""The fewest keys one TMA load brings, and the page-size granularity the kernel needs (``tma_keys``)."""
 
 # the same values as constexprs, for the device code (a jit function reads no plain globals)
 _BLOCK_M = gl.constexpr(BLOCK_M)
@@ -560,17 +560,13 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 def tma_keys(config: HopperPrefillConfig, page_size: int) -> int:
-    """Keys per TMA load (the descriptors' box rows): ``config.tma_keys`` where set, else ``TMA_PIECE``. H100,
-    32/8/128, page 256, us (results/h100-triton-tune/twelfth-session/tune-tma-d128): B4 q2048 on 2048 cached keys
-    729.0 with 16-key loads against 757.0 / 775.2 with whole 128-key steps (32: 757.0, 64: 776.0; cuDNN 752.6),
-    B8 q2048 on 2048 1450.5 against 1550.4 / 1573.8 (cuDNN 1512.6), B4 q2048 301.4 against 307.1 / 305.6; B8 q2048
-    597.0 against 589.9 / 607.6 (a tie). In the default sweep's rows the page-256 prefills moved 1 to 6 %."""
-    if config.tma_keys:
-        if config.block_n % config.tma_keys or page_size % config.tma_keys or config.tma_keys % TMA_PIECE:
-            raise ValueError(f"tma_keys={config.tma_keys} must be a multiple of {TMA_PIECE} dividing the step "
-                             f"({config.block_n} keys) and the page size ({page_size})")
-        return config.tma_keys
-    return TMA_PIECE  # also where a page holds a whole step: 16-key loads beat 128-key ones at page 256 (v5.2)
+    """Keys per TMA load (the descriptors' box rows): ``config.tma_keys``, or ``HOPPER_PREFILL_TMA_KEYS`` where it
+    is 0; a multiple of ``TMA_PIECE`` that divides the key step and the page (else a ValueError saying so)."""
+    keys = config.tma_keys or HOPPER_PREFILL_TMA_KEYS
+    if config.block_n % keys or page_size % keys or keys % TMA_PIECE:
+        raise ValueError(f"tma_keys={keys} must be a multiple of {TMA_PIECE} dividing the step "
+                         f"({config.block_n} keys) and the page size ({page_size})")
+    return keys
 
 
 class HopperPrefillLauncher:
