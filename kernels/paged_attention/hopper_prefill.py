@@ -41,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig
-from .device import _find_sequence, _tanh
+from .device import LOG2E, _find_sequence, _tanh
 from .plan import register_report
 
 # Triton 3.6 names the TMA load ``async_copy_global_to_shared``; later versions ``async_load``.
@@ -70,7 +70,6 @@ _ROWS = gl.constexpr(CONSUMER_ROWS)
 _PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
 _CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
 _LN2 = gl.constexpr(math.log(2.0))
-_LOG2E = gl.constexpr(1.0 / math.log(2.0))  # natural-log sink logits -> the kernel's log2 units
 _ZERO_ROWS = gl.constexpr(16)  # rows of V zeroed at once past a sequence's last key
 
 
@@ -87,9 +86,8 @@ def _io_layout(head_dim):
 
 
 @gluon.jit
-def _producer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              USE_WINDOW: gl.constexpr, ROLE: gl.constexpr):
+def _producer(state, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_STAGES: gl.constexpr):
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
     product can start while V is in flight. ``state``: the program's runtime values (``_state`` in the
     kernel); the constexprs come as arguments of their own."""
@@ -214,10 +212,9 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 
 
 @gluon.jit
-def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
-              USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-              WARPGROUP: gl.constexpr):
+def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+              IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr,
+              HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
     of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
@@ -307,7 +304,7 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
         # _fold_sink); O's rescale by alpha joins the division, not a pass over the accumulator of its own.
         # A row that saw no key (m_i = -1e30, l_i = 0) gets alpha = 0, l = 1: output 0, LSE the sink.
         query_s = tile_start + r_s // GROUP
-        sink2 = gl.load(sinks_ptr + kv_head * GROUP + r_s % GROUP, mask=query_s < q_len, other=0.0) * _LOG2E
+        sink2 = gl.load(sinks_ptr + kv_head * GROUP + r_s % GROUP, mask=query_s < q_len, other=0.0) * LOG2E  # natural log -> log2 units
         m_new = gl.maximum(m_i, sink2)
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.exp2(sink2 - m_new)  # at least 1 where the sink is the max, else l_i >= 1
@@ -442,6 +439,15 @@ def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
 
 
 @gluon.jit
+def _or_zero(value, USED: gl.constexpr):
+    """``value`` where its feature is on, else 0 (a tuple that a jit function returns may hold no None)."""
+    if USED:
+        return value
+    else:
+        return 0
+
+
+@gluon.jit
 def _hopper_prefill_kernel(
     out_ptr,  # [T, Hq, D], q's dtype
     lse_ptr,  # [T, Hq] fp32 (WRITE_LSE), else None
@@ -474,24 +480,9 @@ def _hopper_prefill_kernel(
         q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM, BLOCK_N,
                                                                           NUM_STAGES)
         # no None in the tuple: Triton 3.6 cannot return one from a jit function (_tile_state does)
-        if WRITE_LSE:
-            lse_arg = lse_ptr
-        else:
-            lse_arg = 0
-        if USE_WINDOW:
-            window_arg = window
-        else:
-            window_arg = 0
-        if SOFTCAP:
-            softcap_arg = softcap_in
-        else:
-            softcap_arg = 0
-        if HAS_SINKS:
-            sinks_arg = sinks_ptr
-        else:
-            sinks_arg = 0
-        shared = (q_ptr, out_ptr, lse_arg, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs,
-                  k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, window_arg, qk_scale, softcap_arg, sinks_arg,
+        shared = (q_ptr, out_ptr, _or_zero(lse_ptr, WRITE_LSE), block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr,
+                  k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                  _or_zero(window, USE_WINDOW), qk_scale, _or_zero(softcap_in, SOFTCAP), _or_zero(sinks_ptr, HAS_SINKS),
                   num_seqs, num_q_blocks, stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
         gl.warp_specialize([
@@ -517,12 +508,11 @@ def _hopper_prefill_kernel(
                      first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
                      softcap_in, sinks_ptr)
             gl.warp_specialize([
-                (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
-                (_consumer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                             NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
-                (_producer, (state, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                             NUM_Q_HEADS, USE_WINDOW, 0)),
+                (_consumer, (state, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
+                (_consumer, (state, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
+                (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
 
@@ -581,7 +571,7 @@ class HopperPrefillLauncher:
                  softcap: float | None = None, sinks: torch.Tensor | None = None):
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-        from .launch import LOG2E, multiprocessor_count  # (launch imports this module)
+        from .launch import multiprocessor_count, score_scales  # (launch imports this module)
 
         num_tokens, num_q_heads, head_dim = q.shape
         num_pages, page_size, num_kv_heads, _ = k_cache.shape
@@ -607,9 +597,7 @@ class HopperPrefillLauncher:
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, sinks_ptr=sinks, HAS_SINKS=sinks is not None,
-            # soft-cap as in the Triton kernel's launcher: tanh(q.k * scale / c), then c in log2 units
-            qk_scale=(float(softcap) if softcap is not None else float(scale)) * LOG2E,
-            softcap_in=float(scale) / float(softcap) if softcap is not None else None, SOFTCAP=softcap is not None,
+            **score_scales(scale, softcap),  # as the Triton kernel's launcher binds them
             window=int(sliding_window) if sliding_window is not None else None, USE_WINDOW=sliding_window is not None,
             num_seqs=num_seqs, num_q_blocks=self.num_q_blocks,
             stride_q_t=q.stride(0), stride_q_h=q.stride(1), stride_o_t=out.stride(0), stride_o_h=out.stride(1),

@@ -25,6 +25,15 @@ from .plan import (LaunchPlan, allocate_workspace, decode_keys_per_sm, next_powe
 LOG2E = 1.4426950408889634
 """log2(e): scores are kept in the log2 domain so that the softmax uses exp2."""
 
+
+def score_scales(scale: float, softcap: float | None) -> dict:
+    """The score arguments both kernels take: ``qk_scale`` (log2 units) and, with a soft-cap c, ``softcap_in``:
+    the kernel computes ``tanh(q.k * scale / c)`` and scales it by ``c`` (``qk_scale = c * log2(e)``)."""
+    if softcap is None:
+        return dict(qk_scale=float(scale) * LOG2E, softcap_in=None, SOFTCAP=False)
+    return dict(qk_scale=float(softcap) * LOG2E, softcap_in=float(scale) / float(softcap), SOFTCAP=True)
+
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_KV_DTYPE = torch.float8_e4m3fn
 """The one cache dtype besides q's: float8 e4m3 (Triton's ``float8e4nv``), with float32 scales."""
@@ -230,10 +239,7 @@ class PagedAttentionLauncher:
             block_table_ptr=block_table,
             k_scale_ptr=k_scale, v_scale_ptr=v_scale, KV_FP8=kv_fp8,
             stride_scale=(1 if k_scale.numel() > 1 else 0) if kv_fp8 else None,
-            # soft-cap: the kernel computes tanh(q.k * scale / c) and scales it by c (in log2 units)
-            qk_scale=(float(softcap) if softcap is not None else float(scale)) * LOG2E,
-            softcap_in=float(scale) / float(softcap) if softcap is not None else None,
-            SOFTCAP=softcap is not None,
+            **score_scales(scale, softcap),
             stride_q_t=q.stride(0), stride_q_h=q.stride(1),
             stride_k_page=k_cache.stride(0), stride_k_slot=k_cache.stride(1), stride_k_head=k_cache.stride(2),
             stride_v_page=v_cache.stride(0), stride_v_slot=v_cache.stride(1), stride_v_head=v_cache.stride(2),
