@@ -26,6 +26,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,10 +208,10 @@ GLUON_FLAGS = {"half", "persistent"}
 """Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
-def gluon_config(text: str) -> HopperPrefillConfig:
+def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
     """``--gluon`` value ``N,STAGES[,half][,persistent][,tmaK]`` (e.g. ``128,2,half``: half-wide masked steps;
     ``128,2,persistent``: one program per multiprocessor looping over the tiles; ``128,2,tma64``: 64 keys per TMA
-    load) -> the Gluon kernel's config."""
+    load, which must suit the step and every page size in ``pages``) -> the Gluon kernel's config."""
     parts = text.split(",")
     numbers, flags = parts[:2], parts[2:]
     tma = [flag for flag in flags if flag.startswith("tma") and flag[3:].isdigit() and int(flag[3:]) > 0]
@@ -218,8 +219,17 @@ def gluon_config(text: str) -> HopperPrefillConfig:
             or not set(flags) - set(tma) <= GLUON_FLAGS or len(set(flags)) != len(flags) or len(tma) > 1):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
                          f",half, ,persistent and/or ,tmaK (K keys per TMA load; e.g. 128,2 or 128,2,half,tma64)")
-    return HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
-                               persistent="persistent" in flags, tma_keys=int(tma[0][3:]) if tma else 0)
+    config = HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
+                                 persistent="persistent" in flags, tma_keys=int(tma[0][3:]) if tma else 0)
+    if tma:
+        from kernels.paged_attention.hopper_prefill import tma_keys  # needs Gluon: only where a size is asked for
+
+        for page_size in pages:
+            try:
+                tma_keys(config, page_size)
+            except ValueError as error:
+                raise UsageError(f"--gluon {text!r}: {error}") from None
+    return config
 
 
 def candidate_label(config: KernelConfig | HopperPrefillConfig | None, decodes_apart: bool | None) -> str:
@@ -256,7 +266,8 @@ def main() -> int:
         # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the
         # kernel, the reference and cuDNN's adapter alike
         features = feature_fields(args)
-        gluon_configs = [gluon_config(text) for text in args.gluon]  # a malformed value stops here, before any GPU work
+        # a malformed value stops here, before any GPU work
+        gluon_configs = [gluon_config(text, args.pages) for text in args.gluon]
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"

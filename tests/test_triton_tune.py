@@ -69,21 +69,26 @@ def _load_tune_script():
 
 
 def test_gluon_values_parse_or_name_the_mistake():
-    """``--gluon`` takes N,STAGES and the options half and persistent; anything else is a usage error that
+    """``--gluon`` takes N,STAGES and the options half, persistent and tmaK; anything else is a usage error that
     names the value, raised before any GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
     assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)
     assert tune.gluon_config("64,2,persistent") == tune.HopperPrefillConfig(64, 2, persistent=True)
     assert tune.gluon_config("128,2,persistent,half") == tune.HopperPrefillConfig(128, 2, True, True)
+    assert tune.gluon_config("128,2,tma64", pages=[256]) == tune.HopperPrefillConfig(128, 2, tma_keys=64)
     for bad in ("128", "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
-                "128,2,persistent,x"):
+                "128,2,persistent,x", "128,2,tma", "128,2,tma0", "128,2,tma16,tma32"):
         try:
             tune.gluon_config(bad)
         except tune.UsageError as error:
             assert repr(bad) in str(error)
         else:
             raise AssertionError(f"--gluon {bad!r} was accepted")
+    # a load size must suit the step and every page size asked for (the kernel's own check, before any GPU work)
+    for bad, pages in (("128,2,tma64", [16, 256]), ("64,2,tma128", [256]), ("128,2,tma24", [256])):
+        with pytest.raises(tune.UsageError, match=rf"--gluon '{bad}': tma_keys=\d+ must be a multiple of 16"):
+            tune.gluon_config(bad, pages)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
