@@ -463,7 +463,7 @@ def _compile_for_sm90(cases):
 @pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
-    for sm_90 at each head dim, with page pieces and whole-step loads, GQA and MHA, bf16 and fp16, with
+    for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with
     half-wide masked steps and as persistent programs; its PTX gives the consumers 240 registers and the
     producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS
     does not wait after every wgmma."""
