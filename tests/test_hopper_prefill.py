@@ -90,6 +90,17 @@ def test_configs_fit_shared_memory():
         assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
 
 
+def test_config_names_its_schedule_or_says_what_is_wrong():
+    """A schedule is one of the kernel's three and shows in the config's label; a misspelt one, or half-wide steps
+    with a paired schedule (whose loop runs full-width steps only), is a ValueError that names it."""
+    assert HopperPrefillConfig(128, 2).label() == "gluon-ws M128-N128-s2"
+    assert HopperPrefillConfig(128, 2, schedule="pingpong").label() == "gluon-ws M128-N128-s2-pingpong"
+    with pytest.raises(ValueError, match="schedule 'ping': one of step, paired, pingpong"):
+        HopperPrefillConfig(128, 2, schedule="ping")
+    with pytest.raises(ValueError, match="half_step runs with the schedule 'step' only, not 'paired'"):
+        HopperPrefillConfig(128, 2, half_step=True, schedule="paired")
+
+
 @pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
 @pytest.mark.parametrize("grammar,kwargs,message", [
     ("1q64c64", dict(hopper_prefill=True), "cannot run this launch: needs an sm_90 GPU"),
@@ -307,6 +318,28 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("schedule", ["paired", "pingpong"])
+    @pytest.mark.parametrize("head_dim,heads,block_n", [(128, (32, 8), 128), (128, (32, 8), 64), (64, (64, 8), 128),
+                                                        (256, (16, 8), 64), (128, (8, 8), 128)])
+    @pytest.mark.parametrize("page_size", [16, 256])
+    @pytest.mark.parametrize("variant", ["causal", "full", "window-100", "window-1000-capped-sunk", "persistent"])
+    def test_paired_schedules_match_reference(self, schedule, head_dim, heads, block_n, page_size, variant):
+        """``schedule`` ``"paired"`` and ``"pingpong"``: a step's ``Q K^T`` issued behind the step before's ``P V``,
+        each range's V buffers released by itself, and (pingpong) the two warpgroups' turns counted across the
+        window's edge, unmasked and masked ranges (and from tile to tile in persistent programs; a miscount
+        deadlocks or races): ragged sequences, a decode, single-step tiles, soft-cap and sinks; output and LSE."""
+        window = int(variant.split("-")[1]) if variant.startswith("window") else None
+        features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
+        spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
+                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                                      causal=variant != "full", sliding_window=window, **features)
+        config = HopperPrefillConfig(block_n, 2, persistent=variant == "persistent", schedule=schedule)
+        batch = make_batch(spec, "cuda")
+        assert _prepare(batch, config=config, **_features(batch)).describe()["config"].endswith(schedule)
+        verdict, lse_verdict = run_and_gate(batch, config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("feature", CAPPED_AND_SUNK)
     @pytest.mark.parametrize("head_dim,heads,page_size", [(64, (64, 8), 32), (128, (32, 8), 16), (256, (16, 8), 256)])
     @pytest.mark.parametrize("causal,dtype", [(True, "bf16"), (False, "fp16")])
@@ -464,13 +497,18 @@ def _compile_for_sm90(cases):
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with
-    half-wide masked steps and as persistent programs; its PTX gives the consumers 240 registers and the
+    half-wide masked steps, as persistent programs and in the paired schedules; its PTX gives the consumers 240 registers and the
     producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS
     does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),
-             (128, 16, 4, "bfloat16", None, (128, 2, False, True)), (256, 256, 2, "float16", 1024, (64, 2, True, True))]
+             (128, 16, 4, "bfloat16", None, (128, 2, False, True)), (256, 256, 2, "float16", 1024, (64, 2, True, True)),
+             # the paired schedules (HopperPrefillConfig.schedule)
+             (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "paired")),
+             (128, 16, 4, "float16", 100, (128, 2, False, False, 0, "pingpong")),
+             (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "pingpong")),
+             (64, 256, 8, "bfloat16", None, (128, 2, False, False, 0, "pingpong"))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 

@@ -152,6 +152,9 @@ split figures."""
 HOPPER_PREFILL_BLOCK_M = 128
 """Rows of the Gluon prefill kernel's tile, whatever its configuration: two consumer warpgroups of 64."""
 
+HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong")
+"""The orders in which the Gluon prefill kernel's consumers may issue their products (``HopperPrefillConfig.schedule``)."""
+
 
 @dataclass(frozen=True)
 class HopperPrefillConfig:
@@ -173,11 +176,24 @@ class HopperPrefillConfig:
     tma_keys: int = 0
     """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
     128,2,tma64``)."""
+    schedule: str = "step"
+    """How a consumer warpgroup orders its products (``HOPPER_PREFILL_SCHEDULES``): ``"step"``, a step's ``Q K^T`` and
+    ``P V`` each waited for within the step; ``"paired"``, a step's ``Q K^T`` issued right behind the step before's
+    ``P V`` and both waited for at once; ``"pingpong"``, paired, with the two warpgroups taking turns to issue them
+    (FlashAttention 3's schedule) so that one's softmax overlaps the other's products. The paired schedules run
+    full-width steps only (no ``half_step``)."""
+
+    def __post_init__(self):
+        if self.schedule not in HOPPER_PREFILL_SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: one of {', '.join(HOPPER_PREFILL_SCHEDULES)}")
+        if self.half_step and self.schedule != "step":
+            raise ValueError(f"half_step runs with the schedule 'step' only, not {self.schedule!r}")
 
     def label(self) -> str:
         return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
-                + (f"-tma{self.tma_keys}" if self.tma_keys else ""))
+                + (f"-tma{self.tma_keys}" if self.tma_keys else "")
+                + (f"-{self.schedule}" if self.schedule != "step" else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size

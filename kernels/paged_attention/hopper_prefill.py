@@ -136,19 +136,74 @@ def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.conste
 
 
 @gluon.jit
+def _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, p_dtype: gl.constexpr,
+                  s_layout: gl.constexpr, o_layout: gl.constexpr, BLOCK_N: gl.constexpr, WIDTH: gl.constexpr,
+                  MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+    """Step ``step``'s scores ``s`` (``WIDTH`` keys from its first) -> (P as the ``P V`` product's register
+    operand, O rescaled to the new row maxima, m, l): the soft-cap, the masks of a ``MASKED`` step and the
+    online softmax, as ``_consumer_steps`` describes them."""
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    if SOFTCAP:
+        s = _tanh(s * softcap_in)
+    if MASKED:
+        keys = step * BLOCK_N + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, s_layout))
+        visible = gl.expand_dims(keys < kv_len, 0)
+        if IS_CAUSAL:
+            visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_limit, 1))
+        if USE_WINDOW:
+            visible = visible & (gl.expand_dims(keys, 0) > gl.expand_dims(row_limit - window, 1))
+        s = gl.where(visible, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+    return p_op, o, m_new, l_i
+
+
+@gluon.jit
+def _ready_v(v_bufs, v_ready, stage, phase, step, kv_len, v_load_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+             WIDTH: gl.constexpr, MASKED: gl.constexpr):
+    """Wait for step ``step``'s V tile (ring stage ``stage``) -> its first ``WIDTH`` rows, with the rows past
+    ``kv_len`` zeroed where a ``MASKED`` step reaches past the sequence's last key."""
+    mbarrier.wait(v_ready.index(stage), phase)
+    v_buf = v_bufs.index(stage)
+    if WIDTH < BLOCK_N:
+        v_buf = v_buf.slice(0, WIDTH)
+    if MASKED:
+        if step * BLOCK_N + WIDTH > kv_len:
+            # slots past kv_len in the last page may hold anything, NaN included: P is 0 there
+            # but 0 * NaN is not, so those rows of V become 0 (both warpgroups write the same).
+            # _ZERO_ROWS rows at a time, only those that reach past kv_len: a whole 64 x D tile in
+            # registers beside the accumulator spilled (Triton 3.6: 216 bytes at D=256, 12 at D=128)
+            for chunk in gl.static_range(WIDTH // _ZERO_ROWS):
+                chunk_start = step * BLOCK_N + chunk * _ZERO_ROWS
+                if chunk_start + _ZERO_ROWS > kv_len:
+                    v_rows = v_buf.slice(chunk * _ZERO_ROWS, _ZERO_ROWS)
+                    v = v_rows.load(v_load_layout)
+                    v_keys = chunk_start + gl.arange(0, _ZERO_ROWS, layout=gl.SliceLayout(1, v_load_layout))
+                    v = gl.where(gl.expand_dims(v_keys < kv_len, 1), v, gl.zeros_like(v))
+                    v_rows.store(v)
+            fence_async_shared()
+            _warps_barrier()
+    return v_buf
+
+
+@gluon.jit
 def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                     row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
                     IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, WIDTH: gl.constexpr):
     """Key steps ``step_lo .. step_hi - 1`` of one warpgroup's 64 rows (the tile's ``first_step`` takes the
-    ring's slot ``ring_base``); every product is waited for within its own step. ``MASKED`` steps drop keys past
-    ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or before
-    ``row_limit - window``. ``SOFTCAP``: each score s becomes ``c * tanh(s / c)`` as in the Triton kernel's
+    ring's slot ``ring_base``); every product is waited for within its own step (the schedule ``"step"``; each
+    step releases the V buffer of the step before, the tile's last one is released where the tile ends).
+    ``MASKED`` steps drop keys past ``kv_len``, past each row's last key (causal) and, with ``USE_WINDOW``, at or
+    before ``row_limit - window``. ``SOFTCAP``: each score s becomes ``c * tanh(s / c)`` as in the Triton kernel's
     ``_softmax_update``: the product's ``q . k`` is mapped to ``tanh(q . k * softcap_in)`` (``softcap_in =
     scale / c``) before the masks, and ``qk_scale`` is ``c * log2(e)``. ``WIDTH`` (``BLOCK_N`` or half of it):
     the keys of a step the products take, from its first (``s_layout`` is the scores' layout at that width)."""
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     zero_s = gl.zeros([_ROWS, WIDTH], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
         slot = ring_base + step - first_step
@@ -166,44 +221,10 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         prev = (slot + NUM_STAGES - 1) % NUM_STAGES
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
-        if SOFTCAP:
-            s = _tanh(s * softcap_in)
-        if MASKED:
-            keys = step * BLOCK_N + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, s_layout))
-            visible = gl.expand_dims(keys < kv_len, 0)
-            if IS_CAUSAL:
-                visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_limit, 1))
-            if USE_WINDOW:
-                visible = visible & (gl.expand_dims(keys, 0) > gl.expand_dims(row_limit - window, 1))
-            s = gl.where(visible, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        m_i = m_new
-        o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
-
-        mbarrier.wait(v_ready.index(stage), phase)
-        v_buf = v_bufs.index(stage)
-        if WIDTH < BLOCK_N:
-            v_buf = v_buf.slice(0, WIDTH)
-        if MASKED:
-            if step * BLOCK_N + WIDTH > kv_len:
-                # slots past kv_len in the last page may hold anything, NaN included: P is 0 there
-                # but 0 * NaN is not, so those rows of V become 0 (both warpgroups write the same).
-                # _ZERO_ROWS rows at a time, only those that reach past kv_len: a whole 64 x D tile in
-                # registers beside the accumulator spilled (Triton 3.6: 216 bytes at D=256, 12 at D=128)
-                for chunk in gl.static_range(WIDTH // _ZERO_ROWS):
-                    chunk_start = step * BLOCK_N + chunk * _ZERO_ROWS
-                    if chunk_start + _ZERO_ROWS > kv_len:
-                        v_rows = v_buf.slice(chunk * _ZERO_ROWS, _ZERO_ROWS)
-                        v = v_rows.load(v_load_layout)
-                        v_keys = chunk_start + gl.arange(0, _ZERO_ROWS, layout=gl.SliceLayout(1, v_load_layout))
-                        v = gl.where(gl.expand_dims(v_keys < kv_len, 1), v, gl.zeros_like(v))
-                        v_rows.store(v)
-                fence_async_shared()
-                _warps_barrier()
+        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
+                                          q_smem.dtype, s_layout, o_layout, BLOCK_N, WIDTH, MASKED, IS_CAUSAL,
+                                          USE_WINDOW, SOFTCAP)
+        v_buf = _ready_v(v_bufs, v_ready, stage, phase, step, kv_len, v_load_layout, BLOCK_N, WIDTH, MASKED)
         o = warpgroup_mma(p_op, v_buf, o, is_async=True)
         # waited here, not at the next step: a product in flight across the loop's back edge makes ptxas
         # serialise every wgmma of the kernel (C7512: a wait after each of its k-chunks)
@@ -212,23 +233,126 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 
 
 @gluon.jit
-def _consumer(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-              IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr,
-              HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
-    """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
-    then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
-    of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
-    write O and the log-sum-exp."""
-    _consume_tile(state, 0, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS, USE_WINDOW,
-                  HALF_STEP, SOFTCAP, HAS_SINKS, WARPGROUP)
+def _take_turn(turns, turn, WARPGROUP: gl.constexpr):
+    """Wait until this warpgroup may issue its products (its ``turn``-th turn, counted from 0) -> ``turn + 1``."""
+    mbarrier.wait(turns.index(WARPGROUP), turn & 1)
+    return turn + 1
 
 
 @gluon.jit
-def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+def _pass_turn(turns, WARPGROUP: gl.constexpr):
+    """Hand the turn to the other warpgroup once this one's products are issued."""
+    mbarrier.arrive(turns.index(1 - WARPGROUP), count=1)
+
+
+@gluon.jit
+def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                           row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
+                           s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
+                           BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
+                           IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr,
+                           PINGPONG: gl.constexpr, WARPGROUP: gl.constexpr):
+    """``_consumer_steps`` (full-width steps) with each step's ``Q K^T`` issued right behind the step before's
+    ``P V`` and both waited for at once (the schedules ``"paired"`` and ``"pingpong"``): one wait a step instead
+    of two, and nothing in flight across the loop's back edge. The range releases each of its V buffers itself.
+    ``PINGPONG``: the two warpgroups take turns to issue their products (``turns``, two mbarriers; ``turn``
+    counts this warpgroup's turns and is returned), so that one's softmax runs while the other's products do
+    rather than both softmaxes at once (FlashAttention 3's schedule)."""
+    zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
+    if step_hi > step_lo:
+        slot = ring_base + step_lo - first_step
+        stage = slot % NUM_STAGES
+        phase = (slot // NUM_STAGES) & 1
+        mbarrier.wait(k_ready.index(stage), phase)
+        if PINGPONG:
+            turn = _take_turn(turns, turn, WARPGROUP)
+        s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        if PINGPONG:
+            _pass_turn(turns, WARPGROUP)
+        s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
+        mbarrier.arrive(k_empty.index(stage), count=1)
+        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step_lo, row_limit, kv_len, qk_scale, softcap_in, window,
+                                          q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
+                                          USE_WINDOW, SOFTCAP)
+        o = warpgroup_mma_init(o)
+        for step in range(step_lo + 1, step_hi):
+            v_buf = _ready_v(v_bufs, v_ready, stage, phase, step - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
+                             MASKED)
+            prev_stage = stage
+            slot = ring_base + step - first_step
+            stage = slot % NUM_STAGES
+            phase = (slot // NUM_STAGES) & 1
+            mbarrier.wait(k_ready.index(stage), phase)
+            if PINGPONG:
+                turn = _take_turn(turns, turn, WARPGROUP)
+            o = warpgroup_mma(p_op, v_buf, o, is_async=True)
+            s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            if PINGPONG:
+                _pass_turn(turns, WARPGROUP)
+            s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            mbarrier.arrive(v_empty.index(prev_stage), count=1)
+            p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
+                                              q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
+                                              USE_WINDOW, SOFTCAP)
+            o = warpgroup_mma_init(o)
+        # the range's last P V
+        v_buf = _ready_v(v_bufs, v_ready, stage, phase, step_hi - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N, MASKED)
+        if PINGPONG:
+            turn = _take_turn(turns, turn, WARPGROUP)
+        o = warpgroup_mma(p_op, v_buf, o, is_async=True)
+        if PINGPONG:
+            _pass_turn(turns, WARPGROUP)
+        o = warpgroup_mma_init(warpgroup_mma_wait(num_outstanding=0, deps=(o,)))
+        mbarrier.arrive(v_empty.index(stage), count=1)
+    return o, m_i, l_i, turn
+
+
+@gluon.jit
+def _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+               row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
+               s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+               NUM_STAGES: gl.constexpr, MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr,
+               SOFTCAP: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+    """Full-width key steps ``step_lo .. step_hi - 1`` in the launch's ``SCHEDULE`` (``HopperPrefillConfig.schedule``)
+    -> (o, m, l, turn)."""
+    if SCHEDULE == "step":
+        o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                      row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base,
+                                      window, s_layout, o_layout, v_load_layout, BLOCK_N, NUM_STAGES, MASKED,
+                                      IS_CAUSAL, USE_WINDOW, SOFTCAP, BLOCK_N)
+    else:
+        o, m_i, l_i, turn = _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready,
+                                                   k_empty, v_empty, row_limit, kv_len, qk_scale, softcap_in, step_lo,
+                                                   step_hi, first_step, ring_base, window, s_layout, o_layout,
+                                                   v_load_layout, BLOCK_N, NUM_STAGES, MASKED, IS_CAUSAL, USE_WINDOW,
+                                                   SOFTCAP, SCHEDULE == "pingpong", WARPGROUP)
+    return o, m_i, l_i, turn
+
+
+@gluon.jit
+def _consumer(state, turns, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
+              USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+              SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+    """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
+    then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
+    of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
+    write O and the log-sum-exp. ``SCHEDULE`` ``"pingpong"``: the first warpgroup takes the first turn."""
+    if SCHEDULE == "pingpong":
+        if WARPGROUP == 1:
+            _pass_turn(turns, WARPGROUP)
+    _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                  USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
+
+
+@gluon.jit
+def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                   NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                   NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                  SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
-    """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base``."""
+                  SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+    """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base`` -> the
+    warpgroup's turns taken so far (``turn`` before the tile; ``SCHEDULE`` ``"pingpong"`` only)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
@@ -261,15 +385,15 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
     if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
-        o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                      row_limit, kv_len, qk_scale, softcap_in, first_step, left_end, first_step,
-                                      ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True,
-                                      IS_CAUSAL, True, SOFTCAP, BLOCK_N)
+        o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                       v_empty, row_limit, kv_len, qk_scale, softcap_in, first_step, left_end,
+                                       first_step, ring_base, window, s_layout, o_layout, io_layout, BLOCK_N,
+                                       NUM_STAGES, True, IS_CAUSAL, True, SOFTCAP, SCHEDULE, WARPGROUP)
     # keys every row sees, unmasked; then the diagonal and the ragged end, masked
-    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, softcap_in, left_end, mid_steps, first_step, ring_base,
-                                  window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False, IS_CAUSAL,
-                                  USE_WINDOW, SOFTCAP, BLOCK_N)
+    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, left_end, mid_steps, first_step,
+                                   ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False,
+                                   IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
     if HALF_STEP:
         # from the step whose first half holds this warpgroup's last visible key on, half-wide products
         last_key = kv_len - 1
@@ -278,10 +402,10 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
         half_from = gl.minimum(gl.maximum((last_key + BLOCK_N // 2) // BLOCK_N, mid_steps), num_steps)
     else:
         half_from = num_steps
-    o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                  row_limit, kv_len, qk_scale, softcap_in, mid_steps, half_from, first_step, ring_base,
-                                  window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL,
-                                  USE_WINDOW, SOFTCAP, BLOCK_N)
+    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, mid_steps, half_from, first_step,
+                                   ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True,
+                                   IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
     if HALF_STEP:
         HALF: gl.constexpr = BLOCK_N // 2
         half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -296,8 +420,9 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
         m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
         l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
-    mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
-                    pred=num_steps > first_step)
+    if SCHEDULE == "step":  # the tile's last V buffer (the paired schedules release each range's own)
+        mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
+                        pred=num_steps > first_step)
 
     if HAS_SINKS:
         # the head's sink logit joins each row's denominator once, with no value (the Triton kernel's
@@ -323,6 +448,7 @@ def _consume_tile(state, ring_base, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
         lse = (m_i + gl.log2(l_safe)) * _LN2
         gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_s % GROUP, lse,
                  mask=query_lse < q_len)
+    return turn
 
 
 @gluon.jit
@@ -384,6 +510,17 @@ def _ring(dtype: gl.constexpr, smem_layout: gl.constexpr, HEAD_DIM: gl.constexpr
 
 
 @gluon.jit
+def _turn_barriers():
+    """The two mbarriers of the ``"pingpong"`` schedule: warpgroup w waits at ``turns.index(w)`` for its turn to issue
+    products, and the other warpgroup arrives there once its own are issued."""
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
+    fence_async_shared()
+    return turns
+
+
+@gluon.jit
 def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
                 NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
     """A persistent program's values shared by its tiles -> tile ``flat_idx``'s ``state`` (the tuple
@@ -420,12 +557,17 @@ def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
 
 
 @gluon.jit
-def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, WARPGROUP: gl.constexpr):
-    """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order."""
+                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+    """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
+    turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
+    if SCHEDULE == "pingpong":
+        if WARPGROUP == 1:
+            _pass_turn(turns, WARPGROUP)
     ring_base = 0
+    turn = gl.to_tensor(0)  # a runtime value: the loop carries it
     for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
                                                   USE_WINDOW)
@@ -433,8 +575,8 @@ def _consumer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
             # every warp of this warpgroup is past the tile before (its products waited for, O stored) before
             # any of them writes the next tile's Q into the warpgroup's buffer
             _warps_barrier()
-            _consume_tile(state, ring_base, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                          NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, WARPGROUP)
+            turn = _consume_tile(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                 WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
             ring_base += tile_steps
 
 
@@ -466,16 +608,21 @@ def _hopper_prefill_kernel(
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
-    HAS_SINKS: gl.constexpr,
+    HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head), grid
     ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first. ``PERSISTENT``: a grid of
     at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order.
     Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
-    ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``."""
+    ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
+    ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``)."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
+    if SCHEDULE == "pingpong":
+        turns = _turn_barriers()
+    else:
+        turns = 0  # unused (a partition's argument may not be None)
     if PERSISTENT:
         q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM, BLOCK_N,
                                                                           NUM_STAGES)
@@ -486,10 +633,10 @@ def _hopper_prefill_kernel(
                   num_seqs, num_q_blocks, stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
         gl.warp_specialize([
-            (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
-            (_consumer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                               NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
+            (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 0)),
+            (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 1)),
             (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                NUM_Q_HEADS, USE_WINDOW)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -508,10 +655,10 @@ def _hopper_prefill_kernel(
                      first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
                      softcap_in, sinks_ptr)
             gl.warp_specialize([
-                (_consumer, (state, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 0)),
-                (_consumer, (state, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, 1)),
+                (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 0)),
+                (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 1)),
                 (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
@@ -604,7 +751,7 @@ class HopperPrefillLauncher:
             stride_bt_seq=block_table.stride(0),
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
-            HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent,
+            HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
             num_warps=4, maxnreg=LAUNCH_MAXNREG,
         )
 
