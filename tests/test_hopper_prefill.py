@@ -17,7 +17,8 @@ from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
     from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT,
-                                                 HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE, HopperPrefillConfig)
+                                                 HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
+                                                 HOPPER_PREFILL_WINDOW_SCHEDULE, HopperPrefillConfig)
     from kernels.paged_attention.hopper_prefill import BLOCK_M, HopperPrefillLauncher, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
@@ -117,7 +118,8 @@ def test_launcher_says_why_it_cannot_take_the_gluon_kernel(grammar, kwargs, mess
 def test_routing_with_the_device_check_passed(monkeypatch):
     """Where the Gluon kernel can run (its refusal patched to None here, on CPU tensors that are never
     launched): long-query launches take it, a mixed batch's decodes run apart beside it, and forcing it
-    (``hopper_prefill=True``) applies to the long launch only."""
+    (``hopper_prefill=True``) applies to the long launch only; the configuration: short sequences', the head
+    dim's, a windowed launch's schedule, the caller's."""
     from kernels.paged_attention import DecodesApartLauncher, PagedAttentionLauncher, launch
     from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher
 
@@ -147,6 +149,15 @@ def test_routing_with_the_device_check_passed(monkeypatch):
                       HopperPrefillLauncher)
     assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, hopper_prefill=True), HopperPrefillLauncher)
     assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, config=chosen), HopperPrefillLauncher)
+    # the table's paired schedule, but with a window (HOPPER_PREFILL_WINDOW_SCHEDULE); a caller's config as given
+    d128 = make_batch(BatchSpec.from_grammar("2q40c600", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=128,
+                                             dtype="fp16"), "cpu")
+    assert _prepare(d128).config == HOPPER_PREFILL_TABLE[128] and HOPPER_PREFILL_TABLE[128].schedule == "paired"
+    windowed = _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
+    assert windowed == dataclasses.replace(HOPPER_PREFILL_TABLE[128], schedule=HOPPER_PREFILL_WINDOW_SCHEDULE)
+    assert HOPPER_PREFILL_WINDOW_SCHEDULE == "step" and windowed.label().endswith("-s2")
+    paired = HopperPrefillConfig(128, 2, schedule="paired")
+    assert _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW, config=paired).config == paired
 
 
 def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():

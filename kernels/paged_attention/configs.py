@@ -8,7 +8,7 @@ subsection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -216,15 +216,27 @@ within 1.5 %."""
 HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # H100, bf16, B4 q2048 on 2048 keys, us at page 16 (results/h100-triton-tune/ninth-session/pv-wait, the
     # kernel at 74783da): 523.5 / 520.0 (table, repeat; 2 stages 492.9 in the same run, 510.6 against 3
-    # stages' 508.5 in another: a tie; cuDNN 650.0)
+    # stages' 508.5 in another: a tie; cuDNN 650.0). The "paired" schedule in the default sweep (32/8/64,
+    # thirteenth session, two runs): 498.8 / 500.3 against "step" 494.3 / 498.6 (FA4 467.3), the 64/8/64 mixed
+    # batch 1345.6 / 1350.3 against 1382.1 / 1392.3: no clear win, so it stays "step"
     64: HopperPrefillConfig(block_n=128, num_stages=3),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
     # shared memory; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
-    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT
-    128: HopperPrefillConfig(block_n=128, num_stages=2),
+    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT.
+    # The "paired" schedule (thirteenth session, the default sweep twice per schedule, results/h100-default-rows-
+    # v5.3): B4 q2048 c2048 716.8 / 729.4 against "step" 741.6 / 729.8 at page 16, 726.6 / 727.6 against 746.2 /
+    # 750.1 at 256; B8 q2048 c0 594.4 / 598.8 against 609.1 / 613.6 at page 256 (cuDNN 574.6); B1 q2048 c2048
+    # 178.1 / 177.6 against 193.5 / 191.3. Over the two runs' means, every prefill cell this entry runs is 0.7 to
+    # 8.8 % faster, and every mixed batch -0.1 to 1.4 %. "pingpong" lies between the two (B4 q2048 c0 at page 256:
+    # 299.6 / 300.8 against paired 293.9 / 293.9).
+    128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="paired"),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
-    # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory
-    256: HopperPrefillConfig(block_n=64, num_stages=2),
+    # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory. "paired" (thirteenth
+    # session, the default sweep's B4 q2048 c2048 at page 16, two runs): 678.8 / 678.6 against "step" 705.5 /
+    # 706.8 (FA4 672.5, cuDNN 715.6); soft-capped at 50, 826.4 / 823.5 against 838.3 / 850.9; "pingpong" 676.7 /
+    # 678.2 and 833.2 / 833.0, a tie (the tuning script's single runs, 624.3 against 667.0 at page 256, vary
+    # as much as the entry's own table and repeat rows there, 646.3 / 689.9).
+    256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="paired"),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
 bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE``'s entry where the
@@ -237,6 +249,9 @@ fewer masked keys than 128-key ones."""
 
 HOPPER_PREFILL_SHORT = HopperPrefillConfig(block_n=64, num_stages=2)
 """H100, bf16, causal with no cached context, us at pages 16 / 256 (results/h100-triton-tune/eleventh-session).
+Its schedule stays "step": with "paired" the default sweep's B8 q512 measured 78.0 / 77.9 and 77.2 / 77.0 against
+76.8 / 77.8 and 76.8 / 76.6, B4 q512 43.1 / 42.8 at page 16 against 42.7 / 42.7 (thirteenth session, two runs each);
+the tuning script's "pingpong" 80.4 / 80.5 against 76.5 / 76.3.
 The default sweep's D=128 cells, against the 128-key entry in two runs: B8 q512 76.8 / 77.0 against 84.1, 83.8
 / 82.0, 82.7 (cuDNN 76.8 / 71.7); B4 q512 42.1 / 41.8 against 45.7, 45.2 / 44.3, 45.3; B1 q512 unchanged
 (18.3). The tuning script: B8 q512 76.9 / 77.0 against 83.0 / 82.9; D=64 B8 q512 56.3 against 63.2 (page 16,
@@ -256,9 +271,19 @@ keys) the Gluon kernel is the faster, 294.7 against the Triton kernel's 405.7 (c
 measured."""
 
 
-def hopper_prefill_config(head_dim: int, max_kv_len: int) -> HopperPrefillConfig:
+HOPPER_PREFILL_WINDOW_SCHEDULE = "step"
+"""The schedule of a launch with a sliding window, whatever its entry says. The paired schedules start and end each
+range of key steps (the window's masked left edge, the unmasked middle, the masked diagonal) with a product that
+nothing overlaps, and a window's tiles have few steps. H100, the default sweep's 16/8/256 B4 q2048 c2048 with a
+1024-key window (thirteenth session, two runs each): "step" 293.6 / 292.3 us, "paired" 322.0 / 322.5, "pingpong"
+335.9 / 337.1 (cuDNN 284.1); the tuning script 289.5 / 290.4 against 318.0 / 324.8 at pages 16 / 256."""
+
+
+def hopper_prefill_config(head_dim: int, max_kv_len: int, sliding_window: int | None = None) -> HopperPrefillConfig:
     """The Gluon prefill kernel's configuration for a launch: ``HOPPER_PREFILL_SHORT`` where no sequence
-    has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry."""
-    if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS:
-        return HOPPER_PREFILL_SHORT
-    return HOPPER_PREFILL_TABLE[head_dim]
+    has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry; with a
+    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE``."""
+    config = HOPPER_PREFILL_SHORT if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE[head_dim]
+    if sliding_window is not None and config.schedule != HOPPER_PREFILL_WINDOW_SCHEDULE:
+        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE)
+    return config
