@@ -40,7 +40,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig
+from .configs import (HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig,
+                      hopper_prefill_config)
 from .device import LOG2E, _find_sequence, _tanh
 from .plan import register_report
 
@@ -136,13 +137,12 @@ def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.conste
 
 
 @gluon.jit
-def _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, p_dtype: gl.constexpr,
-                  s_layout: gl.constexpr, o_layout: gl.constexpr, BLOCK_N: gl.constexpr, WIDTH: gl.constexpr,
-                  MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
-    """Step ``step``'s scores ``s`` (``WIDTH`` keys from its first) -> (P as the ``P V`` product's register
-    operand, O rescaled to the new row maxima, m, l): the soft-cap, the masks of a ``MASKED`` step and the
-    online softmax, as ``_consumer_steps`` describes them."""
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+def _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, s_layout: gl.constexpr,
+                    BLOCK_N: gl.constexpr, WIDTH: gl.constexpr, MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                    USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+    """Step ``step``'s scores ``s`` (``WIDTH`` keys from its first) -> (P in float32, alpha: the factor O takes for
+    the new row maxima, m, l): the soft-cap, the masks of a ``MASKED`` step and the online softmax, as
+    ``_consumer_steps`` describes them."""
     if SOFTCAP:
         s = _tanh(s * softcap_in)
     if MASKED:
@@ -157,9 +157,30 @@ def _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in,
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-    return p_op, o, m_new, l_i
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _rescale(o, alpha, o_layout: gl.constexpr):
+    """O's rows times their ``alpha`` (the scores' row layout converted to O's)."""
+    return o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+
+
+@gluon.jit
+def _p_operand(p, p_dtype: gl.constexpr, o_layout: gl.constexpr):
+    """P as the ``P V`` product's register operand."""
+    return gl.convert_layout(p.to(p_dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
+
+
+@gluon.jit
+def _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, p_dtype: gl.constexpr,
+                  s_layout: gl.constexpr, o_layout: gl.constexpr, BLOCK_N: gl.constexpr, WIDTH: gl.constexpr,
+                  MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+    """``_online_softmax`` of step ``step`` with O's rescale -> (P as the ``P V`` product's operand, O, m, l)."""
+    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, s_layout,
+                                         BLOCK_N, WIDTH, MASKED, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+    o = _rescale(o, alpha, o_layout)
+    return _p_operand(p, p_dtype, o_layout), o, m_i, l_i
 
 
 @gluon.jit
@@ -773,7 +794,8 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
                  causal: bool = True, write_lse: bool = True, config: HopperPrefillConfig | None = None,
                  sliding_window: int | None = None, softcap: float | None = None, sinks: bool = False):
     """Compile the kernel for sm_90 without a GPU (Triton's own compiler and ptxas, on CPU tensors'
-    signatures; ``config`` defaults to the head dim's table entry; ``sinks``: a CPU float32 ``[Hq]`` tensor
+    signatures; ``config`` defaults to what a launch of long sequences takes, ``configs.hopper_prefill_config``, the
+    window's schedule included; ``sinks``: a CPU float32 ``[Hq]`` tensor
     stands in for the logits) -> Triton's compiled kernel (``.asm["ptx"]``, ``.metadata.shared``): the CPU's
     check of the Gluon code, which Triton's interpreter does not run. Needs TRITON_INTERPRET unset when this
     module was imported (``tests/test_hopper_prefill.py`` runs it in a subprocess)."""
@@ -789,7 +811,8 @@ def compile_sm90(head_dim: int, page_size: int, group: int = 4, dtype: torch.dty
     launcher = HopperPrefillLauncher(q, k_cache, k_cache.clone(), block_table, torch.zeros(3, dtype=torch.int32),
                                      torch.zeros(2, dtype=torch.int32), torch.empty_like(q),
                                      torch.empty(8, q.shape[1]) if write_lse else None, causal=causal, scale=0.1,
-                                     config=config or HOPPER_PREFILL_TABLE[head_dim], sliding_window=sliding_window,
+                                     config=config or hopper_prefill_config(head_dim, 2 ** 31 - 1, sliding_window),
+                                     sliding_window=sliding_window,
                                      softcap=softcap, sinks=torch.zeros(q.shape[1]) if sinks else None)
     args = dict(launcher._args)
     options = {key: args.pop(key) for key in ("num_warps", "maxnreg")}
