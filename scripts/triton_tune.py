@@ -204,13 +204,14 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     return [(None, None, None)] + forced + triton_table + pool + [(None, None, None)]
 
 
-GLUON_FLAGS = {"half", "persistent", "paired", "pingpong"}
-"""Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load); ``paired`` and
-``pingpong`` name the consumers' schedule (``HopperPrefillConfig.schedule``)."""
+SCHEDULE_FLAGS = ("paired", "pingpong", "overlap")
+"""``--gluon`` options that name the consumers' schedule (``HopperPrefillConfig.schedule``; at most one)."""
+GLUON_FLAGS = {"half", "persistent", *SCHEDULE_FLAGS}
+"""Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
 def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES[,half][,persistent][,paired|,pingpong][,tmaK]`` (e.g. ``128,2,half``: half-wide
+    """``--gluon`` value ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,tmaK]`` (e.g. ``128,2,half``: half-wide
     masked steps; ``128,2,persistent``: one program per multiprocessor looping over the tiles; ``128,2,pingpong``:
     the consumers' schedule; ``128,2,tma64``: 64 keys per TMA load, which must suit the step and every page size in
     ``pages``) -> the Gluon kernel's config."""
@@ -219,11 +220,11 @@ def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
     tma = [flag for flag in flags if flag.startswith("tma") and flag[3:].isdigit() and int(flag[3:]) > 0]
     if (len(numbers) != 2 or not all(number.isdigit() and int(number) > 0 for number in numbers)
             or not set(flags) - set(tma) <= GLUON_FLAGS or len(set(flags)) != len(flags) or len(tma) > 1
-            or {"paired", "pingpong"} <= set(flags)):
+            or len(set(flags) & set(SCHEDULE_FLAGS)) > 1):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
-                         f",half, ,persistent, one of ,paired / ,pingpong and/or ,tmaK (K keys per TMA load; e.g. "
+                         f",half, ,persistent, one of ,paired / ,pingpong / ,overlap and/or ,tmaK (K keys per TMA load; e.g. "
                          f"128,2 or 128,2,half,tma64 or 128,2,pingpong)")
-    schedule = next((flag for flag in flags if flag in ("paired", "pingpong")), "step")
+    schedule = next((flag for flag in flags if flag in SCHEDULE_FLAGS), "step")
     try:
         config = HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
                                      persistent="persistent" in flags, tma_keys=int(tma[0][3:]) if tma else 0,
@@ -266,7 +267,7 @@ def main() -> int:
     parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent][,pingpong][,tmaK]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
-                             "program per multiprocessor, ',paired' or ',pingpong' for the consumers' schedule, ',tmaK' "
+                             "program per multiprocessor, ',paired', ',pingpong' or ',overlap' for the consumers' schedule, ',tmaK' "
                              "for K keys per TMA load (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")

@@ -96,7 +96,7 @@ def test_config_names_its_schedule_or_says_what_is_wrong():
     with a paired schedule (whose loop runs full-width steps only), is a ValueError that names it."""
     assert HopperPrefillConfig(128, 2).label() == "gluon-ws M128-N128-s2"
     assert HopperPrefillConfig(128, 2, schedule="pingpong").label() == "gluon-ws M128-N128-s2-pingpong"
-    with pytest.raises(ValueError, match="schedule 'ping': one of step, paired, pingpong"):
+    with pytest.raises(ValueError, match="schedule 'ping': one of step, paired, pingpong, overlap"):
         HopperPrefillConfig(128, 2, schedule="ping")
     with pytest.raises(ValueError, match="half_step runs with the schedule 'step' only, not 'paired'"):
         HopperPrefillConfig(128, 2, half_step=True, schedule="paired")
@@ -329,14 +329,15 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
-    @pytest.mark.parametrize("schedule", ["paired", "pingpong"])
+    @pytest.mark.parametrize("schedule", ["paired", "pingpong", "overlap"])
     @pytest.mark.parametrize("head_dim,heads,block_n", [(128, (32, 8), 128), (128, (32, 8), 64), (64, (64, 8), 128),
                                                         (256, (16, 8), 64), (128, (8, 8), 128)])
     @pytest.mark.parametrize("page_size", [16, 256])
     @pytest.mark.parametrize("variant", ["causal", "full", "window-100", "window-1000-capped-sunk", "persistent"])
     def test_paired_schedules_match_reference(self, schedule, head_dim, heads, block_n, page_size, variant):
-        """``schedule`` ``"paired"`` and ``"pingpong"``: a step's ``Q K^T`` issued behind the step before's ``P V``,
-        each range's V buffers released by itself, and (pingpong) the two warpgroups' turns counted across the
+        """``schedule`` ``"paired"``, ``"pingpong"`` and ``"overlap"``: a step's ``Q K^T`` issued beside the step
+        before's ``P V`` (overlap: its softmax while that product is in flight, O rescaled after), each range's V
+        buffers released by itself, and (pingpong) the two warpgroups' turns counted across the
         window's edge, unmasked and masked ranges (and from tile to tile in persistent programs; a miscount
         deadlocks or races): ragged sequences, a decode, single-step tiles, soft-cap and sinks; output and LSE."""
         window = int(variant.split("-")[1]) if variant.startswith("window") else None
@@ -519,7 +520,9 @@ def test_compiles_for_sm90_with_its_partitions():
              (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "paired")),
              (128, 16, 4, "float16", 100, (128, 2, False, False, 0, "pingpong")),
              (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "pingpong")),
-             (64, 256, 8, "bfloat16", None, (128, 2, False, False, 0, "pingpong"))]
+             (64, 256, 8, "bfloat16", None, (128, 2, False, False, 0, "pingpong")),
+             (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "overlap")),
+             (256, 16, 2, "float16", 1024, (64, 2, False, False, 0, "overlap"))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 

@@ -152,7 +152,7 @@ split figures."""
 HOPPER_PREFILL_BLOCK_M = 128
 """Rows of the Gluon prefill kernel's tile, whatever its configuration: two consumer warpgroups of 64."""
 
-HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong")
+HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong", "overlap")
 """The orders in which the Gluon prefill kernel's consumers may issue their products (``HopperPrefillConfig.schedule``)."""
 
 
@@ -180,8 +180,10 @@ class HopperPrefillConfig:
     """How a consumer warpgroup orders its products (``HOPPER_PREFILL_SCHEDULES``): ``"step"``, a step's ``Q K^T`` and
     ``P V`` each waited for within the step; ``"paired"``, a step's ``Q K^T`` issued right behind the step before's
     ``P V`` and both waited for at once; ``"pingpong"``, paired, with the two warpgroups taking turns to issue them
-    (FlashAttention 3's schedule) so that one's softmax overlaps the other's products. The paired schedules run
-    full-width steps only (no ``half_step``)."""
+    (FlashAttention 3's schedule) so that one's softmax overlaps the other's products; ``"overlap"``, the step's
+    ``Q K^T`` issued before the step before's ``P V`` and waited for alone, its softmax beside that product
+    (FlashAttention 3's overlap within a warpgroup; not timed yet). The paired schedules run full-width steps only
+    (no ``half_step``)."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:

@@ -272,13 +272,15 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
                            s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
                            BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
                            IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr,
-                           PINGPONG: gl.constexpr, WARPGROUP: gl.constexpr):
+                           PINGPONG: gl.constexpr, OVERLAP: gl.constexpr, WARPGROUP: gl.constexpr):
     """``_consumer_steps`` (full-width steps) with each step's ``Q K^T`` issued right behind the step before's
     ``P V`` and both waited for at once (the schedules ``"paired"`` and ``"pingpong"``): one wait a step instead
     of two, and nothing in flight across the loop's back edge. The range releases each of its V buffers itself.
     ``PINGPONG``: the two warpgroups take turns to issue their products (``turns``, two mbarriers; ``turn``
     counts this warpgroup's turns and is returned), so that one's softmax runs while the other's products do
-    rather than both softmaxes at once (FlashAttention 3's schedule)."""
+    rather than both softmaxes at once (FlashAttention 3's schedule). ``OVERLAP`` (the schedule ``"overlap"``): the
+    step's ``Q K^T`` goes first and is waited for alone, so that its softmax runs while the step before's ``P V`` is
+    still in flight (FlashAttention 3's overlap within a warpgroup); O takes its rescale once that product is in."""
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
     if step_hi > step_lo:
         slot = ring_base + step_lo - first_step
@@ -306,16 +308,31 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
             mbarrier.wait(k_ready.index(stage), phase)
             if PINGPONG:
                 turn = _take_turn(turns, turn, WARPGROUP)
-            o = warpgroup_mma(p_op, v_buf, o, is_async=True)
-            s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            if PINGPONG:
-                _pass_turn(turns, WARPGROUP)
-            s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
-            mbarrier.arrive(k_empty.index(stage), count=1)
-            mbarrier.arrive(v_empty.index(prev_stage), count=1)
-            p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
-                                              q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
-                                              USE_WINDOW, SOFTCAP)
+            if OVERLAP:
+                s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                o = warpgroup_mma(p_op, v_buf, o, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # groups complete in order: Q K^T is in
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in,
+                                                     window, s_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
+                                                     USE_WINDOW, SOFTCAP)
+                p_next = _p_operand(p, q_smem.dtype, o_layout)
+                # the step before's P stays live until its product is in (a register operand read in flight)
+                o, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op))
+                mbarrier.arrive(v_empty.index(prev_stage), count=1)
+                o = _rescale(o, alpha, o_layout)
+                p_op = p_next
+            else:
+                o = warpgroup_mma(p_op, v_buf, o, is_async=True)
+                s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                if PINGPONG:
+                    _pass_turn(turns, WARPGROUP)
+                s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                mbarrier.arrive(v_empty.index(prev_stage), count=1)
+                p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in,
+                                                  window, q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED,
+                                                  IS_CAUSAL, USE_WINDOW, SOFTCAP)
             o = warpgroup_mma_init(o)
         # the range's last P V
         v_buf = _ready_v(v_bufs, v_ready, stage, phase, step_hi - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N, MASKED)
@@ -347,7 +364,7 @@ def _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_read
                                                    k_empty, v_empty, row_limit, kv_len, qk_scale, softcap_in, step_lo,
                                                    step_hi, first_step, ring_base, window, s_layout, o_layout,
                                                    v_load_layout, BLOCK_N, NUM_STAGES, MASKED, IS_CAUSAL, USE_WINDOW,
-                                                   SOFTCAP, SCHEDULE == "pingpong", WARPGROUP)
+                                                   SOFTCAP, SCHEDULE == "pingpong", SCHEDULE == "overlap", WARPGROUP)
     return o, m_i, l_i, turn
 
 
