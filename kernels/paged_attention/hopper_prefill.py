@@ -254,6 +254,17 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
 
 
 @gluon.jit
+def _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES: gl.constexpr):
+    """Wait for step ``step``'s K tile (the tile's ``first_step`` takes the ring's slot ``ring_base``) -> its ring
+    stage and phase, which its V tile shares."""
+    slot = ring_base + step - first_step
+    stage = slot % NUM_STAGES
+    phase = (slot // NUM_STAGES) & 1
+    mbarrier.wait(k_ready.index(stage), phase)
+    return stage, phase
+
+
+@gluon.jit
 def _take_turn(turns, turn, WARPGROUP: gl.constexpr):
     """Wait until this warpgroup may issue its products (its ``turn``-th turn, counted from 0) -> ``turn + 1``."""
     mbarrier.wait(turns.index(WARPGROUP), turn & 1)
@@ -283,10 +294,7 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
     still in flight (FlashAttention 3's overlap within a warpgroup); O takes its rescale once that product is in."""
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
     if step_hi > step_lo:
-        slot = ring_base + step_lo - first_step
-        stage = slot % NUM_STAGES
-        phase = (slot // NUM_STAGES) & 1
-        mbarrier.wait(k_ready.index(stage), phase)
+        stage, phase = _ready_k(k_ready, step_lo, first_step, ring_base, NUM_STAGES)
         if PINGPONG:
             turn = _take_turn(turns, turn, WARPGROUP)
         s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), zero_s, use_acc=False, is_async=True)
@@ -302,10 +310,7 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
             v_buf = _ready_v(v_bufs, v_ready, stage, phase, step - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
                              MASKED)
             prev_stage = stage
-            slot = ring_base + step - first_step
-            stage = slot % NUM_STAGES
-            phase = (slot // NUM_STAGES) & 1
-            mbarrier.wait(k_ready.index(stage), phase)
+            stage, phase = _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES)
             if PINGPONG:
                 turn = _take_turn(turns, turn, WARPGROUP)
             if OVERLAP:
