@@ -153,7 +153,8 @@ HOPPER_PREFILL_BLOCK_M = 128
 """Rows of the Gluon prefill kernel's tile, whatever its configuration: two consumer warpgroups of 64."""
 
 HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong", "overlap")
-"""The orders in which the Gluon prefill kernel's consumers may issue their products (``HopperPrefillConfig.schedule``)."""
+"""The orders in which the Gluon prefill kernel's consumers may issue their products
+(``HopperPrefillConfig.schedule``)."""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ one program per multiprocessor loops over tiles, and runs three partitions:
   (``BLOCK_N`` keys; one load per 16 keys, each piece's page looked up: ``tma_keys``) into a ring of
   ``NUM_STAGES`` shared buffers, signalling "ready" mbarriers;
 - two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
-  asynchronous ``wgmma`` from shared memory and the online softmax in registers; each step waits for its
-  own ``P V`` (a product in flight across the key loop's back edge makes ptxas serialise every wgmma,
-  warning C7512, which cost 10 to 20 %). Each consumer releases a buffer
-  (an "empty" mbarrier that both must arrive at) once its products have read it.
+  asynchronous ``wgmma`` from shared memory and the online softmax in registers, in the order the config's
+  ``schedule`` names: ``"step"`` waits for each product within its step, ``"paired"`` issues a step's ``Q K^T``
+  behind the step before's ``P V`` and waits for both at once (the table's D=128 and D=256 entries), ``"pingpong"``
+  and ``"overlap"`` are FlashAttention 3's two schedules on top of it. No product stays in flight across the key
+  loop's back edge: that makes ptxas serialise every wgmma (warning C7512), which cost 10 to 20 %. Each consumer
+  releases a buffer (an "empty" mbarrier that both must arrive at) once its products have read it.
 
 Registers move to the consumers (``setmaxnreg``: the producer keeps ``PRODUCER_REGISTERS``), so the
 two 64-row accumulators of a 128 x D tile and the scores fit without spilling where the single-loop
@@ -385,8 +387,8 @@ def _consumer(state, turns, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N
     if SCHEDULE == "pingpong":
         if WARPGROUP == 1:
             _pass_turn(turns, WARPGROUP)
-    _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                  USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
+    _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
 
 
 @gluon.jit

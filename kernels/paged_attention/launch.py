@@ -417,7 +417,8 @@ def _prepare_one(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         if refusal is None:
             return HopperPrefillLauncher(q, k_cache, v_cache, block_table, cu_seqlens_q, kv_lens, out, lse,
                                          causal=causal, scale=scale,
-                                         config=gluon_config or hopper_prefill_config(head_dim, max_kv_len, sliding_window),
+                                         config=gluon_config or hopper_prefill_config(head_dim, max_kv_len,
+                                                                                      sliding_window),
                                          sliding_window=sliding_window, softcap=softcap, sinks=sinks)
         _check(hopper_prefill is None, f"hopper_prefill=True, but the Gluon prefill kernel cannot run this launch: {refusal}")
     plan = plan_launch(num_tokens=num_tokens, num_seqs=block_table.shape[0], num_q_heads=num_q_heads,
