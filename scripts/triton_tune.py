@@ -45,7 +45,7 @@ from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
-from kernels.paged_attention.configs import HopperPrefillConfig  # noqa: E402
+from kernels.paged_attention.configs import HOPPER_PREFILL_SCHEDULES, HopperPrefillConfig  # noqa: E402
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
@@ -204,17 +204,18 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
     return [(None, None, None)] + forced + triton_table + pool + [(None, None, None)]
 
 
-SCHEDULE_FLAGS = ("paired", "pingpong", "overlap")
-"""``--gluon`` options that name the consumers' schedule (``HopperPrefillConfig.schedule``; at most one)."""
+SCHEDULE_FLAGS = tuple(schedule for schedule in HOPPER_PREFILL_SCHEDULES if schedule != "step")
+"""``--gluon`` options that name the consumers' schedule (``HopperPrefillConfig.schedule``; at most one; without
+one, "step")."""
 GLUON_FLAGS = {"half", "persistent", *SCHEDULE_FLAGS}
 """Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
 def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
-    """``--gluon`` value ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,tmaK]`` (e.g. ``128,2,half``: half-wide
-    masked steps; ``128,2,persistent``: one program per multiprocessor looping over the tiles; ``128,2,pingpong``:
-    the consumers' schedule; ``128,2,tma64``: 64 keys per TMA load, which must suit the step and every page size in
-    ``pages``) -> the Gluon kernel's config."""
+    """``--gluon`` value ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,tmaK]`` (e.g. ``128,2,half``:
+    half-wide masked steps; ``128,2,persistent``: one program per multiprocessor looping over the tiles;
+    ``128,2,pingpong``: the consumers' schedule; ``128,2,tma64``: 64 keys per TMA load, which must suit the step
+    and every page size in ``pages``) -> the Gluon kernel's config."""
     parts = text.split(",")
     numbers, flags = parts[:2], parts[2:]
     tma = [flag for flag in flags if flag.startswith("tma") and flag[3:].isdigit() and int(flag[3:]) > 0]
@@ -222,8 +223,8 @@ def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
             or not set(flags) - set(tma) <= GLUON_FLAGS or len(set(flags)) != len(flags) or len(tma) > 1
             or len(set(flags) & set(SCHEDULE_FLAGS)) > 1):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
-                         f",half, ,persistent, one of ,paired / ,pingpong / ,overlap and/or ,tmaK (K keys per TMA load; e.g. "
-                         f"128,2 or 128,2,half,tma64 or 128,2,pingpong)")
+                         f",half, ,persistent, one of ,paired / ,pingpong / ,overlap and/or ,tmaK (K keys per "
+                         f"TMA load; e.g. 128,2 or 128,2,half,tma64 or 128,2,pingpong)")
     schedule = next((flag for flag in flags if flag in SCHEDULE_FLAGS), "step")
     try:
         config = HopperPrefillConfig(int(numbers[0]), int(numbers[1]), half_step="half" in flags,
@@ -264,11 +265,12 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent][,pingpong][,tmaK]",
+    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent][,SCHEDULE][,tmaK]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
-                             "program per multiprocessor, ',paired', ',pingpong' or ',overlap' for the consumers' schedule, ',tmaK' "
-                             "for K keys per TMA load (its table entry is the table's choice where it can run)")
+                             "program per multiprocessor, ',paired', ',pingpong' or ',overlap' for the consumers' "
+                             "schedule, ',tmaK' for K keys per TMA load (its table entry is the table's choice where "
+                             "it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()

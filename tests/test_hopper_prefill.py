@@ -92,7 +92,7 @@ def test_configs_fit_shared_memory():
 
 
 def test_config_names_its_schedule_or_says_what_is_wrong():
-    """A schedule is one of the kernel's three and shows in the config's label; a misspelt one, or half-wide steps
+    """A schedule is one of the kernel's four and shows in the config's label; a misspelt one, or half-wide steps
     with a paired schedule (whose loop runs full-width steps only), is a ValueError that names it."""
     assert HopperPrefillConfig(128, 2).label() == "gluon-ws M128-N128-s2"
     assert HopperPrefillConfig(128, 2, schedule="pingpong").label() == "gluon-ws M128-N128-s2-pingpong"
@@ -509,9 +509,9 @@ def _compile_for_sm90(cases):
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with
-    half-wide masked steps, as persistent programs and in the paired schedules; its PTX gives the consumers 240 registers and the
-    producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS
-    does not wait after every wgmma."""
+    half-wide masked steps, as persistent programs and in the paired schedules; its PTX gives the consumers 240
+    registers and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block,
+    and its SASS does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),

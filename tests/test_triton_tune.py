@@ -81,7 +81,8 @@ def test_gluon_values_parse_or_name_the_mistake():
     assert tune.gluon_config("64,2,persistent,paired") == tune.HopperPrefillConfig(64, 2, persistent=True,
                                                                                     schedule="paired")
     assert tune.gluon_config("128,2,overlap").schedule == "overlap"
-    for bad in ("128,2,paired,pingpong", "128,2,overlap,paired", "128,2,half,pingpong", "128,2,ping", "128", "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
+    for bad in ("128,2,paired,pingpong", "128,2,overlap,paired", "128,2,half,pingpong", "128,2,ping", "128",
+                "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
                 "128,2,persistent,x", "128,2,tma", "128,2,tma0", "128,2,tma16,tma32"):
         try:
             tune.gluon_config(bad)

@@ -383,10 +383,7 @@ def _consumer(state, turns, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
     of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
-    write O and the log-sum-exp. ``SCHEDULE`` ``"pingpong"``: the first warpgroup takes the first turn."""
-    if SCHEDULE == "pingpong":
-        if WARPGROUP == 1:
-            _pass_turn(turns, WARPGROUP)
+    write O and the log-sum-exp."""
     _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
                   NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
 
@@ -474,7 +471,8 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
         # _fold_sink); O's rescale by alpha joins the division, not a pass over the accumulator of its own.
         # A row that saw no key (m_i = -1e30, l_i = 0) gets alpha = 0, l = 1: output 0, LSE the sink.
         query_s = tile_start + r_s // GROUP
-        sink2 = gl.load(sinks_ptr + kv_head * GROUP + r_s % GROUP, mask=query_s < q_len, other=0.0) * LOG2E  # natural log -> log2 units
+        # natural log -> the kernel's log2 units
+        sink2 = gl.load(sinks_ptr + kv_head * GROUP + r_s % GROUP, mask=query_s < q_len, other=0.0) * LOG2E
         m_new = gl.maximum(m_i, sink2)
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha + gl.exp2(sink2 - m_new)  # at least 1 where the sink is the max, else l_i >= 1
@@ -557,10 +555,12 @@ def _ring(dtype: gl.constexpr, smem_layout: gl.constexpr, HEAD_DIM: gl.constexpr
 @gluon.jit
 def _turn_barriers():
     """The two mbarriers of the ``"pingpong"`` schedule: warpgroup w waits at ``turns.index(w)`` for its turn to issue
-    products, and the other warpgroup arrives there once its own are issued."""
+    products, and the other warpgroup arrives there once its own are issued; the first warpgroup's first turn is
+    granted here."""
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2):
         mbarrier.init(turns.index(i), count=1)
+    mbarrier.arrive(turns.index(0), count=1)
     fence_async_shared()
     return turns
 
@@ -608,9 +608,6 @@ def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.
                     SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
     turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
-    if SCHEDULE == "pingpong":
-        if WARPGROUP == 1:
-            _pass_turn(turns, WARPGROUP)
     ring_base = 0
     turn = gl.to_tensor(0)  # a runtime value: the loop carries it
     for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
