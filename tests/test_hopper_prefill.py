@@ -92,14 +92,18 @@ def test_configs_fit_shared_memory():
 
 
 def test_config_names_its_schedule_or_says_what_is_wrong():
-    """A schedule is one of the kernel's four and shows in the config's label; a misspelt one, or half-wide steps
-    with a paired schedule (whose loop runs full-width steps only), is a ValueError that names it."""
+    """A schedule is one of the kernel's four and shows in the config's label, and so does one range; a misspelt
+    schedule, half-wide steps with a paired schedule (whose loop runs full-width steps only) or one range with
+    "step" is a ValueError that names it."""
     assert HopperPrefillConfig(128, 2).label() == "gluon-ws M128-N128-s2"
     assert HopperPrefillConfig(128, 2, schedule="pingpong").label() == "gluon-ws M128-N128-s2-pingpong"
+    assert HopperPrefillConfig(64, 2, schedule="paired", one_range=True).label() == "gluon-ws M128-N64-s2-paired-onerange"
     with pytest.raises(ValueError, match="schedule 'ping': one of step, paired, pingpong, overlap"):
         HopperPrefillConfig(128, 2, schedule="ping")
     with pytest.raises(ValueError, match="half_step runs with the schedule 'step' only, not 'paired'"):
         HopperPrefillConfig(128, 2, half_step=True, schedule="paired")
+    with pytest.raises(ValueError, match="one_range needs a paired schedule .* not 'step'"):
+        HopperPrefillConfig(128, 2, one_range=True)
 
 
 @pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
@@ -158,6 +162,15 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     assert HOPPER_PREFILL_WINDOW_SCHEDULE == "step" and windowed.label().endswith("-s2")
     paired = HopperPrefillConfig(128, 2, schedule="paired")
     assert _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW, config=paired).config == paired
+    # an entry in one range keeps it where a window's schedule is a paired one and drops it under "step"
+    from kernels.paged_attention import configs
+
+    monkeypatch.setitem(configs.HOPPER_PREFILL_TABLE, 128, HopperPrefillConfig(128, 2, schedule="paired",
+                                                                                one_range=True))
+    for window_schedule in ("step", "overlap"):
+        monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_SCHEDULE", window_schedule)
+        assert configs.hopper_prefill_config(128, 4096, 1024) == HopperPrefillConfig(
+            128, 2, schedule=window_schedule, one_range=window_schedule != "step")
 
 
 def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():
@@ -330,24 +343,30 @@ class TestOnHopper:
         assert lse_verdict.ok, lse_verdict.reason
 
     @pytest.mark.parametrize("schedule", ["paired", "pingpong", "overlap"])
+    @pytest.mark.parametrize("one_range", [False, True], ids=["ranges", "one-range"])
     @pytest.mark.parametrize("head_dim,heads,block_n", [(128, (32, 8), 128), (128, (32, 8), 64), (64, (64, 8), 128),
                                                         (256, (16, 8), 64), (128, (8, 8), 128)])
     @pytest.mark.parametrize("page_size", [16, 256])
     @pytest.mark.parametrize("variant", ["causal", "full", "window-100", "window-1000-capped-sunk", "persistent"])
-    def test_paired_schedules_match_reference(self, schedule, head_dim, heads, block_n, page_size, variant):
+    def test_paired_schedules_match_reference(self, schedule, one_range, head_dim, heads, block_n, page_size,
+                                              variant):
         """``schedule`` ``"paired"``, ``"pingpong"`` and ``"overlap"``: a step's ``Q K^T`` issued beside the step
         before's ``P V`` (overlap: its softmax while that product is in flight, O rescaled after), each range's V
         buffers released by itself, and (pingpong) the two warpgroups' turns counted across the
         window's edge, unmasked and masked ranges (and from tile to tile in persistent programs; a miscount
-        deadlocks or races): ragged sequences, a decode, single-step tiles, soft-cap and sinks; output and LSE."""
+        deadlocks or races); with ``one_range`` a tile's steps in one range, each step's masks chosen as it runs (a
+        wrong choice drops or leaks keys at the window's edge, the diagonal or the ragged end): ragged sequences, a
+        decode, single-step tiles, soft-cap and sinks; output and LSE."""
         window = int(variant.split("-")[1]) if variant.startswith("window") else None
         features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
         spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
                                       num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
                                       causal=variant != "full", sliding_window=window, **features)
-        config = HopperPrefillConfig(block_n, 2, persistent=variant == "persistent", schedule=schedule)
+        config = HopperPrefillConfig(block_n, 2, persistent=variant == "persistent", schedule=schedule,
+                                     one_range=one_range)
         batch = make_batch(spec, "cuda")
-        assert _prepare(batch, config=config, **_features(batch)).describe()["config"].endswith(schedule)
+        label = _prepare(batch, config=config, **_features(batch)).describe()["config"]
+        assert label.endswith(f"-{schedule}" + ("-onerange" if one_range else "")), label
         verdict, lse_verdict = run_and_gate(batch, config=config)
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
@@ -508,8 +527,8 @@ def _compile_for_sm90(cases):
 @pytest.mark.skipif(ON_HOPPER, reason="the GPU class runs the kernel itself")
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
-    for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with
-    half-wide masked steps, as persistent programs and in the paired schedules; its PTX gives the consumers 240
+    for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with half-wide masked
+    steps, as persistent programs and in the paired schedules (in ranges or one); its PTX gives the consumers 240
     registers and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block,
     and its SASS does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
@@ -522,7 +541,11 @@ def test_compiles_for_sm90_with_its_partitions():
              (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "pingpong")),
              (64, 256, 8, "bfloat16", None, (128, 2, False, False, 0, "pingpong")),
              (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "overlap")),
-             (256, 16, 2, "float16", 1024, (64, 2, False, False, 0, "overlap"))]
+             (256, 16, 2, "float16", 1024, (64, 2, False, False, 0, "overlap")),
+             # a tile's steps in one range (HopperPrefillConfig.one_range)
+             (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "paired", True)),
+             (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "overlap", True)),
+             (128, 16, 4, "float16", 100, (128, 2, False, False, 0, "pingpong", True))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 

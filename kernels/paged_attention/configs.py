@@ -185,18 +185,25 @@ class HopperPrefillConfig:
     ``Q K^T`` issued before the step before's ``P V`` and waited for alone, its softmax beside that product
     (FlashAttention 3's overlap within a warpgroup; not timed yet). The paired schedules run full-width steps only
     (no ``half_step``)."""
+    one_range: bool = False
+    """A paired schedule runs all of a tile's key steps in one range, each step's masks chosen as it runs, instead of
+    a range per kind of step (a window's masked left edge, the unmasked middle, the masked diagonal) whose masks are
+    compiled in: a range's first ``Q K^T`` and last ``P V`` run with nothing beside them, which cost the paired
+    schedules most where tiles have few steps (windows, short sequences; notes, "v5.3"). Not timed yet."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
             raise ValueError(f"schedule {self.schedule!r}: one of {', '.join(HOPPER_PREFILL_SCHEDULES)}")
         if self.half_step and self.schedule != "step":
             raise ValueError(f"half_step runs with the schedule 'step' only, not {self.schedule!r}")
+        if self.one_range and self.schedule == "step":
+            raise ValueError("one_range needs a paired schedule (paired, pingpong or overlap), not 'step'")
 
     def label(self) -> str:
         return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
                 + (f"-tma{self.tma_keys}" if self.tma_keys else "")
-                + (f"-{self.schedule}" if self.schedule != "step" else ""))
+                + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
@@ -285,8 +292,10 @@ nothing overlaps, and a window's tiles have few steps. H100, the default sweep's
 def hopper_prefill_config(head_dim: int, max_kv_len: int, sliding_window: int | None = None) -> HopperPrefillConfig:
     """The Gluon prefill kernel's configuration for a launch: ``HOPPER_PREFILL_SHORT`` where no sequence
     has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry; with a
-    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE``."""
+    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE`` (in one range where the entry's is and the schedule is
+    a paired one)."""
     config = HOPPER_PREFILL_SHORT if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE[head_dim]
     if sliding_window is not None and config.schedule != HOPPER_PREFILL_WINDOW_SCHEDULE:
-        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE)
+        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE,
+                         one_range=config.one_range and HOPPER_PREFILL_WINDOW_SCHEDULE != "step")
     return config

@@ -163,6 +163,26 @@ def _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, 
 
 
 @gluon.jit
+def _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len, qk_scale, softcap_in, window,
+                       s_layout: gl.constexpr, BLOCK_N: gl.constexpr, MASKED: gl.constexpr, PER_STEP: gl.constexpr,
+                       IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+    """``_online_softmax`` of a full-width step whose masks are ``MASKED``'s or, with ``PER_STEP``, chosen at run time:
+    the steps before ``mask_below`` (a window's left edge) and from ``mask_from`` on (the diagonal, the ragged end)
+    masked, those between not."""
+    if PER_STEP:
+        if (step < mask_below) | (step >= mask_from):
+            p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
+                                                 s_layout, BLOCK_N, BLOCK_N, True, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+        else:
+            p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
+                                                 s_layout, BLOCK_N, BLOCK_N, False, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+    else:
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
+                                             s_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+    return p, alpha, m_i, l_i
+
+
+@gluon.jit
 def _rescale(o, alpha, o_layout: gl.constexpr):
     """O's rows times their ``alpha`` (the scores' row layout converted to O's)."""
     return o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -282,19 +302,25 @@ def _pass_turn(turns, WARPGROUP: gl.constexpr):
 @gluon.jit
 def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                            row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
-                           s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
-                           BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr,
-                           IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr,
-                           PINGPONG: gl.constexpr, OVERLAP: gl.constexpr, WARPGROUP: gl.constexpr):
+                           mask_below, mask_from, s_layout: gl.constexpr, o_layout: gl.constexpr,
+                           v_load_layout: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+                           MASKED: gl.constexpr, PER_STEP: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                           USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, PINGPONG: gl.constexpr,
+                           OVERLAP: gl.constexpr, WARPGROUP: gl.constexpr):
     """``_consumer_steps`` (full-width steps) with each step's ``Q K^T`` issued right behind the step before's
     ``P V`` and both waited for at once (the schedules ``"paired"`` and ``"pingpong"``): one wait a step instead
-    of two, and nothing in flight across the loop's back edge. The range releases each of its V buffers itself.
+    of two, and nothing in flight across the loop's back edge. The range releases each of its V buffers itself,
+    and its first ``Q K^T`` and last ``P V`` run with nothing beside them; ``PER_STEP`` (``HopperPrefillConfig.
+    one_range``: the tile's steps in one range) chooses each step's masks at run time instead of ``MASKED``'s, the
+    steps before ``mask_below`` and from ``mask_from`` on masked (``_online_softmax_of``).
     ``PINGPONG``: the two warpgroups take turns to issue their products (``turns``, two mbarriers; ``turn``
     counts this warpgroup's turns and is returned), so that one's softmax runs while the other's products do
     rather than both softmaxes at once (FlashAttention 3's schedule). ``OVERLAP`` (the schedule ``"overlap"``): the
     step's ``Q K^T`` goes first and is waited for alone, so that its softmax runs while the step before's ``P V`` is
     still in flight (FlashAttention 3's overlap within a warpgroup); O takes its rescale once that product is in."""
     zero_s = gl.zeros([_ROWS, BLOCK_N], gl.float32, s_layout)
+    # a per-step range may zero V rows past kv_len at any step (_ready_v checks at run time)
+    V_MASKED: gl.constexpr = MASKED or PER_STEP
     if step_hi > step_lo:
         stage, phase = _ready_k(k_ready, step_lo, first_step, ring_base, NUM_STAGES)
         if PINGPONG:
@@ -304,13 +330,15 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
             _pass_turn(turns, WARPGROUP)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
-        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step_lo, row_limit, kv_len, qk_scale, softcap_in, window,
-                                          q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
-                                          USE_WINDOW, SOFTCAP)
+        p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step_lo, mask_below, mask_from, row_limit, kv_len,
+                                                qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED, PER_STEP,
+                                                IS_CAUSAL, USE_WINDOW, SOFTCAP)
+        o = _rescale(o, alpha, o_layout)
+        p_op = _p_operand(p, q_smem.dtype, o_layout)
         o = warpgroup_mma_init(o)
         for step in range(step_lo + 1, step_hi):
             v_buf = _ready_v(v_bufs, v_ready, stage, phase, step - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
-                             MASKED)
+                             V_MASKED)
             prev_stage = stage
             stage, phase = _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES)
             if PINGPONG:
@@ -320,9 +348,9 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
                 o = warpgroup_mma(p_op, v_buf, o, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # groups complete in order: Q K^T is in
                 mbarrier.arrive(k_empty.index(stage), count=1)
-                p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in,
-                                                     window, s_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL,
-                                                     USE_WINDOW, SOFTCAP)
+                p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len,
+                                                        qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED,
+                                                        PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
                 p_next = _p_operand(p, q_smem.dtype, o_layout)
                 # the step before's P stays live until its product is in (a register operand read in flight)
                 o, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op))
@@ -337,12 +365,15 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
                 s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 mbarrier.arrive(v_empty.index(prev_stage), count=1)
-                p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in,
-                                                  window, q_smem.dtype, s_layout, o_layout, BLOCK_N, BLOCK_N, MASKED,
-                                                  IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len,
+                                                        qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED,
+                                                        PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                o = _rescale(o, alpha, o_layout)
+                p_op = _p_operand(p, q_smem.dtype, o_layout)
             o = warpgroup_mma_init(o)
         # the range's last P V
-        v_buf = _ready_v(v_bufs, v_ready, stage, phase, step_hi - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N, MASKED)
+        v_buf = _ready_v(v_bufs, v_ready, stage, phase, step_hi - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
+                         V_MASKED)
         if PINGPONG:
             turn = _take_turn(turns, turn, WARPGROUP)
         o = warpgroup_mma(p_op, v_buf, o, is_async=True)
@@ -355,12 +386,14 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
 
 @gluon.jit
 def _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-               row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
-               s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr, BLOCK_N: gl.constexpr,
-               NUM_STAGES: gl.constexpr, MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr,
-               SOFTCAP: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+               row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window, mask_below,
+               mask_from, s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
+               BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASKED: gl.constexpr, PER_STEP: gl.constexpr,
+               IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr, SCHEDULE: gl.constexpr,
+               WARPGROUP: gl.constexpr):
     """Full-width key steps ``step_lo .. step_hi - 1`` in the launch's ``SCHEDULE`` (``HopperPrefillConfig.schedule``)
-    -> (o, m, l, turn)."""
+    -> (o, m, l, turn). ``PER_STEP`` (a paired schedule only): each step's masks chosen at run time, those before
+    ``mask_below`` and from ``mask_from`` on masked."""
     if SCHEDULE == "step":
         o, m_i, l_i = _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                                       row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base,
@@ -369,9 +402,58 @@ def _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_read
     else:
         o, m_i, l_i, turn = _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready,
                                                    k_empty, v_empty, row_limit, kv_len, qk_scale, softcap_in, step_lo,
-                                                   step_hi, first_step, ring_base, window, s_layout, o_layout,
-                                                   v_load_layout, BLOCK_N, NUM_STAGES, MASKED, IS_CAUSAL, USE_WINDOW,
-                                                   SOFTCAP, SCHEDULE == "pingpong", SCHEDULE == "overlap", WARPGROUP)
+                                                   step_hi, first_step, ring_base, window, mask_below, mask_from,
+                                                   s_layout, o_layout, v_load_layout, BLOCK_N, NUM_STAGES, MASKED,
+                                                   PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE == "pingpong",
+                                                   SCHEDULE == "overlap", WARPGROUP)
+    return o, m_i, l_i, turn
+
+
+@gluon.jit
+def _consumer_ranges(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, row_limit,
+                     tile_start, q_len, kv_len, qk_scale, softcap_in, num_steps, mid_steps, first_step, left_end,
+                     ring_base, window, s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
+                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, GROUP: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr,
+                     SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+    """A tile's key steps as ranges whose masks are known when compiled -> (o, m, l, turn): a window's masked left
+    edge, the keys every row sees unmasked, then the diagonal and the ragged end masked; with ``HALF_STEP`` the
+    masked steps whose second half no row of this warpgroup sees at half width."""
+    if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
+        o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                       v_empty, row_limit, kv_len, qk_scale, softcap_in, first_step, left_end,
+                                       first_step, ring_base, window, 0, 0, s_layout, o_layout, v_load_layout, BLOCK_N,
+                                       NUM_STAGES, True, False, IS_CAUSAL, True, SOFTCAP, SCHEDULE, WARPGROUP)
+    # keys every row sees, unmasked; then the diagonal and the ragged end, masked
+    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, left_end, mid_steps, first_step,
+                                   ring_base, window, 0, 0, s_layout, o_layout, v_load_layout, BLOCK_N, NUM_STAGES,
+                                   False, False, IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
+    if HALF_STEP:
+        # from the step whose first half holds this warpgroup's last visible key on, half-wide products
+        last_key = kv_len - 1
+        if IS_CAUSAL:
+            last_key = gl.minimum(tile_start + (WARPGROUP * _ROWS + _ROWS - 1) // GROUP + (kv_len - q_len), last_key)
+        half_from = gl.minimum(gl.maximum((last_key + BLOCK_N // 2) // BLOCK_N, mid_steps), num_steps)
+    else:
+        half_from = num_steps
+    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, mid_steps, half_from, first_step,
+                                   ring_base, window, 0, 0, s_layout, o_layout, v_load_layout, BLOCK_N, NUM_STAGES,
+                                   True, False, IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
+    if HALF_STEP:
+        HALF: gl.constexpr = BLOCK_N // 2
+        half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                              instr_shape=[16, HALF, 16])
+        rows_half: gl.constexpr = gl.SliceLayout(1, half_layout)
+        o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
+                                            q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                            gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, softcap_in,
+                                            half_from, num_steps, first_step, ring_base, window, half_layout,
+                                            o_layout, v_load_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
+                                            SOFTCAP, HALF)
+        m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
+        l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
     return o, m_i, l_i, turn
 
 
@@ -379,20 +461,20 @@ def _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_read
 def _consumer(state, turns, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
               USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-              SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+              SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
-    then the masked diagonal and ragged end; with ``HALF_STEP`` the masked steps whose second half no row
-    of this warpgroup sees at half width; ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``),
-    write O and the log-sum-exp."""
+    then the masked diagonal and ragged end, ``_consumer_ranges``, or with ``ONE_RANGE`` all in one range;
+    ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``), write O and the log-sum-exp."""
     _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
+                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, WARPGROUP)
 
 
 @gluon.jit
 def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                   NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                   NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                  SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+                  SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
+                  WARPGROUP: gl.constexpr):
     """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base`` -> the
     warpgroup's turns taken so far (``turn`` before the tile; ``SCHEDULE`` ``"pingpong"`` only)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
@@ -426,41 +508,18 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
     m_i = gl.full([ROWS], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
     o = warpgroup_mma_init(gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout))  # an accumulator, as the loop carries it
-    if USE_WINDOW:  # the window's left edge, masked: steps first_step .. left_end - 1
+    if ONE_RANGE:  # every step in one range, each step's masks chosen as it runs (a paired schedule only)
         o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                                       v_empty, row_limit, kv_len, qk_scale, softcap_in, first_step, left_end,
-                                       first_step, ring_base, window, s_layout, o_layout, io_layout, BLOCK_N,
-                                       NUM_STAGES, True, IS_CAUSAL, True, SOFTCAP, SCHEDULE, WARPGROUP)
-    # keys every row sees, unmasked; then the diagonal and the ragged end, masked
-    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, left_end, mid_steps, first_step,
-                                   ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, False,
-                                   IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
-    if HALF_STEP:
-        # from the step whose first half holds this warpgroup's last visible key on, half-wide products
-        last_key = kv_len - 1
-        if IS_CAUSAL:
-            last_key = gl.minimum(tile_start + (WARPGROUP * ROWS + ROWS - 1) // GROUP + (kv_len - q_len), last_key)
-        half_from = gl.minimum(gl.maximum((last_key + BLOCK_N // 2) // BLOCK_N, mid_steps), num_steps)
+                                       v_empty, row_limit, kv_len, qk_scale, softcap_in, first_step, num_steps,
+                                       first_step, ring_base, window, left_end, mid_steps, s_layout, o_layout,
+                                       io_layout, BLOCK_N, NUM_STAGES, True, True, IS_CAUSAL, USE_WINDOW, SOFTCAP,
+                                       SCHEDULE, WARPGROUP)
     else:
-        half_from = num_steps
-    o, m_i, l_i, turn = _run_steps(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                                   v_empty, row_limit, kv_len, qk_scale, softcap_in, mid_steps, half_from, first_step,
-                                   ring_base, window, s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, True,
-                                   IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
-    if HALF_STEP:
-        HALF: gl.constexpr = BLOCK_N // 2
-        half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                              instr_shape=[16, HALF, 16])
-        rows_half: gl.constexpr = gl.SliceLayout(1, half_layout)
-        o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
-                                            q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                            gl.convert_layout(row_limit, rows_half), kv_len, qk_scale, softcap_in,
-                                            half_from, num_steps, first_step, ring_base, window, half_layout,
-                                            o_layout, io_layout, BLOCK_N, NUM_STAGES, True, IS_CAUSAL, USE_WINDOW,
-                                            SOFTCAP, HALF)
-        m_i = gl.convert_layout(m_half, gl.SliceLayout(1, s_layout))
-        l_i = gl.convert_layout(l_half, gl.SliceLayout(1, s_layout))
+        o, m_i, l_i, turn = _consumer_ranges(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, v_ready,
+                                             k_empty, v_empty, row_limit, tile_start, q_len, kv_len, qk_scale,
+                                             softcap_in, num_steps, mid_steps, first_step, left_end, ring_base, window,
+                                             s_layout, o_layout, io_layout, BLOCK_N, NUM_STAGES, GROUP, IS_CAUSAL,
+                                             USE_WINDOW, HALF_STEP, SOFTCAP, SCHEDULE, WARPGROUP)
     o = warpgroup_mma_wait(num_outstanding=0, deps=(o,))
     if SCHEDULE == "step":  # the tile's last V buffer (the paired schedules release each range's own)
         mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
@@ -605,7 +664,8 @@ def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
 def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, WARPGROUP: gl.constexpr):
+                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
+                    WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
     turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
     ring_base = 0
@@ -618,7 +678,8 @@ def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.
             # any of them writes the next tile's Q into the warpgroup's buffer
             _warps_barrier()
             turn = _consume_tile(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                 WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, WARPGROUP)
+                                 WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE,
+                                 WARPGROUP)
             ring_base += tile_steps
 
 
@@ -650,14 +711,15 @@ def _hopper_prefill_kernel(
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
-    HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr,
+    HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
 ):
     """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head), grid
     ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first. ``PERSISTENT``: a grid of
     at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order.
     Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
     ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
-    ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``)."""
+    ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``);
+    ``ONE_RANGE``: a tile's key steps in one range (``HopperPrefillConfig.one_range``)."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
@@ -676,9 +738,11 @@ def _hopper_prefill_kernel(
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
         gl.warp_specialize([
             (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 0)),
+                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                               ONE_RANGE, 0)),
             (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 1)),
+                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                               ONE_RANGE, 1)),
             (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                NUM_Q_HEADS, USE_WINDOW)),
         ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -698,9 +762,9 @@ def _hopper_prefill_kernel(
                      softcap_in, sinks_ptr)
             gl.warp_specialize([
                 (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 0)),
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
                 (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, 1)),
+                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 1)),
                 (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
 
@@ -794,6 +858,7 @@ class HopperPrefillLauncher:
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
             HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
+            ONE_RANGE=self.config.one_range,
             num_warps=4, maxnreg=LAUNCH_MAXNREG,
         )
 
