@@ -266,7 +266,8 @@ def main() -> int:
     parser.add_argument("--heads", nargs=2, type=int, default=None, metavar=("HQ", "HKV"),
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
-    parser.add_argument("--gluon", nargs="*", default=[], metavar="N,STAGES[,half][,persistent][,SCHEDULE][,onerange][,tmaK]",
+    parser.add_argument("--gluon", nargs="*", default=[],
+                        metavar="N,STAGES[,half][,persistent][,SCHEDULE][,onerange][,tmaK]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
                              "program per multiprocessor, ',paired', ',pingpong' or ',overlap' for the consumers' "

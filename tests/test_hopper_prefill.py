@@ -97,7 +97,8 @@ def test_config_names_its_schedule_or_says_what_is_wrong():
     "step" is a ValueError that names it."""
     assert HopperPrefillConfig(128, 2).label() == "gluon-ws M128-N128-s2"
     assert HopperPrefillConfig(128, 2, schedule="pingpong").label() == "gluon-ws M128-N128-s2-pingpong"
-    assert HopperPrefillConfig(64, 2, schedule="paired", one_range=True).label() == "gluon-ws M128-N64-s2-paired-onerange"
+    one_range = HopperPrefillConfig(64, 2, schedule="paired", one_range=True)
+    assert one_range.label() == "gluon-ws M128-N64-s2-paired-onerange"
     with pytest.raises(ValueError, match="schedule 'ping': one of step, paired, pingpong, overlap"):
         HopperPrefillConfig(128, 2, schedule="ping")
     with pytest.raises(ValueError, match="half_step runs with the schedule 'step' only, not 'paired'"):
@@ -153,24 +154,30 @@ def test_routing_with_the_device_check_passed(monkeypatch):
                       HopperPrefillLauncher)
     assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, hopper_prefill=True), HopperPrefillLauncher)
     assert isinstance(_prepare(batch, num_decodes=0, sliding_window=8, config=chosen), HopperPrefillLauncher)
-    # the table's paired schedule, but with a window (HOPPER_PREFILL_WINDOW_SCHEDULE); a caller's config as given
+    # the table's schedule in ranges, but with a window HOPPER_PREFILL_WINDOW_SCHEDULE in one range (short
+    # sequences' entry too); a caller's config as given
     d128 = make_batch(BatchSpec.from_grammar("2q40c600", page_size=16, num_q_heads=4, num_kv_heads=2, head_dim=128,
                                              dtype="fp16"), "cpu")
-    assert _prepare(d128).config == HOPPER_PREFILL_TABLE[128] and HOPPER_PREFILL_TABLE[128].schedule == "paired"
+    assert _prepare(d128).config == HOPPER_PREFILL_TABLE[128] and HOPPER_PREFILL_TABLE[128].schedule == "overlap"
+    assert not HOPPER_PREFILL_TABLE[128].one_range
     windowed = _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
-    assert windowed == dataclasses.replace(HOPPER_PREFILL_TABLE[128], schedule=HOPPER_PREFILL_WINDOW_SCHEDULE)
-    assert HOPPER_PREFILL_WINDOW_SCHEDULE == "step" and windowed.label().endswith("-s2")
+    assert windowed == dataclasses.replace(HOPPER_PREFILL_TABLE[128], schedule=HOPPER_PREFILL_WINDOW_SCHEDULE,
+                                           one_range=True)
+    assert windowed.label() == "gluon-ws M128-N128-s2-overlap-onerange"
+    short_windowed = _prepare(batch, num_decodes=0, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
+    assert short_windowed == dataclasses.replace(HOPPER_PREFILL_SHORT, schedule="overlap", one_range=True)
     paired = HopperPrefillConfig(128, 2, schedule="paired")
     assert _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW, config=paired).config == paired
-    # an entry in one range keeps it where a window's schedule is a paired one and drops it under "step"
+    # the window's schedule and range replace the entry's, whatever they are
     from kernels.paged_attention import configs
 
     monkeypatch.setitem(configs.HOPPER_PREFILL_TABLE, 128, HopperPrefillConfig(128, 2, schedule="paired",
                                                                                 one_range=True))
-    for window_schedule in ("step", "overlap"):
+    for window_schedule, one_range in (("step", False), ("pingpong", True), ("paired", False)):
         monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_SCHEDULE", window_schedule)
+        monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_ONE_RANGE", one_range)
         assert configs.hopper_prefill_config(128, 4096, 1024) == HopperPrefillConfig(
-            128, 2, schedule=window_schedule, one_range=window_schedule != "step")
+            128, 2, schedule=window_schedule, one_range=one_range)
 
 
 def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():

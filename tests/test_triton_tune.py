@@ -70,7 +70,8 @@ def _load_tune_script():
 
 def test_gluon_values_parse_or_name_the_mistake():
     """``--gluon`` takes N,STAGES and the options half, persistent, one schedule (paired, pingpong, overlap),
-    onerange (with a paired schedule) and tmaK; anything else is a usage error that names the value, raised before any GPU work."""
+    onerange (with a paired schedule) and tmaK; anything else is a usage error that names the value, raised before
+    any GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
     assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)

@@ -183,13 +183,15 @@ class HopperPrefillConfig:
     ``P V`` and both waited for at once; ``"pingpong"``, paired, with the two warpgroups taking turns to issue them
     (FlashAttention 3's schedule) so that one's softmax overlaps the other's products; ``"overlap"``, the step's
     ``Q K^T`` issued before the step before's ``P V`` and waited for alone, its softmax beside that product
-    (FlashAttention 3's overlap within a warpgroup; not timed yet). The paired schedules run full-width steps only
-    (no ``half_step``)."""
+    (FlashAttention 3's overlap within a warpgroup; the D=128 and D=256 entries and windows). The paired schedules run
+    full-width steps only (no ``half_step``)."""
     one_range: bool = False
     """A paired schedule runs all of a tile's key steps in one range, each step's masks chosen as it runs, instead of
     a range per kind of step (a window's masked left edge, the unmasked middle, the masked diagonal) whose masks are
     compiled in: a range's first ``Q K^T`` and last ``P V`` run with nothing beside them, which cost the paired
-    schedules most where tiles have few steps (windows, short sequences; notes, "v5.3"). Not timed yet."""
+    schedules most where tiles have few steps (windows, short sequences; notes, "v5.3"). Windows take it
+    (``HOPPER_PREFILL_WINDOW_ONE_RANGE``); longer tiles lose more to each step's branch than the boundaries cost
+    (notes, "v5.4")."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -239,14 +241,23 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # 178.1 / 177.6 against 193.5 / 191.3. Over the two runs' means, every prefill cell this entry runs is 0.7 to
     # 8.8 % faster, and every mixed batch -0.1 to 1.4 %. "pingpong" lies between the two (B4 q2048 c0 at page 256:
     # 299.6 / 300.8 against paired 293.9 / 293.9).
-    128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="paired"),
+    # "overlap" (fourteenth session, results/h100-default-rows-v5.4: the default sweep and its prefill and mixed
+    # cells again, each with this entry "paired" and "overlap" in one job): 27 of the 30 prefill and mixed cells it
+    # runs faster over the two runs' means, by up to 2.4 % (B8 q512 c2048 288.4 to 281.4 at page 256, B4 q2048
+    # c2048 fp16 772.9 to 759.0, the 8-decode mixed batch 1702.0 to 1670.4 at page 16), 3 within -1.0 %; the
+    # tuning script's B8 q2048 c0 570.8 / 570.9 against 578.1 / 582.6 at pages 256 / 16. Its steps in one range
+    # (``one_range``) lose: B4 q2048 c2048 709.7 / 784.6 against 672.0 / 727.5 (paired, in ranges).
+    128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap"),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
     # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory. "paired" (thirteenth
     # session, the default sweep's B4 q2048 c2048 at page 16, two runs): 678.8 / 678.6 against "step" 705.5 /
     # 706.8 (FA4 672.5, cuDNN 715.6); soft-capped at 50, 826.4 / 823.5 against 838.3 / 850.9; "pingpong" 676.7 /
     # 678.2 and 833.2 / 833.0, a tie (the tuning script's single runs, 624.3 against 667.0 at page 256, vary
     # as much as the entry's own table and repeat rows there, 646.3 / 689.9).
-    256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="paired"),
+    # "overlap" (fourteenth session, two runs): 681.4 against "paired" 689.3 (FA4 625.1), soft-capped 834.1
+    # against 836.0; the tuning script's B4 q2048 c0 254.9 / 253.7 against 255.4 / 259.8 at pages 16 / 256, and
+    # in one range 269.1 / 258.2 (paired 273.0 / 266.9).
+    256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="overlap"),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
 bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE``'s entry where the
@@ -281,21 +292,26 @@ keys) the Gluon kernel is the faster, 294.7 against the Triton kernel's 405.7 (c
 measured."""
 
 
-HOPPER_PREFILL_WINDOW_SCHEDULE = "step"
-"""The schedule of a launch with a sliding window, whatever its entry says. The paired schedules start and end each
-range of key steps (the window's masked left edge, the unmasked middle, the masked diagonal) with a product that
-nothing overlaps, and a window's tiles have few steps. H100, the default sweep's 16/8/256 B4 q2048 c2048 with a
-1024-key window (thirteenth session, two runs each): "step" 293.6 / 292.3 us, "paired" 322.0 / 322.5, "pingpong"
-335.9 / 337.1 (cuDNN 284.1); the tuning script 289.5 / 290.4 against 318.0 / 324.8 at pages 16 / 256."""
+HOPPER_PREFILL_WINDOW_SCHEDULE = "overlap"
+"""The schedule of a launch with a sliding window, whatever its entry says, with its steps in one range
+(``HOPPER_PREFILL_WINDOW_ONE_RANGE``). In ranges, the paired schedules start and end each of a window's three (the
+masked left edge, the unmasked middle, the masked diagonal) with a product that nothing overlaps, and a window's
+tiles have few steps. H100, the default sweep's 16/8/256 B4 q2048 c2048 with a 1024-key window (thirteenth session,
+two runs each): "step" 293.6 / 292.3 us, "paired" 322.0 / 322.5, "pingpong" 335.9 / 337.1 (cuDNN 284.1). Fourteenth
+session: "overlap" in one range 294.2 / 294.3 against "step" 297.9 / 301.5 (cuDNN 286.7, FA4 276.7); the tuning
+script at pages 16 / 256: 286.9 / 281.3 against "step" 288.8 / 292.7, "paired" in one range 286.3 / 286.8, in
+ranges 323.2 / 326.2 (cuDNN 282.4 / 278.0)."""
+
+HOPPER_PREFILL_WINDOW_ONE_RANGE = True
+"""Whether a launch with a sliding window runs a tile's steps in one range (``HopperPrefillConfig.one_range``; see
+``HOPPER_PREFILL_WINDOW_SCHEDULE``)."""
 
 
 def hopper_prefill_config(head_dim: int, max_kv_len: int, sliding_window: int | None = None) -> HopperPrefillConfig:
     """The Gluon prefill kernel's configuration for a launch: ``HOPPER_PREFILL_SHORT`` where no sequence
     has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry; with a
-    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE`` (in one range where the entry's is and the schedule is
-    a paired one)."""
+    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE`` and ``HOPPER_PREFILL_WINDOW_ONE_RANGE``."""
     config = HOPPER_PREFILL_SHORT if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE[head_dim]
-    if sliding_window is not None and config.schedule != HOPPER_PREFILL_WINDOW_SCHEDULE:
-        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE,
-                         one_range=config.one_range and HOPPER_PREFILL_WINDOW_SCHEDULE != "step")
+    if sliding_window is not None:
+        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE, one_range=HOPPER_PREFILL_WINDOW_ONE_RANGE)
     return config

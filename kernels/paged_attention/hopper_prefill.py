@@ -11,9 +11,10 @@ one program per multiprocessor loops over tiles, and runs three partitions:
 - two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
   asynchronous ``wgmma`` from shared memory and the online softmax in registers, in the order the config's
   ``schedule`` names: ``"step"`` waits for each product within its step, ``"paired"`` issues a step's ``Q K^T``
-  behind the step before's ``P V`` and waits for both at once (the table's D=128 and D=256 entries), ``"pingpong"``
-  and ``"overlap"`` are FlashAttention 3's two schedules on top of it. No product stays in flight across the key
-  loop's back edge: that makes ptxas serialise every wgmma (warning C7512), which cost 10 to 20 %. Each consumer
+  behind the step before's ``P V`` and waits for both at once, ``"pingpong"`` and ``"overlap"`` are FlashAttention
+  3's two schedules on top of it (``"overlap"``: the table's D=128 and D=256 entries); a tile's key steps run in
+  ranges whose masks are compiled in, or with ``one_range`` (windows) in one. No product stays in flight across the
+  key loop's back edge: that makes ptxas serialise every wgmma (warning C7512), which cost 10 to 20 %. Each consumer
   releases a buffer (an "empty" mbarrier that both must arrive at) once its products have read it.
 
 Registers move to the consumers (``setmaxnreg``: the producer keeps ``PRODUCER_REGISTERS``), so the
