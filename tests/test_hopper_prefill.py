@@ -19,7 +19,7 @@ try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
     from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT,
                                                  HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
                                                  HOPPER_PREFILL_WINDOW_SCHEDULE, HopperPrefillConfig)
-    from kernels.paged_attention.hopper_prefill import BLOCK_M, HopperPrefillLauncher, hopper_prefill_refusal
+    from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
@@ -85,10 +85,16 @@ def test_refusal_names_why_not():
 
 
 def test_configs_fit_shared_memory():
-    """Each head dim's entry holds Q and its K/V ring in the 227 KiB an sm_90 block may use."""
+    """Each head dim's entry holds Q and its K/V ring in the 227 KiB an sm_90 block may use; 64-row tiles of short
+    sequences' 64-key steps fit twice on a multiprocessor, 128-row ones (registers) and D=256's 64-row ones once."""
     for head_dim, config in HOPPER_PREFILL_TABLE.items():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
-        assert BLOCK_M % 64 == 0 and config.block_n % 16 == 0
+        assert config.block_m % 64 == 0 and config.block_n % 16 == 0
+        assert config.programs_per_sm(head_dim) == 1
+    one_consumer = dataclasses.replace(HOPPER_PREFILL_SHORT, block_m=64)
+    assert one_consumer.consumers == 1 and one_consumer.shared_bytes(128) == (64 + 2 * 2 * 64) * 128 * 2
+    assert one_consumer.programs_per_sm(128) == 2 and one_consumer.programs_per_sm(256) == 1
+    assert one_consumer.label() == "gluon-ws M64-N64-s2"
 
 
 def test_config_names_its_schedule_or_says_what_is_wrong():
@@ -105,6 +111,10 @@ def test_config_names_its_schedule_or_says_what_is_wrong():
         HopperPrefillConfig(128, 2, half_step=True, schedule="paired")
     with pytest.raises(ValueError, match="one_range needs a paired schedule .* not 'step'"):
         HopperPrefillConfig(128, 2, one_range=True)
+    with pytest.raises(ValueError, match="block_m=96: 64 .one consumer warpgroup. or 128 .two."):
+        HopperPrefillConfig(128, 2, block_m=96)
+    with pytest.raises(ValueError, match="the schedule 'pingpong' takes turns between two consumers: block_m=128"):
+        HopperPrefillConfig(128, 2, schedule="pingpong", block_m=64)
 
 
 @pytest.mark.skipif(ON_HOPPER, reason="checks the refusal off sm_90")
@@ -378,6 +388,41 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("schedule", ["step", "overlap"])
+    @pytest.mark.parametrize("head_dim,heads,block_n,stages", [(128, (32, 8), 64, 2), (128, (32, 8), 128, 2),
+                                                               (64, (64, 8), 128, 3), (128, (8, 8), 64, 2)])
+    @pytest.mark.parametrize("page_size", [16, 256])
+    @pytest.mark.parametrize("variant", ["causal", "full", "window-100-capped-sunk", "persistent", "half"])
+    def test_one_consumer_tiles_match_reference(self, schedule, head_dim, heads, block_n, stages, page_size, variant):
+        """``block_m`` 64: one consumer warpgroup a program (16 queries of GQA 4, 8 of GQA 8, 64 of MHA), each empty
+        barrier released by it alone, the ring counted on across tiles in persistent programs (two a multiprocessor),
+        windows in one range, soft-cap and sinks, half-wide masked steps ("step" only): ragged sequences, a decode,
+        single-step tiles; output and LSE."""
+        if variant == "half" and schedule != "step":
+            pytest.skip("half-wide steps run with the schedule 'step' only (the config refuses the pair)")
+        window = 100 if variant.startswith("window") else None
+        features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
+        spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
+                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
+                                      causal=variant != "full", sliding_window=window, **features)
+        config = HopperPrefillConfig(block_n, stages, persistent=variant == "persistent", schedule=schedule,
+                                     half_step=variant == "half", block_m=64,
+                                     one_range=window is not None and schedule != "step")
+        batch = make_batch(spec, "cuda")
+        launcher = _prepare(batch, config=config, **_features(batch))
+        assert launcher.describe()["config"].startswith("gluon-ws M64-"), launcher.describe()
+        assert launcher.block_q == 64 // (heads[0] // heads[1])
+        verdict, lse_verdict = run_and_gate(batch, config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
+    def test_one_consumer_tiles_refuse_head_dim_256(self):
+        """64-row tiles stop at ``ONE_CONSUMER_MAX_HEAD_DIM``: at D=256 the launch says why, before compiling."""
+        spec = BatchSpec.from_grammar("1q300c0", page_size=16, num_q_heads=16, num_kv_heads=8, head_dim=256,
+                                      dtype="bf16")
+        with pytest.raises(ValueError, match="one consumer's 64-row tiles run head dims up to 128, not 256"):
+            _prepare(make_batch(spec, "cuda"), config=HopperPrefillConfig(64, 2, block_m=64))
+
     @pytest.mark.parametrize("feature", CAPPED_AND_SUNK)
     @pytest.mark.parametrize("head_dim,heads,page_size", [(64, (64, 8), 32), (128, (32, 8), 16), (256, (16, 8), 256)])
     @pytest.mark.parametrize("causal,dtype", [(True, "bf16"), (False, "fp16")])
@@ -492,7 +537,9 @@ for head_dim, page_size, group, dtype, window, config, softcap, sinks in {cases!
         sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
     print(len(re.findall(r"HGMMA", sass)), len(re.findall(r"WARPGROUP.DEPBAR", sass)),
           head_dim, page_size, group, dtype, compiled.metadata.shared,
-          len(re.findall(r"setmaxnreg.inc.sync.aligned.u32\\s+240;", ptx)),
+          # the consumers' registers: 240 each of two, 232 for one (what its producer leaves: LAUNCH_MAXNREG)
+          len(re.findall(r"setmaxnreg.inc.sync.aligned.u32\\s+%d;" % (232 if config and config[7:] == (64,) else 240),
+                         ptx)),
           len(re.findall(r"setmaxnreg.dec.sync.aligned.u32\\s+24;", ptx)),
           len(re.findall(r"wgmma.mma_async", ptx)), len(re.findall(r"cp.async.bulk.tensor", ptx)),
           len(re.findall(r"\\.param \\.f32", ptx)), len(re.findall(r"\\.param \\.u64 \\.ptr", ptx)))
@@ -502,7 +549,8 @@ for head_dim, page_size, group, dtype, window, config, softcap, sinks in {cases!
 def _compile_for_sm90(cases):
     """``COMPILE_CHECK`` on ``cases`` (head dim, page size, group, dtype, window, config fields, soft-cap,
     sinks) in a subprocess without TRITON_INTERPRET; its rows after checking the partitions of each: the
-    consumers' 240 registers and the producer's 24 (setmaxnreg), wgmma and TMA loads, shared memory that fits
+    consumers' 240 registers (232 for a tile's one) and the producer's 24 (setmaxnreg), wgmma and TMA loads, shared
+    memory that fits
     an sm_90 block, SASS that does not wait after every wgmma. Each row: (f32 parameters, pointer parameters)."""
     import os
     import subprocess
@@ -552,7 +600,11 @@ def test_compiles_for_sm90_with_its_partitions():
              # a tile's steps in one range (HopperPrefillConfig.one_range)
              (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "paired", True)),
              (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "overlap", True)),
-             (128, 16, 4, "float16", 100, (128, 2, False, False, 0, "pingpong", True))]
+             (128, 16, 4, "float16", 100, (128, 2, False, False, 0, "pingpong", True)),
+             # tiles of one consumer, 64 rows (HopperPrefillConfig.block_m)
+             (128, 256, 4, "bfloat16", None, (64, 2, False, False, 0, "step", False, 64)),
+             (64, 16, 8, "float16", 100, (128, 3, True, True, 0, "step", False, 64)),
+             (128, 16, 4, "bfloat16", 1024, (64, 2, False, False, 0, "overlap", True, 64))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 

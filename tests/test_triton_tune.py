@@ -70,8 +70,8 @@ def _load_tune_script():
 
 def test_gluon_values_parse_or_name_the_mistake():
     """``--gluon`` takes N,STAGES and the options half, persistent, one schedule (paired, pingpong, overlap),
-    onerange (with a paired schedule) and tmaK; anything else is a usage error that names the value, raised before
-    any GPU work."""
+    onerange (with a paired schedule), m64 (not with pingpong) and tmaK; anything else is a usage error that names
+    the value, raised before any GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
     assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)
@@ -84,10 +84,12 @@ def test_gluon_values_parse_or_name_the_mistake():
     assert tune.gluon_config("128,2,overlap").schedule == "overlap"
     assert tune.gluon_config("128,2,paired,onerange") == tune.HopperPrefillConfig(128, 2, schedule="paired",
                                                                                    one_range=True)
+    assert tune.gluon_config("64,2,overlap,m64") == tune.HopperPrefillConfig(64, 2, schedule="overlap", block_m=64)
     for bad in ("128,2,paired,pingpong", "128,2,overlap,paired", "128,2,half,pingpong", "128,2,ping", "128",
                 "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
                 "128,2,persistent,x", "128,2,tma", "128,2,tma0", "128,2,tma16,tma32", "128,2,onerange",
-                "128,2,half,paired,onerange", "128,2,paired,onerange,onerange"):
+                "128,2,half,paired,onerange", "128,2,paired,onerange,onerange", "64,2,pingpong,m64",
+                "64,2,m64,m64", "64,2,m32"):
         try:
             tune.gluon_config(bad)
         except tune.UsageError as error:

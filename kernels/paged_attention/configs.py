@@ -149,8 +149,12 @@ the planner splits the keys a tile reads (``plan.tile_key_span``), not the whole
 split figures."""
 
 
-HOPPER_PREFILL_BLOCK_M = 128
-"""Rows of the Gluon prefill kernel's tile, whatever its configuration: two consumer warpgroups of 64."""
+HOPPER_PREFILL_CONSUMER_ROWS = 64
+"""Rows of a Gluon prefill tile that one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup); a
+tile has one or two (``HopperPrefillConfig.block_m``)."""
+
+HOPPER_PREFILL_SHARED_BYTES = 227 * 1024
+"""Shared memory one sm_90 program may hold; a multiprocessor has 228 KiB for all of its programs."""
 
 HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong", "overlap")
 """The orders in which the Gluon prefill kernel's consumers may issue their products
@@ -160,8 +164,8 @@ HOPPER_PREFILL_SCHEDULES = ("step", "paired", "pingpong", "overlap")
 @dataclass(frozen=True)
 class HopperPrefillConfig:
     """One launch configuration of the warp-specialised Gluon prefill kernel (``hopper_prefill.py``):
-    ``block_n`` keys per step and ``num_stages`` K/V tiles in flight. Its tile is ``HOPPER_PREFILL_BLOCK_M``
-    rows (two consumer warpgroups of 64); shared memory holds Q and ``num_stages`` x (K + V) tiles."""
+    ``block_n`` keys per step and ``num_stages`` K/V tiles in flight. Its tile is ``block_m`` rows, a consumer
+    warpgroup per 64; shared memory holds Q and ``num_stages`` x (K + V) tiles."""
 
     block_n: int
     num_stages: int
@@ -192,6 +196,11 @@ class HopperPrefillConfig:
     schedules most where tiles have few steps (windows, short sequences; notes, "v5.3"). Windows take it
     (``HOPPER_PREFILL_WINDOW_ONE_RANGE``); longer tiles lose more to each step's branch than the boundaries cost
     (notes, "v5.4")."""
+    block_m: int = 128
+    """Rows of a tile: 128, two consumer warpgroups sharing each K and V tile, one program per multiprocessor (the
+    launch's registers); or 64, one consumer, so that two programs share a multiprocessor where their shared memory
+    fits, each one's prologue and epilogue beside the other's products (short tiles; each K and V tile is loaded
+    for 64 rows instead of 128). Not timed yet."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -200,15 +209,31 @@ class HopperPrefillConfig:
             raise ValueError(f"half_step runs with the schedule 'step' only, not {self.schedule!r}")
         if self.one_range and self.schedule == "step":
             raise ValueError("one_range needs a paired schedule (paired, pingpong or overlap), not 'step'")
+        if self.block_m not in (HOPPER_PREFILL_CONSUMER_ROWS, 2 * HOPPER_PREFILL_CONSUMER_ROWS):
+            raise ValueError(f"block_m={self.block_m}: 64 (one consumer warpgroup) or 128 (two)")
+        if self.schedule == "pingpong" and self.block_m != 2 * HOPPER_PREFILL_CONSUMER_ROWS:
+            raise ValueError("the schedule 'pingpong' takes turns between two consumers: block_m=128")
+
+    @property
+    def consumers(self) -> int:
+        """Consumer warpgroups of a program."""
+        return self.block_m // HOPPER_PREFILL_CONSUMER_ROWS
+
+    def programs_per_sm(self, head_dim: int, element_size: int = 2) -> int:
+        """Programs that share a multiprocessor: one with two consumers (their registers fill it), else as many as
+        their shared memory allows, at most two (``hopper_prefill.LAUNCH_MAXNREG``)."""
+        if self.consumers == 2:
+            return 1
+        return max(1, min(2, (HOPPER_PREFILL_SHARED_BYTES + 1024) // (self.shared_bytes(head_dim, element_size) + 1024)))
 
     def label(self) -> str:
-        return (f"gluon-ws M{HOPPER_PREFILL_BLOCK_M}-N{self.block_n}-s{self.num_stages}"
+        return (f"gluon-ws M{self.block_m}-N{self.block_n}-s{self.num_stages}"
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
                 + (f"-tma{self.tma_keys}" if self.tma_keys else "")
                 + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
-        return (HOPPER_PREFILL_BLOCK_M + 2 * self.num_stages * self.block_n) * head_dim * element_size
+        return (self.block_m + 2 * self.num_stages * self.block_n) * head_dim * element_size
 
 
 HOPPER_PREFILL_TMA_KEYS = 16

@@ -1,14 +1,14 @@
 """Warp-specialised prefill for Hopper (sm_90), in Gluon: the structure the single-loop Triton kernel
 cannot get from Triton 3.6 (see ``docs/triton_kernel_notes.md``, "What is still short").
 
-One program owns one tile of ``BLOCK_M = 128`` rows (``128 // GROUP`` queries x the ``GROUP`` query
-heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (off in the table until timed)
-one program per multiprocessor loops over tiles, and runs three partitions:
+One program owns one tile of ``block_m`` rows, 128 or 64 (``block_m // GROUP`` queries x the ``GROUP`` query
+heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (off in the table) as many programs
+as the multiprocessors hold loop over tiles, and runs three partitions (two with one consumer):
 
 - a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
   (``BLOCK_N`` keys; one load per 16 keys, each piece's page looked up: ``tma_keys``) into a ring of
   ``NUM_STAGES`` shared buffers, signalling "ready" mbarriers;
-- two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
+- one or two **consumer** warpgroups, each owning 64 of the tile's rows: ``S = Q K^T`` and ``O += P V`` with
   asynchronous ``wgmma`` from shared memory and the online softmax in registers, in the order the config's
   ``schedule`` names: ``"step"`` waits for each product within its step, ``"paired"`` issues a step's ``Q K^T``
   behind the step before's ``P V`` and waits for both at once, ``"pingpong"`` and ``"overlap"`` are FlashAttention
@@ -43,8 +43,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import (HOPPER_PREFILL_BLOCK_M, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig,
-                      hopper_prefill_config)
+from .configs import (HOPPER_PREFILL_CONSUMER_ROWS, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS,
+                      HopperPrefillConfig, hopper_prefill_config)
 from .device import LOG2E, _find_sequence, _tanh
 from .plan import register_report
 
@@ -53,23 +53,25 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 # ... and the barrier of a partition's warps ``thread_barrier``; later versions ``barrier``.
 _warps_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
-BLOCK_M = HOPPER_PREFILL_BLOCK_M
-"""Rows of a tile: two consumer warpgroups of 64."""
-CONSUMER_ROWS = 64
-"""Rows one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup)."""
+CONSUMER_ROWS = HOPPER_PREFILL_CONSUMER_ROWS
+"""Rows one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup); a tile has one or two."""
 PRODUCER_REGISTERS = 24
 """Registers per thread the producer warp keeps (setmaxnreg's minimum): it holds scalars only."""
 CONSUMER_REGISTERS = 240
 """Registers per thread of the second consumer warpgroup; the first (the default partition) gets what
 the launch's ``maxnreg`` leaves, the same 240 with ``LAUNCH_MAXNREG``."""
-LAUNCH_MAXNREG = 168
-"""Registers per thread the launch asks for: 12 warps (4 + 4 consumer, 1 producer padded to a
-warpgroup) x 32 threads x 168 fit the 64K registers of one multiprocessor."""
+LAUNCH_MAXNREG = {2: 168, 1: 128}
+"""Registers per thread the launch asks for, by consumer warpgroups: 12 warps (4 + 4 consumer, 1 producer padded
+to a warpgroup) x 32 threads x 168 fill the 64K registers of one multiprocessor; with one consumer 8 warps x 32 x
+128 fill half of them, so that two programs can share it, and the consumer gets the 232 its producer leaves."""
+ONE_CONSUMER_MAX_HEAD_DIM = 128
+"""The largest head dim a tile of one consumer (``block_m`` 64) runs: at D=256 ptxas needs 158 registers for the
+products of a 64 x 256 accumulator, beyond the 128 that let two programs share a multiprocessor (Triton 3.6: "C7602
+Insufficient registers"), and two programs' shared memory would not fit anyway."""
 TMA_PIECE = 16
 """The fewest keys one TMA load brings, and the page-size granularity the kernel needs (``tma_keys``)."""
 
 # the same values as constexprs, for the device code (a jit function reads no plain globals)
-_BLOCK_M = gl.constexpr(BLOCK_M)
 _ROWS = gl.constexpr(CONSUMER_ROWS)
 _PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
 _CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
@@ -557,13 +559,13 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
 @gluon.jit
 def _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
                  NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                 USE_WINDOW: gl.constexpr):
+                 USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr):
     """Tile ``flat_idx`` (heaviest first: the last tile of each sequence before its others) -> (seq_idx,
     tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end): its rows start at
     query ``tile_start`` of sequence ``seq_idx``; key steps ``first_step .. num_steps - 1``, those before
     ``left_end`` (a window's left edge) and from ``mid_steps`` on (the diagonal, the ragged end) masked. A
     padding tile (the grid counts one per sequence more than its queries fill) has ``tile_start >= q_len``."""
-    BLOCK_Q: gl.constexpr = _BLOCK_M // GROUP
+    BLOCK_Q: gl.constexpr = _ROWS * CONSUMERS // GROUP
     kv_head = flat_idx % NUM_KV_HEADS
     q_block = num_q_blocks - 1 - flat_idx // NUM_KV_HEADS
     seq_idx = _find_sequence(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q)
@@ -593,10 +595,10 @@ def _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_
 
 @gluon.jit
 def _ring(dtype: gl.constexpr, smem_layout: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-          NUM_STAGES: gl.constexpr):
-    """Shared memory of a program: both warpgroups' Q tiles, ``NUM_STAGES`` K and V tiles and their
-    ready / empty mbarriers (empty ones count both consumer warpgroups)."""
-    q_bufs = gl.allocate_shared_memory(dtype, [2, _ROWS, HEAD_DIM], smem_layout)
+          NUM_STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
+    """Shared memory of a program: each consumer warpgroup's Q tile, ``NUM_STAGES`` K and V tiles and their
+    ready / empty mbarriers (empty ones count every consumer warpgroup)."""
+    q_bufs = gl.allocate_shared_memory(dtype, [CONSUMERS, _ROWS, HEAD_DIM], smem_layout)
     k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], smem_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -606,8 +608,8 @@ def _ring(dtype: gl.constexpr, smem_layout: gl.constexpr, HEAD_DIM: gl.constexpr
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)  # both consumer warpgroups release a buffer
-        mbarrier.init(v_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)  # every consumer warpgroup releases a buffer
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
     fence_async_shared()
     return q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty
 
@@ -627,7 +629,7 @@ def _turn_barriers():
 
 @gluon.jit
 def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
+                NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr):
     """A persistent program's values shared by its tiles -> tile ``flat_idx``'s ``state`` (the tuple
     ``_produce_tile`` and ``_consume_tile`` take), its key steps in the ring, and whether it holds rows."""
     (q_ptr, out_ptr, lse_ptr, block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr, k_desc, v_desc, q_bufs, k_bufs,
@@ -636,7 +638,7 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
     NUM_KV_HEADS: gl.constexpr = NUM_Q_HEADS // GROUP
     (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
      left_end) = _tile_fields(flat_idx, cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
-                              NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW)
+                              NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW, CONSUMERS)
     block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
     state = (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready,
              v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
@@ -648,14 +650,14 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
 @gluon.jit
 def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr):
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr):
     """The persistent program's producer: ``_produce_tile`` over its tiles (program p takes tiles p,
     p + programs, ...), the ring's slots counted on from tile to tile, so it loads a tile's first keys while
     the consumers still work on (or store) the one before."""
     ring_base = 0
     for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
-                                                  USE_WINDOW)
+                                                  USE_WINDOW, CONSUMERS)
         if has_rows:
             _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
             ring_base += tile_steps
@@ -666,14 +668,14 @@ def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
                     SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
-                    WARPGROUP: gl.constexpr):
+                    CONSUMERS: gl.constexpr, WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
     turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
     ring_base = 0
     turn = gl.to_tensor(0)  # a runtime value: the loop carries it
     for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
-                                                  USE_WINDOW)
+                                                  USE_WINDOW, CONSUMERS)
         if has_rows:
             # every warp of this warpgroup is past the tile before (its products waited for, O stored) before
             # any of them writes the next tile's Q into the warpgroup's buffer
@@ -712,11 +714,12 @@ def _hopper_prefill_kernel(
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
-    HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
+    HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, CONSUMERS: gl.constexpr,
 ):
-    """One program: one 128-row tile (``128 // GROUP`` queries x ``GROUP`` heads of one KV head), grid
-    ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence) first. ``PERSISTENT``: a grid of
-    at most one program per multiprocessor, each looping over every ``num_programs``-th tile in that order.
+    """One program: one tile of ``64 * CONSUMERS`` rows (``64 * CONSUMERS // GROUP`` queries x ``GROUP`` heads of one
+    KV head), a consumer warpgroup per 64, grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence)
+    first. ``PERSISTENT``: a grid of at most as many programs as share the multiprocessors, each looping over every
+    ``num_programs``-th tile in that order.
     Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
     ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
     ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``);
@@ -730,30 +733,39 @@ def _hopper_prefill_kernel(
         turns = 0  # unused (a partition's argument may not be None)
     if PERSISTENT:
         q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM, BLOCK_N,
-                                                                          NUM_STAGES)
+                                                                          NUM_STAGES, CONSUMERS)
         # no None in the tuple: Triton 3.6 cannot return one from a jit function (_tile_state does)
         shared = (q_ptr, out_ptr, _or_zero(lse_ptr, WRITE_LSE), block_table_ptr, cu_seqlens_q_ptr, kv_lens_ptr,
                   k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                   _or_zero(window, USE_WINDOW), qk_scale, _or_zero(softcap_in, SOFTCAP), _or_zero(sinks_ptr, HAS_SINKS),
                   num_seqs, num_q_blocks, stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
-        gl.warp_specialize([
-            (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                               ONE_RANGE, 0)),
-            (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                               WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                               ONE_RANGE, 1)),
-            (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                               NUM_Q_HEADS, USE_WINDOW)),
-        ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+        if CONSUMERS == 2:
+            gl.warp_specialize([
+                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                                   ONE_RANGE, CONSUMERS, 0)),
+                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                                   ONE_RANGE, CONSUMERS, 1)),
+                (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS)),
+            ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+        else:
+            gl.warp_specialize([
+                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                                   ONE_RANGE, CONSUMERS, 0)),
+                (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS)),
+            ], [1], [_PRODUCER_REGISTERS])
     else:
         (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
          left_end) = _tile_fields(gl.program_id(0), cu_seqlens_q_ptr, kv_lens_ptr, window, num_seqs, num_q_blocks,
-                                  NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW)
+                                  NUM_KV_HEADS, GROUP, BLOCK_N, IS_CAUSAL, USE_WINDOW, CONSUMERS)
         if tile_start < q_len:
             q_bufs, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty = _ring(dtype, smem_layout, HEAD_DIM,
-                                                                              BLOCK_N, NUM_STAGES)
+                                                                              BLOCK_N, NUM_STAGES, CONSUMERS)
             block_table_row_ptr = block_table_ptr + seq_idx.to(gl.int64) * stride_bt_seq
             # runtime values travel as one tuple; constexprs as arguments of their own (inside a tuple Gluon 3.6
             # hands them over as runtime values)
@@ -761,13 +773,20 @@ def _hopper_prefill_kernel(
                      v_ready, k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps,
                      first_step, left_end, window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h,
                      softcap_in, sinks_ptr)
-            gl.warp_specialize([
-                (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
-                (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE, NUM_Q_HEADS,
-                             USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 1)),
-                (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
-            ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+            if CONSUMERS == 2:
+                gl.warp_specialize([
+                    (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
+                    (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 1)),
+                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
+                ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
+            else:  # one consumer: the default partition, with the registers the producer leaves
+                gl.warp_specialize([
+                    (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
+                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
+                ], [1], [_PRODUCER_REGISTERS])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -794,8 +813,8 @@ def hopper_prefill_refusal(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if page_size % TMA_PIECE:
         return f"page size {page_size} is not a multiple of {TMA_PIECE}"
     group = q.shape[1] // num_kv_heads
-    if group > 64 or BLOCK_M % group:
-        return f"{group} query heads per KV head do not pack into {BLOCK_M} rows"
+    if group > CONSUMER_ROWS or CONSUMER_ROWS % group:
+        return f"{group} query heads per KV head do not pack into a tile's {CONSUMER_ROWS}-row parts"
     if not all(c.is_contiguous() and c.data_ptr() % 16 == 0 for c in (k_cache, v_cache)):
         return "caches must be contiguous and 16-byte aligned"
     if k_cache.shape[0] * page_size >= 2 ** 31:
@@ -833,20 +852,25 @@ class HopperPrefillLauncher:
         self.config = config  # launch.py's choice (configs.hopper_prefill_config) or the caller's
         block_n = self.config.block_n
         piece = tma_keys(config, page_size)
+        if config.consumers == 1 and head_dim > ONE_CONSUMER_MAX_HEAD_DIM:
+            raise ValueError(f"{config.label()}: one consumer's 64-row tiles run head dims up to "
+                             f"{ONE_CONSUMER_MAX_HEAD_DIM}, not {head_dim} (ptxas needs more than the launch's "
+                             f"{LAUNCH_MAXNREG[1]} registers for a 64 x {head_dim} accumulator's products)")
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         descs = []
         for cache in (k_cache, v_cache):
             rows = cache.view(num_pages * page_size, num_kv_heads * head_dim)
             descs.append(TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [piece, head_dim], layout))
         group = num_q_heads // num_kv_heads
-        self.block_q = BLOCK_M // group
+        self.block_q = config.block_m // group
         self.num_q_blocks = num_tokens // self.block_q + num_seqs
         self.out, self.lse = out, lse
         self.plan = None  # the Triton kernel's LaunchPlan has no counterpart here: describe() gives the figures
         self._empty = num_tokens == 0
         num_tiles = self.num_q_blocks * num_kv_heads
-        if self.config.persistent:  # one program per multiprocessor at most
-            num_tiles = min(num_tiles, multiprocessor_count(q.device))
+        if self.config.persistent:  # as many programs as the multiprocessors hold at once, at most
+            num_tiles = min(num_tiles, multiprocessor_count(q.device) * config.programs_per_sm(head_dim,
+                                                                                              q.element_size()))
         self._grid = (num_tiles,)
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
@@ -859,8 +883,8 @@ class HopperPrefillLauncher:
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
             HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
-            ONE_RANGE=self.config.one_range,
-            num_warps=4, maxnreg=LAUNCH_MAXNREG,
+            ONE_RANGE=self.config.one_range, CONSUMERS=self.config.consumers,
+            num_warps=4, maxnreg=LAUNCH_MAXNREG[self.config.consumers],
         )
 
     def describe(self) -> dict:
