@@ -16,7 +16,7 @@ from harness.measure.gate import compare, compare_lse
 from tests.triton_setup import HAVE_TRITON, INTERPRETED
 
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
-    from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT,
+    from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT_TABLE,
                                                  HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
                                                  HOPPER_PREFILL_WINDOW_SCHEDULE, HopperPrefillConfig)
     from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher, hopper_prefill_refusal
@@ -91,10 +91,17 @@ def test_configs_fit_shared_memory():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
         assert config.block_m % 64 == 0 and config.block_n % 16 == 0
         assert config.programs_per_sm(head_dim) == 1
-    one_consumer = dataclasses.replace(HOPPER_PREFILL_SHORT, block_m=64)
+    one_consumer = HOPPER_PREFILL_SHORT_TABLE[128]
     assert one_consumer.consumers == 1 and one_consumer.shared_bytes(128) == (64 + 2 * 2 * 64) * 128 * 2
     assert one_consumer.programs_per_sm(128) == 2 and one_consumer.programs_per_sm(256) == 1
     assert one_consumer.label() == "gluon-ws M64-N64-s2"
+    # every short entry fits its head dim, and 64-row tiles only where they compile (not at D=256)
+    from kernels.paged_attention.configs import HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM
+
+    for head_dim, config in HOPPER_PREFILL_SHORT_TABLE.items():
+        assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
+        assert config.consumers == 2 or head_dim <= HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM, (head_dim, config)
+    assert set(HOPPER_PREFILL_SHORT_TABLE) == set(HOPPER_PREFILL_TABLE)
 
 
 def test_config_names_its_schedule_or_says_what_is_wrong():
@@ -133,8 +140,8 @@ def test_launcher_says_why_it_cannot_take_the_gluon_kernel(grammar, kwargs, mess
 def test_routing_with_the_device_check_passed(monkeypatch):
     """Where the Gluon kernel can run (its refusal patched to None here, on CPU tensors that are never
     launched): long-query launches take it, a mixed batch's decodes run apart beside it, and forcing it
-    (``hopper_prefill=True``) applies to the long launch only; the configuration: short sequences', the head
-    dim's, a windowed launch's schedule, the caller's."""
+    (``hopper_prefill=True``) applies to the long launch only; the configuration: short sequences' (64-row tiles
+    at D=128), the head dim's, a windowed launch's schedule, the caller's."""
     from kernels.paged_attention import DecodesApartLauncher, PagedAttentionLauncher, launch
     from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher
 
@@ -151,10 +158,17 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     chosen = HopperPrefillConfig(64, 3)
     assert _prepare(batch, config=chosen).config == chosen
     # short sequences (at most HOPPER_PREFILL_SHORT_KEYS keys) take 64-key steps, longer ones the head dim's entry
-    assert _prepare(batch, num_decodes=0).config == HOPPER_PREFILL_SHORT
+    assert _prepare(batch, num_decodes=0).config == HOPPER_PREFILL_SHORT_TABLE[64]
     longer = make_batch(BatchSpec.from_grammar(f"2q40c{HOPPER_PREFILL_SHORT_KEYS - 40 + 1}", page_size=16,
                                                num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16"), "cpu")
-    assert _prepare(longer).config == HOPPER_PREFILL_TABLE[64] != HOPPER_PREFILL_SHORT
+    assert _prepare(longer).config == HOPPER_PREFILL_TABLE[64] != HOPPER_PREFILL_SHORT_TABLE[64]
+    # at D=128 short sequences run 64-row tiles of one consumer (group 2: 32 queries a tile); at D=256 128-row ones
+    for head_dim, block_m in ((128, 64), (256, 128)):
+        short = make_batch(BatchSpec.from_grammar("2q40c0-20", page_size=16, num_q_heads=4, num_kv_heads=2,
+                                                  head_dim=head_dim, dtype="fp16"), "cpu")
+        launcher = _prepare(short, num_decodes=0)
+        assert launcher.config == HOPPER_PREFILL_SHORT_TABLE[head_dim] and launcher.config.block_m == block_m
+        assert launcher.block_q == block_m // 2
     with pytest.raises(ValueError, match="is the Gluon kernel's, but hopper_prefill=False"):
         _prepare(batch, config=chosen, hopper_prefill=False)
     # a window shorter than HOPPER_PREFILL_MIN_WINDOW keys runs the Triton kernel, unless this one is asked for
@@ -175,7 +189,7 @@ def test_routing_with_the_device_check_passed(monkeypatch):
                                            one_range=True)
     assert windowed.label() == "gluon-ws M128-N128-s2-overlap-onerange"
     short_windowed = _prepare(batch, num_decodes=0, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
-    assert short_windowed == dataclasses.replace(HOPPER_PREFILL_SHORT, schedule="overlap", one_range=True)
+    assert short_windowed == dataclasses.replace(HOPPER_PREFILL_SHORT_TABLE[64], schedule="overlap", one_range=True)
     paired = HopperPrefillConfig(128, 2, schedule="paired")
     assert _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW, config=paired).config == paired
     # the window's schedule and range replace the entry's, whatever they are

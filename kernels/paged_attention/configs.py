@@ -153,6 +153,11 @@ HOPPER_PREFILL_CONSUMER_ROWS = 64
 """Rows of a Gluon prefill tile that one consumer warpgroup owns (a wgmma instruction's M is 64 per warpgroup); a
 tile has one or two (``HopperPrefillConfig.block_m``)."""
 
+HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM = 128
+"""The largest head dim a tile of one consumer (``block_m`` 64) runs: at D=256 ptxas needs 158 registers for the
+products of a 64 x 256 accumulator, beyond the 128 that let two programs share a multiprocessor (Triton 3.6: "C7602
+Insufficient registers"), and two programs' shared memory would not fit anyway."""
+
 HOPPER_PREFILL_SHARED_BYTES = 227 * 1024
 """Shared memory one sm_90 program may hold; a multiprocessor has 228 KiB for all of its programs."""
 
@@ -200,7 +205,8 @@ class HopperPrefillConfig:
     """Rows of a tile: 128, two consumer warpgroups sharing each K and V tile, one program per multiprocessor (the
     launch's registers); or 64, one consumer, so that two programs share a multiprocessor where their shared memory
     fits, each one's prologue and epilogue beside the other's products (short tiles; each K and V tile is loaded
-    for 64 rows instead of 128). Not timed yet."""
+    for 64 rows instead of 128): the D=128 entry of ``HOPPER_PREFILL_SHORT_TABLE`` (notes, "v5.4"). Head dims up to
+    ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM``."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -224,7 +230,9 @@ class HopperPrefillConfig:
         their shared memory allows, at most two (``hopper_prefill.LAUNCH_MAXNREG``)."""
         if self.consumers == 2:
             return 1
-        return max(1, min(2, (HOPPER_PREFILL_SHARED_BYTES + 1024) // (self.shared_bytes(head_dim, element_size) + 1024)))
+        reserved = 1024  # shared memory the hardware keeps per program
+        return max(1, min(2, (HOPPER_PREFILL_SHARED_BYTES + reserved)
+                          // (self.shared_bytes(head_dim, element_size) + reserved)))
 
     def label(self) -> str:
         return (f"gluon-ws M{self.block_m}-N{self.block_n}-s{self.num_stages}"
@@ -259,7 +267,7 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     64: HopperPrefillConfig(block_n=128, num_stages=3),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
     # shared memory; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
-    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT.
+    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT_TABLE.
     # The "paired" schedule (thirteenth session, the default sweep twice per schedule, results/h100-default-rows-
     # v5.3): B4 q2048 c2048 716.8 / 729.4 against "step" 741.6 / 729.8 at page 16, 726.6 / 727.6 against 746.2 /
     # 750.1 at 256; B8 q2048 c0 594.4 / 598.8 against 609.1 / 613.6 at page 256 (cuDNN 574.6); B1 q2048 c2048
@@ -289,13 +297,27 @@ bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE
 kernel can run the batch (``hopper_prefill.hopper_prefill_refusal``)."""
 
 HOPPER_PREFILL_SHORT_KEYS = 512
-"""Launches whose longest sequence has at most this many keys take ``HOPPER_PREFILL_SHORT`` instead of
+"""Launches whose longest sequence has at most this many keys take ``HOPPER_PREFILL_SHORT_TABLE`` instead of
 their head dim's entry: a causal tile of short sequences is mostly its diagonal, where 64-key steps waste
 fewer masked keys than 128-key ones."""
 
-HOPPER_PREFILL_SHORT = HopperPrefillConfig(block_n=64, num_stages=2)
-"""H100, bf16, causal with no cached context, us at pages 16 / 256 (results/h100-triton-tune/eleventh-session).
-Its schedule stays "step": with "paired" the default sweep's B8 q512 measured 78.0 / 77.9 and 77.2 / 77.0 against
+_SHORT_STEPS = HopperPrefillConfig(block_n=64, num_stages=2)
+HOPPER_PREFILL_SHORT_TABLE: dict[int, HopperPrefillConfig] = {
+    64: _SHORT_STEPS,
+    # 64-row tiles of one consumer, two programs a multiprocessor (fourteenth session, results/h100-default-rows-v5.4,
+    # the default sweep and its prefill cells again, us): B8 q512 72.3 / 72.6 against 76.4 / 76.5 at page 256 (cuDNN
+    # 72.5 / 73.6), 72.4 against 77.7 at page 16 (cuDNN 77.6); B4 q512 39.9 against 42.0 (cuDNN 47.0); B1 q512 16.4
+    # against 18.4. The tuning script: B16 q256 56.7 / 57.3 against 63.0 / 64.1 at pages 256 / 16 (cuDNN 57.2 /
+    # 61.2); "overlap" 71.6 against 71.9 on B8 q512 at page 256, a tie; 3 stages 107.7 (one program a
+    # multiprocessor); persistent programs 84.1. Longer sequences lose (B8 q2048 c0: 637.0 against the entry's 571.7).
+    128: replace(_SHORT_STEPS, block_m=64),
+    # 64-row tiles do not run at D=256 (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM); at D=64 they are not timed
+    256: _SHORT_STEPS,
+}
+"""The Gluon prefill kernel's entry per head dim for launches of short sequences (``HOPPER_PREFILL_SHORT_KEYS``):
+64-key steps in the schedule "step". H100, bf16, causal with no cached context, us at pages 16 / 256
+(results/h100-triton-tune/eleventh-session), 128-row tiles (the D=128 entry's 64-row tiles above). Its schedule stays
+"step": with "paired" the default sweep's B8 q512 measured 78.0 / 77.9 and 77.2 / 77.0 against
 76.8 / 77.8 and 76.8 / 76.6, B4 q512 43.1 / 42.8 at page 16 against 42.7 / 42.7 (thirteenth session, two runs each);
 the tuning script's "pingpong" 80.4 / 80.5 against 76.5 / 76.3.
 The default sweep's D=128 cells, against the 128-key entry in two runs: B8 q512 76.8 / 77.0 against 84.1, 83.8
@@ -305,7 +327,6 @@ cuDNN 63.5); with the entry's half-wide steps on, B16 q256 63.8 / 63.5 against 6
 285.8 against 303.1 / 304.3. At 1024 keys they tie or lose (against the half-wide entry): B8 q1024 203.2 /
 202.6 against 202.8 / 203.2, B16 q1024 396.3 / 397.8 against 395.3 / 399.0, B8 q512 on 512 cached keys 136.1 /
 137.7 against 132.5 / 133.2. 3 and 4 stages: slower but for B16 q256 at page 256 (62.5)."""
-
 
 HOPPER_PREFILL_MIN_WINDOW = 1024
 """Launches with a sliding window of fewer keys run the Triton kernel unless the Gluon kernel is asked for
@@ -333,10 +354,11 @@ HOPPER_PREFILL_WINDOW_ONE_RANGE = True
 
 
 def hopper_prefill_config(head_dim: int, max_kv_len: int, sliding_window: int | None = None) -> HopperPrefillConfig:
-    """The Gluon prefill kernel's configuration for a launch: ``HOPPER_PREFILL_SHORT`` where no sequence
-    has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else the head dim's ``HOPPER_PREFILL_TABLE`` entry; with a
+    """The Gluon prefill kernel's configuration for a launch: the head dim's ``HOPPER_PREFILL_SHORT_TABLE`` entry
+    where no sequence has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else its ``HOPPER_PREFILL_TABLE`` entry; with a
     ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE`` and ``HOPPER_PREFILL_WINDOW_ONE_RANGE``."""
-    config = HOPPER_PREFILL_SHORT if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE[head_dim]
+    table = HOPPER_PREFILL_SHORT_TABLE if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE
+    config = table[head_dim]
     if sliding_window is not None:
         config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE, one_range=HOPPER_PREFILL_WINDOW_ONE_RANGE)
     return config

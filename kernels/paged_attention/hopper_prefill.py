@@ -43,8 +43,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import (HOPPER_PREFILL_CONSUMER_ROWS, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS,
-                      HopperPrefillConfig, hopper_prefill_config)
+from .configs import (HOPPER_PREFILL_CONSUMER_ROWS, HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM, HOPPER_PREFILL_TABLE,
+                      HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig, hopper_prefill_config)
 from .device import LOG2E, _find_sequence, _tanh
 from .plan import register_report
 
@@ -64,10 +64,6 @@ LAUNCH_MAXNREG = {2: 168, 1: 128}
 """Registers per thread the launch asks for, by consumer warpgroups: 12 warps (4 + 4 consumer, 1 producer padded
 to a warpgroup) x 32 threads x 168 fill the 64K registers of one multiprocessor; with one consumer 8 warps x 32 x
 128 fill half of them, so that two programs can share it, and the consumer gets the 232 its producer leaves."""
-ONE_CONSUMER_MAX_HEAD_DIM = 128
-"""The largest head dim a tile of one consumer (``block_m`` 64) runs: at D=256 ptxas needs 158 registers for the
-products of a 64 x 256 accumulator, beyond the 128 that let two programs share a multiprocessor (Triton 3.6: "C7602
-Insufficient registers"), and two programs' shared memory would not fit anyway."""
 TMA_PIECE = 16
 """The fewest keys one TMA load brings, and the page-size granularity the kernel needs (``tma_keys``)."""
 
@@ -852,10 +848,10 @@ class HopperPrefillLauncher:
         self.config = config  # launch.py's choice (configs.hopper_prefill_config) or the caller's
         block_n = self.config.block_n
         piece = tma_keys(config, page_size)
-        if config.consumers == 1 and head_dim > ONE_CONSUMER_MAX_HEAD_DIM:
+        if config.consumers == 1 and head_dim > HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM:
             raise ValueError(f"{config.label()}: one consumer's 64-row tiles run head dims up to "
-                             f"{ONE_CONSUMER_MAX_HEAD_DIM}, not {head_dim} (ptxas needs more than the launch's "
-                             f"{LAUNCH_MAXNREG[1]} registers for a 64 x {head_dim} accumulator's products)")
+                             f"{HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM}, not {head_dim} (ptxas needs more than the "
+                             f"launch's {LAUNCH_MAXNREG[1]} registers for a 64 x {head_dim} accumulator's products)")
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         descs = []
         for cache in (k_cache, v_cache):
