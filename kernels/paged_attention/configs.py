@@ -275,9 +275,10 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # 8.8 % faster, and every mixed batch -0.1 to 1.4 %. "pingpong" lies between the two (B4 q2048 c0 at page 256:
     # 299.6 / 300.8 against paired 293.9 / 293.9).
     # "overlap" (fourteenth session, results/h100-default-rows-v5.4: the default sweep and its prefill and mixed
-    # cells again, each with this entry "paired" and "overlap" in one job): 27 of the 30 prefill and mixed cells it
-    # runs faster over the two runs' means, by up to 2.4 % (B8 q512 c2048 288.4 to 281.4 at page 256, B4 q2048
-    # c2048 fp16 772.9 to 759.0, the 8-decode mixed batch 1702.0 to 1670.4 at page 16), 3 within -1.0 %; the
+    # cells again, with this entry, the D=256 one and windows "paired" / "step" and "overlap" in one job): of the 29
+    # prefill and mixed cells whose configuration that changes, 27 are faster over the two runs' means, by up to
+    # 2.4 % (B8 q512 c2048 288.4 to 281.4 at page 256, B4 q2048 c2048 fp16 772.9 to 759.0, the 8-decode mixed batch
+    # 1702.0 to 1670.4 at page 16), 2 slower by 0.5 and 1.0 % (B1 q2048 c0, B1 q512 c2048 at page 16); the
     # tuning script's B8 q2048 c0 570.8 / 570.9 against 578.1 / 582.6 at pages 256 / 16. Its steps in one range
     # (``one_range``) lose: B4 q2048 c2048 709.7 / 784.6 against 672.0 / 727.5 (paired, in ranges).
     128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap"),
@@ -306,7 +307,7 @@ HOPPER_PREFILL_SHORT_TABLE: dict[int, HopperPrefillConfig] = {
     64: _SHORT_STEPS,
     # 64-row tiles of one consumer, two programs a multiprocessor (fourteenth session, results/h100-default-rows-v5.4,
     # the default sweep and its prefill cells again, us): B8 q512 72.3 / 72.6 against 76.4 / 76.5 at page 256 (cuDNN
-    # 72.5 / 73.6), 72.4 against 77.7 at page 16 (cuDNN 77.6); B4 q512 39.9 against 42.0 (cuDNN 47.0); B1 q512 16.4
+    # 72.5 / 71.5), 72.4 against 77.7 at page 16 (cuDNN 77.6); B4 q512 39.9 against 42.0 (cuDNN 47.0); B1 q512 16.4
     # against 18.4. The tuning script: B16 q256 56.7 / 57.3 against 63.0 / 64.1 at pages 256 / 16 (cuDNN 57.2 /
     # 61.2); "overlap" 71.6 against 71.9 on B8 q512 at page 256, a tie; 3 stages 107.7 (one program a
     # multiprocessor); persistent programs 84.1. Longer sequences lose (B8 q2048 c0: 637.0 against the entry's 571.7).
