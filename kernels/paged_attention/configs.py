@@ -175,14 +175,14 @@ class HopperPrefillConfig:
     block_n: int
     num_stages: int
     half_step: bool = False
-    """Masked steps whose second half of keys a warpgroup's rows cannot see (the causal diagonal's overhang:
-    a tile holds ``128 // GROUP`` queries, so a 128-key step overhangs it by up to 96 keys at GROUP 4) run their
-    products half as wide. Timed in the default sweep and left off (notes, "v5.1")."""
+    """Masked steps whose second half of keys a warpgroup's rows cannot see (the causal diagonal's overhang: a
+    128-row tile holds ``128 // GROUP`` queries, so a 128-key step overhangs it by up to 96 keys at GROUP 4) run
+    their products half as wide. Timed in the default sweep and left off (notes, "v5.1")."""
     persistent: bool = False
-    """One program per multiprocessor looping over the tiles, the ring's slots counted on from tile to tile:
-    the producer loads a tile's first keys while the consumers finish and store the one before (notes, "v5.1":
-    where tiles are short, one program per tile leaves its prologue and epilogue unoverlapped). Off in the
-    table until a GPU run has timed it."""
+    """As many programs as the multiprocessors hold at once (``programs_per_sm``) looping over the tiles, the ring's
+    slots counted on from tile to tile: the producer loads a tile's first keys while the consumers finish and store
+    the one before (notes, "v5.1": where tiles are short, one program per tile leaves its prologue and epilogue
+    unoverlapped). Off in the table: it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4")."""
     tma_keys: int = 0
     """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
     128,2,tma64``)."""
