@@ -45,7 +45,8 @@ from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
-from kernels.paged_attention.configs import HOPPER_PREFILL_SCHEDULES, HopperPrefillConfig  # noqa: E402
+from kernels.paged_attention.configs import (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM,  # noqa: E402
+                                             HOPPER_PREFILL_SCHEDULES, HopperPrefillConfig)
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
@@ -211,12 +212,13 @@ GLUON_FLAGS = {"half", "persistent", "onerange", "m64", *SCHEDULE_FLAGS}
 """Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
-def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
+def gluon_config(text: str, pages: Sequence[int] = (), head_dims: Sequence[int] = ()) -> HopperPrefillConfig:
     """``--gluon`` value ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,onerange][,m64][,tmaK]``
     (e.g. ``128,2,half``: half-wide masked steps; ``128,2,persistent``: programs looping over the tiles;
     ``128,2,pingpong``: the consumers' schedule; ``128,2,paired,onerange``: a tile's steps in one range; ``64,2,m64``:
-    64-row tiles of one consumer; ``128,2,tma64``: 64 keys per TMA load, which must suit the step and every page
-    size in ``pages``) -> the Gluon kernel's config."""
+    64-row tiles of one consumer, for head dims up to ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM`` in ``head_dims``;
+    ``128,2,tma64``: 64 keys per TMA load, which must suit the step and every page size in ``pages``) -> the Gluon
+    kernel's config."""
     parts = text.split(",")
     numbers, flags = parts[:2], parts[2:]
     tma = [flag for flag in flags if flag.startswith("tma") and flag[3:].isdigit() and int(flag[3:]) > 0]
@@ -234,6 +236,10 @@ def gluon_config(text: str, pages: Sequence[int] = ()) -> HopperPrefillConfig:
                                      block_m=64 if "m64" in flags else 128)
     except ValueError as error:  # the config's own check (half-wide steps, "step" in one range, pingpong at m64)
         raise UsageError(f"--gluon {text!r}: {error}") from None
+    too_wide = [head_dim for head_dim in head_dims if head_dim > HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM]
+    if config.consumers == 1 and too_wide:
+        raise UsageError(f"--gluon {text!r}: 64-row tiles run head dims up to "
+                         f"{HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM}, not {too_wide[0]} (--head-dims)")
     if tma:
         from kernels.paged_attention.hopper_prefill import tma_keys  # needs Gluon: only where a size is asked for
 
@@ -283,7 +289,7 @@ def main() -> int:
         # kernel, the reference and cuDNN's adapter alike
         features = feature_fields(args)
         # a malformed value stops here, before any GPU work
-        gluon_configs = [gluon_config(text, args.pages) for text in args.gluon]
+        gluon_configs = [gluon_config(text, args.pages, args.head_dims or [128]) for text in args.gluon]
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"

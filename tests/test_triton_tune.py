@@ -85,6 +85,10 @@ def test_gluon_values_parse_or_name_the_mistake():
     assert tune.gluon_config("128,2,paired,onerange") == tune.HopperPrefillConfig(128, 2, schedule="paired",
                                                                                    one_range=True)
     assert tune.gluon_config("64,2,overlap,m64") == tune.HopperPrefillConfig(64, 2, schedule="overlap", block_m=64)
+    # 64-row tiles stop at D=128 (ptxas cannot fit a 64 x 256 accumulator's products in their registers)
+    assert tune.gluon_config("64,2,m64", head_dims=[64, 128]).block_m == 64
+    with pytest.raises(tune.UsageError, match=r"--gluon '64,2,m64': 64-row tiles run head dims up to 128, not 256"):
+        tune.gluon_config("64,2,m64", head_dims=[128, 256])
     for bad in ("128,2,paired,pingpong", "128,2,overlap,paired", "128,2,half,pingpong", "128,2,ping", "128",
                 "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
                 "128,2,persistent,x", "128,2,tma", "128,2,tma0", "128,2,tma16,tma32", "128,2,onerange",
