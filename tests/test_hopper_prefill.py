@@ -431,7 +431,8 @@ class TestOnHopper:
         assert lse_verdict.ok, lse_verdict.reason
 
     def test_one_consumer_tiles_refuse_head_dim_256(self):
-        """64-row tiles stop at ``ONE_CONSUMER_MAX_HEAD_DIM``: at D=256 the launch says why, before compiling."""
+        """64-row tiles stop at ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM``: at D=256 the launch says why, before
+        compiling."""
         spec = BatchSpec.from_grammar("1q300c0", page_size=16, num_q_heads=16, num_kv_heads=8, head_dim=256,
                                       dtype="bf16")
         with pytest.raises(ValueError, match="one consumer's 64-row tiles run head dims up to 128, not 256"):
@@ -597,9 +598,9 @@ def _compile_for_sm90(cases):
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with half-wide masked
-    steps, as persistent programs and in the paired schedules (in ranges or one); its PTX gives the consumers 240
-    registers and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block,
-    and its SASS does not wait after every wgmma."""
+    steps, as persistent programs, in the paired schedules (in ranges or one) and in tiles of one consumer; its PTX
+    gives the consumers 240 registers (232 for one) and the producer 24 (setmaxnreg), issues wgmma and TMA loads,
+    its shared memory fits an sm_90 block, and its SASS does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),

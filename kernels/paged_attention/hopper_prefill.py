@@ -163,21 +163,22 @@ def _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, 
 
 @gluon.jit
 def _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len, qk_scale, softcap_in, window,
-                       s_layout: gl.constexpr, BLOCK_N: gl.constexpr, MASKED: gl.constexpr, PER_STEP: gl.constexpr,
-                       IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
-    """``_online_softmax`` of a full-width step whose masks are ``MASKED``'s or, with ``PER_STEP``, chosen at run time:
-    the steps before ``mask_below`` (a window's left edge) and from ``mask_from`` on (the diagonal, the ragged end)
+                       s_layout: gl.constexpr, BLOCK_N: gl.constexpr, WIDTH: gl.constexpr, MASKED: gl.constexpr,
+                       PER_STEP: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr,
+                       SOFTCAP: gl.constexpr):
+    """``_online_softmax`` of a step whose masks are ``MASKED``'s or, with ``PER_STEP``, chosen at run time: the
+    steps before ``mask_below`` (a window's left edge) and from ``mask_from`` on (the diagonal, the ragged end)
     masked, those between not."""
     if PER_STEP:
         if (step < mask_below) | (step >= mask_from):
             p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
-                                                 s_layout, BLOCK_N, BLOCK_N, True, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                                                 s_layout, BLOCK_N, WIDTH, True, IS_CAUSAL, USE_WINDOW, SOFTCAP)
         else:
             p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
-                                                 s_layout, BLOCK_N, BLOCK_N, False, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                                                 s_layout, BLOCK_N, WIDTH, False, IS_CAUSAL, USE_WINDOW, SOFTCAP)
     else:
         p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
-                                             s_layout, BLOCK_N, BLOCK_N, MASKED, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                                             s_layout, BLOCK_N, WIDTH, MASKED, IS_CAUSAL, USE_WINDOW, SOFTCAP)
     return p, alpha, m_i, l_i
 
 
@@ -194,12 +195,14 @@ def _p_operand(p, p_dtype: gl.constexpr, o_layout: gl.constexpr):
 
 
 @gluon.jit
-def _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, p_dtype: gl.constexpr,
-                  s_layout: gl.constexpr, o_layout: gl.constexpr, BLOCK_N: gl.constexpr, WIDTH: gl.constexpr,
-                  MASKED: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
-    """``_online_softmax`` of step ``step`` with O's rescale -> (P as the ``P V`` product's operand, O, m, l)."""
-    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window, s_layout,
-                                         BLOCK_N, WIDTH, MASKED, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+def _softmax_step(s, o, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len, qk_scale, softcap_in, window,
+                  p_dtype: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, BLOCK_N: gl.constexpr,
+                  WIDTH: gl.constexpr, MASKED: gl.constexpr, PER_STEP: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                  USE_WINDOW: gl.constexpr, SOFTCAP: gl.constexpr):
+    """``_online_softmax_of`` step ``step`` with O's rescale -> (P as the ``P V`` product's operand, O, m, l)."""
+    p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len, qk_scale,
+                                            softcap_in, window, s_layout, BLOCK_N, WIDTH, MASKED, PER_STEP, IS_CAUSAL,
+                                            USE_WINDOW, SOFTCAP)
     o = _rescale(o, alpha, o_layout)
     return _p_operand(p, p_dtype, o_layout), o, m_i, l_i
 
@@ -233,6 +236,17 @@ def _ready_v(v_bufs, v_ready, stage, phase, step, kv_len, v_load_layout: gl.cons
 
 
 @gluon.jit
+def _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES: gl.constexpr):
+    """Wait for step ``step``'s K tile (the tile's ``first_step`` takes the ring's slot ``ring_base``) -> its ring
+    stage and phase, which its V tile shares."""
+    slot = ring_base + step - first_step
+    stage = slot % NUM_STAGES
+    phase = (slot // NUM_STAGES) & 1
+    mbarrier.wait(k_ready.index(stage), phase)
+    return stage, phase
+
+
+@gluon.jit
 def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
                     row_limit, kv_len, qk_scale, softcap_in, step_lo, step_hi, first_step, ring_base, window,
                     s_layout: gl.constexpr, o_layout: gl.constexpr, v_load_layout: gl.constexpr,
@@ -248,10 +262,7 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
     the keys of a step the products take, from its first (``s_layout`` is the scores' layout at that width)."""
     zero_s = gl.zeros([_ROWS, WIDTH], gl.float32, s_layout)
     for step in range(step_lo, step_hi):
-        slot = ring_base + step - first_step
-        stage = slot % NUM_STAGES
-        phase = (slot // NUM_STAGES) & 1
-        mbarrier.wait(k_ready.index(stage), phase)
+        stage, phase = _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES)
         k_buf = k_bufs.index(stage)
         if WIDTH < BLOCK_N:
             k_buf = k_buf.slice(0, WIDTH)
@@ -260,11 +271,11 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
         # the previous step's V buffer, counted as the ring is (a window's tiles start past key 0)
-        prev = (slot + NUM_STAGES - 1) % NUM_STAGES
+        prev = (ring_base + step - first_step + NUM_STAGES - 1) % NUM_STAGES
         mbarrier.arrive(v_empty.index(prev), count=1, pred=step > first_step)
 
-        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, row_limit, kv_len, qk_scale, softcap_in, window,
-                                          q_smem.dtype, s_layout, o_layout, BLOCK_N, WIDTH, MASKED, IS_CAUSAL,
+        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, 0, 0, row_limit, kv_len, qk_scale, softcap_in, window,
+                                          q_smem.dtype, s_layout, o_layout, BLOCK_N, WIDTH, MASKED, False, IS_CAUSAL,
                                           USE_WINDOW, SOFTCAP)
         v_buf = _ready_v(v_bufs, v_ready, stage, phase, step, kv_len, v_load_layout, BLOCK_N, WIDTH, MASKED)
         o = warpgroup_mma(p_op, v_buf, o, is_async=True)
@@ -272,17 +283,6 @@ def _consumer_steps(o, m_i, l_i, q_smem, k_bufs, v_bufs, k_ready, v_ready, k_emp
         # serialise every wgmma of the kernel (C7512: a wait after each of its k-chunks)
         o = warpgroup_mma_init(warpgroup_mma_wait(num_outstanding=0, deps=(o,)))
     return o, m_i, l_i
-
-
-@gluon.jit
-def _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES: gl.constexpr):
-    """Wait for step ``step``'s K tile (the tile's ``first_step`` takes the ring's slot ``ring_base``) -> its ring
-    stage and phase, which its V tile shares."""
-    slot = ring_base + step - first_step
-    stage = slot % NUM_STAGES
-    phase = (slot // NUM_STAGES) & 1
-    mbarrier.wait(k_ready.index(stage), phase)
-    return stage, phase
 
 
 @gluon.jit
@@ -329,11 +329,9 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
             _pass_turn(turns, WARPGROUP)
         s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
         mbarrier.arrive(k_empty.index(stage), count=1)
-        p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step_lo, mask_below, mask_from, row_limit, kv_len,
-                                                qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED, PER_STEP,
-                                                IS_CAUSAL, USE_WINDOW, SOFTCAP)
-        o = _rescale(o, alpha, o_layout)
-        p_op = _p_operand(p, q_smem.dtype, o_layout)
+        p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step_lo, mask_below, mask_from, row_limit, kv_len,
+                                          qk_scale, softcap_in, window, q_smem.dtype, s_layout, o_layout, BLOCK_N,
+                                          BLOCK_N, MASKED, PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
         o = warpgroup_mma_init(o)
         for step in range(step_lo + 1, step_hi):
             v_buf = _ready_v(v_bufs, v_ready, stage, phase, step - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
@@ -348,8 +346,8 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # groups complete in order: Q K^T is in
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len,
-                                                        qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED,
-                                                        PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
+                                                        qk_scale, softcap_in, window, s_layout, BLOCK_N, BLOCK_N,
+                                                        MASKED, PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
                 p_next = _p_operand(p, q_smem.dtype, o_layout)
                 # the step before's P stays live until its product is in (a register operand read in flight)
                 o, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(o, p_op))
@@ -364,11 +362,9 @@ def _consumer_steps_paired(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_r
                 s, o = warpgroup_mma_wait(num_outstanding=0, deps=(s, o))
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 mbarrier.arrive(v_empty.index(prev_stage), count=1)
-                p, alpha, m_i, l_i = _online_softmax_of(s, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len,
-                                                        qk_scale, softcap_in, window, s_layout, BLOCK_N, MASKED,
-                                                        PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
-                o = _rescale(o, alpha, o_layout)
-                p_op = _p_operand(p, q_smem.dtype, o_layout)
+                p_op, o, m_i, l_i = _softmax_step(s, o, m_i, l_i, step, mask_below, mask_from, row_limit, kv_len,
+                                                  qk_scale, softcap_in, window, q_smem.dtype, s_layout, o_layout,
+                                                  BLOCK_N, BLOCK_N, MASKED, PER_STEP, IS_CAUSAL, USE_WINDOW, SOFTCAP)
             o = warpgroup_mma_init(o)
         # the range's last P V
         v_buf = _ready_v(v_bufs, v_ready, stage, phase, step_hi - 1, kv_len, v_load_layout, BLOCK_N, BLOCK_N,
