@@ -5,6 +5,8 @@ CPU only, through the real command line in a subprocess."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.measure import runner
 from records.store import ResultStore
 from tests.processes import alive, descendants
 
@@ -140,3 +143,46 @@ def test_ctrl_c_while_a_worker_is_being_replaced(tmp_path, delay_s):
 
     rows = _resume(out, backends)
     assert [(row["backend"], row["verdict"]) for row in rows] == [("fault-abort", "error"), ("good-ref", "ok")]
+
+
+RELEASE_S = 1.0
+"""How long the slow release below takes: long enough that the second SIGTERM surely comes while it runs."""
+
+
+def _release_slowly(marker: str) -> None:
+    time.sleep(RELEASE_S)  # a release that takes its time, as on a loaded machine
+    Path(marker).write_text("released")
+
+
+def _hold_and_wait(ready: str, marker: str) -> None:
+    """A stand-in worker (spawned): the worker's SIGTERM handler, one exit finalizer of priority 0 (what a
+    named semaphore registers) that releases slowly, then waits to be stopped."""
+    signal.signal(signal.SIGTERM, runner._leave_on_sigterm)
+    multiprocessing.util.Finalize(None, _release_slowly, (marker,), exitpriority=0)
+    Path(ready).write_text("ready")
+    while True:
+        time.sleep(60)
+
+
+def test_a_second_sigterm_does_not_cut_the_workers_release_short(tmp_path):
+    """A stopped run signals its worker twice (the interrupt, then the slot thread's kill): the second
+    SIGTERM, while the first one's handler releases what the worker holds, must not start the handler again
+    (it would find nothing left to release and exit, and the half-released semaphore is reported leaked)."""
+    ready, marker = tmp_path / "ready", tmp_path / "released"
+    worker = multiprocessing.get_context("spawn").Process(target=_hold_and_wait, args=(str(ready), str(marker)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.05)
+        assert ready.exists(), "the stand-in worker did not start"
+        worker.terminate()
+        time.sleep(RELEASE_S / 4)  # inside the release
+        worker.terminate()
+        worker.join(RELEASE_S + runner.STOP_GRACE_S + 10)
+        assert worker.exitcode == 128 + signal.SIGTERM
+        assert marker.exists(), "the second SIGTERM ended the worker before its release finished"
+    finally:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()

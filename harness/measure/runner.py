@@ -189,7 +189,11 @@ def _leave(code: int = 0) -> None:
 
 def _leave_on_sigterm(signum: int, frame) -> None:
     """SIGTERM from the parent (`_Worker.kill`): leave at once, releasing what multiprocessing registered
-    (`_leave`); the parent kills the process anyway after `STOP_GRACE_S`."""
+    (`_leave`); the parent kills the process anyway after `STOP_GRACE_S`. Further SIGTERMs are ignored
+    first: a stopped run sends two (`WorkerPool.interrupt`, then the slot thread's `_Worker.kill`), and the
+    second, run as a nested handler, would exit midway through the first one's release (the finalizer
+    already unregistered, its semaphore not yet released: reported leaked)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         _leave(128 + signum)
     finally:
