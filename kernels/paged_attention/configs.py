@@ -207,6 +207,11 @@ class HopperPrefillConfig:
     fits, each one's prologue and epilogue beside the other's products (short tiles; each K and V tile is loaded
     for 64 rows instead of 128): the D=128 entry of ``HOPPER_PREFILL_SHORT_TABLE`` (notes, "v5.4"). Head dims up to
     ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM``."""
+    k_ahead: bool = False
+    """The producer loads the next step's K tile before this step's V: the consumers release a step's K after its
+    ``Q K^T`` but its V only after ``P V`` (with the schedule ``"overlap"``, after the next step's ``Q K^T`` too), and
+    loading K then V step by step holds the next K back until that V's stage is free. Not timed yet (notes, "v5.4":
+    the next device job); off everywhere."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -238,7 +243,8 @@ class HopperPrefillConfig:
         return (f"gluon-ws M{self.block_m}-N{self.block_n}-s{self.num_stages}"
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
                 + (f"-tma{self.tma_keys}" if self.tma_keys else "")
-                + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else ""))
+                + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else "")
+                + ("-kahead" if self.k_ahead else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (self.block_m + 2 * self.num_stages * self.block_n) * head_dim * element_size

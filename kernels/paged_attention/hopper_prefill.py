@@ -89,52 +89,66 @@ def _io_layout(head_dim):
 
 @gluon.jit
 def _producer(state, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_STAGES: gl.constexpr):
+              NUM_STAGES: gl.constexpr, K_AHEAD: gl.constexpr):
     """One warp: TMA loads of each step's K and V tiles into the ring, K before V so that the first
     product can start while V is in flight. ``state``: the program's runtime values (``_state`` in the
     kernel); the constexprs come as arguments of their own."""
-    _produce_tile(state, 0, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+    _produce_tile(state, 0, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)
+
+
+@gluon.jit
+def _load_tile(desc, bufs, ready_bars, empty_bars, slot, step, block_table_row_ptr, last_page, head_col,
+               HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
+    """Step ``step``'s K (or V) tile into the ring's slot ``slot``: once the consumers have released its stage, TMA
+    loads of the launcher's ``tma_keys`` keys each, each piece's page clamped to the sequence's last page (keys past
+    kv_len are masked later)."""
+    PIECE: gl.constexpr = desc.block_shape[0]  # keys per TMA load: the launcher's choice (tma_keys)
+    NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
+    tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * desc.dtype.primitive_bitwidth // 8
+    stage = slot % NUM_STAGES
+    phase = (slot // NUM_STAGES) & 1
+    ready = ready_bars.index(stage)
+    mbarrier.wait(empty_bars.index(stage), phase ^ 1)
+    mbarrier.expect(ready, tile_bytes)
+    for piece in gl.static_range(NUM_PIECES):
+        key = step * BLOCK_N + piece * PIECE
+        page = gl.load(block_table_row_ptr + gl.minimum(key // PAGE_SIZE, last_page))
+        row = page * PAGE_SIZE + key % PAGE_SIZE
+        if NUM_PIECES == 1:
+            dest = bufs.index(stage)
+        else:
+            dest = bufs.index(stage).slice(piece * PIECE, PIECE)
+        _tma_load(desc, [row, head_col], ready, dest)
 
 
 @gluon.jit
 def _produce_tile(state, ring_base, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
-                  NUM_STAGES: gl.constexpr):
+                  NUM_STAGES: gl.constexpr, K_AHEAD: gl.constexpr):
     """The producer's loads for one tile; its first step takes the ring's slot ``ring_base`` (0 for a
-    program of one tile; a persistent program counts on across its tiles)."""
+    program of one tile; a persistent program counts on across its tiles). Each step's K, then its V; with
+    ``K_AHEAD`` (``HopperPrefillConfig.k_ahead``) the next step's K before this step's V, so that a K tile the
+    consumers want next never waits behind a V stage they have not released yet."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
-    PIECE: gl.constexpr = k_desc.block_shape[0]  # keys per TMA load: the launcher's choice (tma_keys)
-    NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
-    tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8
     last_page = (kv_len - 1) // PAGE_SIZE
     head_col = kv_head * HEAD_DIM
-    for step in range(first_step, num_steps):  # the ring counts from the tile's first key step
-        slot = ring_base + step - first_step
-        stage = slot % NUM_STAGES
-        phase = (slot // NUM_STAGES) & 1
-        # page of each piece, clamped to the sequence's last page (keys past kv_len are masked later)
-        for which in gl.static_range(2):
-            if which == 0:
-                desc = k_desc
-                bufs = k_bufs
-                ready = k_ready.index(stage)
-                mbarrier.wait(k_empty.index(stage), phase ^ 1)
-            else:
-                desc = v_desc
-                bufs = v_bufs
-                ready = v_ready.index(stage)
-                mbarrier.wait(v_empty.index(stage), phase ^ 1)
-            mbarrier.expect(ready, tile_bytes)
-            for piece in gl.static_range(NUM_PIECES):
-                key = step * BLOCK_N + piece * PIECE
-                page = gl.load(block_table_row_ptr + gl.minimum(key // PAGE_SIZE, last_page))
-                row = page * PAGE_SIZE + key % PAGE_SIZE
-                if NUM_PIECES == 1:
-                    dest = bufs.index(stage)
-                else:
-                    dest = bufs.index(stage).slice(piece * PIECE, PIECE)
-                _tma_load(desc, [row, head_col], ready, dest)
+    if K_AHEAD:
+        for step in range(first_step, num_steps + 1):
+            slot = ring_base + step - first_step
+            if step < num_steps:
+                _load_tile(k_desc, k_bufs, k_ready, k_empty, slot, step, block_table_row_ptr, last_page, head_col,
+                           HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+            if step > first_step:
+                _load_tile(v_desc, v_bufs, v_ready, v_empty, slot - 1, step - 1, block_table_row_ptr, last_page,
+                           head_col, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+    else:
+        for step in range(first_step, num_steps):  # the ring counts from the tile's first key step
+            slot = ring_base + step - first_step
+            _load_tile(k_desc, k_bufs, k_ready, k_empty, slot, step, block_table_row_ptr, last_page, head_col,
+                       HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+            _load_tile(v_desc, v_bufs, v_ready, v_empty, slot, step, block_table_row_ptr, last_page, head_col,
+                       HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
 
 
 @gluon.jit
@@ -642,7 +656,8 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
 @gluon.jit
 def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
                     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr):
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr,
+                    K_AHEAD: gl.constexpr):
     """The persistent program's producer: ``_produce_tile`` over its tiles (program p takes tiles p,
     p + programs, ...), the ring's slots counted on from tile to tile, so it loads a tile's first keys while
     the consumers still work on (or store) the one before."""
@@ -651,7 +666,7 @@ def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constex
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
                                                   USE_WINDOW, CONSUMERS)
         if has_rows:
-            _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)
+            _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)
             ring_base += tile_steps
 
 
@@ -707,6 +722,7 @@ def _hopper_prefill_kernel(
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
     HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, CONSUMERS: gl.constexpr,
+    K_AHEAD: gl.constexpr,
 ):
     """One program: one tile of ``64 * CONSUMERS`` rows (``64 * CONSUMERS // GROUP`` queries x ``GROUP`` heads of one
     KV head), a consumer warpgroup per 64, grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence)
@@ -715,7 +731,8 @@ def _hopper_prefill_kernel(
     Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
     ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
     ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``);
-    ``ONE_RANGE``: a tile's key steps in one range (``HopperPrefillConfig.one_range``)."""
+    ``ONE_RANGE``: a tile's key steps in one range (``HopperPrefillConfig.one_range``); ``K_AHEAD``: the producer
+    loads the next step's K before this step's V (``HopperPrefillConfig.k_ahead``)."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
@@ -741,7 +758,7 @@ def _hopper_prefill_kernel(
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
                                    ONE_RANGE, CONSUMERS, 1)),
                 (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS)),
+                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
         else:
             gl.warp_specialize([
@@ -749,7 +766,7 @@ def _hopper_prefill_kernel(
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
                                    ONE_RANGE, CONSUMERS, 0)),
                 (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS)),
+                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [1], [_PRODUCER_REGISTERS])
     else:
         (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
@@ -771,13 +788,13 @@ def _hopper_prefill_kernel(
                                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
                     (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
                                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 1)),
-                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
+                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)),
                 ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
             else:  # one consumer: the default partition, with the registers the producer leaves
                 gl.warp_specialize([
                     (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
                                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
-                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES)),
+                    (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)),
                 ], [1], [_PRODUCER_REGISTERS])
 
 
@@ -875,7 +892,7 @@ class HopperPrefillLauncher:
             NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
             HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
-            ONE_RANGE=self.config.one_range, CONSUMERS=self.config.consumers,
+            ONE_RANGE=self.config.one_range, CONSUMERS=self.config.consumers, K_AHEAD=self.config.k_ahead,
             num_warps=4, maxnreg=LAUNCH_MAXNREG[self.config.consumers],
         )
 
