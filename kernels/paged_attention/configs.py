@@ -210,7 +210,7 @@ class HopperPrefillConfig:
     k_ahead: bool = False
     """The producer loads the next step's K tile before this step's V: the consumers release a step's K after its
     ``Q K^T`` but its V only after ``P V`` (with the schedule ``"overlap"``, after the next step's ``Q K^T`` too), and
-    loading K then V step by step holds the next K back until that V's stage is free. Not timed yet (notes, "v5.4":
+    loading K then V step by step holds the next K back until that V's stage is free. Not timed yet (notes, "v5.5";
     the next device job); off everywhere."""
 
     def __post_init__(self):
