@@ -45,8 +45,7 @@ from harness.measure.metrics import spec_bytes, spec_flops  # noqa: E402
 from harness.measure.timer import time_function  # noqa: E402
 from kernels.paged_attention import (  # noqa: E402
     KernelConfig, config_key, multiprocessor_count, plan_launch, prepare_paged_attention, query_bucket)
-from kernels.paged_attention.configs import (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM,  # noqa: E402
-                                             HOPPER_PREFILL_SCHEDULES, HopperPrefillConfig)
+from kernels.paged_attention.configs import HOPPER_PREFILL_SCHEDULES, HopperPrefillConfig  # noqa: E402
 
 CASES = ["64q1c4k", "4q2kc2k", "8q512c1k", "8q1c3000_8q9-2000c0-7000", "32q1c512-8k_2q4kc0-4k"]
 PAGES = [16, 256]
@@ -237,10 +236,9 @@ def gluon_config(text: str, pages: Sequence[int] = (), head_dims: Sequence[int] 
                                      block_m=64 if "m64" in flags else 128, k_ahead="kahead" in flags)
     except ValueError as error:  # the config's own check (half-wide steps, "step" in one range, pingpong at m64)
         raise UsageError(f"--gluon {text!r}: {error}") from None
-    too_wide = [head_dim for head_dim in head_dims if head_dim > HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM]
-    if config.consumers == 1 and too_wide:
-        raise UsageError(f"--gluon {text!r}: 64-row tiles run head dims up to "
-                         f"{HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM}, not {too_wide[0]} (--head-dims)")
+    refusal = next(filter(None, map(config.head_dim_refusal, head_dims)), None)
+    if refusal is not None:
+        raise UsageError(f"--gluon {text!r}: {refusal} (--head-dims)")
     if tma:
         from kernels.paged_attention.hopper_prefill import tma_keys  # needs Gluon: only where a size is asked for
 
@@ -290,14 +288,14 @@ def main() -> int:
         # model features (adapters/features.py) as BatchSpec fields: the batch carries them to the
         # kernel, the reference and cuDNN's adapter alike
         features = feature_fields(args)
+        head_dims = args.head_dims or ([32] if args.smoke else [128])
         # a malformed value stops here, before any GPU work
-        gluon_configs = [gluon_config(text, args.pages, args.head_dims or [128]) for text in args.gluon]
+        gluon_configs = [gluon_config(text, args.pages, head_dims) for text in args.gluon]
     except UsageError as error:
         parser.error(str(error))
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("times kernels on a CUDA GPU and this machine has none (--smoke checks the script on the CPU)")
-    head_dims = args.head_dims or ([32] if args.smoke else [128])
     num_q_heads, num_kv_heads = args.heads or ((4, 2) if args.smoke else (32, 8))
     dtype = args.dtype or ("fp16" if args.smoke else "bf16")
     if args.smoke:

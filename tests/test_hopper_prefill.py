@@ -69,6 +69,21 @@ def run_and_gate(batch, config=None):
     return compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
 
 
+RAGGED = "2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37"
+"""The schedule tests' batch: ragged sequences, a decode, single-step tiles."""
+
+
+def ragged_batch(variant, head_dim, heads, page_size, device="cuda"):
+    """``RAGGED`` for a test ``variant``: ``"full"`` not causal, ``"window-N..."`` with an N-key window, ``"...-capped-
+    sunk"`` with soft-cap 1 and sinks, any other causal and plain -> (the batch, its window or None)."""
+    window = int(variant.split("-")[1]) if variant.startswith("window") else None
+    features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
+    spec = BatchSpec.from_grammar(RAGGED, page_size=page_size, num_q_heads=heads[0], num_kv_heads=heads[1],
+                                  head_dim=head_dim, dtype="bf16", causal=variant != "full", sliding_window=window,
+                                  **features)
+    return make_batch(spec, device), window
+
+
 # ------------------------------------------------------------------------------------------------
 # CPU: where it runs, and bad input
 
@@ -96,11 +111,10 @@ def test_configs_fit_shared_memory():
     assert one_consumer.programs_per_sm(128) == 2 and one_consumer.programs_per_sm(256) == 1
     assert one_consumer.label() == "gluon-ws M64-N64-s2"
     # every short entry fits its head dim, and 64-row tiles only where they compile (not at D=256)
-    from kernels.paged_attention.configs import HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM
-
     for head_dim, config in HOPPER_PREFILL_SHORT_TABLE.items():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
-        assert config.consumers == 2 or head_dim <= HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM, (head_dim, config)
+        assert config.head_dim_refusal(head_dim) is None, (head_dim, config)
+    assert one_consumer.head_dim_refusal(256) == "64-row tiles run head dims up to 128, not 256"
     assert set(HOPPER_PREFILL_SHORT_TABLE) == set(HOPPER_PREFILL_TABLE)
 
 
@@ -388,14 +402,9 @@ class TestOnHopper:
         deadlocks or races); with ``one_range`` a tile's steps in one range, each step's masks chosen as it runs (a
         wrong choice drops or leaks keys at the window's edge, the diagonal or the ragged end): ragged sequences, a
         decode, single-step tiles, soft-cap and sinks; output and LSE."""
-        window = int(variant.split("-")[1]) if variant.startswith("window") else None
-        features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
-        spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
-                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
-                                      causal=variant != "full", sliding_window=window, **features)
+        batch, _ = ragged_batch(variant, head_dim, heads, page_size)
         config = HopperPrefillConfig(block_n, 2, persistent=variant == "persistent", schedule=schedule,
                                      one_range=one_range)
-        batch = make_batch(spec, "cuda")
         label = _prepare(batch, config=config, **_features(batch)).describe()["config"]
         assert label.endswith(f"-{schedule}" + ("-onerange" if one_range else "")), label
         verdict, lse_verdict = run_and_gate(batch, config=config)
@@ -417,15 +426,10 @@ class TestOnHopper:
         output and LSE."""
         if schedule == "pingpong" and block_m == 64:
             pytest.skip("the schedule 'pingpong' takes turns between two consumers (the config refuses 64-row tiles)")
-        window = 100 if variant.startswith("window") else None
-        features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
-        spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
-                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
-                                      causal=True, sliding_window=window, **features)
+        batch, window = ragged_batch(variant, head_dim, heads, page_size)
         config = HopperPrefillConfig(block_n, stages, persistent=variant == "persistent", schedule=schedule,
                                      block_m=block_m, one_range=window is not None and schedule != "step",
                                      k_ahead=True)
-        batch = make_batch(spec, "cuda")
         label = _prepare(batch, config=config, **_features(batch)).describe()["config"]
         assert label.endswith("-kahead"), label
         verdict, lse_verdict = run_and_gate(batch, config=config)
@@ -444,15 +448,10 @@ class TestOnHopper:
         single-step tiles; output and LSE."""
         if variant == "half" and schedule != "step":
             pytest.skip("half-wide steps run with the schedule 'step' only (the config refuses the pair)")
-        window = 100 if variant.startswith("window") else None
-        features = dict(softcap=1.0, sinks=True) if variant.endswith("capped-sunk") else {}
-        spec = BatchSpec.from_grammar("2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37", page_size=page_size,
-                                      num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
-                                      causal=variant != "full", sliding_window=window, **features)
+        batch, window = ragged_batch(variant, head_dim, heads, page_size)
         config = HopperPrefillConfig(block_n, stages, persistent=variant == "persistent", schedule=schedule,
                                      half_step=variant == "half", block_m=64,
                                      one_range=window is not None and schedule != "step")
-        batch = make_batch(spec, "cuda")
         launcher = _prepare(batch, config=config, **_features(batch))
         assert launcher.describe()["config"].startswith("gluon-ws M64-"), launcher.describe()
         assert launcher.block_q == 64 // (heads[0] // heads[1])

@@ -230,6 +230,13 @@ class HopperPrefillConfig:
         """Consumer warpgroups of a program."""
         return self.block_m // HOPPER_PREFILL_CONSUMER_ROWS
 
+    def head_dim_refusal(self, head_dim: int) -> str | None:
+        """Why this configuration cannot run ``head_dim`` (64-row tiles above
+        ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM``), or None: the launcher's and the tuning script's check."""
+        if self.consumers == 1 and head_dim > HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM:
+            return f"64-row tiles run head dims up to {HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM}, not {head_dim}"
+        return None
+
     def programs_per_sm(self, head_dim: int, element_size: int = 2) -> int:
         """Programs that share a multiprocessor: one with two consumers (their registers fill it), else as many as
         their shared memory allows, at most two (``hopper_prefill.LAUNCH_MAXNREG``)."""

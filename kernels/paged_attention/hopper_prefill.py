@@ -43,8 +43,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
-from .configs import (HOPPER_PREFILL_CONSUMER_ROWS, HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM, HOPPER_PREFILL_TABLE,
-                      HOPPER_PREFILL_TMA_KEYS, HopperPrefillConfig, hopper_prefill_config)
+from .configs import (HOPPER_PREFILL_CONSUMER_ROWS, HOPPER_PREFILL_TABLE, HOPPER_PREFILL_TMA_KEYS,
+                      HopperPrefillConfig, hopper_prefill_config)
 from .device import LOG2E, _find_sequence, _tanh
 from .plan import register_report
 
@@ -97,6 +97,13 @@ def _producer(state, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: g
 
 
 @gluon.jit
+def _ring_stage(slot, NUM_STAGES: gl.constexpr):
+    """The ring's slot ``slot`` (counted from a program's first key step) -> its stage and the phase of that stage's
+    mbarriers."""
+    return slot % NUM_STAGES, (slot // NUM_STAGES) & 1
+
+
+@gluon.jit
 def _load_tile(desc, bufs, ready_bars, empty_bars, slot, step, block_table_row_ptr, last_page, head_col,
                HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
     """Step ``step``'s K (or V) tile into the ring's slot ``slot``: once the consumers have released its stage, TMA
@@ -105,8 +112,7 @@ def _load_tile(desc, bufs, ready_bars, empty_bars, slot, step, block_table_row_p
     PIECE: gl.constexpr = desc.block_shape[0]  # keys per TMA load: the launcher's choice (tma_keys)
     NUM_PIECES: gl.constexpr = BLOCK_N // PIECE
     tile_bytes: gl.constexpr = BLOCK_N * HEAD_DIM * desc.dtype.primitive_bitwidth // 8
-    stage = slot % NUM_STAGES
-    phase = (slot // NUM_STAGES) & 1
+    stage, phase = _ring_stage(slot, NUM_STAGES)
     ready = ready_bars.index(stage)
     mbarrier.wait(empty_bars.index(stage), phase ^ 1)
     mbarrier.expect(ready, tile_bytes)
@@ -253,9 +259,7 @@ def _ready_v(v_bufs, v_ready, stage, phase, step, kv_len, v_load_layout: gl.cons
 def _ready_k(k_ready, step, first_step, ring_base, NUM_STAGES: gl.constexpr):
     """Wait for step ``step``'s K tile (the tile's ``first_step`` takes the ring's slot ``ring_base``) -> its ring
     stage and phase, which its V tile shares."""
-    slot = ring_base + step - first_step
-    stage = slot % NUM_STAGES
-    phase = (slot // NUM_STAGES) & 1
+    stage, phase = _ring_stage(ring_base + step - first_step, NUM_STAGES)
     mbarrier.wait(k_ready.index(stage), phase)
     return stage, phase
 
@@ -861,10 +865,10 @@ class HopperPrefillLauncher:
         self.config = config  # launch.py's choice (configs.hopper_prefill_config) or the caller's
         block_n = self.config.block_n
         piece = tma_keys(config, page_size)
-        if config.consumers == 1 and head_dim > HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM:
-            raise ValueError(f"{config.label()}: one consumer's 64-row tiles run head dims up to "
-                             f"{HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM}, not {head_dim} (ptxas needs more than the "
-                             f"launch's {LAUNCH_MAXNREG[1]} registers for a 64 x {head_dim} accumulator's products)")
+        refusal = config.head_dim_refusal(head_dim)
+        if refusal is not None:
+            raise ValueError(f"{config.label()}: one consumer's {refusal} (ptxas needs more than the launch's "
+                             f"{LAUNCH_MAXNREG[1]} registers for a 64 x {head_dim} accumulator's products)")
         layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         descs = []
         for cache in (k_cache, v_cache):
