@@ -304,7 +304,10 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # "overlap" (fourteenth session, two runs): 681.4 against "paired" 689.3 (FA4 625.1), soft-capped 834.1
     # against 836.0; the tuning script's B4 q2048 c0 254.9 / 253.7 against 255.4 / 259.8 at pages 16 / 256, and
     # in one range 269.1 / 258.2 (paired 273.0 / 266.9).
-    256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="overlap"),
+    # k_ahead (sixteenth session, results/h100-default-rows-v5.5: the default sweep with and without it in one job):
+    # 682.4 to 653.4 (cuDNN 751.0 / 727.8), with a 1024-key window 290.5 to 282.1 (cuDNN 284.4 / 282.9). At D=128
+    # it loses (notes, "v5.6").
+    256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="overlap", k_ahead=True),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
 bucket ``long``, keys unsplit) on an sm_90 GPU take it instead of ``CONFIG_TABLE``'s entry where the
