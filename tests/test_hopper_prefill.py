@@ -176,8 +176,9 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     longer = make_batch(BatchSpec.from_grammar(f"2q40c{HOPPER_PREFILL_SHORT_KEYS - 40 + 1}", page_size=16,
                                                num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="fp16"), "cpu")
     assert _prepare(longer).config == HOPPER_PREFILL_TABLE[64] != HOPPER_PREFILL_SHORT_TABLE[64]
-    # at D=128 short sequences run 64-row tiles of one consumer (group 2: 32 queries a tile); at D=256 128-row ones
-    for head_dim, block_m in ((128, 64), (256, 128)):
+    # at D=64 and D=128 short sequences run 64-row tiles of one consumer (group 2: 32 queries a tile); at D=256
+    # 128-row ones
+    for head_dim, block_m in ((64, 64), (128, 64), (256, 128)):
         short = make_batch(BatchSpec.from_grammar("2q40c0-20", page_size=16, num_q_heads=4, num_kv_heads=2,
                                                   head_dim=head_dim, dtype="fp16"), "cpu")
         launcher = _prepare(short, num_decodes=0)

@@ -210,8 +210,8 @@ class HopperPrefillConfig:
     k_ahead: bool = False
     """The producer loads the next step's K tile before this step's V: the consumers release a step's K after its
     ``Q K^T`` but its V only after ``P V`` (with the schedule ``"overlap"``, after the next step's ``Q K^T`` too), and
-    loading K then V step by step holds the next K back until that V's stage is free. Not timed yet (notes, "v5.5";
-    the next device job); off everywhere."""
+    loading K then V step by step holds the next K back until that V's stage is free. The D=256 entry (and so its
+    windows) takes it; at D=64 and D=128 it ties or loses (notes, "v5.6")."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -294,6 +294,11 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # 1702.0 to 1670.4 at page 16), 2 slower by 0.5 and 1.0 % (B1 q2048 c0, B1 q512 c2048 at page 16); the
     # tuning script's B8 q2048 c0 570.8 / 570.9 against 578.1 / 582.6 at pages 256 / 16. Its steps in one range
     # (``one_range``) lose: B4 q2048 c2048 709.7 / 784.6 against 672.0 / 727.5 (paired, in ranges).
+    # k_ahead (sixteenth session, results/h100-default-rows-v5.5/kahead-all: the default sweep with it, in the same
+    # job as without; two runs each): a wash. Over the 35 prefill and mixed cells at D=64 and 128, 1.004 and 1.002
+    # times the time without (geomean), while the same job's rows of the landed table, whose D=128 entry is this one,
+    # came out 1.006 later in the job; the tuning script's B8 q2048 c0 584.0 / 575.4 against 568.1 / 565.9 at pages
+    # 256 / 16, B4 q2048 c2048 658.2 / 706.2 against 707.9 / 668.4.
     128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap"),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
     # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory. "paired" (thirteenth
@@ -304,9 +309,12 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # "overlap" (fourteenth session, two runs): 681.4 against "paired" 689.3 (FA4 625.1), soft-capped 834.1
     # against 836.0; the tuning script's B4 q2048 c0 254.9 / 253.7 against 255.4 / 259.8 at pages 16 / 256, and
     # in one range 269.1 / 258.2 (paired 273.0 / 266.9).
-    # k_ahead (sixteenth session, results/h100-default-rows-v5.5: the default sweep with and without it in one job):
-    # 682.4 to 653.4 (cuDNN 751.0 / 727.8), with a 1024-key window 290.5 to 282.1 (cuDNN 284.4 / 282.9). At D=128
-    # it loses (notes, "v5.6").
+    # k_ahead (sixteenth session, results/h100-default-rows-v5.5, us, H100): the default sweep's B4 q2048 c2048 at
+    # page 16 682.4 / 685.4 without it, 653.9 / 659.7 with it (cuDNN 718.2 to 759.7, FA4 684.3), with a 1024-key
+    # window 290.5 / 291.7 against 285.4 / 289.5 (cuDNN 283.4 to 288.8), soft-capped 825.8 / 818.9 against 826.1 /
+    # 823.1 (a tie);
+    # the tuning script's B4 q2048 c2048 607.6 / 607.0 against 649.6 / 622.0 at pages 16 / 256, B4 q2048 c0 249.4 /
+    # 241.4 against 252.1 / 250.8, with the window 279.0 / 278.6 against 284.2 / 283.9.
     256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="overlap", k_ahead=True),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
@@ -320,7 +328,10 @@ fewer masked keys than 128-key ones."""
 
 _SHORT_STEPS = HopperPrefillConfig(block_n=64, num_stages=2)
 HOPPER_PREFILL_SHORT_TABLE: dict[int, HopperPrefillConfig] = {
-    64: _SHORT_STEPS,
+    # 64-row tiles (sixteenth session, the tuning script, results/h100-triton-tune/sixteenth-session/job18, 32/8/64
+    # bf16, us at pages 256 / 16): B8 q512 52.5 / 52.0 against 128-row tiles' 55.8 / 55.1, B16 q256 42.8 / 43.4
+    # against 46.7 / 47.2; with 128-key steps 54.2 / 54.7 and 47.3 / 47.2. The default sweep has no such cell.
+    64: replace(_SHORT_STEPS, block_m=64),
     # 64-row tiles of one consumer, two programs a multiprocessor (fourteenth session, results/h100-default-rows-v5.4,
     # the default sweep and its prefill cells again, us): B8 q512 72.3 / 72.6 against 76.4 / 76.5 at page 256 (cuDNN
     # 72.5 / 71.5), 72.4 against 77.7 at page 16 (cuDNN 77.6); B4 q512 39.9 against 42.0 (cuDNN 47.0); B1 q512 16.4
@@ -328,13 +339,13 @@ HOPPER_PREFILL_SHORT_TABLE: dict[int, HopperPrefillConfig] = {
     # 61.2); "overlap" 71.6 against 71.9 on B8 q512 at page 256, a tie; 3 stages 107.7 (one program a
     # multiprocessor); persistent programs 84.1. Longer sequences lose (B8 q2048 c0: 637.0 against the entry's 571.7).
     128: replace(_SHORT_STEPS, block_m=64),
-    # 64-row tiles do not run at D=256 (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM); at D=64 they are not timed
+    # 64-row tiles do not run at D=256 (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM)
     256: _SHORT_STEPS,
 }
 """The Gluon prefill kernel's entry per head dim for launches of short sequences (``HOPPER_PREFILL_SHORT_KEYS``):
 64-key steps in the schedule "step". H100, bf16, causal with no cached context, us at pages 16 / 256
-(results/h100-triton-tune/eleventh-session), 128-row tiles (the D=128 entry's 64-row tiles above). Its schedule stays
-"step": with "paired" the default sweep's B8 q512 measured 78.0 / 77.9 and 77.2 / 77.0 against
+(results/h100-triton-tune/eleventh-session), 128-row tiles (the D=64 and D=128 entries' 64-row tiles above). Its
+schedule stays "step": with "paired" the default sweep's B8 q512 measured 78.0 / 77.9 and 77.2 / 77.0 against
 76.8 / 77.8 and 76.8 / 76.6, B4 q512 43.1 / 42.8 at page 16 against 42.7 / 42.7 (thirteenth session, two runs each);
 the tuning script's "pingpong" 80.4 / 80.5 against 76.5 / 76.3.
 The default sweep's D=128 cells, against the 128-key entry in two runs: B8 q512 76.8 / 77.0 against 84.1, 83.8
