@@ -25,15 +25,21 @@ CORE_PACKAGES = ("torch", "numpy", "pandas")
 
 
 def project_commit() -> str:
-    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files); ``$PAGED_BENCH_COMMIT``
-    only where the code is not a git checkout, so a stale variable never names the wrong commit."""
+    """The checkout's commit; with uncommitted changes to tracked files ``-dirty-`` and a hash of their diff, so
+    that two runs of different uncommitted code never name the same thing (a GPU machine's copy of the tree may be a
+    checkout of an older commit with later work on top). ``$PAGED_BENCH_COMMIT`` only where the code is not a git
+    checkout, so a stale variable never names the wrong commit."""
     try:
         root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        if not dirty:
+            return commit
+        diff = subprocess.run(["git", "diff", "--no-ext-diff", "--binary", "HEAD"], cwd=root, capture_output=True,
+                              timeout=30).stdout
+        return f"{commit}-dirty-{hashlib.sha256(diff).hexdigest()[:8]}"
     except (OSError, subprocess.SubprocessError):
         return os.environ.get(COMMIT_ENV) or "unknown"
 
