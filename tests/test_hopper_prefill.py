@@ -437,6 +437,31 @@ class TestOnHopper:
         assert verdict.ok, verdict.reason
         assert lse_verdict.ok, lse_verdict.reason
 
+    @pytest.mark.parametrize("schedule", ["step", "pingpong", "overlap"])
+    @pytest.mark.parametrize("head_dim,heads,block_n,stages,block_m", [(128, (32, 8), 128, 3, 128),
+                                                                       (256, (16, 8), 64, 2, 128),
+                                                                       (64, (64, 8), 128, 3, 128),
+                                                                       (128, (8, 8), 64, 2, 64)])
+    @pytest.mark.parametrize("page_size", [16, 256])
+    @pytest.mark.parametrize("variant", ["causal", "full", "window-100-capped-sunk", "persistent"])
+    def test_o_in_q_matches_reference(self, schedule, head_dim, heads, block_n, stages, block_m, page_size, variant):
+        """``o_in_q``: each consumer warpgroup stages its output in its own Q buffer. A read-back before every warp
+        of the warpgroup has written its rows, or a persistent program's next Q written over rows not read back
+        yet, gives wrong rows: 128-key steps in three stages at D=128 (what the option makes room for), D=256 with
+        the producer's K ahead (its table entry), MHA in 64-row tiles, every schedule; ragged sequences, a decode,
+        single-step tiles, windows with soft-cap and sinks, persistent programs; output and LSE."""
+        if schedule == "pingpong" and block_m == 64:
+            pytest.skip("the schedule 'pingpong' takes turns between two consumers (the config refuses 64-row tiles)")
+        batch, window = ragged_batch(variant, head_dim, heads, page_size)
+        config = HopperPrefillConfig(block_n, stages, persistent=variant == "persistent", schedule=schedule,
+                                     block_m=block_m, one_range=window is not None and schedule != "step",
+                                     k_ahead=head_dim == 256, o_in_q=True)
+        label = _prepare(batch, config=config, **_features(batch)).describe()["config"]
+        assert label.endswith("-oq"), label
+        verdict, lse_verdict = run_and_gate(batch, config=config)
+        assert verdict.ok, verdict.reason
+        assert lse_verdict.ok, lse_verdict.reason
+
     @pytest.mark.parametrize("schedule", ["step", "overlap"])
     @pytest.mark.parametrize("head_dim,heads,block_n,stages", [(128, (32, 8), 64, 2), (128, (32, 8), 128, 2),
                                                                (64, (64, 8), 128, 3), (128, (8, 8), 64, 2)])
@@ -628,8 +653,8 @@ def _compile_for_sm90(cases):
 def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with half-wide masked
-    steps, as persistent programs, in the paired schedules (in ranges or one), in tiles of one consumer and with the
-    producer's K a step ahead; its PTX gives the consumers 240 registers (232 for one) and the producer 24
+    steps, as persistent programs, in the paired schedules (in ranges or one), in tiles of one consumer, with the
+    producer's K a step ahead and with the output staged in the Q buffer; its PTX gives the consumers 240 registers (232 for one) and the producer 24
     (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS does not wait after
     every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
@@ -654,7 +679,12 @@ def test_compiles_for_sm90_with_its_partitions():
              # the producer's next K before this step's V (HopperPrefillConfig.k_ahead)
              (128, 256, 4, "bfloat16", None, (128, 2, False, False, 0, "overlap", False, 128, True)),
              (256, 16, 2, "bfloat16", 1024, (64, 2, False, True, 0, "overlap", True, 128, True)),
-             (128, 16, 4, "float16", None, (64, 2, False, True, 0, "step", False, 64, True))]
+             (128, 16, 4, "float16", None, (64, 2, False, True, 0, "step", False, 64, True)),
+             # the output staged in the Q buffer (HopperPrefillConfig.o_in_q): 128-key steps in three stages at D=128
+             # fit only with it (245,888 bytes without)
+             (128, 256, 4, "bfloat16", None, (128, 3, False, False, 0, "overlap", False, 128, False, True)),
+             (128, 16, 1, "float16", 100, (128, 3, False, True, 0, "pingpong", False, 128, False, True)),
+             (128, 256, 4, "bfloat16", None, (64, 2, False, True, 0, "step", False, 64, False, True))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 

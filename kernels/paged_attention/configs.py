@@ -212,6 +212,11 @@ class HopperPrefillConfig:
     ``Q K^T`` but its V only after ``P V`` (with the schedule ``"overlap"``, after the next step's ``Q K^T`` too), and
     loading K then V step by step holds the next K back until that V's stage is free. The D=256 entry (and so its
     windows) takes it; at D=64 and D=128 it ties or loses (notes, "v5.6")."""
+    o_in_q: bool = False
+    """The consumers stage a tile's output for its coalesced store in their own Q buffer, which the tile's products
+    are done with by then, instead of in shared memory the compiler sets aside for the layout change (16 KB at
+    D=128): that makes room for a third K/V stage of 128-key steps at D=128 (245,888 bytes without it; cuDNN's kernel
+    holds 232 KB there, notes "v5.6"). Not timed yet (notes, "v5.7"); off everywhere."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -251,7 +256,7 @@ class HopperPrefillConfig:
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
                 + (f"-tma{self.tma_keys}" if self.tma_keys else "")
                 + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else "")
-                + ("-kahead" if self.k_ahead else ""))
+                + ("-kahead" if self.k_ahead else "") + ("-oq" if self.o_in_q else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (self.block_m + 2 * self.num_stages * self.block_n) * head_dim * element_size

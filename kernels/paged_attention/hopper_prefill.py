@@ -474,12 +474,12 @@ def _consumer_ranges(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, 
 def _consumer(state, turns, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr,
               USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-              SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, WARPGROUP: gl.constexpr):
+              SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, O_IN_Q: gl.constexpr, WARPGROUP: gl.constexpr):
     """One warpgroup's 64 rows of the tile: load Q into shared memory, run the key steps (unmasked,
     then the masked diagonal and ragged end, ``_consumer_ranges``, or with ``ONE_RANGE`` all in one range;
     ``SOFTCAP`` caps the scores), fold in the sinks (``HAS_SINKS``), write O and the log-sum-exp."""
     _consume_tile(state, 0, turns, gl.to_tensor(0), GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, WARPGROUP)
+                  NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, O_IN_Q, WARPGROUP)
 
 
 @gluon.jit
@@ -487,7 +487,7 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
                   NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                   NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
                   SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
-                  WARPGROUP: gl.constexpr):
+                  O_IN_Q: gl.constexpr, WARPGROUP: gl.constexpr):
     """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base`` -> the
     warpgroup's turns taken so far (``turn`` before the tile; ``SCHEDULE`` ``"pingpong"`` only)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
@@ -554,7 +554,12 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
     else:
         l_safe = gl.where(l_i > 0.0, l_i, 1.0)
         out = o / gl.expand_dims(gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout)), 1)
-    out = gl.convert_layout(out.to(out_ptr.dtype.element_ty), io_layout)
+    if O_IN_Q:  # through this warpgroup's Q buffer: its products are done with Q (waited for above)
+        q_smem.store(out.to(out_ptr.dtype.element_ty))
+        _warps_barrier()
+        out = q_smem.load(io_layout)
+    else:
+        out = gl.convert_layout(out.to(out_ptr.dtype.element_ty), io_layout)
     o_offs = gl.expand_dims(token_io * stride_o_t + head_io * stride_o_h, 1) + gl.expand_dims(d_io, 0)
     gl.store(out_ptr + o_offs, out, mask=gl.expand_dims(valid_io, 1))
     if WRITE_LSE:
@@ -679,7 +684,7 @@ def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.
                     NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
                     NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
                     SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
-                    CONSUMERS: gl.constexpr, WARPGROUP: gl.constexpr):
+                    O_IN_Q: gl.constexpr, CONSUMERS: gl.constexpr, WARPGROUP: gl.constexpr):
     """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
     turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
     ring_base = 0
@@ -693,7 +698,7 @@ def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.
             _warps_barrier()
             turn = _consume_tile(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                  WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE,
-                                 WARPGROUP)
+                                 O_IN_Q, WARPGROUP)
             ring_base += tile_steps
 
 
@@ -726,7 +731,7 @@ def _hopper_prefill_kernel(
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
     HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, CONSUMERS: gl.constexpr,
-    K_AHEAD: gl.constexpr,
+    K_AHEAD: gl.constexpr, O_IN_Q: gl.constexpr,
 ):
     """One program: one tile of ``64 * CONSUMERS`` rows (``64 * CONSUMERS // GROUP`` queries x ``GROUP`` heads of one
     KV head), a consumer warpgroup per 64, grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence)
@@ -736,7 +741,8 @@ def _hopper_prefill_kernel(
     ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
     ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``);
     ``ONE_RANGE``: a tile's key steps in one range (``HopperPrefillConfig.one_range``); ``K_AHEAD``: the producer
-    loads the next step's K before this step's V (``HopperPrefillConfig.k_ahead``)."""
+    loads the next step's K before this step's V (``HopperPrefillConfig.k_ahead``); ``O_IN_Q``: the consumers stage
+    their output in their Q buffer (``HopperPrefillConfig.o_in_q``)."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
@@ -757,10 +763,10 @@ def _hopper_prefill_kernel(
             gl.warp_specialize([
                 (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, CONSUMERS, 0)),
+                                   ONE_RANGE, O_IN_Q, CONSUMERS, 0)),
                 (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, CONSUMERS, 1)),
+                                   ONE_RANGE, O_IN_Q, CONSUMERS, 1)),
                 (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
@@ -768,7 +774,7 @@ def _hopper_prefill_kernel(
             gl.warp_specialize([
                 (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, CONSUMERS, 0)),
+                                   ONE_RANGE, O_IN_Q, CONSUMERS, 0)),
                 (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [1], [_PRODUCER_REGISTERS])
@@ -789,15 +795,15 @@ def _hopper_prefill_kernel(
             if CONSUMERS == 2:
                 gl.warp_specialize([
                     (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, O_IN_Q, 0)),
                     (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 1)),
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, O_IN_Q, 1)),
                     (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)),
                 ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
             else:  # one consumer: the default partition, with the registers the producer leaves
                 gl.warp_specialize([
                     (_consumer, (state, turns, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL, WRITE_LSE,
-                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, 0)),
+                                 NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE, O_IN_Q, 0)),
                     (_producer, (state, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)),
                 ], [1], [_PRODUCER_REGISTERS])
 
@@ -897,6 +903,7 @@ class HopperPrefillLauncher:
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
             HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
             ONE_RANGE=self.config.one_range, CONSUMERS=self.config.consumers, K_AHEAD=self.config.k_ahead,
+            O_IN_Q=self.config.o_in_q,
             num_warps=4, maxnreg=LAUNCH_MAXNREG[self.config.consumers],
         )
 
