@@ -284,7 +284,7 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # batch 1345.6 / 1350.3 against 1382.1 / 1392.3: no clear win, so it stays "step"
     64: HopperPrefillConfig(block_n=128, num_stages=3),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
-    # shared memory; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
+    # shared memory, 229,728 with ``o_in_q``, not timed yet; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
     # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT_TABLE.
     # The "paired" schedule (thirteenth session, the default sweep twice per schedule, results/h100-default-rows-
     # v5.3): B4 q2048 c2048 716.8 / 729.4 against "step" 741.6 / 729.8 at page 16, 726.6 / 727.6 against 746.2 /
