@@ -284,8 +284,9 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # batch 1345.6 / 1350.3 against 1382.1 / 1392.3: no clear win, so it stays "step"
     64: HopperPrefillConfig(block_n=128, num_stages=3),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
-    # shared memory, 229,728 with ``o_in_q``, not timed yet; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 / 82.8 against 64-key steps'
-    # 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take HOPPER_PREFILL_SHORT_TABLE.
+    # shared memory, 229,728 with ``o_in_q``, not timed yet; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 /
+    # 82.8 against 64-key steps' 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take
+    # HOPPER_PREFILL_SHORT_TABLE.
     # The "paired" schedule (thirteenth session, the default sweep twice per schedule, results/h100-default-rows-
     # v5.3): B4 q2048 c2048 716.8 / 729.4 against "step" 741.6 / 729.8 at page 16, 726.6 / 727.6 against 746.2 /
     # 750.1 at 256; B8 q2048 c0 594.4 / 598.8 against 609.1 / 613.6 at page 256 (cuDNN 574.6); B1 q2048 c2048
@@ -317,9 +318,8 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # k_ahead (sixteenth session, results/h100-default-rows-v5.5, us, H100): the default sweep's B4 q2048 c2048 at
     # page 16 682.4 / 685.4 without it, 653.9 / 659.7 with it (cuDNN 718.2 to 759.7, FA4 684.3), with a 1024-key
     # window 290.5 / 291.7 against 285.4 / 289.5 (cuDNN 283.4 to 288.8), soft-capped 825.8 / 818.9 against 826.1 /
-    # 823.1 (a tie);
-    # the tuning script's B4 q2048 c2048 607.6 / 607.0 against 649.6 / 622.0 at pages 16 / 256, B4 q2048 c0 249.4 /
-    # 241.4 against 252.1 / 250.8, with the window 279.0 / 278.6 against 284.2 / 283.9.
+    # 823.1 (a tie); the tuning script's B4 q2048 c2048 607.6 / 607.0 against 649.6 / 622.0 at pages 16 / 256, B4
+    # q2048 c0 249.4 / 241.4 against 252.1 / 250.8, with the window 279.0 / 278.6 against 284.2 / 283.9.
     256: HopperPrefillConfig(block_n=64, num_stages=2, schedule="overlap", k_ahead=True),
 }
 """The Gluon prefill kernel's entry per head dim (64, 128, 256 only). Long-query launches (query
