@@ -654,9 +654,9 @@ def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with half-wide masked
     steps, as persistent programs, in the paired schedules (in ranges or one), in tiles of one consumer, with the
-    producer's K a step ahead and with the output staged in the Q buffer; its PTX gives the consumers 240 registers (232 for one) and the producer 24
-    (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90 block, and its SASS does not wait after
-    every wgmma."""
+    producer's K a step ahead and with the output staged in the Q buffer; its PTX gives the consumers 240 registers
+    (232 for one) and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90
+    block, and its SASS does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),
