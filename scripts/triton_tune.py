@@ -207,18 +207,19 @@ def candidates_for(spec: BatchSpec, device: str) -> list[tuple[KernelConfig | No
 SCHEDULE_FLAGS = tuple(schedule for schedule in HOPPER_PREFILL_SCHEDULES if schedule != "step")
 """``--gluon`` options that name the consumers' schedule (``HopperPrefillConfig.schedule``; at most one; without
 one, "step")."""
-GLUON_FLAGS = {"half", "persistent", "onerange", "m64", "kahead", "oq", *SCHEDULE_FLAGS}
+GLUON_FLAGS = {"half", "persistent", "onerange", "m64", "kahead", "oq", "qahead", *SCHEDULE_FLAGS}
 """Options after ``N,STAGES`` in a ``--gluon`` value (besides ``tmaK``: K keys per TMA load)."""
 
 
 def gluon_config(text: str, pages: Sequence[int] = (), head_dims: Sequence[int] = ()) -> HopperPrefillConfig:
     """``--gluon`` value
-    ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,onerange][,m64][,kahead][,oq][,tmaK]``
+    ``N,STAGES[,half][,persistent][,paired|,pingpong|,overlap][,onerange][,m64][,kahead][,oq][,qahead][,tmaK]``
     (e.g. ``128,2,half``: half-wide masked steps; ``128,2,persistent``: programs looping over the tiles;
     ``128,2,pingpong``: the consumers' schedule; ``128,2,paired,onerange``: a tile's steps in one range; ``64,2,m64``:
     64-row tiles of one consumer, for head dims up to ``HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM`` in ``head_dims``;
     ``128,2,overlap,kahead``: the producer loads the next step's K before this step's V; ``128,3,overlap,oq``: the
     consumers stage their output in their Q buffer (room for a third stage of 128-key steps at D=128);
+    ``128,2,overlap,persistent,qahead``: persistent consumers load the next tile's Q before storing this one's output;
     ``128,2,tma64``: 64 keys per TMA load, which must suit the step and every page size in ``pages``) -> the Gluon
     kernel's config."""
     parts = text.split(",")
@@ -228,7 +229,8 @@ def gluon_config(text: str, pages: Sequence[int] = (), head_dims: Sequence[int] 
             or not set(flags) - set(tma) <= GLUON_FLAGS or len(set(flags)) != len(flags) or len(tma) > 1
             or len(set(flags) & set(SCHEDULE_FLAGS)) > 1):
         raise UsageError(f"--gluon {text!r}: give N,STAGES, two positive whole numbers, optionally followed by "
-                         f",half, ,persistent, one of ,paired / ,pingpong / ,overlap, ,onerange, ,m64, ,kahead, ,oq "
+                         f",half, ,persistent, one of ,paired / ,pingpong / ,overlap, ,onerange, ,m64, ,kahead, ,oq, "
+                         f",qahead (with ,persistent) "
                          f"and/or ,tmaK "
                          f"(K keys per TMA load; e.g. 128,2 or 128,2,half,tma64 or 128,2,paired,onerange or 64,2,m64)")
     schedule = next((flag for flag in flags if flag in SCHEDULE_FLAGS), "step")
@@ -237,7 +239,7 @@ def gluon_config(text: str, pages: Sequence[int] = (), head_dims: Sequence[int] 
                                      persistent="persistent" in flags, tma_keys=int(tma[0][3:]) if tma else 0,
                                      schedule=schedule, one_range="onerange" in flags,
                                      block_m=64 if "m64" in flags else 128, k_ahead="kahead" in flags,
-                                     o_in_q="oq" in flags)
+                                     o_in_q="oq" in flags, q_ahead="qahead" in flags)
     except ValueError as error:  # the config's own check (half-wide steps, "step" in one range, pingpong at m64)
         raise UsageError(f"--gluon {text!r}: {error}") from None
     refusal = next(filter(None, map(config.head_dim_refusal, head_dims)), None)

@@ -370,23 +370,30 @@ class TestOnHopper:
     @pytest.mark.parametrize("page_size", [16, 256])
     @pytest.mark.parametrize("causal,window,half", [(True, None, False), (False, None, False), (True, 100, False),
                                                     (True, None, True)])
+    @pytest.mark.parametrize("q_ahead", [False, True], ids=["q-in-tile", "q-ahead"])
     def test_persistent_programs_match_reference(self, head_dim, heads, block_n, stages, page_size, causal, window,
-                                                 half):
-        """``persistent``: one program per multiprocessor, each looping over hundreds of tiles with the ring's
-        slots counted on from tile to tile (a stage count that does not divide a tile's steps shifts the next
-        tile's slots): ragged sequences, padding tiles, decodes in the launch, windows, half-wide steps; output
-        and LSE."""
+                                                 half, q_ahead):
+        """``persistent``: one program per multiprocessor, each looping over hundreds of tiles it takes from the
+        launch's counter, with the ring's slots counted on from tile to tile (a stage count that does not divide a
+        tile's steps shifts the next tile's slots): ragged sequences, padding tiles, decodes in the launch, windows,
+        half-wide steps, each next tile's Q loaded before the output of the one before is stored (``q_ahead``);
+        output and LSE, in three launches of one launcher (each launch's last take sets the counter back to 0: left
+        anywhere else, the next launch skips tiles)."""
         spec = BatchSpec.from_grammar("4q1000c0-500_3q1c50_2q300c0_1q17c0", page_size=page_size,
                                       num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, dtype="bf16",
                                       causal=causal, sliding_window=window)
-        config = HopperPrefillConfig(block_n, stages, half_step=half, persistent=True)
+        config = HopperPrefillConfig(block_n, stages, half_step=half, persistent=True, q_ahead=q_ahead)
         batch = make_batch(spec, "cuda")
-        launcher = _prepare(batch, config=config, sliding_window=window)
+        launcher = _prepare(batch, config=config, return_lse=True, hopper_prefill=True, **_features(batch))
         programs = torch.cuda.get_device_properties(0).multi_processor_count
         assert launcher.describe()["programs"] == programs < launcher.num_q_blocks * heads[1]
-        verdict, lse_verdict = run_and_gate(batch, config=config)
-        assert verdict.ok, verdict.reason
-        assert lse_verdict.ok, lse_verdict.reason
+        ref, ref_lse = reference_attention(batch, with_lse=True)
+        for launch in range(3):
+            out, lse = run_poisoned(launcher)
+            verdict, lse_verdict = compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+            assert verdict.ok, f"launch {launch}: {verdict.reason}"
+            assert lse_verdict.ok, f"launch {launch}: {lse_verdict.reason}"
+            assert launcher.tile_counter.item() == 0, f"launch {launch} left the counter at {launcher.tile_counter}"
 
     @pytest.mark.parametrize("schedule", ["paired", "pingpong", "overlap"])
     @pytest.mark.parametrize("one_range", [False, True], ids=["ranges", "one-range"])
@@ -443,19 +450,20 @@ class TestOnHopper:
                                                                        (64, (64, 8), 128, 3, 128),
                                                                        (128, (8, 8), 64, 2, 64)])
     @pytest.mark.parametrize("page_size", [16, 256])
-    @pytest.mark.parametrize("variant", ["causal", "full", "window-100-capped-sunk", "persistent"])
+    @pytest.mark.parametrize("variant", ["causal", "full", "window-100-capped-sunk", "persistent", "persistent-qahead"])
     def test_o_in_q_matches_reference(self, schedule, head_dim, heads, block_n, stages, block_m, page_size, variant):
         """``o_in_q``: each consumer warpgroup stages its output in its own Q buffer. A read-back before every warp
         of the warpgroup has written its rows, or a persistent program's next Q written over rows not read back
         yet, gives wrong rows: 128-key steps in three stages at D=128 (what the option makes room for), D=256 with
         the producer's K ahead (its table entry), MHA in 64-row tiles, every schedule; ragged sequences, a decode,
-        single-step tiles, windows with soft-cap and sinks, persistent programs; output and LSE."""
+        single-step tiles, windows with soft-cap and sinks, persistent programs (loading the next tile's Q before
+        the output goes through the buffer, too); output and LSE."""
         if schedule == "pingpong" and block_m == 64:
             pytest.skip("the schedule 'pingpong' takes turns between two consumers (the config refuses 64-row tiles)")
         batch, window = ragged_batch(variant, head_dim, heads, page_size)
-        config = HopperPrefillConfig(block_n, stages, persistent=variant == "persistent", schedule=schedule,
+        config = HopperPrefillConfig(block_n, stages, persistent=variant.startswith("persistent"), schedule=schedule,
                                      block_m=block_m, one_range=window is not None and schedule != "step",
-                                     k_ahead=head_dim == 256, o_in_q=True)
+                                     k_ahead=head_dim == 256, o_in_q=True, q_ahead=variant.endswith("qahead"))
         label = _prepare(batch, config=config, **_features(batch)).describe()["config"]
         assert label.endswith("-oq"), label
         verdict, lse_verdict = run_and_gate(batch, config=config)
@@ -693,7 +701,8 @@ def test_compiles_softcap_and_sinks_for_sm90():
     """Soft-cap, sinks and both compile for sm_90 with the plain kernel's partitions (as
     ``test_compiles_for_sm90_with_its_partitions`` checks them) at D=64/128/256, one program per tile and
     persistent, with windows and half-wide steps; the soft-cap's ``scale / c`` and the sinks' pointer are the
-    kernel's parameters there and only there (the first case, plain, counts the others)."""
+    kernel's parameters there and only there, as the tile counter's pointer is where programs are persistent (the
+    first case, plain, counts the others)."""
     plain = (128, 16, 4, "bfloat16", None, None, None, False)
     cases = [plain,
              # soft-cap (Gemma 2's 50, a 4096-key window at D=256 as its local layers)
@@ -715,6 +724,7 @@ def test_compiles_softcap_and_sinks_for_sm90():
     params = _compile_for_sm90(cases)
     (plain_f32, plain_ptrs), rest = params[0], params[1:]
     for case, (f32_params, ptr_params) in zip(cases[1:], rest):
-        softcap, sinks = case[-2:]
+        config, softcap, sinks = case[-3:]
+        persistent = bool(config and len(config) > 3 and config[3])
         assert f32_params == plain_f32 + (softcap is not None), (case, f32_params, plain_f32)
-        assert ptr_params == plain_ptrs + sinks, (case, ptr_params, plain_ptrs)
+        assert ptr_params == plain_ptrs + sinks + persistent, (case, ptr_params, plain_ptrs)

@@ -70,8 +70,8 @@ def _load_tune_script():
 
 def test_gluon_values_parse_or_name_the_mistake():
     """``--gluon`` takes N,STAGES and the options half, persistent, one schedule (paired, pingpong, overlap),
-    onerange (with a paired schedule), m64 (not with pingpong), kahead, oq and tmaK; anything else is a usage error that
-    names the value, raised before any GPU work."""
+    onerange (with a paired schedule), m64 (not with pingpong), kahead, oq, qahead (with persistent) and tmaK; anything
+    else is a usage error that names the value, raised before any GPU work."""
     tune = _load_tune_script()
     assert tune.gluon_config("128,2") == tune.HopperPrefillConfig(128, 2)
     assert tune.gluon_config("64,3,half") == tune.HopperPrefillConfig(64, 3, half_step=True)
@@ -90,6 +90,10 @@ def test_gluon_values_parse_or_name_the_mistake():
     assert tune.gluon_config("128,2,overlap,kahead").label().endswith("-overlap-kahead")
     assert tune.gluon_config("128,3,oq,overlap") == tune.HopperPrefillConfig(128, 3, schedule="overlap", o_in_q=True)
     assert tune.gluon_config("128,3,overlap,kahead,oq").label() == "gluon-ws M128-N128-s3-overlap-kahead-oq"
+    assert tune.gluon_config("128,2,qahead,persistent") == tune.HopperPrefillConfig(128, 2, persistent=True,
+                                                                                    q_ahead=True)
+    assert tune.gluon_config("128,3,persistent,overlap,oq,qahead").label() == (
+        "gluon-ws M128-N128-s3-persistent-overlap-oq-qahead")
     # 64-row tiles stop at D=128 (ptxas cannot fit a 64 x 256 accumulator's products in their registers)
     assert tune.gluon_config("64,2,m64", head_dims=[64, 128]).block_m == 64
     with pytest.raises(tune.UsageError, match=r"--gluon '64,2,m64': 64-row tiles run head dims up to 128, not 256"):
@@ -98,7 +102,8 @@ def test_gluon_values_parse_or_name_the_mistake():
                 "128,2,1", "128,0", "a,2", "-64,2", "128,2,full", "half", "128,half", "128,2,half,half",
                 "128,2,persistent,x", "128,2,tma", "128,2,tma0", "128,2,tma16,tma32", "128,2,onerange",
                 "128,2,half,paired,onerange", "128,2,paired,onerange,onerange", "64,2,pingpong,m64",
-                "64,2,m64,m64", "64,2,m32", "128,2,kahead,kahead", "128,2,ahead", "128,3,oq,oq", "128,3,o"):
+                "64,2,m64,m64", "64,2,m32", "128,2,kahead,kahead", "128,2,ahead", "128,3,oq,oq", "128,3,o",
+                "128,2,qahead", "128,2,persistent,qahead,qahead"):
         try:
             tune.gluon_config(bad)
         except tune.UsageError as error:

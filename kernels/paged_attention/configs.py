@@ -182,7 +182,11 @@ class HopperPrefillConfig:
     """As many programs as the multiprocessors hold at once (``programs_per_sm``) looping over the tiles, the ring's
     slots counted on from tile to tile: the producer loads a tile's first keys while the consumers finish and store
     the one before (notes, "v5.1": where tiles are short, one program per tile leaves its prologue and epilogue
-    unoverlapped). Off in the table: it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4")."""
+    unoverlapped). Each program's first tile is its own number, each next one taken from a counter of the launch
+    (in the heaviest-first order) as the program nears the end of the one before, so that the tiles go where a
+    program is free, as one-tile programs go to free multiprocessors. Off in the table: with each program's share
+    fixed (programs p, p + programs, ...), it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4"); taken from
+    a counter, not timed yet (notes, "v5.8")."""
     tma_keys: int = 0
     """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
     128,2,tma64``)."""
@@ -217,6 +221,10 @@ class HopperPrefillConfig:
     are done with by then, instead of in shared memory the compiler sets aside for the layout change (16 KB at
     D=128): that makes room for a third K/V stage of 128-key steps at D=128 (245,888 bytes without it; cuDNN's kernel
     holds 232 KB there, notes "v5.6"). Not timed yet (notes, "v5.7"); off everywhere."""
+    q_ahead: bool = False
+    """Persistent programs only: a consumer warpgroup loads the next tile's Q rows into registers before it writes
+    this tile's output, so that their latency runs beside that store rather than between the tile's last product
+    and the next one's first. Not timed yet (notes, "v5.8"); off everywhere."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:
@@ -227,6 +235,8 @@ class HopperPrefillConfig:
             raise ValueError("one_range needs a paired schedule (paired, pingpong or overlap), not 'step'")
         if self.block_m not in (HOPPER_PREFILL_CONSUMER_ROWS, 2 * HOPPER_PREFILL_CONSUMER_ROWS):
             raise ValueError(f"block_m={self.block_m}: 64 (one consumer warpgroup) or 128 (two)")
+        if self.q_ahead and not self.persistent:
+            raise ValueError("q_ahead loads the next tile's Q in persistent programs only: persistent=True")
         if self.schedule == "pingpong" and self.block_m != 2 * HOPPER_PREFILL_CONSUMER_ROWS:
             raise ValueError("the schedule 'pingpong' takes turns between two consumers: block_m=128")
 
@@ -256,7 +266,8 @@ class HopperPrefillConfig:
                 + ("-half" if self.half_step else "") + ("-persistent" if self.persistent else "")
                 + (f"-tma{self.tma_keys}" if self.tma_keys else "")
                 + (f"-{self.schedule}" if self.schedule != "step" else "") + ("-onerange" if self.one_range else "")
-                + ("-kahead" if self.k_ahead else "") + ("-oq" if self.o_in_q else ""))
+                + ("-kahead" if self.k_ahead else "") + ("-oq" if self.o_in_q else "")
+                + ("-qahead" if self.q_ahead else ""))
 
     def shared_bytes(self, head_dim: int, element_size: int = 2) -> int:
         return (self.block_m + 2 * self.num_stages * self.block_n) * head_dim * element_size

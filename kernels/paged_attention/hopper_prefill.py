@@ -3,7 +3,8 @@ cannot get from Triton 3.6 (see ``docs/triton_kernel_notes.md``, "What is still 
 
 One program owns one tile of ``block_m`` rows, 128 or 64 (``block_m // GROUP`` queries x the ``GROUP`` query
 heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (off in the table) as many programs
-as the multiprocessors hold loop over tiles, and runs three partitions (two with one consumer):
+as the multiprocessors hold loop over tiles, each taking its next from a counter of the launch as it nears the end
+of the one before (``_producer_tiles``), and runs three partitions (two with one consumer):
 
 - a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
   (``BLOCK_N`` keys; one load per 16 keys, each piece's page looked up: ``tma_keys``) into a ring of
@@ -73,6 +74,10 @@ _PRODUCER_REGISTERS = gl.constexpr(PRODUCER_REGISTERS)
 _CONSUMER_REGISTERS = gl.constexpr(CONSUMER_REGISTERS)
 _LN2 = gl.constexpr(math.log(2.0))
 _ZERO_ROWS = gl.constexpr(16)  # rows of V zeroed at once past a sequence's last key
+TILE_SLOTS = 4
+"""Tile numbers a persistent program's producer may hand its consumers ahead of them (``_tile_queue``): as many as
+the ring's stages and one more, so that a run of one-step tiles does not hold the producer back."""
+_TILE_SLOTS = gl.constexpr(TILE_SLOTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,6 +495,48 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
                   O_IN_Q: gl.constexpr, WARPGROUP: gl.constexpr):
     """``_consumer``'s work on one tile, whose first key step takes the ring's slot ``ring_base`` -> the
     warpgroup's turns taken so far (``turn`` before the tile; ``SCHEDULE`` ``"pingpong"`` only)."""
+    _stage_q(state, _load_q(state, GROUP, HEAD_DIM, WARPGROUP), WARPGROUP)
+    o, m_i, l_i, turn = _tile_products(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                       USE_WINDOW, HALF_STEP, SOFTCAP, SCHEDULE, ONE_RANGE, WARPGROUP)
+    _store_tile(state, o, m_i, l_i, GROUP, HEAD_DIM, BLOCK_N, WRITE_LSE, NUM_Q_HEADS, HAS_SINKS, O_IN_Q, WARPGROUP)
+    return turn
+
+
+@gluon.jit
+def _load_q(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, WARPGROUP: gl.constexpr):
+    """This warpgroup's 64 Q rows of the tile, in registers (the store's coalesced layout; rows past the
+    sequence's queries are 0)."""
+    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
+     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM)
+    r_io = WARPGROUP * _ROWS + gl.arange(0, _ROWS, layout=gl.SliceLayout(1, io_layout))
+    d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    query_io = tile_start + r_io // GROUP
+    head_io = kv_head * GROUP + r_io % GROUP
+    valid_io = query_io < q_len
+    token_io = (q_start + query_io).to(gl.int64)
+    q_offs = gl.expand_dims(token_io * stride_q_t + head_io * stride_q_h, 1) + gl.expand_dims(d_io, 0)
+    return gl.load(q_ptr + q_offs, mask=gl.expand_dims(valid_io, 1), other=0.0)
+
+
+@gluon.jit
+def _stage_q(state, q_tile, WARPGROUP: gl.constexpr):
+    """``q_tile`` (``_load_q``) into this warpgroup's Q buffer, for the products to read."""
+    q_bufs = state[6]
+    q_smem = q_bufs.index(WARPGROUP)
+    q_smem.store(q_tile)
+    fence_async_shared()
+    _warps_barrier()
+
+
+@gluon.jit
+def _tile_products(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                   NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, USE_WINDOW: gl.constexpr,
+                   HALF_STEP: gl.constexpr, SOFTCAP: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
+                   WARPGROUP: gl.constexpr):
+    """The tile's key steps for this warpgroup's 64 rows, its Q in its buffer (``_stage_q``), every product waited
+    for -> (O unnormalised, m, l, turn)."""
     (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
@@ -499,20 +546,7 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, HEAD_DIM, 16])
     io_layout: gl.constexpr = _io_layout(HEAD_DIM)
-
-    # Q rows of this warpgroup -> shared memory (once per tile)
-    r_io = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
-    d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    query_io = tile_start + r_io // GROUP
-    head_io = kv_head * GROUP + r_io % GROUP
-    valid_io = query_io < q_len
-    token_io = (q_start + query_io).to(gl.int64)
-    q_offs = gl.expand_dims(token_io * stride_q_t + head_io * stride_q_h, 1) + gl.expand_dims(d_io, 0)
-    q_tile = gl.load(q_ptr + q_offs, mask=gl.expand_dims(valid_io, 1), other=0.0)
     q_smem = q_bufs.index(WARPGROUP)
-    q_smem.store(q_tile)
-    fence_async_shared()
-    _warps_barrier()
 
     r_s = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     row_limit = tile_start + r_s // GROUP + (kv_len - q_len)  # last key each row sees (causal)
@@ -537,7 +571,32 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
     if SCHEDULE == "step":  # the tile's last V buffer (the paired schedules release each range's own)
         mbarrier.arrive(v_empty.index((ring_base + num_steps - first_step + NUM_STAGES - 1) % NUM_STAGES), count=1,
                         pred=num_steps > first_step)
+    return o, m_i, l_i, turn
 
+
+@gluon.jit
+def _store_tile(state, o, m_i, l_i, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                WRITE_LSE: gl.constexpr, NUM_Q_HEADS: gl.constexpr, HAS_SINKS: gl.constexpr, O_IN_Q: gl.constexpr,
+                WARPGROUP: gl.constexpr):
+    """This warpgroup's 64 rows of the tile's output (``_tile_products``' O over l, the sinks folded in where
+    ``HAS_SINKS``) and, with ``WRITE_LSE``, their log-sum-exp."""
+    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
+     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
+    ROWS: gl.constexpr = _ROWS
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM)
+    q_smem = q_bufs.index(WARPGROUP)
+    r_io = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
+    d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    query_io = tile_start + r_io // GROUP
+    head_io = kv_head * GROUP + r_io % GROUP
+    valid_io = query_io < q_len
+    token_io = (q_start + query_io).to(gl.int64)
+    r_s = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     if HAS_SINKS:
         # the head's sink logit joins each row's denominator once, with no value (the Triton kernel's
         # _fold_sink); O's rescale by alpha joins the division, not a pass over the accumulator of its own.
@@ -568,7 +627,6 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
         lse = (m_i + gl.log2(l_safe)) * _LN2
         gl.store(lse_ptr + token_lse * NUM_Q_HEADS + kv_head * GROUP + r_s % GROUP, lse,
                  mask=query_lse < q_len)
-    return turn
 
 
 @gluon.jit
@@ -663,43 +721,121 @@ def _tile_state(shared, flat_idx, GROUP: gl.constexpr, BLOCK_N: gl.constexpr, IS
 
 
 @gluon.jit
-def _producer_tiles(shared, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr,
-                    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr,
-                    K_AHEAD: gl.constexpr):
-    """The persistent program's producer: ``_produce_tile`` over its tiles (program p takes tiles p,
-    p + programs, ...), the ring's slots counted on from tile to tile, so it loads a tile's first keys while
-    the consumers still work on (or store) the one before."""
-    ring_base = 0
-    for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
-        state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
-                                                  USE_WINDOW, CONSUMERS)
-        if has_rows:
-            _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)
-            ring_base += tile_steps
+def _tile_queue(CONSUMERS: gl.constexpr):
+    """A persistent program's queue of tile numbers, from its producer to its consumers: ``TILE_SLOTS`` int32 slots
+    in shared memory, each with a "ready" mbarrier (the producer arrives once the slot holds a tile number) and an
+    "empty" one (every consumer warpgroup arrives once it has read it)."""
+    ids = gl.allocate_shared_memory(gl.int32, [_TILE_SLOTS, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    ready = gl.allocate_shared_memory(gl.int64, [_TILE_SLOTS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [_TILE_SLOTS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(_TILE_SLOTS):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
+    fence_async_shared()
+    return ids, ready, empty
 
 
 @gluon.jit
-def _consumer_tiles(shared, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                    NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
-                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
-                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
-                    O_IN_Q: gl.constexpr, CONSUMERS: gl.constexpr, WARPGROUP: gl.constexpr):
-    """The persistent program's consumer warpgroup: ``_consume_tile`` over the producer's tiles, in its order (the
-    turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile)."""
+def _post_tile(queue, count, flat_idx):
+    """The producer (one warp): tile ``flat_idx`` into the queue's ``count``-th slot (counted from 0), once the
+    consumers have read what it held before."""
+    ids, ready, empty = queue
+    slot, phase = _ring_stage(count, _TILE_SLOTS)
+    mbarrier.wait(empty.index(slot), phase ^ 1)
+    one_warp: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    ids.index(slot).store(gl.full([1], flat_idx, gl.int32, one_warp))
+    _warps_barrier()  # the slot written before "ready" is signalled
+    mbarrier.arrive(ready.index(slot), count=1)
+
+
+@gluon.jit
+def _take_tile(queue, count):
+    """A consumer warpgroup: the tile number in the queue's ``count``-th slot, once the producer has posted it; the
+    slot is released once every warp of the warpgroup has read it (which also puts them all past the tile before,
+    its products waited for and O stored, before any of them writes the next tile's Q)."""
+    ids, ready, empty = queue
+    slot, phase = _ring_stage(count, _TILE_SLOTS)
+    mbarrier.wait(ready.index(slot), phase)
+    one_warpgroup: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    flat_idx = gl.max(ids.index(slot).load(one_warpgroup), axis=0)
+    _warps_barrier()
+    mbarrier.arrive(empty.index(slot), count=1)
+    return flat_idx
+
+
+@gluon.jit
+def _producer_tiles(shared, queue, tile_counter_ptr, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                    PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, CONSUMERS: gl.constexpr,
+                    K_AHEAD: gl.constexpr):
+    """The persistent program's producer: its first tile is its program number; each next one it takes from the
+    launch's counter (``tile_counter_ptr``: tiles ``num_programs`` on, in the heaviest-first order) once it has issued
+    the loads of the one before, so that the tiles go to whichever program is closest to done (a fixed share of
+    programs p, p + programs, ... left up to 18 % of the work on one program in causal batches). Each tile with rows
+    is posted to the consumers (``_tile_queue``) and its keys loaded, the ring's slots counted on from tile to tile;
+    the number ``num_tiles`` ends the consumers' loop. The launch's last take (its ``num_tiles``-th: each program
+    takes one past the end) sets the counter back to 0 for the next launch."""
     ring_base = 0
-    turn = gl.to_tensor(0)  # a runtime value: the loop carries it
-    for flat_idx in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+    count = 0
+    flat_idx = gl.program_id(0)
+    while flat_idx < num_tiles:
         state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
                                                   USE_WINDOW, CONSUMERS)
         if has_rows:
-            # every warp of this warpgroup is past the tile before (its products waited for, O stored) before
-            # any of them writes the next tile's Q into the warpgroup's buffer
-            _warps_barrier()
-            turn = _consume_tile(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                 WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE, ONE_RANGE,
-                                 O_IN_Q, WARPGROUP)
+            _post_tile(queue, count, flat_idx)
+            count += 1
+            _produce_tile(state, ring_base, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, K_AHEAD)
             ring_base += tile_steps
+        taken = gl.atomic_add(tile_counter_ptr, 1)
+        if taken == num_tiles - 1:
+            gl.store(tile_counter_ptr, 0)
+        flat_idx = gl.num_programs(0) + taken
+    _post_tile(queue, count, num_tiles)
+
+
+@gluon.jit
+def _consumer_tiles(shared, queue, turns, num_tiles, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+                    BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
+                    NUM_Q_HEADS: gl.constexpr, USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr,
+                    SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr,
+                    O_IN_Q: gl.constexpr, Q_AHEAD: gl.constexpr, CONSUMERS: gl.constexpr, WARPGROUP: gl.constexpr):
+    """The persistent program's consumer warpgroup: ``_consume_tile`` over the tiles its producer posts, until the
+    number ``num_tiles`` (the turns of ``SCHEDULE`` ``"pingpong"`` counted on from tile to tile). ``Q_AHEAD``
+    (``HopperPrefillConfig.q_ahead``): the next tile's Q rows are loaded into registers before this tile's output
+    is written, so that their latency runs beside that store instead of before the next tile's first product."""
+    ring_base = 0
+    count = 0
+    turn = gl.to_tensor(0)  # a runtime value: the loop carries it
+    flat_idx = _take_tile(queue, count)
+    if Q_AHEAD:
+        first_state, first_steps, first_has_rows = _tile_state(shared, gl.minimum(flat_idx, num_tiles - 1), GROUP,
+                                                               BLOCK_N, IS_CAUSAL, NUM_Q_HEADS, USE_WINDOW, CONSUMERS)
+        q_tile = _load_q(first_state, GROUP, HEAD_DIM, WARPGROUP)
+    while flat_idx < num_tiles:
+        state, tile_steps, has_rows = _tile_state(shared, flat_idx, GROUP, BLOCK_N, IS_CAUSAL, NUM_Q_HEADS,
+                                                  USE_WINDOW, CONSUMERS)
+        if Q_AHEAD:
+            # every warp of this warpgroup has read the tile before's output back from the Q buffer (O_IN_Q)
+            _warps_barrier()
+            _stage_q(state, q_tile, WARPGROUP)
+            o, m_i, l_i, turn = _tile_products(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES,
+                                               IS_CAUSAL, USE_WINDOW, HALF_STEP, SOFTCAP, SCHEDULE, ONE_RANGE,
+                                               WARPGROUP)
+            count += 1
+            flat_idx = _take_tile(queue, count)
+            # past the last tile, the last tile's rows again (a load whose rows are never used)
+            next_state, next_steps, next_has_rows = _tile_state(shared, gl.minimum(flat_idx, num_tiles - 1), GROUP,
+                                                                BLOCK_N, IS_CAUSAL, NUM_Q_HEADS, USE_WINDOW, CONSUMERS)
+            q_tile = _load_q(next_state, GROUP, HEAD_DIM, WARPGROUP)
+            _store_tile(state, o, m_i, l_i, GROUP, HEAD_DIM, BLOCK_N, WRITE_LSE, NUM_Q_HEADS, HAS_SINKS, O_IN_Q,
+                        WARPGROUP)
+        else:
+            turn = _consume_tile(state, ring_base, turns, turn, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                 WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
+                                 ONE_RANGE, O_IN_Q, WARPGROUP)
+            count += 1
+            flat_idx = _take_tile(queue, count)
+        ring_base += tile_steps
 
 
 @gluon.jit
@@ -722,6 +858,7 @@ def _hopper_prefill_kernel(
     cu_seqlens_q_ptr,  # [B + 1] int32
     kv_lens_ptr,  # [B] int32
     sinks_ptr,  # [Hq] fp32 sink logits, natural log (HAS_SINKS), else None
+    tile_counter_ptr,  # [1] int32, 0 between launches (PERSISTENT), else None
     qk_scale,  # scale * log2(e); with SOFTCAP, softcap * log2(e)
     softcap_in,  # scale / softcap (SOFTCAP only)
     window,  # keys of the sliding window (USE_WINDOW only)
@@ -731,18 +868,19 @@ def _hopper_prefill_kernel(
     BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr,
     USE_WINDOW: gl.constexpr, HALF_STEP: gl.constexpr, PERSISTENT: gl.constexpr, SOFTCAP: gl.constexpr,
     HAS_SINKS: gl.constexpr, SCHEDULE: gl.constexpr, ONE_RANGE: gl.constexpr, CONSUMERS: gl.constexpr,
-    K_AHEAD: gl.constexpr, O_IN_Q: gl.constexpr,
+    K_AHEAD: gl.constexpr, O_IN_Q: gl.constexpr, Q_AHEAD: gl.constexpr,
 ):
     """One program: one tile of ``64 * CONSUMERS`` rows (``64 * CONSUMERS // GROUP`` queries x ``GROUP`` heads of one
     KV head), a consumer warpgroup per 64, grid ``(num_q_blocks * Hkv,)``, heaviest tiles (the last of each sequence)
-    first. ``PERSISTENT``: a grid of at most as many programs as share the multiprocessors, each looping over every
-    ``num_programs``-th tile in that order.
+    first. ``PERSISTENT``: a grid of at most as many programs as share the multiprocessors, each looping over tiles
+    taken in that order from ``tile_counter_ptr`` as it nears the end of the one before (``_producer_tiles``).
     Model features, constexpr switches as in the Triton kernel (off, the code is the plain kernel's):
     ``USE_WINDOW``, ``SOFTCAP`` (each score capped, ``softcap_in`` and ``qk_scale`` as its), ``HAS_SINKS``.
     ``SCHEDULE``: how a consumer warpgroup orders and waits for its products (``HopperPrefillConfig.schedule``);
     ``ONE_RANGE``: a tile's key steps in one range (``HopperPrefillConfig.one_range``); ``K_AHEAD``: the producer
     loads the next step's K before this step's V (``HopperPrefillConfig.k_ahead``); ``O_IN_Q``: the consumers stage
-    their output in their Q buffer (``HopperPrefillConfig.o_in_q``)."""
+    their output in their Q buffer (``HopperPrefillConfig.o_in_q``); ``Q_AHEAD`` (persistent only): the consumers
+    load the next tile's Q before storing this one's output (``HopperPrefillConfig.q_ahead``)."""
     dtype: gl.constexpr = k_desc.dtype
     smem_layout: gl.constexpr = k_desc.layout  # the TMA loads' swizzle, which the products read too
     NUM_Q_HEADS: gl.constexpr = NUM_KV_HEADS * GROUP
@@ -759,24 +897,25 @@ def _hopper_prefill_kernel(
                   _or_zero(window, USE_WINDOW), qk_scale, _or_zero(softcap_in, SOFTCAP), _or_zero(sinks_ptr, HAS_SINKS),
                   num_seqs, num_q_blocks, stride_q_t, stride_q_h, stride_o_t, stride_o_h, stride_bt_seq)
         num_tiles = num_q_blocks * NUM_KV_HEADS  # padding tiles included
+        queue = _tile_queue(CONSUMERS)
         if CONSUMERS == 2:
             gl.warp_specialize([
-                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                (_consumer_tiles, (shared, queue, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, O_IN_Q, CONSUMERS, 0)),
-                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                                   ONE_RANGE, O_IN_Q, Q_AHEAD, CONSUMERS, 0)),
+                (_consumer_tiles, (shared, queue, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, O_IN_Q, CONSUMERS, 1)),
-                (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
+                                   ONE_RANGE, O_IN_Q, Q_AHEAD, CONSUMERS, 1)),
+                (_producer_tiles, (shared, queue, tile_counter_ptr, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N,
+                                   NUM_STAGES, IS_CAUSAL, NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [4, 1], [_CONSUMER_REGISTERS, _PRODUCER_REGISTERS])
         else:
             gl.warp_specialize([
-                (_consumer_tiles, (shared, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
+                (_consumer_tiles, (shared, queue, turns, num_tiles, GROUP, HEAD_DIM, BLOCK_N, NUM_STAGES, IS_CAUSAL,
                                    WRITE_LSE, NUM_Q_HEADS, USE_WINDOW, HALF_STEP, SOFTCAP, HAS_SINKS, SCHEDULE,
-                                   ONE_RANGE, O_IN_Q, CONSUMERS, 0)),
-                (_producer_tiles, (shared, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N, NUM_STAGES, IS_CAUSAL,
-                                   NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
+                                   ONE_RANGE, O_IN_Q, Q_AHEAD, CONSUMERS, 0)),
+                (_producer_tiles, (shared, queue, tile_counter_ptr, num_tiles, GROUP, HEAD_DIM, PAGE_SIZE, BLOCK_N,
+                                   NUM_STAGES, IS_CAUSAL, NUM_Q_HEADS, USE_WINDOW, CONSUMERS, K_AHEAD)),
             ], [1], [_PRODUCER_REGISTERS])
     else:
         (seq_idx, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step,
@@ -887,13 +1026,18 @@ class HopperPrefillLauncher:
         self.plan = None  # the Triton kernel's LaunchPlan has no counterpart here: describe() gives the figures
         self._empty = num_tokens == 0
         num_tiles = self.num_q_blocks * num_kv_heads
+        self.tile_counter = None
         if self.config.persistent:  # as many programs as the multiprocessors hold at once, at most
             num_tiles = min(num_tiles, multiprocessor_count(q.device) * config.programs_per_sm(head_dim,
                                                                                               q.element_size()))
+            # the programs' next tiles, taken from 0 on by each launch (the launch's last take sets it back to 0);
+            # one counter per launcher: its launches must not run at the same time on two streams
+            self.tile_counter = torch.zeros(1, dtype=torch.int32, device=q.device)
         self._grid = (num_tiles,)
         self._args = dict(
             out_ptr=out, lse_ptr=lse, q_ptr=q, k_desc=descs[0], v_desc=descs[1], block_table_ptr=block_table,
             cu_seqlens_q_ptr=cu_seqlens_q, kv_lens_ptr=kv_lens, sinks_ptr=sinks, HAS_SINKS=sinks is not None,
+            tile_counter_ptr=self.tile_counter,
             **score_scales(scale, softcap),  # as the Triton kernel's launcher binds them
             window=int(sliding_window) if sliding_window is not None else None, USE_WINDOW=sliding_window is not None,
             num_seqs=num_seqs, num_q_blocks=self.num_q_blocks,
@@ -903,7 +1047,7 @@ class HopperPrefillLauncher:
             BLOCK_N=block_n, NUM_STAGES=self.config.num_stages, IS_CAUSAL=bool(causal), WRITE_LSE=lse is not None,
             HALF_STEP=self.config.half_step, PERSISTENT=self.config.persistent, SCHEDULE=self.config.schedule,
             ONE_RANGE=self.config.one_range, CONSUMERS=self.config.consumers, K_AHEAD=self.config.k_ahead,
-            O_IN_Q=self.config.o_in_q,
+            O_IN_Q=self.config.o_in_q, Q_AHEAD=self.config.q_ahead,
             num_warps=4, maxnreg=LAUNCH_MAXNREG[self.config.consumers],
         )
 
