@@ -293,7 +293,10 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # stages' 508.5 in another: a tie; cuDNN 650.0). The "paired" schedule in the default sweep (32/8/64,
     # thirteenth session, two runs): 498.8 / 500.3 against "step" 494.3 / 498.6 (FA4 467.3), the 64/8/64 mixed
     # batch 1345.6 / 1350.3 against 1382.1 / 1392.3: no clear win, so it stays "step"
-    64: HopperPrefillConfig(block_n=128, num_stages=3),
+    # Persistent programs taking their tiles from the launch's counter (seventeenth session, results/h100-default-rows-
+    # v5.8, us at pages 256 / 16): the tuning script's B4 q2048 c2048 477.6 / 469.7 against 495.9 / 488.0, B8 q2048 c0
+    # 402.5 / 401.7 against 431.7 / 437.6 (cuDNN 418.2 / 501.5); the default sweep's h32x8d64 cell 481.4 against 493.8.
+    64: HopperPrefillConfig(block_n=128, num_stages=3, persistent=True),
     # 740.8 / 752.7 at pages 16 / 256 (64-key steps 773.8 / 843.7; 3 stages do not fit: 245,888 bytes of
     # shared memory, 229,728 with ``o_in_q``, not timed yet; cuDNN 844.2 / 845.7). B8 q512 with no context: 81.7 /
     # 82.8 against 64-key steps' 77.4 / 77.2 (cuDNN 76.4 / 70.3): launches of such short sequences take
@@ -316,7 +319,12 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # times the time without (geomean), while the same job's rows of the landed table, whose D=128 entry is this one,
     # came out 1.006 later in the job; the tuning script's B8 q2048 c0 584.0 / 575.4 against 568.1 / 565.9 at pages
     # 256 / 16, B4 q2048 c2048 658.2 / 706.2 against 707.9 / 668.4.
-    128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap"),
+    # Persistent programs taking their tiles from the launch's counter (seventeenth session, results/h100-triton-tune/
+    # seventeenth-session/job20 and results/h100-default-rows-v5.8, us at pages 256 / 16): the tuning script's B8 q2048
+    # c0 528.8 / 545.6 against 567.3 / 568.3 (cuDNN 542.6 / 599.4), B4 q2048 c0 275.5 / 274.5 against 291.5 / 289.0,
+    # B4 q2048 c2048 637.6 against 681.5 at page 256; the default sweep's B8 q2048 c0 564.6 against 583.9 at page 256
+    # (cuDNN 586.2 and 581.0 in the two runs). Their next tile's Q loaded ahead (q_ahead) loses: 554.0 and 279.9 on the two c0 cells at page 256.
+    128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap", persistent=True),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
     # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory. "paired" (thirteenth
     # session, the default sweep's B4 q2048 c2048 at page 16, two runs): 678.8 / 678.6 against "step" 705.5 /
@@ -396,13 +404,21 @@ HOPPER_PREFILL_WINDOW_ONE_RANGE = True
 """Whether a launch with a sliding window runs a tile's steps in one range (``HopperPrefillConfig.one_range``; see
 ``HOPPER_PREFILL_WINDOW_SCHEDULE``)."""
 
+HOPPER_PREFILL_WINDOW_PERSISTENT = False
+"""Whether a launch with a sliding window runs persistent programs (``HopperPrefillConfig.persistent``), whatever its
+entry says: one program per tile. H100, the default sweep's 16/8/256 B4 q2048 c2048 with a 1024-key window
+(seventeenth session, results/h100-default-rows-v5.8): 308.1 us persistent against 281.0 (cuDNN 284.1). Not timed at
+D=64 or D=128, whose entries are persistent; a window's tiles have few steps each."""
+
 
 def hopper_prefill_config(head_dim: int, max_kv_len: int, sliding_window: int | None = None) -> HopperPrefillConfig:
     """The Gluon prefill kernel's configuration for a launch: the head dim's ``HOPPER_PREFILL_SHORT_TABLE`` entry
     where no sequence has more than ``HOPPER_PREFILL_SHORT_KEYS`` keys, else its ``HOPPER_PREFILL_TABLE`` entry; with a
-    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE`` and ``HOPPER_PREFILL_WINDOW_ONE_RANGE``."""
+    ``sliding_window``, in ``HOPPER_PREFILL_WINDOW_SCHEDULE``, ``HOPPER_PREFILL_WINDOW_ONE_RANGE`` and
+    ``HOPPER_PREFILL_WINDOW_PERSISTENT``."""
     table = HOPPER_PREFILL_SHORT_TABLE if max_kv_len <= HOPPER_PREFILL_SHORT_KEYS else HOPPER_PREFILL_TABLE
     config = table[head_dim]
     if sliding_window is not None:
-        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE, one_range=HOPPER_PREFILL_WINDOW_ONE_RANGE)
+        config = replace(config, schedule=HOPPER_PREFILL_WINDOW_SCHEDULE, one_range=HOPPER_PREFILL_WINDOW_ONE_RANGE,
+                         persistent=HOPPER_PREFILL_WINDOW_PERSISTENT)
     return config
