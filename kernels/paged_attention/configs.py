@@ -323,7 +323,9 @@ HOPPER_PREFILL_TABLE: dict[int, HopperPrefillConfig] = {
     # seventeenth-session/job20 and results/h100-default-rows-v5.8, us at pages 256 / 16): the tuning script's B8 q2048
     # c0 528.8 / 545.6 against 567.3 / 568.3 (cuDNN 542.6 / 599.4), B4 q2048 c0 275.5 / 274.5 against 291.5 / 289.0,
     # B4 q2048 c2048 637.6 against 681.5 at page 256; the default sweep's B8 q2048 c0 564.6 against 583.9 at page 256
-    # (cuDNN 586.2 and 581.0 in the two runs). Their next tile's Q loaded ahead (q_ahead) loses: 554.0 and 279.9 on the two c0 cells at page 256.
+    # (cuDNN 586.2 and 581.0 in the two runs). Their next tile's Q loaded ahead (q_ahead) loses: 554.0 and 279.9 on the
+    # two c0 cells at page 256. Three stages through o_in_q, persistent, tie (the default sweep's prefill and mixed
+    # cells: 569.9 on B8 q2048 c0, 727.5 against 700.8 on B4 q2048 c2048 at page 256).
     128: HopperPrefillConfig(block_n=128, num_stages=2, schedule="overlap", persistent=True),
     # Hq 16: 682.6 / 761.2 (table, repeat; one stage 1010.7, 128-key steps with one stage 946.8; cuDNN
     # 706.1); a 128-key step's ring of two does not fit beside Q in shared memory. "paired" (thirteenth
@@ -355,14 +357,19 @@ HOPPER_PREFILL_SHORT_TABLE: dict[int, HopperPrefillConfig] = {
     # 64-row tiles (sixteenth session, the tuning script, results/h100-triton-tune/sixteenth-session/job18, 32/8/64
     # bf16, us at pages 256 / 16): B8 q512 52.5 / 52.0 against 128-row tiles' 55.8 / 55.1, B16 q256 42.8 / 43.4
     # against 46.7 / 47.2; with 128-key steps 54.2 / 54.7 and 47.3 / 47.2. The default sweep has no such cell.
-    64: replace(_SHORT_STEPS, block_m=64),
+    # Persistent (seventeenth session, job23, the 128 entry's B8 q512 below): taken for D=64 by the same rule, not timed.
+    64: replace(_SHORT_STEPS, block_m=64, persistent=True),
     # 64-row tiles of one consumer, two programs a multiprocessor (fourteenth session, results/h100-default-rows-v5.4,
     # the default sweep and its prefill cells again, us): B8 q512 72.3 / 72.6 against 76.4 / 76.5 at page 256 (cuDNN
     # 72.5 / 71.5), 72.4 against 77.7 at page 16 (cuDNN 77.6); B4 q512 39.9 against 42.0 (cuDNN 47.0); B1 q512 16.4
     # against 18.4. The tuning script: B16 q256 56.7 / 57.3 against 63.0 / 64.1 at pages 256 / 16 (cuDNN 57.2 /
     # 61.2); "overlap" 71.6 against 71.9 on B8 q512 at page 256, a tie; 3 stages 107.7 (one program a
     # multiprocessor); persistent programs 84.1. Longer sequences lose (B8 q2048 c0: 637.0 against the entry's 571.7).
-    128: replace(_SHORT_STEPS, block_m=64),
+    # Persistent programs taking their tiles from the launch's counter (seventeenth session, results/h100-triton-tune/
+    # seventeenth-session/job23, us at pages 256 / 16): the tuning script's B8 q512 68.4 / 68.8 against 71.2 / 71.5
+    # (cuDNN 71.6 / 75.9), B4 q512 39.3 / 39.2 against 39.9 / 39.9, B16 q256 56.6 / 55.9 against 56.5 / 57.1; the
+    # default sweep's B8 q512 at page 256 69.5 against 72.5 / 72.5 (cuDNN / Triton 1.038 against 0.986 / 0.998).
+    128: replace(_SHORT_STEPS, block_m=64, persistent=True),
     # 64-row tiles do not run at D=256 (HOPPER_PREFILL_ONE_CONSUMER_MAX_HEAD_DIM)
     256: _SHORT_STEPS,
 }
