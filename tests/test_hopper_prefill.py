@@ -109,7 +109,10 @@ def test_configs_fit_shared_memory():
     one_consumer = HOPPER_PREFILL_SHORT_TABLE[128]
     assert one_consumer.consumers == 1 and one_consumer.shared_bytes(128) == (64 + 2 * 2 * 64) * 128 * 2
     assert one_consumer.programs_per_sm(128) == 2 and one_consumer.programs_per_sm(256) == 1
-    assert one_consumer.label() == "gluon-ws M64-N64-s2"
+    assert one_consumer.label() == "gluon-ws M64-N64-s2-persistent"
+    # persistent programs where measured to win (notes, "v5.8"): D=64, D=128 and short 64-row tiles; not D=256
+    assert [HOPPER_PREFILL_TABLE[d].persistent for d in (64, 128, 256)] == [True, True, False]
+    assert [HOPPER_PREFILL_SHORT_TABLE[d].persistent for d in (64, 128, 256)] == [True, True, False]
     # every short entry fits its head dim, and 64-row tiles only where they compile (not at D=256)
     for head_dim, config in HOPPER_PREFILL_SHORT_TABLE.items():
         assert config.shared_bytes(head_dim) <= 227 * 1024, (head_dim, config.label())
@@ -201,10 +204,12 @@ def test_routing_with_the_device_check_passed(monkeypatch):
     assert not HOPPER_PREFILL_TABLE[128].one_range
     windowed = _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
     assert windowed == dataclasses.replace(HOPPER_PREFILL_TABLE[128], schedule=HOPPER_PREFILL_WINDOW_SCHEDULE,
-                                           one_range=True)
-    assert windowed.label() == "gluon-ws M128-N128-s2-overlap-onerange"
+                                           one_range=True, persistent=False)
+    # the entry's persistent programs give way to one tile a program (HOPPER_PREFILL_WINDOW_PERSISTENT)
+    assert HOPPER_PREFILL_TABLE[128].persistent and windowed.label() == "gluon-ws M128-N128-s2-overlap-onerange"
     short_windowed = _prepare(batch, num_decodes=0, sliding_window=HOPPER_PREFILL_MIN_WINDOW).config
-    assert short_windowed == dataclasses.replace(HOPPER_PREFILL_SHORT_TABLE[64], schedule="overlap", one_range=True)
+    assert short_windowed == dataclasses.replace(HOPPER_PREFILL_SHORT_TABLE[64], schedule="overlap", one_range=True,
+                                                 persistent=False)
     paired = HopperPrefillConfig(128, 2, schedule="paired")
     assert _prepare(d128, sliding_window=HOPPER_PREFILL_MIN_WINDOW, config=paired).config == paired
     # the window's schedule and range replace the entry's, whatever they are
@@ -212,11 +217,13 @@ def test_routing_with_the_device_check_passed(monkeypatch):
 
     monkeypatch.setitem(configs.HOPPER_PREFILL_TABLE, 128, HopperPrefillConfig(128, 2, schedule="paired",
                                                                                 one_range=True))
-    for window_schedule, one_range in (("step", False), ("pingpong", True), ("paired", False)):
+    for window_schedule, one_range, persistent in (("step", False, False), ("pingpong", True, True),
+                                                   ("paired", False, True)):
         monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_SCHEDULE", window_schedule)
         monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_ONE_RANGE", one_range)
+        monkeypatch.setattr(configs, "HOPPER_PREFILL_WINDOW_PERSISTENT", persistent)
         assert configs.hopper_prefill_config(128, 4096, 1024) == HopperPrefillConfig(
-            128, 2, schedule=window_schedule, one_range=one_range)
+            128, 2, schedule=window_schedule, one_range=one_range, persistent=persistent)
 
 
 def test_tma_loads_take_16_keys_unless_the_config_says_otherwise():
@@ -662,9 +669,9 @@ def test_compiles_for_sm90_with_its_partitions():
     """The CPU's check of the Gluon code (Triton's interpreter does not run Gluon): the kernel compiles
     for sm_90 at each head dim, at pages of 16 to 256 keys, GQA and MHA, bf16 and fp16, with half-wide masked
     steps, as persistent programs, in the paired schedules (in ranges or one), in tiles of one consumer, with the
-    producer's K a step ahead and with the output staged in the Q buffer; its PTX gives the consumers 240 registers
-    (232 for one) and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its shared memory fits an sm_90
-    block, and its SASS does not wait after every wgmma."""
+    producer's K a step ahead, with the output staged in the Q buffer and with the next tile's Q loaded ahead; its PTX
+    gives the consumers 240 registers (232 for one) and the producer 24 (setmaxnreg), issues wgmma and TMA loads, its
+    shared memory fits an sm_90 block, and its SASS does not wait after every wgmma."""
     cases = [(64, 16, 8, "bfloat16", None, None), (128, 256, 4, "bfloat16", None, None),
              (128, 32, 1, "float16", 100, None), (256, 16, 2, "bfloat16", 1024, None),
              (128, 256, 4, "bfloat16", None, (128, 2, True)), (256, 16, 2, "bfloat16", 1024, (64, 2, True)),
@@ -692,7 +699,10 @@ def test_compiles_for_sm90_with_its_partitions():
              # fit only with it (245,888 bytes without)
              (128, 256, 4, "bfloat16", None, (128, 3, False, False, 0, "overlap", False, 128, False, True)),
              (128, 16, 1, "float16", 100, (128, 3, False, True, 0, "pingpong", False, 128, False, True)),
-             (128, 256, 4, "bfloat16", None, (64, 2, False, True, 0, "step", False, 64, False, True))]
+             (128, 256, 4, "bfloat16", None, (64, 2, False, True, 0, "step", False, 64, False, True)),
+             # persistent consumers load the next tile's Q before storing this one's output (q_ahead)
+             (128, 256, 4, "bfloat16", None, (128, 2, False, True, 0, "overlap", False, 128, False, False, True)),
+             (128, 16, 4, "float16", None, (128, 3, False, True, 0, "overlap", False, 128, False, True, True))]
     _compile_for_sm90([case + (None, False) for case in cases])
 
 
@@ -702,8 +712,8 @@ def test_compiles_softcap_and_sinks_for_sm90():
     ``test_compiles_for_sm90_with_its_partitions`` checks them) at D=64/128/256, one program per tile and
     persistent, with windows and half-wide steps; the soft-cap's ``scale / c`` and the sinks' pointer are the
     kernel's parameters there and only there, as the tile counter's pointer is where programs are persistent (the
-    first case, plain, counts the others)."""
-    plain = (128, 16, 4, "bfloat16", None, None, None, False)
+    first case, plain and one tile a program, counts the others)."""
+    plain = (128, 16, 4, "bfloat16", None, (128, 2, False, False), None, False)
     cases = [plain,
              # soft-cap (Gemma 2's 50, a 4096-key window at D=256 as its local layers)
              (128, 16, 4, "bfloat16", None, None, 50.0, False),
@@ -724,7 +734,9 @@ def test_compiles_softcap_and_sinks_for_sm90():
     params = _compile_for_sm90(cases)
     (plain_f32, plain_ptrs), rest = params[0], params[1:]
     for case, (f32_params, ptr_params) in zip(cases[1:], rest):
-        config, softcap, sinks = case[-3:]
-        persistent = bool(config and len(config) > 3 and config[3])
+        head_dim, window, (config, softcap, sinks) = case[0], case[4], case[-3:]
+        # a case without a config takes its head dim's entry, one tile a program with a window
+        persistent = (config[3] if len(config) > 3 else False) if config else (
+            window is None and HOPPER_PREFILL_TABLE[head_dim].persistent)
         assert f32_params == plain_f32 + (softcap is not None), (case, f32_params, plain_f32)
         assert ptr_params == plain_ptrs + sinks + persistent, (case, ptr_params, plain_ptrs)

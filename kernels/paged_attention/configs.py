@@ -184,9 +184,10 @@ class HopperPrefillConfig:
     the one before (notes, "v5.1": where tiles are short, one program per tile leaves its prologue and epilogue
     unoverlapped). Each program's first tile is its own number, each next one taken from a counter of the launch
     (in the heaviest-first order) as the program nears the end of the one before, so that the tiles go where a
-    program is free, as one-tile programs go to free multiprocessors. Off in the table: with each program's share
-    fixed (programs p, p + programs, ...), it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4"); taken from
-    a counter, not timed yet (notes, "v5.8")."""
+    program is free, as one-tile programs go to free multiprocessors. With each program's share fixed (programs p,
+    p + programs, ...) it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4"); taken from the counter it wins
+    by 3 to 7 %, and the D=64 and D=128 entries and the short sequences' 64-row tiles take it (notes, "v5.8"); D=256
+    and windows do not (``HOPPER_PREFILL_WINDOW_PERSISTENT``)."""
     tma_keys: int = 0
     """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
     128,2,tma64``)."""
@@ -220,11 +221,11 @@ class HopperPrefillConfig:
     """The consumers stage a tile's output for its coalesced store in their own Q buffer, which the tile's products
     are done with by then, instead of in shared memory the compiler sets aside for the layout change (16 KB at
     D=128): that makes room for a third K/V stage of 128-key steps at D=128 (245,888 bytes without it; cuDNN's kernel
-    holds 232 KB there, notes "v5.6"). Not timed yet (notes, "v5.7"); off everywhere."""
+    holds 232 KB there, notes "v5.6"). Three stages that way tie two (notes, "v5.8"); off everywhere."""
     q_ahead: bool = False
     """Persistent programs only: a consumer warpgroup loads the next tile's Q rows into registers before it writes
     this tile's output, so that their latency runs beside that store rather than between the tile's last product
-    and the next one's first. Not timed yet (notes, "v5.8"); off everywhere."""
+    and the next one's first. It loses 1 to 5 % at D=128 (notes, "v5.8"); off everywhere."""
 
     def __post_init__(self):
         if self.schedule not in HOPPER_PREFILL_SCHEDULES:

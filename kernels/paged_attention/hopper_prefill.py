@@ -2,9 +2,9 @@
 cannot get from Triton 3.6 (see ``docs/triton_kernel_notes.md``, "What is still short").
 
 One program owns one tile of ``block_m`` rows, 128 or 64 (``block_m // GROUP`` queries x the ``GROUP`` query
-heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (off in the table) as many programs
-as the multiprocessors hold loop over tiles, each taking its next from a counter of the launch as it nears the end
-of the one before (``_producer_tiles``), and runs three partitions (two with one consumer):
+heads of one KV head, packed as in the Triton kernel), or with ``persistent`` (the D=64 and D=128 entries) as many
+programs as the multiprocessors hold loop over tiles, each taking its next from a counter of the launch as it nears
+the end of the one before (``_producer_tiles``), and runs three partitions (two with one consumer):
 
 - a **producer** warp that reads the block table and issues TMA loads of each key step's K and V tile
   (``BLOCK_N`` keys; one load per 16 keys, each piece's page looked up: ``tma_keys``) into a ring of
