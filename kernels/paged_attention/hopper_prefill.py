@@ -92,6 +92,13 @@ def _io_layout(head_dim):
     return gl.BlockedLayout([1, 8], [32 // threads_d, threads_d], [4, 1], [1, 0])
 
 
+@gluon.constexpr_function
+def _mma_layout(width):
+    """The accumulator layout of one warpgroup's 64-row wgmma products ``width`` wide: the scores' (the step's keys) or
+    O's (the head dim)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, width, 16])
+
+
 @gluon.jit
 def _producer(state, HEAD_DIM: gl.constexpr, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_STAGES: gl.constexpr, K_AHEAD: gl.constexpr):
@@ -461,8 +468,7 @@ def _consumer_ranges(o, m_i, l_i, turn, turns, q_smem, k_bufs, v_bufs, k_ready, 
                                    True, False, IS_CAUSAL, USE_WINDOW, SOFTCAP, SCHEDULE, WARPGROUP)
     if HALF_STEP:
         HALF: gl.constexpr = BLOCK_N // 2
-        half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                              instr_shape=[16, HALF, 16])
+        half_layout: gl.constexpr = _mma_layout(HALF)
         rows_half: gl.constexpr = gl.SliceLayout(1, half_layout)
         o, m_half, l_half = _consumer_steps(o, gl.convert_layout(m_i, rows_half), gl.convert_layout(l_i, rows_half),
                                             q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
@@ -503,12 +509,10 @@ def _consume_tile(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM: 
 
 
 @gluon.jit
-def _load_q(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, WARPGROUP: gl.constexpr):
-    """This warpgroup's 64 Q rows of the tile, in registers (the store's coalesced layout; rows past the
-    sequence's queries are 0)."""
-    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
-     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
-     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
+def _io_rows(tile_start, q_start, q_len, kv_head, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
+             WARPGROUP: gl.constexpr):
+    """This warpgroup's 64 rows of the tile in ``_io_layout`` -> (each column's offset, each row's query head,
+    whether its query is one of the sequence's, its token), for Q's load and the output's store."""
     io_layout: gl.constexpr = _io_layout(HEAD_DIM)
     r_io = WARPGROUP * _ROWS + gl.arange(0, _ROWS, layout=gl.SliceLayout(1, io_layout))
     d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
@@ -516,6 +520,17 @@ def _load_q(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, WARPGROUP: gl.co
     head_io = kv_head * GROUP + r_io % GROUP
     valid_io = query_io < q_len
     token_io = (q_start + query_io).to(gl.int64)
+    return d_io, head_io, valid_io, token_io
+
+
+@gluon.jit
+def _load_q(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, WARPGROUP: gl.constexpr):
+    """This warpgroup's 64 Q rows of the tile, in registers (the store's coalesced layout; rows past the
+    sequence's queries are 0)."""
+    (q_ptr, out_ptr, lse_ptr, block_table_row_ptr, k_desc, v_desc, q_bufs, k_bufs, v_bufs, k_ready, v_ready,
+     k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
+     window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
+    d_io, head_io, valid_io, token_io = _io_rows(tile_start, q_start, q_len, kv_head, GROUP, HEAD_DIM, WARPGROUP)
     q_offs = gl.expand_dims(token_io * stride_q_t + head_io * stride_q_h, 1) + gl.expand_dims(d_io, 0)
     return gl.load(q_ptr + q_offs, mask=gl.expand_dims(valid_io, 1), other=0.0)
 
@@ -541,10 +556,8 @@ def _tile_products(state, ring_base, turns, turn, GROUP: gl.constexpr, HEAD_DIM:
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
     ROWS: gl.constexpr = _ROWS
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     io_layout: gl.constexpr = _io_layout(HEAD_DIM)
     q_smem = q_bufs.index(WARPGROUP)
 
@@ -584,18 +597,11 @@ def _store_tile(state, o, m_i, l_i, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr,
      k_empty, v_empty, tile_start, q_start, q_len, kv_len, kv_head, num_steps, mid_steps, first_step, left_end,
      window, qk_scale, stride_q_t, stride_q_h, stride_o_t, stride_o_h, softcap_in, sinks_ptr) = state
     ROWS: gl.constexpr = _ROWS
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     io_layout: gl.constexpr = _io_layout(HEAD_DIM)
     q_smem = q_bufs.index(WARPGROUP)
-    r_io = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, io_layout))
-    d_io = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    query_io = tile_start + r_io // GROUP
-    head_io = kv_head * GROUP + r_io % GROUP
-    valid_io = query_io < q_len
-    token_io = (q_start + query_io).to(gl.int64)
+    d_io, head_io, valid_io, token_io = _io_rows(tile_start, q_start, q_len, kv_head, GROUP, HEAD_DIM, WARPGROUP)
     r_s = WARPGROUP * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     if HAS_SINKS:
         # the head's sink logit joins each row's denominator once, with no value (the Triton kernel's
