@@ -185,9 +185,10 @@ class HopperPrefillConfig:
     unoverlapped). Each program's first tile is its own number, each next one taken from a counter of the launch
     (in the heaviest-first order) as the program nears the end of the one before, so that the tiles go where a
     program is free, as one-tile programs go to free multiprocessors. With each program's share fixed (programs p,
-    p + programs, ...) it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4"); taken from the counter it wins
-    by 3 to 7 %, and the D=64 and D=128 entries and the short sequences' 64-row tiles take it (notes, "v5.8"); D=256
-    and windows do not (``HOPPER_PREFILL_WINDOW_PERSISTENT``)."""
+    p + programs, ...) it lost where timed (notes, "v5.2"; with 64-row tiles, "v5.4"); taken from the counter it is up
+    to 8 % faster in 11 of 12 tuning cells at D=64 and D=128 (the twelfth 1 % slower), and the D=64 and D=128 entries
+    and the short sequences' 64-row tiles take it (notes, "v5.8"); D=256 and windows do not
+    (``HOPPER_PREFILL_WINDOW_PERSISTENT``)."""
     tma_keys: int = 0
     """Keys per TMA load of K or V; 0: ``HOPPER_PREFILL_TMA_KEYS``. A tuning option (``triton_tune.py --gluon
     128,2,tma64``)."""
