@@ -279,15 +279,16 @@ def main() -> int:
                         help="query and KV heads (default 32 8; 4 2 with --smoke)")
     add_feature_options(parser)  # paged-bench's own model-feature options, checked the same way
     parser.add_argument("--gluon", nargs="*", default=[],
-                        metavar="N,STAGES[,half][,persistent][,SCHEDULE][,onerange][,m64][,kahead][,oq][,tmaK]",
+                        metavar="N,STAGES[,half][,persistent][,SCHEDULE][,onerange][,m64][,kahead][,oq][,qahead]"
+                                "[,tmaK]",
                         help="long queries: also time the warp-specialised Gluon prefill kernel (sm_90) with these "
                              "key steps and stages, ',half' for half-wide masked steps, ',persistent' for one "
                              "program per multiprocessor, ',paired', ',pingpong' or ',overlap' for the consumers' "
                              "schedule, ',onerange' for a tile's steps in one range (a paired schedule), ',m64' for "
                              "64-row tiles of one consumer, ',kahead' for the producer loading the next step's K "
-                             "before this step's V, ',oq' for the output staged in the Q buffer, ',tmaK' for K "
-                             "keys per TMA load (its table entry is the "
-                             "table's choice where it can run)")
+                             "before this step's V, ',oq' for the output staged in the Q buffer, ',qahead' (with "
+                             "',persistent') for the next tile's Q loaded before this one's output is stored, ',tmaK' "
+                             "for K keys per TMA load (its table entry is the table's choice where it can run)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny cases on the CPU under TRITON_INTERPRET=1: checks this script, times nothing real")
     args = parser.parse_args()
