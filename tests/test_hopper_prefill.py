@@ -61,12 +61,18 @@ def run_poisoned(launcher):
     return out, lse
 
 
+def gate_launch(launcher, batch, reference=None):
+    """Run ``launcher`` on ``batch`` with NaN-poisoned output and LSE (``run_poisoned``); the gate's verdicts for
+    both against ``reference`` ((out, lse); the fp32 reference's where None)."""
+    out, lse = run_poisoned(launcher)
+    ref, ref_lse = reference if reference is not None else reference_attention(batch, with_lse=True)
+    return compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+
+
 def run_and_gate(batch, config=None):
     """Launch the Gluon kernel on ``batch`` with its features, NaN-poisoned output and LSE; the gate's verdicts
     for both."""
-    out, lse = run_poisoned(_prepare(batch, return_lse=True, hopper_prefill=True, config=config, **_features(batch)))
-    ref, ref_lse = reference_attention(batch, with_lse=True)
-    return compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+    return gate_launch(_prepare(batch, return_lse=True, hopper_prefill=True, config=config, **_features(batch)), batch)
 
 
 RAGGED = "2q1000c0-500_1q1c50_2q300c0_1q17c0_1q100c37"
@@ -394,10 +400,9 @@ class TestOnHopper:
         launcher = _prepare(batch, config=config, return_lse=True, hopper_prefill=True, **_features(batch))
         programs = torch.cuda.get_device_properties(0).multi_processor_count
         assert launcher.describe()["programs"] == programs < launcher.num_q_blocks * heads[1]
-        ref, ref_lse = reference_attention(batch, with_lse=True)
+        reference = reference_attention(batch, with_lse=True)
         for launch in range(3):
-            out, lse = run_poisoned(launcher)
-            verdict, lse_verdict = compare(out, ref, batch), compare_lse(lse, ref_lse, batch)
+            verdict, lse_verdict = gate_launch(launcher, batch, reference)
             assert verdict.ok, f"launch {launch}: {verdict.reason}"
             assert lse_verdict.ok, f"launch {launch}: {lse_verdict.reason}"
             assert launcher.tile_counter.item() == 0, f"launch {launch} left the counter at {launcher.tile_counter}"
