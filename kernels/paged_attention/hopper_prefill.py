@@ -538,7 +538,7 @@ def _load_q(state, GROUP: gl.constexpr, HEAD_DIM: gl.constexpr, WARPGROUP: gl.co
 @gluon.jit
 def _stage_q(state, q_tile, WARPGROUP: gl.constexpr):
     """``q_tile`` (``_load_q``) into this warpgroup's Q buffer, for the products to read."""
-    q_bufs = state[6]
+    q_bufs = state[6]  # the state's q_bufs (its order: _tile_state, _hopper_prefill_kernel)
     q_smem = q_bufs.index(WARPGROUP)
     q_smem.store(q_tile)
     fence_async_shared()
