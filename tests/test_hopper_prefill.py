@@ -18,7 +18,8 @@ from tests.triton_setup import HAVE_TRITON, INTERPRETED
 try:  # Gluon ships with Triton 3.5+; older or missing Triton skips the module
     from kernels.paged_attention.configs import (HOPPER_PREFILL_MIN_WINDOW, HOPPER_PREFILL_SHORT_TABLE,
                                                  HOPPER_PREFILL_SHORT_KEYS, HOPPER_PREFILL_TABLE,
-                                                 HOPPER_PREFILL_WINDOW_SCHEDULE, HopperPrefillConfig)
+                                                 HOPPER_PREFILL_WINDOW_SCHEDULE, HopperPrefillConfig,
+                                                 hopper_prefill_config)
     from kernels.paged_attention.hopper_prefill import HopperPrefillLauncher, hopper_prefill_refusal
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the installed triton
@@ -740,8 +741,8 @@ def test_compiles_softcap_and_sinks_for_sm90():
     (plain_f32, plain_ptrs), rest = params[0], params[1:]
     for case, (f32_params, ptr_params) in zip(cases[1:], rest):
         head_dim, window, (config, softcap, sinks) = case[0], case[4], case[-3:]
-        # a case without a config takes its head dim's entry, one tile a program with a window
-        persistent = (config[3] if len(config) > 3 else False) if config else (
-            window is None and HOPPER_PREFILL_TABLE[head_dim].persistent)
+        # a case without a config takes the launch's choice, as compile_sm90 does
+        persistent = (HopperPrefillConfig(*config) if config
+                      else hopper_prefill_config(head_dim, 2 ** 31 - 1, window)).persistent
         assert f32_params == plain_f32 + (softcap is not None), (case, f32_params, plain_f32)
         assert ptr_params == plain_ptrs + sinks + persistent, (case, ptr_params, plain_ptrs)
